@@ -1,0 +1,54 @@
+"""The ``prfaas-bench`` command. Each sub-command lives in its own module and only parses, calls and prints.
+
+Errors the user can fix (``HarnessError``) are printed as one line on stderr with exit code 2;
+nothing the user did wrong ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from harness import __version__
+from harness.errors import HarnessError
+
+# Sub-command modules, in --help order. Each defines ``command`` (a click command or group).
+_COMMANDS = ("trace", "plan", "simulate", "replay", "serve", "net", "analyze", "report", "compare")
+
+
+class _Root(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HarnessError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="prfaas-bench")
+def main() -> None:
+    """Benchmark cross-datacenter prefill/decode disaggregation (Prefill-as-a-Service, PrfaaS).
+
+    \b
+    plan       analytic throughput model (the PrfaaS paper's equations), grid search, sweeps
+    simulate   discrete-event simulation of the serving stack in virtual time
+    serve      emulated clusters over real HTTP on a shaped inter-site link
+    replay     replay a trace against OpenAI-compatible endpoints
+    analyze    metrics and the three-way comparison; report: Plotly dashboard
+    """
+
+
+for _name in _COMMANDS:
+    try:
+        _mod = importlib.import_module(f"harness.cli.{_name}")
+    except ModuleNotFoundError as _exc:  # sub-command not built yet
+        if _exc.name != f"harness.cli.{_name}":
+            raise
+        continue
+    main.add_command(_mod.command)

@@ -1,0 +1,52 @@
+"""Shared fixtures. Capability-dependent tests skip with a reason on a laptop, and fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_TRACES = REPO.parent / "shared" / "traces"
+MOONCAKE = SHARED_TRACES / "mooncake_conversation_trace.jsonl"
+AZURE_CODE = SHARED_TRACES / "azure_llm_2023_code.csv"
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip the test when ``condition`` is false — unless CI=true, where a missing capability fails."""
+    if condition:
+        return
+    if CI:
+        pytest.fail(f"CI=true and a required capability is missing: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def mooncake_path() -> Path:
+    need(MOONCAKE.is_file(), f"real trace not found at {MOONCAKE} (../shared/traces beside the checkout)")
+    return MOONCAKE
+
+
+@pytest.fixture
+def azure_code_path() -> Path:
+    need(AZURE_CODE.is_file(), f"real trace not found at {AZURE_CODE} (../shared/traces beside the checkout)")
+    return AZURE_CODE
+
+
+@pytest.fixture
+def root() -> None:
+    """Require root (network namespaces, tc)."""
+    need(os.geteuid() == 0, "needs root for network namespaces and tc")
+
+
+@pytest.fixture
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    need(
+        path is not None,
+        "headless Chromium not installed (make install-test installs Debian's chromium as root)",
+    )
+    return path

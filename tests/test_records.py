@@ -1,0 +1,48 @@
+"""The run directory keeps every record, also when the run is interrupted."""
+
+import json
+
+import pytest
+
+from harness.records import RECORD_FIELDS, RequestRecord, RunWriter, read_meta, read_records
+
+
+def _rec(i: int) -> RequestRecord:
+    return RequestRecord(
+        run_id="r", topology="t", request_id=f"q{i}", trace_row=i, scheduled_s=float(i),
+        sent_s=i + 0.001, first_token_s=i + 0.5, last_token_s=i + 1.0, itl_s=[0.25, 0.25],
+        output_tokens_requested=3, output_tokens_received=3,
+    )  # fmt: skip
+
+
+def test_roundtrip_parquet(tmp_path):
+    with RunWriter(tmp_path, {"kind": "test"}) as w:
+        for i in range(7):
+            w.write(_rec(i))
+    df = read_records(tmp_path)
+    assert list(df.columns) == list(RECORD_FIELDS)
+    assert len(df) == 7
+    assert df["itl_s"].iloc[3].tolist() == [0.25, 0.25]
+    assert read_meta(tmp_path)["complete"] is True
+
+
+def test_interrupted_run_keeps_records(tmp_path):
+    with pytest.raises(KeyboardInterrupt), RunWriter(tmp_path, {}) as w:
+        for i in range(5):
+            w.write(_rec(i))
+        raise KeyboardInterrupt
+    meta = read_meta(tmp_path)
+    assert meta["complete"] is False and meta["incomplete_reason"] == "interrupted"
+    assert len(read_records(tmp_path)) == 5
+
+
+def test_torn_last_line_is_tolerated(tmp_path):
+    w = RunWriter(tmp_path, {})
+    for i in range(3):
+        w.write(_rec(i))
+    w._log.write(json.dumps(_rec(3).to_dict())[:40])  # a crash mid-write
+    w._log.flush()
+    try:
+        assert len(read_records(tmp_path)) == 3
+    finally:
+        w._log.close()
