@@ -1,0 +1,260 @@
+"""KV transfers that really cross the link: a sender in the prefilling site, a receiver in the decoding site.
+
+Wire format (TCP, big-endian), many transfers multiplexed over a few persistent connections::
+
+    data frame   b"KVF1" | transfer id (16 B) | total bytes (u64) | payload length (u32) | payload
+    ack frame    b"KVA1" | transfer id (16 B) | first byte time (f64) | last byte time (f64)
+
+The receiver timestamps a transfer's first and last byte on its own clock (``loop.time()``, which is
+CLOCK_MONOTONIC and so shared by every process on the machine) and sends an ack on the connection
+that carried the last byte; the sender's ``send`` returns those observed times. A transfer is cut
+into ``layers`` chunks that leave as the matching share of prefill finishes (layer-wise pipelining);
+frames of 64 KiB from concurrent transfers interleave, and with several connections a transfer's
+frames are spread over all of them (multi-connection mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_DATA = struct.Struct("!4s16sQI")
+_ACK = struct.Struct("!4s16sdd")
+_DATA_MAGIC, _ACK_MAGIC = b"KVF1", b"KVA1"
+FRAME_BYTES = 64 * 1024
+_ZEROS = memoryview(bytes(FRAME_BYTES))
+_KEEP_UNCLAIMED_S = 600.0  # a finished transfer nobody asked for is forgotten after this
+
+
+@dataclass(frozen=True, slots=True)
+class TransferObs:
+    """One transfer as the receiver saw it; times are ``loop.time()`` (CLOCK_MONOTONIC) seconds."""
+
+    transfer_id: str
+    nbytes: int
+    first_byte_s: float
+    last_byte_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.last_byte_s - self.first_byte_s
+
+
+def new_transfer_id() -> str:
+    return uuid.uuid4().hex
+
+
+def chunk_sizes(nbytes: int, layers: int) -> list[int]:
+    """Split ``nbytes`` into ``layers`` near-equal chunks (the last takes the remainder)."""
+    base = nbytes // layers
+    return [base] * (layers - 1) + [nbytes - base * (layers - 1)]
+
+
+def layer_ready_times(prefill_start_s: float, prefill_duration_s: float, layers: int) -> list[float]:
+    """When each layer's KV exists: layer i is done after (i+1)/layers of the prefill."""
+    return [prefill_start_s + prefill_duration_s * (i + 1) / layers for i in range(layers)]
+
+
+class KvReceiver:
+    """Accepts KV frames from any sender and resolves ``wait(transfer_id)`` when the last byte lands."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._progress: dict[str, list[float]] = {}  # id -> [received, total, first_byte_s]
+        self._done: OrderedDict[str, tuple[TransferObs, float]] = OrderedDict()
+        self._waiters: dict[str, asyncio.Future[TransferObs]] = {}
+        self._conns: set[asyncio.StreamWriter] = set()
+        self.bytes_received = 0
+        self.transfers_received = 0
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on ``host:port`` (port 0 picks one); returns the bound address."""
+        self._server = await asyncio.start_server(self._serve, host, port, limit=4 * FRAME_BYTES)
+        return self._server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for w in list(self._conns):
+                w.close()
+            await self._server.wait_closed()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._progress)
+
+    async def wait(self, transfer_id: str, timeout_s: float | None = None) -> TransferObs:
+        """The transfer's observation, waiting for its last byte if it has not arrived yet."""
+        done = self._done.pop(transfer_id, None)
+        if done is not None:
+            return done[0]
+        fut = self._waiters.get(transfer_id)
+        if fut is None:
+            fut = self._waiters[transfer_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        finally:
+            if fut.done() or timeout_s is not None:
+                self._waiters.pop(transfer_id, None)
+
+    def _finish(self, obs: TransferObs) -> None:
+        self.transfers_received += 1
+        fut = self._waiters.pop(obs.transfer_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(obs)
+            return
+        now = time.monotonic()
+        self._done[obs.transfer_id] = (obs, now)
+        while self._done:
+            key, (_, at) = next(iter(self._done.items()))
+            if now - at < _KEEP_UNCLAIMED_S:
+                break
+            del self._done[key]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        self._conns.add(writer)
+        try:
+            while True:
+                header = await reader.readexactly(_DATA.size)
+                magic, raw_id, total, length = _DATA.unpack(header)
+                if magic != _DATA_MAGIC:
+                    return  # not a KV sender: drop the connection
+                tid = raw_id.hex()
+                state = self._progress.get(tid)
+                if state is None:
+                    state = self._progress[tid] = [0, total, loop.time()]
+                await reader.readexactly(length)
+                state[0] += length
+                self.bytes_received += length
+                if state[0] >= state[1]:
+                    del self._progress[tid]
+                    obs = TransferObs(tid, int(state[1]), state[2], loop.time())
+                    self._finish(obs)
+                    writer.write(_ACK.pack(_ACK_MAGIC, raw_id, obs.first_byte_s, obs.last_byte_s))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._conns.discard(writer)
+            writer.close()
+
+
+class _Connection:
+    """One persistent connection to a receiver, with a task that reads acks."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: dict) -> None:
+        self.reader, self.writer, self._pending = reader, writer, pending
+        self.broken: BaseException | None = None
+        self.task = asyncio.create_task(self._read_acks())
+
+    async def _read_acks(self) -> None:
+        try:
+            while True:
+                magic, raw_id, first, last = _ACK.unpack(await self.reader.readexactly(_ACK.size))
+                if magic != _ACK_MAGIC:
+                    raise ConnectionError("bad ack from KV receiver")
+                fut = self._pending.pop(raw_id.hex(), None)
+                if fut is not None and not fut.done():
+                    fut.set_result((first, last))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError):
+                exc = ConnectionResetError("KV receiver closed the connection")
+            self.broken = exc
+            # Any transfer to this receiver may have had frames on this connection: fail them all.
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError(f"KV connection lost: {exc}"))
+
+    async def close(self) -> None:
+        self.task.cancel()
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+class KvSender:
+    """Pushes KV bytes to receivers over pooled connections; ``send`` returns the receiver's timestamps."""
+
+    def __init__(self, *, connections: int = 1) -> None:
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
+        self.connections = connections
+        self._pools: dict[tuple[str, int], list[_Connection]] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        # Ack futures by destination, then transfer id.
+        self._pending: dict[tuple[str, int], dict[str, asyncio.Future[tuple[float, float]]]] = {}
+        self.bytes_sent = 0
+        self.transfers_sent = 0
+        self.in_flight = 0
+
+    async def _pool(self, dest: tuple[str, int]) -> list[_Connection]:
+        lock = self._locks.setdefault(dest, asyncio.Lock())
+        async with lock:
+            pool = [c for c in self._pools.get(dest, []) if c.broken is None and not c.task.done()]
+            while len(pool) < self.connections:
+                reader, writer = await asyncio.open_connection(*dest)
+                writer.transport.set_write_buffer_limits(high=2 * FRAME_BYTES)
+                pool.append(_Connection(reader, writer, self._pending.setdefault(dest, {})))
+            self._pools[dest] = pool
+            return pool
+
+    async def send(
+        self,
+        transfer_id: str,
+        dest: tuple[str, int],
+        nbytes: int,
+        *,
+        ready_times_s: Sequence[float] = (),
+    ) -> TransferObs:
+        """Send ``nbytes`` to the receiver at ``dest``, chunk i not before ``ready_times_s[i]``.
+
+        With no ready times everything leaves at once. Returns the receiver's observation.
+        """
+        if nbytes < 1:
+            raise ValueError("a transfer carries at least one byte")
+        loop = asyncio.get_running_loop()
+        pool = await self._pool(dest)
+        raw_id = bytes.fromhex(transfer_id)
+        pending = self._pending[dest]
+        ack = pending[transfer_id] = loop.create_future()
+        chunks = chunk_sizes(nbytes, len(ready_times_s)) if ready_times_s else [nbytes]
+        self.in_flight += 1
+        try:
+            frame_no = 0
+            for i, size in enumerate(chunks):
+                if ready_times_s and (delay := ready_times_s[i] - loop.time()) > 0:
+                    await asyncio.sleep(delay)
+                while size > 0:
+                    n = min(size, FRAME_BYTES)
+                    conn = pool[frame_no % len(pool)]
+                    frame_no += 1
+                    if conn.broken is not None:
+                        raise ConnectionError(f"KV connection to {dest[0]}:{dest[1]} broke: {conn.broken}")
+                    conn.writer.write(_DATA.pack(_DATA_MAGIC, raw_id, nbytes, n))
+                    conn.writer.write(_ZEROS[:n])
+                    self.bytes_sent += n
+                    size -= n
+                    await conn.writer.drain()
+            first, last = await ack
+            self.transfers_sent += 1
+            return TransferObs(transfer_id, nbytes, first, last)
+        finally:
+            self.in_flight -= 1
+            pending.pop(transfer_id, None)
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            for conn in pool:
+                await conn.close()
+        self._pools.clear()
