@@ -1,0 +1,141 @@
+"""The whole analysis of a bundle of runs: per-topology summaries, the baseline comparison and the
+side-by-side of plan, simulate and replay. The result is the plain dict ``analyze --json`` prints."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.baseline import compare_to_baseline, rate_ci
+from harness.analysis.cost import cost_per_hour
+from harness.analysis.runs import Bundle, Run
+from harness.analysis.summary import Slo, summarize
+
+BASELINE_TOPOLOGY = "homogeneous"
+SIDE_BY_SIDE_KEYS = (
+    "throughput_rps",
+    "goodput_rps",
+    "ttft_p50_s",
+    "ttft_p90_s",
+    "offload_share",
+    "egress_gbps",
+)
+PLAN_KEYS = {"lambda_max": "lambda_max_rps", "offload_share": "offload_share", "egress_gbps": "egress_gbps"}
+
+
+def _entries(bundle: Bundle) -> list[tuple[Run, str, pd.DataFrame]]:
+    return [
+        (run, str(name), df)
+        for run in bundle.runs
+        for name, df in run.records.groupby("topology", sort=True, observed=True)
+    ]
+
+
+def _keys(entries: list[tuple[Run, str, pd.DataFrame]]) -> list[str]:
+    # Plain topology name when unique; else "<source>/<name>"; else "<run_id>/<name>".
+    by_name = Counter(name for _, name, _ in entries)
+    by_source = Counter((run.source, name) for run, name, _ in entries)
+    keys = []
+    for run, name, _ in entries:
+        if by_name[name] == 1:
+            keys.append(name)
+        elif by_source[(run.source, name)] == 1:
+            keys.append(f"{run.source}/{name}")
+        else:
+            keys.append(f"{run.run_id}/{name}")
+    return keys
+
+
+def _baseline_name(run_meta_kinds: dict[str, str], names: list[str], requested: str | None) -> str | None:
+    if requested:
+        return requested if requested in names else None
+    if BASELINE_TOPOLOGY in names:
+        return BASELINE_TOPOLOGY
+    return next((n for n in names if run_meta_kinds.get(n) == BASELINE_TOPOLOGY), None)
+
+
+def _kinds(run: Run) -> dict[str, str]:
+    topos = run.meta.get("topologies")
+    if not isinstance(topos, dict):
+        return {}
+    return {name: str(t.get("kind")) for name, t in topos.items() if isinstance(t, dict)}
+
+
+def analyze(
+    bundle: Bundle,
+    *,
+    ttft_slo_s: float | None = None,
+    tpot_slo_s: float | None = None,
+    baseline: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Analyse every topology of every run in ``bundle``.
+
+    Returns ``{"runs", "topologies", "comparison", "side_by_side", "plan", "notes"}``: see
+    docs/analysis.md for every key. SLO bounds given here override the ones runs recorded.
+    """
+    notes = list(bundle.notes)
+    entries = _entries(bundle)
+    plan = next((p.result for p in bundle.plans if p.result is not None), None)
+    topologies: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, tuple[Run, pd.DataFrame]]] = {}
+    for key, (run, name, df) in zip(_keys(entries), entries, strict=True):
+        slo = Slo.from_meta(run.meta).override(ttft_slo_s, tpot_slo_s)
+        summary = summarize(df, slo)
+        ci = rate_ci(df, "throughput_rps", slo, n_boot=n_boot, seed=seed)
+        summary |= {"throughput_ci_low": ci.to_dict()["low"], "throughput_ci_high": ci.to_dict()["high"]}
+        topologies[key] = {"topology": name, "source": run.source, "run_id": run.run_id, "slo": slo.to_dict()}
+        topologies[key] |= summary
+        if name in groups.setdefault(run.source, {}):
+            notes.append(f"{run.source}: topology {name!r} appears in several runs; compared using the first")
+        else:
+            groups[run.source][name] = (run, df)
+
+    comparison: dict[str, Any] = {}
+    for source, members in groups.items():
+        names = sorted(members)
+        kinds = {k: v for run, _ in members.values() for k, v in _kinds(run).items()}
+        base = _baseline_name(kinds, names, baseline)
+        if base is None:
+            if len(names) > 1 or baseline:
+                notes.append(
+                    f"{source}: no baseline topology {baseline or BASELINE_TOPOLOGY!r}; no comparison"
+                )
+            continue
+        run0, _ = members[base]
+        slo = Slo.from_meta(run0.meta).override(ttft_slo_s, tpot_slo_s)
+        costs = {n: cost_per_hour(n, run.meta, plan) for n, (run, _) in members.items()}
+        rows = compare_to_baseline(
+            {n: df for n, (_, df) in members.items()}, base, slo, costs, n_boot=n_boot, seed=seed
+        )
+        comparison[source] = {"baseline": base, "rows": rows}
+
+    side: dict[str, dict[str, dict[str, Any]]] = {}
+    if plan:
+        for name, t in (plan.get("topologies") or {}).items():
+            side.setdefault(name, {})["plan"] = {out: t.get(k) for k, out in PLAN_KEYS.items()}
+    for entry in topologies.values():
+        side.setdefault(entry["topology"], {})[entry["source"]] = {k: entry[k] for k in SIDE_BY_SIDE_KEYS}
+
+    runs = [
+        {
+            "run_id": r.run_id,
+            "path": str(r.path),
+            "source": r.source,
+            "backend": r.backend,
+            "complete": r.meta.get("complete"),
+            "topologies": sorted(map(str, r.records["topology"].unique())),
+        }
+        for r in bundle.runs
+    ]
+    return {
+        "runs": runs,
+        "topologies": topologies,
+        "comparison": comparison,
+        "side_by_side": side,
+        "plan": plan,
+        "notes": notes,
+    }

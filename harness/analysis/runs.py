@@ -1,0 +1,167 @@
+"""Reading run directories for analysis: records, metadata, time series and plan results.
+
+A path given to ``analyze``/``report`` is either a run directory (``meta.json`` + records) or a
+directory that holds run directories one level down (what ``make bench`` writes: ``plan.json``,
+``plan_sweep_<kind>.csv`` and one sub-directory per simulate/replay run). Optional parts that are
+missing or unreadable become ``notes`` so a figure can say so; the records themselves must be valid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.errors import InputError
+from harness.records import read_meta, read_records
+
+DEFAULT_TOPOLOGY = "default"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One simulate or replay run: its metadata, records, and optional time series."""
+
+    path: Path
+    meta: Mapping[str, Any]
+    records: pd.DataFrame = field(repr=False)
+    timeseries: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta.get("run_id") or self.path.name)
+
+    @property
+    def source(self) -> str:
+        """``simulate`` or ``replay`` (from meta, else the records' ``source`` column)."""
+        src = self.meta.get("source")
+        if not src and "source" in self.records.columns and len(self.records):
+            vals = self.records["source"].dropna()
+            src = vals.iloc[0] if len(vals) else None
+        return str(src or "unknown")
+
+    @property
+    def backend(self) -> str | None:
+        """The shaping backend (replay) or clock (simulate) the run recorded, if any."""
+        for key in ("shaping_backend", "backend", "network_backend"):
+            if self.meta.get(key):
+                return str(self.meta[key])
+        return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Analytic planner output stored beside runs: ``plan.json`` and ``plan_sweep_<kind>.csv``."""
+
+    path: Path
+    result: Mapping[str, Any] | None
+    sweeps: Mapping[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything found under the paths given on the command line."""
+
+    runs: list[Run]
+    plans: list[Plan]
+    notes: list[str] = field(default_factory=list)
+
+    def sweeps(self, kind: str) -> pd.DataFrame | None:
+        """The first plan sweep of ``kind`` (``threshold``, ``split``, ``bandwidth``) found, if any."""
+        for plan in self.plans:
+            if kind in plan.sweeps:
+                return plan.sweeps[kind]
+        return None
+
+
+def _records(path: Path, rename: str | None) -> pd.DataFrame:
+    df = read_records(path)
+    if "topology" not in df.columns:
+        df["topology"] = DEFAULT_TOPOLOGY
+    df["topology"] = df["topology"].fillna(DEFAULT_TOPOLOGY).replace("", DEFAULT_TOPOLOGY)
+    if rename is not None:
+        names = df["topology"].unique()
+        if len(names) > 1:
+            raise InputError(
+                f"--name renames a single-topology run, but this one has {len(names)}: {sorted(names)}",
+                where=str(path),
+            )
+        df["topology"] = rename
+    return df
+
+
+def _timeseries(path: Path, topology: str, notes: list[str]) -> pd.DataFrame | None:
+    ts_path = path / "timeseries.parquet"
+    if not ts_path.is_file():
+        return None
+    try:
+        ts = pd.read_parquet(ts_path)
+    except Exception as exc:  # a damaged optional file must not hide the records
+        notes.append(f"{ts_path}: unreadable ({exc.__class__.__name__}); time-series figures skip it")
+        return None
+    if "time_s" not in ts.columns:
+        notes.append(f"{ts_path}: no time_s column; time-series figures skip it")
+        return None
+    if "topology" not in ts.columns:
+        ts["topology"] = topology
+    return ts
+
+
+def _plan(path: Path, notes: list[str]) -> Plan | None:
+    result = None
+    pj = path / "plan.json"
+    if pj.is_file():
+        try:
+            result = json.loads(pj.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            notes.append(f"{pj}: not valid JSON ({exc}); plan results skipped")
+    sweeps = {}
+    for csv in sorted(path.glob("plan_sweep_*.csv")):
+        try:
+            sweeps[csv.stem.removeprefix("plan_sweep_")] = pd.read_csv(csv)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            notes.append(f"{csv}: unreadable ({exc.__class__.__name__}); sweep skipped")
+    return Plan(path, result, sweeps) if result is not None or sweeps else None
+
+
+def load_run(path: str | Path, *, name: str | None = None, notes: list[str] | None = None) -> Run:
+    """Read one run directory; ``name`` renames its (single) topology."""
+    p = Path(path)
+    meta = read_meta(p)
+    records = _records(p, name)
+    topologies = records["topology"].unique()
+    ts = _timeseries(
+        p, str(topologies[0]) if len(topologies) else DEFAULT_TOPOLOGY, notes if notes is not None else []
+    )
+    return Run(p, meta, records, ts)
+
+
+def load_bundle(paths: Iterable[str | Path], *, name: str | None = None) -> Bundle:
+    """Find the runs and plan results under ``paths`` (each a run dir, or a dir of run dirs)."""
+    runs: list[Run] = []
+    plans: list[Plan] = []
+    notes: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            raise InputError("no such run directory", where=str(p))
+        plan = _plan(p, notes)
+        if plan is not None:
+            plans.append(plan)
+        if (p / "meta.json").is_file():
+            runs.append(load_run(p, name=name, notes=notes))
+            continue
+        children = sorted(c for c in p.iterdir() if (c / "meta.json").is_file())
+        for child in children:
+            runs.append(load_run(child, name=name, notes=notes))
+            if (child_plan := _plan(child, notes)) is not None:
+                plans.append(child_plan)
+        if not children and plan is None:
+            raise InputError(
+                "not a run directory (no meta.json, plan.json or run sub-directories)", where=str(p)
+            )
+    return Bundle(runs, plans, notes)

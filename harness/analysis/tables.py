@@ -1,0 +1,160 @@
+"""Human-readable tables (rich) and CSV rows from an ``analyze`` result."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+
+# (summary key, header, format kind)
+MAIN_COLUMNS = (
+    ("requests", "req", "int"), ("failed", "fail", "int"), ("throughput_rps", "req/s", "f3"),
+    ("output_tps", "tok/s", "f0"), ("goodput_rps", "good/s", "f3"), ("ttft_p50_s", "TTFT p50", "s"),
+    ("ttft_p90_s", "p90", "s"), ("ttft_p99_s", "p99", "s"), ("tpot_p50_s", "TPOT p50", "ms"),
+    ("tpot_p99_s", "p99", "ms"), ("itl_p99_s", "ITL p99", "ms"), ("e2e_p50_s", "E2E p50", "s"),
+    ("e2e_p99_s", "p99", "s"), ("offload_share", "offload", "pct"), ("egress_gbps", "egress Gb/s", "f2"),
+    ("cache_hit_rate", "cache hit", "pct"), ("send_lag_p99_s", "lag p99", "ms"),
+)  # fmt: skip
+BREAKDOWN_COLUMNS = (
+    ("ttft_queue", "queue"), ("ttft_prefill", "prefill"), ("ttft_transfer", "KV transfer"),
+    ("ttft_first_token", "first token"),
+)  # fmt: skip
+
+
+def fmt(value: Any, kind: str) -> str:
+    """Format one cell; None (unobservable) prints as an en dash."""
+    if value is None:
+        return "–"
+    match kind:
+        case "int":
+            return f"{int(value):,}"
+        case "s":
+            return f"{value:.3f}s"
+        case "ms":
+            return f"{value * 1000:.1f}ms"
+        case "pct":
+            return f"{value * 100:.1f}%"
+        case "f0":
+            return f"{value:,.0f}"
+        case "f2":
+            return f"{value:.2f}"
+        case "x":
+            return f"{value:.2f}×"
+        case _:
+            return f"{value:.3f}"
+
+
+def source_order(source: str) -> tuple[int, str]:
+    """Sort key: plan, simulate, replay, then anything else alphabetically."""
+    known = ("plan", "simulate", "replay")
+    return (known.index(source) if source in known else len(known), source)
+
+
+def _ratio(est: Mapping[str, Any] | None) -> str:
+    if not est or est.get("value") is None:
+        return "–"
+    ci = "" if est.get("low") is None else f" [{est['low']:.2f}–{est['high']:.2f}]"
+    return f"{est['value']:.2f}×{ci}"
+
+
+def main_table(result: Mapping[str, Any]) -> Table:
+    t = Table(
+        title="Per topology (latencies of successful requests; from the scheduled send)", title_justify="left"
+    )
+    t.add_column("topology", style="bold")
+    t.add_column("source")
+    for _, header, _ in MAIN_COLUMNS:
+        t.add_column(header, justify="right")
+    for key, e in result["topologies"].items():
+        t.add_row(key, e["source"], *(fmt(e.get(k), kind) for k, _, kind in MAIN_COLUMNS))
+    return t
+
+
+def breakdown_table(result: Mapping[str, Any]) -> Table:
+    t = Table(title="TTFT breakdown (p50 / mean)", title_justify="left")
+    t.add_column("topology", style="bold")
+    for _, header in BREAKDOWN_COLUMNS:
+        t.add_column(header, justify="right")
+    t.add_column("TTFT p50", justify="right")
+    for key, e in result["topologies"].items():
+        cells = [
+            f"{fmt(e.get(f'{k}_p50_s'), 's')} / {fmt(e.get(f'{k}_mean_s'), 's')}"
+            for k, _ in BREAKDOWN_COLUMNS
+        ]
+        t.add_row(key, *cells, fmt(e.get("ttft_p50_s"), "s"))
+    return t
+
+
+def comparison_table(source: str, comp: Mapping[str, Any]) -> Table:
+    t = Table(title=f"{source}: vs {comp['baseline']} (ratio [95% bootstrap CI])", title_justify="left")
+    for h in (
+        "topology",
+        "throughput",
+        "goodput",
+        "TTFT p50",
+        "TTFT p90",
+        "TPOT p50",
+        "$/h",
+        "throughput per $",
+    ):
+        t.add_column(h, justify="left" if h == "topology" else "right")
+    for name, row in comp["rows"].items():
+        cost = row.get("cost_per_hour")
+        t.add_row(
+            name, _ratio(row["throughput_rps"]), _ratio(row["goodput_rps"]), _ratio(row["ttft_p50_s"]),
+            _ratio(row["ttft_p90_s"]), _ratio(row["tpot_p50_s"]), "–" if cost is None else f"{cost:,.0f}",
+            _ratio(row.get("throughput_per_cost")),
+        )  # fmt: skip
+    return t
+
+
+def side_by_side_table(side: Mapping[str, Any]) -> Table:
+    sources = sorted({s for per in side.values() for s in per}, key=source_order)
+    t = Table(title="Side by side (plan: Λ_max; measured: throughput)", title_justify="left")
+    t.add_column("topology", style="bold")
+    for s in sources:
+        t.add_column(f"{s} req/s", justify="right")
+        t.add_column(f"{s} TTFT p90", justify="right")
+    for name, per in side.items():
+        cells = []
+        for s in sources:
+            e = per.get(s, {})
+            cells += [
+                fmt(e.get("lambda_max_rps", e.get("throughput_rps")), "f3"),
+                fmt(e.get("ttft_p90_s"), "s"),
+            ]
+        t.add_row(name, *cells)
+    return t
+
+
+def render(result: Mapping[str, Any]) -> Group:
+    """All tables for a terminal: per topology, breakdown, comparisons, side by side, notes."""
+    parts: list[Any] = [main_table(result), breakdown_table(result)]
+    parts += [comparison_table(src, comp) for src, comp in result["comparison"].items()]
+    if len({s for per in result["side_by_side"].values() for s in per}) > 1:
+        parts.append(side_by_side_table(result["side_by_side"]))
+    parts += [f"[yellow]note:[/] {n}" for n in result["notes"]]
+    return Group(*parts)
+
+
+def print_tables(result: Mapping[str, Any], console: Console | None = None) -> None:
+    (console or Console(width=200)).print(render(result))
+
+
+def write_csv(result: Mapping[str, Any], path: str | Path) -> Path:
+    """One row per topology entry, every scalar key a column (the error histogram is left out)."""
+    rows = [
+        {"key": key, **{k: v for k, v in e.items() if not isinstance(v, Mapping)}}
+        for key, e in result["topologies"].items()
+    ]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    p = Path(path)
+    with open(p, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return p

@@ -1,0 +1,50 @@
+"""``prfaas-bench analyze RUN...``: per-topology metrics, the baseline comparison and the side-by-side."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from harness.analysis import analyze, load_bundle
+from harness.analysis.tables import print_tables, write_csv
+
+
+@click.command("analyze")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (no tables).")
+@click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write one CSV row per topology."
+)
+@click.option(
+    "--name", help="Topology name for a single-topology run (default: the records' own, or 'default')."
+)
+@click.option(
+    "--ttft-slo",
+    type=click.FloatRange(min=0, min_open=True),
+    help="TTFT bound, seconds (overrides the run's).",
+)
+@click.option(
+    "--tpot-slo",
+    type=click.FloatRange(min=0, min_open=True),
+    help="TPOT bound, seconds (overrides the run's).",
+)
+@click.option("--baseline", help="Topology the others are compared with (default: 'homogeneous').")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=100), default=1000, show_default=True,
+              help="Bootstrap resamples for confidence intervals.")  # fmt: skip
+def command(runs, as_json, csv_path, name, ttft_slo, tpot_slo, baseline, seed, n_boot) -> None:
+    """Metrics per run and topology: throughput, goodput, TTFT/TPOT/ITL/E2E percentiles, the TTFT
+    breakdown, offload share, link egress, cache hits, send lag; ratios vs the homogeneous baseline."""
+    bundle = load_bundle(runs, name=name)
+    result = analyze(
+        bundle, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, baseline=baseline, n_boot=n_boot, seed=seed
+    )
+    if csv_path:
+        write_csv(result, csv_path)
+    if as_json:
+        json.dump(result, sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        print_tables(result)
