@@ -1,0 +1,312 @@
+"""Serving instances: a FIFO prefill instance and a continuously batching decode instance.
+
+Both take their timing from the cost model and their clock from the running asyncio loop
+(``loop.time()``), so they run unchanged in virtual time (simulate) and real time (serve).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.model.cost import InstanceCost
+from harness.serving.cache import PrefixCache
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillTimes:
+    """What one prefill did: when it was queued, ran and ended, and how many tokens the cache supplied."""
+
+    instance: str
+    enqueued_s: float
+    start_s: float
+    end_s: float
+    cached_tokens: int
+
+
+class PrefillInstance:
+    """One prefill instance: requests run one at a time in arrival order (FIFO).
+
+    Prefill time is ``cost.prefill_time_s(uncached, cached)`` where ``cached`` is the site cache's
+    prefix hit at the moment the prefill starts; the prompt's blocks enter the cache when it ends.
+    """
+
+    def __init__(self, name: str, cost: InstanceCost, cache: PrefixCache | None = None) -> None:
+        self.name = name
+        self.cost = cost
+        self.cache = cache
+        self._lock = asyncio.Lock()  # FIFO: waiters are woken in arrival order
+        self.waiting = 0
+        self._queued_work_s = 0.0
+        self._busy_until = 0.0
+        self.busy = False
+        self.completed = 0
+
+    def __repr__(self) -> str:
+        return f"<PrefillInstance {self.name} queue={self.queue_depth}>"
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting or running here."""
+        return self.waiting + int(self.busy)
+
+    def load_s(self, now: float) -> float:
+        """Estimated seconds of work ahead of a new arrival (for least-loaded balancing)."""
+        return max(0.0, self._busy_until - now) * self.busy + self._queued_work_s
+
+    def estimate_s(self, prompt_tokens: int, hash_ids: Sequence[int]) -> float:
+        cached = self.cache.peek(hash_ids, prompt_tokens) if self.cache else 0
+        cached = min(cached, prompt_tokens - 1)
+        return self.cost.prefill_time_s(prompt_tokens - cached, cached)
+
+    async def prefill(
+        self,
+        prompt_tokens: int,
+        hash_ids: Sequence[int],
+        on_start: Callable[[float, float, int], None] | None = None,
+    ) -> PrefillTimes:
+        """Queue, then prefill; ``on_start(start, duration, cached)`` fires as it starts (KV can leave)."""
+        loop = asyncio.get_running_loop()
+        enqueued = loop.time()
+        estimate = self.estimate_s(prompt_tokens, hash_ids)
+        self.waiting += 1
+        self._queued_work_s += estimate
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+            self._queued_work_s -= estimate
+        try:
+            self.busy = True
+            start = loop.time()
+            cached = self.cache.lookup(hash_ids, prompt_tokens) if self.cache else 0
+            duration = self.cost.prefill_time_s(prompt_tokens - cached, cached)
+            self._busy_until = start + duration
+            if on_start is not None:
+                on_start(start, duration, cached)
+            await asyncio.sleep(duration)
+            if self.cache is not None:
+                self.cache.insert(hash_ids)
+            self.completed += 1
+            return PrefillTimes(self.name, enqueued, start, loop.time(), cached)
+        finally:
+            self.busy = False
+            self._lock.release()
+
+
+class DecodeRejected(Exception):
+    """A sequence whose KVCache can never fit this instance's memory."""
+
+
+class TokenStream:
+    """Token times of one decoding sequence, in chunks as they are produced.
+
+    ``async for chunk in stream`` yields numpy arrays of token times (streaming, for HTTP);
+    ``await stream.wait()`` returns every token time once the sequence is done (simulation).
+    """
+
+    def __init__(self, output_tokens: int) -> None:
+        self.output_tokens = output_tokens
+        self.chunks: list[np.ndarray] = []
+        self.produced = 0
+        self.admitted_s: float | None = None
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._event: asyncio.Event | None = None
+
+    def _push(self, times: np.ndarray) -> None:
+        self.chunks.append(times)
+        self.produced += len(times)
+        if self._event is not None:
+            self._event.set()
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if not self._done.done():
+            if exc is None:
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(exc)
+        if self._event is not None:
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    async def wait(self) -> np.ndarray:
+        """All token times, once the last token is out (raises DecodeRejected if it was refused)."""
+        await self._done
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0)
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        if self._event is None:
+            self._event = asyncio.Event()
+        i = 0
+        while True:
+            if i < len(self.chunks):
+                i += 1
+                yield self.chunks[i - 1]
+            elif self._done.done():
+                self._done.result()  # re-raise a rejection
+                return
+            else:
+                self._event.clear()
+                await self._event.wait()
+
+
+class _Seq:
+    __slots__ = ("context", "kv_reserved", "remaining", "stream")
+
+    def __init__(self, stream: TokenStream, context: int, remaining: int, kv_reserved: int) -> None:
+        self.stream, self.context, self.remaining, self.kv_reserved = stream, context, remaining, kv_reserved
+
+
+class DecodeInstance:
+    """Continuous batching up to ``batch_max`` sequences, admission only at step boundaries.
+
+    A sequence is admitted when a slot is free and its final KVCache (prompt + output tokens) fits in
+    the instance's memory; it is reserved whole, so nothing is ever preempted. Each step emits one
+    token per sequence and lasts ``cost.decode_step_s(B, total context)``.
+
+    Between batch changes the step times are known in advance, so the instance advances a *segment*
+    of up to ``max_segment_steps`` steps per wake-up (computed arithmetically, identical to ticking
+    every step) and is woken early when a new sequence could be admitted. Use ``math.inf`` in
+    simulation and 1 in real-time serving, where tokens are streamed as each step ends.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        cost: InstanceCost,
+        batch_max: int,
+        *,
+        kv_capacity_bytes: int | None = None,
+        max_segment_steps: float = math.inf,
+    ) -> None:
+        if batch_max < 1:
+            raise ValueError(f"decode instance {name}: batch_max must be >= 1")
+        self.name = name
+        self.cost = cost
+        self.batch_max = int(batch_max)
+        self.kv_capacity = cost.kv_capacity_bytes() if kv_capacity_bytes is None else kv_capacity_bytes
+        self.max_segment_steps = max_segment_steps
+        self.active: list[_Seq] = []
+        self.pending: deque[_Seq] = deque()
+        self.kv_used = 0
+        self.steps = 0
+        self.completed = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<DecodeInstance {self.name} batch={len(self.active)}/{self.batch_max} pending={len(self.pending)}>"
+
+    @property
+    def load(self) -> int:
+        """Sequences running or waiting here (for least-loaded balancing)."""
+        return len(self.active) + len(self.pending)
+
+    def submit(self, prompt_tokens: int, output_tokens: int) -> TokenStream:
+        """Queue a sequence whose KVCache has arrived; returns its token stream."""
+        stream = TokenStream(output_tokens)
+        need = self.cost.kv_bytes(prompt_tokens + output_tokens)
+        if need > self.kv_capacity:
+            stream._finish(
+                DecodeRejected(f"{self.name}: KVCache {need} B exceeds capacity {self.kv_capacity} B")
+            )
+            return stream
+        self.pending.append(_Seq(stream, prompt_tokens, output_tokens, need))
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"decode-{self.name}")
+        elif self._wake is not None and not self._wake.done() and self._can_admit():
+            self._wake.set_result(None)
+        return stream
+
+    def _can_admit(self) -> bool:
+        return (
+            bool(self.pending)
+            and len(self.active) < self.batch_max
+            and (self.kv_used + self.pending[0].kv_reserved <= self.kv_capacity)
+        )
+
+    def _admit(self, now: float) -> None:
+        while self._can_admit():
+            seq = self.pending.popleft()
+            self.kv_used += seq.kv_reserved
+            seq.stream.admitted_s = now
+            self.active.append(seq)
+
+    def step_times(self, batch: int, contexts: np.ndarray) -> np.ndarray:
+        """Durations of successive steps of ``batch`` sequences holding ``contexts`` tokens in total."""
+        return np.asarray(self.cost.decode_step_s(batch, contexts), dtype=float)
+
+    async def _sleep_until(self, when: float) -> bool:
+        """Sleep until ``when``; True if woken early by an admissible arrival."""
+        loop = asyncio.get_running_loop()
+        self._wake = fut = loop.create_future()
+        handle = loop.call_at(when, _resolve, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._wake = None
+        return loop.time() < when
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            self._admit(now)
+            if not self.active:
+                self._wake = fut = loop.create_future()
+                await fut
+                self._wake = None
+                continue
+            batch = len(self.active)
+            n = int(min(min(s.remaining for s in self.active), self.max_segment_steps))
+            context0 = sum(s.context for s in self.active)
+            durations = self.step_times(batch, context0 + batch * np.arange(n, dtype=np.int64))
+            # Step end times, accumulated left to right from ``now`` (same rounding as step-by-step).
+            ends = np.cumsum(np.concatenate(([now], durations)))[1:]
+            done = n
+            if await self._sleep_until(float(ends[-1])):
+                # A sequence can join: finish the step in progress, then re-plan with it.
+                k = int(np.searchsorted(ends, loop.time(), side="left"))
+                await self._sleep_until_boundary(float(ends[k]))
+                done = k + 1
+            self._commit(ends[:done])
+
+    async def _sleep_until_boundary(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < when:
+            fut = loop.create_future()
+            handle = loop.call_at(when, _resolve, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+
+    def _commit(self, ends: np.ndarray) -> None:
+        steps = len(ends)
+        self.steps += steps
+        still: list[_Seq] = []
+        for s in self.active:
+            s.stream._push(ends)
+            s.context += steps
+            s.remaining -= steps
+            if s.remaining > 0:
+                still.append(s)
+            else:
+                self.kv_used -= s.kv_reserved
+                self.completed += 1
+                s.stream._finish()
+        self.active = still
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,116 @@
+"""A site: the instances in one datacenter, their shared prefix cache, and the two coroutines it serves.
+
+``Site.prefill`` runs a request's prefill on its least-loaded prefill instance and pushes the KVCache to
+the decode site through a ``KVTransport`` while the prefill runs; ``Site.decode`` hands a request whose
+KV has arrived to its least-loaded decode instance and returns the token stream. In ``simulate`` the
+cluster calls them directly; in ``serve`` each site runs in its own process behind HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.serving.cache import PrefixCache
+from harness.serving.instances import DecodeInstance, PrefillInstance, PrefillTimes, TokenStream
+from harness.serving.transport import KVTransport
+
+
+@dataclass(frozen=True, slots=True)
+class ServeRequest:
+    """One request as the serving stack sees it (times on the loop's clock)."""
+
+    request_id: str
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    hash_ids: Sequence[int] = ()
+    trace_row: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillResult:
+    """A finished prefill and the KV transfer it fed: phase times for the record."""
+
+    site: str
+    times: PrefillTimes
+    kv_bytes: int
+    transfer_start_s: float
+    transfer_end_s: float
+
+    @property
+    def kv_ready_s(self) -> float:
+        return max(self.times.end_s, self.transfer_end_s)
+
+
+class Site:
+    """Prefill and decode instances of one datacenter, sharing one prefix cache."""
+
+    def __init__(
+        self,
+        name: str,
+        prefill: Sequence[PrefillInstance] = (),
+        decode: Sequence[DecodeInstance] = (),
+        cache: PrefixCache | None = None,
+    ) -> None:
+        self.name = name
+        self.prefill_instances = list(prefill)
+        self.decode_instances = list(decode)
+        self.cache = cache
+
+    def __repr__(self) -> str:
+        return f"<Site {self.name} P={len(self.prefill_instances)} D={len(self.decode_instances)}>"
+
+    # ------------------------------------------------------------------ read-only views for the router
+    def cached_prefix(self, req: ServeRequest) -> int:
+        """Tokens of ``req``'s prompt this site's cache holds now (no side effects)."""
+        return self.cache.peek(req.hash_ids, req.prompt_tokens) if self.cache else 0
+
+    def prefill_load_s(self, now: float) -> float:
+        """Least estimated backlog (seconds) over this site's prefill instances."""
+        return min((p.load_s(now) for p in self.prefill_instances), default=float("inf"))
+
+    def prefill_queue_depth(self) -> int:
+        return sum(p.queue_depth for p in self.prefill_instances)
+
+    def pick_prefill(self, now: float) -> PrefillInstance:
+        """Least estimated backlog; ties go to the lowest index (deterministic)."""
+        if not self.prefill_instances:
+            raise RuntimeError(f"site {self.name} has no prefill instances")
+        return min(self.prefill_instances, key=lambda p: p.load_s(now))
+
+    def pick_decode(self) -> DecodeInstance:
+        """Fewest running plus waiting sequences; ties go to the lowest index."""
+        if not self.decode_instances:
+            raise RuntimeError(f"site {self.name} has no decode instances")
+        return min(self.decode_instances, key=lambda d: d.load)
+
+    # ------------------------------------------------------------------ the two served coroutines
+    async def prefill(
+        self, req: ServeRequest, dst_site: str, transport: KVTransport | None, kv_bytes: int
+    ) -> PrefillResult:
+        """Prefill ``req`` here and push ``kv_bytes`` of KV to ``dst_site`` as it is produced.
+
+        With ``transport=None`` (colocated: decode on the same GPUs) nothing moves.
+        """
+        loop = asyncio.get_running_loop()
+        instance = self.pick_prefill(loop.time())
+        transfer: asyncio.Task[tuple[float, float]] | None = None
+
+        def on_start(start: float, duration: float, _cached: int) -> None:
+            nonlocal transfer
+            if transport is not None:
+                coro = transport.transfer(req, self.name, dst_site, kv_bytes, start, duration)
+                transfer = loop.create_task(coro)
+
+        times = await instance.prefill(req.prompt_tokens, req.hash_ids, on_start)
+        if transfer is None:
+            return PrefillResult(self.name, times, 0, times.end_s, times.end_s)
+        start, end = await transfer
+        return PrefillResult(self.name, times, kv_bytes, start, end)
+
+    def decode(self, req: ServeRequest) -> tuple[DecodeInstance, TokenStream]:
+        """Start decoding ``req`` (its KV is here); returns the instance and its token stream."""
+        instance = self.pick_decode()
+        return instance, instance.submit(req.prompt_tokens, req.output_tokens)
