@@ -1,7 +1,7 @@
 """``read_trace``: detect a trace file's format and read it into a ``Trace``.
 
-Detection looks at the extension and the first bytes: Parquet magic means native; a first line that
-is a JSON object with ``input_length`` means Mooncake; a CSV header with ``ContextTokens`` means Azure
+Detection looks at the extension and the first bytes: Parquet magic (or ``.parquet``) means native; a
+first line that opens a JSON object means Mooncake; a CSV header with ``ContextTokens`` means Azure
 (2023 or 2024 timestamps), with ``Request tokens`` means BurstGPT. ``fmt`` overrides detection.
 """
 
@@ -64,7 +64,7 @@ def detect_format(path: Path) -> str:
     if head.startswith(MAGIC) or path.suffix.lower() == ".parquet":
         return "native"
     first = head.lstrip().split(b"\n", 1)[0].decode("utf-8", errors="replace")
-    if first.startswith("{") and '"input_length"' in first:
+    if first.startswith("{"):
         return "mooncake"
     header = {h.strip() for h in first.split(",")}
     if "ContextTokens" in header:
