@@ -1,0 +1,106 @@
+"""``prfaas-bench plan SCENARIO``: the PrfaaS paper's analytic throughput model, its grid search and sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+from harness.errors import ScenarioError
+from harness.model.deployment import deployment_from_scenario, with_overrides
+from harness.model.render import render_frame, render_plan
+from harness.model.study import (
+    DEFAULT_BANDWIDTHS_GBPS,
+    bandwidth_breakpoints,
+    plan_deployment,
+    sweep_bandwidth,
+    sweep_split,
+    sweep_threshold,
+)
+from harness.scenario import load_scenario
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ScenarioError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
+        raise ScenarioError(f"{option}: values must be positive numbers, got {text!r}")
+    return values
+
+
+def _clean(value):
+    """JSON without NaN/inf: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+@click.command("plan")
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option(
+    "--sweep",
+    type=click.Choice(["bandwidth", "threshold", "split"]),
+    help="Λ_max versus link bandwidth, routing threshold t (Fig. 5b) or N_p/N_d split (Fig. 5a).",
+)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the table as CSV.")
+@click.option("--model", help="Override [model] preset (a preset name or a TOML path).")
+@click.option("--bandwidth-gbps", type=float, help="Override [link] bandwidth_gbps.")
+@click.option("--bandwidths", help="Gbps values for --sweep bandwidth, comma-separated (default 1..400).")
+@click.option("--thresholds", help="Token thresholds for --sweep threshold, comma-separated.")
+def command(scenario, as_json, sweep, csv_path, model, bandwidth_gbps, bandwidths, thresholds) -> None:
+    """Best N_p/N_d split and threshold t per topology, Λ_max, ratios, link egress and cost (Table 6).
+
+    \b
+    prfaas-bench plan workloads/paper-case-study.toml
+    prfaas-bench plan workloads/paper-case-study.toml --sweep bandwidth --model minimax-m2.5 --csv bw.csv
+    """
+    gbps_values = _floats(bandwidths, "--bandwidths")
+    t_values = _floats(thresholds, "--thresholds")
+    deployment = with_overrides(
+        deployment_from_scenario(load_scenario(scenario)), model=model, bandwidth_gbps=bandwidth_gbps
+    )
+    if sweep is None:
+        report = plan_deployment(deployment)
+        if csv_path:
+            import pandas as pd
+
+            pd.DataFrame([tp.as_dict() for tp in report.topologies.values()]).drop(columns="extra").to_csv(
+                csv_path, index=False
+            )
+        if as_json:
+            click.echo(json.dumps(_clean(report.as_dict()), indent=2))
+        else:
+            click.echo(render_plan(report))
+        return
+    extra = {}
+    if sweep == "bandwidth":
+        frame = sweep_bandwidth(deployment, gbps_values or DEFAULT_BANDWIDTHS_GBPS)
+        extra = bandwidth_breakpoints(deployment)
+    elif sweep == "threshold":
+        frame = sweep_threshold(deployment, t_values)
+    else:
+        frame = sweep_split(deployment)
+    if csv_path:
+        frame.to_csv(csv_path, index=False)
+    if as_json:
+        rows = json.loads(frame.to_json(orient="records"))
+        click.echo(
+            json.dumps(
+                _clean({"sweep": sweep, "model": deployment.model.name, "rows": rows, **extra}), indent=2
+            )
+        )
+        return
+    click.echo(f"{deployment.name}: Λ_max versus {sweep}, model {deployment.model.name}\n")
+    click.echo(render_frame(frame))
+    for key, value in extra.items():
+        click.echo(f"{key}: {_clean(value) if value is None else f'{value:.1f}'}")

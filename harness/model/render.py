@@ -1,0 +1,100 @@
+"""Plain-text tables for ``plan``: the paper's Table 6 layout and sweep frames. Pure: data in, str out."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from harness.model.study import PlanReport
+
+
+def _num(value, fmt: str = "{:.2f}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def _grid(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_plan(report: PlanReport) -> str:
+    """Table 6 of the paper for this deployment, one column per topology, plus egress and cost."""
+    d = report.deployment
+    link = f"{d.link.bandwidth_gbps:g} Gbps link" if d.link else "no inter-site link"
+    remote = f", remote {d.gpus_per_instance}x{d.remote.name}" if d.remote else ""
+    head = (
+        f"{d.name}: {d.model.name}, local {d.gpus_per_instance}x{d.local.name}{remote}, {link}\n"
+        f"workload {d.workload.kind}: mean input {d.workload.lengths.mean():,.0f} tokens, "
+        f"output {d.workload.output_tokens} tokens, TPOT SLO {d.slo.tpot_ms:g} ms"
+    )
+    homog = report.first("homogeneous")
+    plans = list(report.topologies.values())
+    rows = [["", *(tp.name for tp in plans)]]
+
+    def row(label, cell):
+        rows.append([label, *(cell(tp) for tp in plans)])
+
+    row("kind", lambda tp: tp.result.kind)
+    row("t (tokens)", lambda tp: _num(tp.result.threshold_tokens, "{:,.0f}"))
+    row(
+        "N_prfaas / N_p / N_d",
+        lambda tp: " / ".join(
+            str(n) if n else "-" for n in (tp.result.n_prfaas, tp.result.n_p, tp.result.n_d)
+        ),
+    )
+    row(
+        "Θ_prfaas / Θ_pd-p / Θ_pd-d (req/s)",
+        lambda tp: " / ".join(
+            _num(x) for x in (tp.result.theta_prfaas, tp.result.theta_pd_p, tp.result.theta_pd_d)
+        ),
+    )
+    row("Λ_max (req/s)", lambda tp: _num(tp.result.lambda_max))
+    if homog:
+        row("vs homogeneous", lambda tp: _num(tp.result.lambda_max / homog.result.lambda_max, "{:.2f}x"))
+    row("bottleneck", lambda tp: tp.result.bottleneck)
+    row("offloaded share", lambda tp: _num(tp.result.offload_share, "{:.3f}"))
+    row("decode BS_max / instance", lambda tp: str(tp.result.bs_max))
+    if d.link:
+        row(
+            "egress (Gbps, % of link)",
+            lambda tp: (
+                f"{tp.result.egress_gbps:.1f} ({100 * tp.result.egress_gbps / d.link.bandwidth_gbps:.0f}%)"
+            ),
+        )
+    row("GPU cost ($/h)", lambda tp: _num(tp.cost_per_hour))
+    row("requests per $", lambda tp: _num(tp.requests_per_dollar, "{:.1f}"))
+    if homog:
+        row(
+            "vs homogeneous per $",
+            lambda tp: _num(tp.requests_per_dollar / homog.requests_per_dollar, "{:.2f}x"),
+        )
+    tail = f"\nnot in the analytic model: {', '.join(report.skipped)}" if report.skipped else ""
+    return f"{head}\n\n{_grid(rows)}{tail}"
+
+
+_FORMATS = {
+    "lambda_max": "{:.3f}",
+    "vs_homogeneous": "{:.2f}x",
+    "offload_share": "{:.3f}",
+    "egress_gbps": "{:.2f}",
+    "link_utilization": "{:.0%}",
+    "threshold_tokens": "{:,.0f}",
+    "l_long": "{:,.0f}",
+    "l_short": "{:,.0f}",
+    "bandwidth_gbps": "{:g}",
+}
+
+
+def render_frame(frame: pd.DataFrame) -> str:
+    """A sweep DataFrame as an aligned text table (floats rounded for reading; the CSV keeps them)."""
+    rows = [list(frame.columns)]
+    for rec in frame.to_dict("records"):
+        rows.append(
+            [_num(v, _FORMATS.get(k, "{:.3f}")) if isinstance(v, float) else str(v) for k, v in rec.items()]
+        )
+    return _grid(rows)
