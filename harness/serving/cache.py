@@ -15,7 +15,8 @@ class PrefixCache:
     """LRU cache of prefix blocks, ``capacity_bytes`` in total, ``block_bytes`` per block.
 
     ``capacity_bytes=None`` is unbounded (the trace's reuse ratio upper bound); ``0`` disables it.
-    Counters ``lookups_tokens`` and ``hit_tokens`` give the token hit rate of ``lookup(..., count=True)``.
+    ``lookup`` counts tokens (``lookup_tokens``, ``hit_tokens``) and blocks (``lookup_blocks``,
+    ``hit_blocks``: leading blocks found), so hit rates compare with a trace's block reuse ratio.
     """
 
     def __init__(self, capacity_bytes: float | None, block_bytes: float, block_tokens: int) -> None:
@@ -27,6 +28,8 @@ class PrefixCache:
         self._blocks: OrderedDict[int, None] = OrderedDict()
         self.lookup_tokens = 0
         self.hit_tokens = 0
+        self.lookup_blocks = 0
+        self.hit_blocks = 0
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -39,28 +42,33 @@ class PrefixCache:
     def used_bytes(self) -> float:
         return len(self._blocks) * self.block_bytes
 
-    def peek(self, hash_ids: Sequence[int], prompt_tokens: int) -> int:
-        """Tokens of the longest cached prefix, without touching recency or counters (router views)."""
+    def _leading(self, hash_ids: Sequence[int]) -> int:
         blocks = self._blocks
         n = 0
         for h in hash_ids:
             if h not in blocks:
                 break
             n += 1
-        return min(n * self.block_tokens, prompt_tokens)
+        return n
+
+    def peek(self, hash_ids: Sequence[int], prompt_tokens: int) -> int:
+        """Tokens of the longest cached prefix, without touching recency or counters (router views)."""
+        return min(self._leading(hash_ids) * self.block_tokens, prompt_tokens)
 
     def lookup(self, hash_ids: Sequence[int], prompt_tokens: int) -> int:
         """Cached prefix tokens for a request about to prefill; refreshes the hit blocks, counts the hit.
 
         At least one token is always left to compute (the last position's logits need a forward pass).
         """
-        hit = self.peek(hash_ids, prompt_tokens)
+        n = self._leading(hash_ids)
         blocks = self._blocks
-        for h in hash_ids[: -(-hit // self.block_tokens) if hit else 0]:
+        for h in hash_ids[:n]:
             blocks.move_to_end(h)
-        hit = min(hit, prompt_tokens - 1)
+        hit = min(n * self.block_tokens, prompt_tokens - 1)
         self.lookup_tokens += prompt_tokens
         self.hit_tokens += hit
+        self.lookup_blocks += len(hash_ids)
+        self.hit_blocks += n
         return hit
 
     def insert(self, hash_ids: Sequence[int]) -> None:

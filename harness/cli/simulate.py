@@ -1,0 +1,141 @@
+"""``prfaas-bench simulate SCENARIO``: the serving stack as a discrete-event simulation in virtual time."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from harness.errors import ScenarioError
+from harness.scenario import load_scenario
+from harness.serving.config import prepare
+from harness.serving.run import SimulateRequest, simulate, topology_rows
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ScenarioError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ScenarioError(f"{option}: no values given")
+    return values
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _fmt(value, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+@click.command("simulate")
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False),
+    help="Replay this trace file (else the scenario's workload).",
+)
+@click.option(
+    "--trace-timestamps", is_flag=True, help="Use the trace's own arrival times (the default with --trace)."
+)
+@click.option("--rate", type=float, help="Poisson arrivals at R requests/s.")
+@click.option("--rate-sweep", help="Comma-separated rates; one run per rate and topology.")
+@click.option(
+    "--requests",
+    type=click.IntRange(min=1),
+    help="Number of requests (synthetic), or the first N of the trace.",
+)
+@click.option("--duration", type=float, help="Seconds of arrivals to simulate.")
+@click.option(
+    "--topology", "topologies", help="Comma-separated topology names (default: all in the scenario)."
+)
+@click.option(
+    "--find-max-rate", is_flag=True, help="Bisect for the highest Poisson rate meeting the SLO attainment."
+)
+@click.option(
+    "--ttft-slo",
+    type=float,
+    help="TTFT bound in seconds for the SLO (default [slo] ttft_s, else [simulate] ttft_slo_s).",
+)
+@click.option("--attainment", type=float, help="SLO attainment target (default [slo] attainment, 0.99).")
+@click.option(
+    "--seed", type=int, help="Seed for synthetic lengths and Poisson arrivals (default [simulate] seed)."
+)
+@click.option(
+    "--clip", is_flag=True, help="Truncate prompts longer than the model's context instead of refusing."
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def command(
+    scenario, trace_path, trace_timestamps, rate, rate_sweep, requests, duration, topologies, find_max_rate,
+    ttft_slo, attainment, seed, clip, out_dir, as_json,
+) -> None:  # fmt: skip
+    """Simulate each topology of SCENARIO in virtual time; write records, a time series and meta.json."""
+    if rate is not None and rate_sweep is not None:
+        raise ScenarioError("give --rate or --rate-sweep, not both")
+    if trace_timestamps and (rate is not None or rate_sweep is not None):
+        raise ScenarioError("--trace-timestamps keeps the trace's arrival times; drop --rate/--rate-sweep")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise ScenarioError(f"--duration must be > 0 s, got {duration:g}")
+    rates = _floats(rate_sweep, "--rate-sweep") if rate_sweep else ((rate,) if rate is not None else ())
+    setup = prepare(
+        load_scenario(scenario), topologies=[t.strip() for t in topologies.split(",")] if topologies else None
+    )
+    trace = None
+    if trace_path is not None or setup.deployment.workload.trace_path is not None:
+        from harness.traces.readers import read_trace
+
+        trace = read_trace(trace_path or setup.deployment.workload.trace_path)
+    elif trace_timestamps:
+        raise ScenarioError('--trace-timestamps needs a trace (--trace FILE or [workload] kind = "trace")')
+    result = simulate(
+        setup,
+        SimulateRequest(
+            trace=trace,
+            trace_timestamps=not rates,
+            rates=rates,
+            requests=requests,
+            duration_s=duration,
+            find_max_rate=find_max_rate,
+            ttft_slo_s=ttft_slo,
+            attainment=attainment,
+            seed=seed,
+            clip=clip,
+            out_dir=Path(out_dir),
+        ),
+    )
+    if as_json:
+        click.echo(json.dumps(_clean(result), indent=2, sort_keys=True))
+        return
+    header = (
+        f"{'topology':<18} {'Np/Nd/Nprf':>10} {'t':>7} {'rate':>6} {'thr/s':>6} {'attain':>6} "
+        f"{'TTFT50':>7} {'TTFT90':>7} {'TPOT50':>7} {'offload':>7}"
+    )
+    if find_max_rate:
+        header += f" {'Λmax sim':>8} {'Λmax plan':>9}"
+    click.echo(header)
+    for row in topology_rows(result):
+        split = f"{row['n_p']}/{row['n_d']}/{row['n_prfaas']}"
+        line = (
+            f"{row['topology']:<18} {split:>10} {_fmt(row['threshold_tokens'], '.0f'):>7} {_fmt(row.get('rate_rps')):>6} "
+            f"{_fmt(row.get('throughput_rps')):>6} {_fmt(row.get('attainment'), '.1%'):>6} "
+            f"{_fmt(row.get('ttft_p50_s')):>7} {_fmt(row.get('ttft_p90_s')):>7} "
+            f"{_fmt((row.get('tpot_p50_s') or math.nan) * 1e3, '.1f'):>6}m {_fmt(row.get('offload_share'), '.0%'):>7}"
+        )
+        if find_max_rate:
+            line += f" {_fmt(row.get('lambda_max'), '.2f'):>8} {_fmt(row['planner_lambda_max'], '.2f'):>9}"
+        click.echo(line)
+    click.echo(f"run directory: {result['run_dir']}")

@@ -1,0 +1,138 @@
+"""Build a ``Cluster`` from a resolved topology: sites, instances, caches, links and the router.
+
+Kept apart from the scenario parsing (harness/serving/config.py) so ``serve`` can build the same sites
+from the same description.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from harness.model.cost import InstanceCost
+from harness.serving.cache import PrefixCache
+from harness.serving.cluster import Cluster
+from harness.serving.instances import DecodeInstance, PrefillInstance
+from harness.serving.router import (
+    BandwidthAware,
+    ColocatedRouter,
+    HomogeneousRouter,
+    NaiveRouter,
+    PrfaasRouter,
+    Router,
+)
+from harness.serving.site import Site
+from harness.serving.transport import FluidTransport, LinkSpec
+
+LOCAL, REMOTE = "local", "remote"
+KINDS = ("homogeneous", "naive", "prfaas", "colocated")
+
+
+@dataclass(frozen=True)
+class TopologyPlan:
+    """A topology with concrete instance counts (the planner's choice, or the scenario's).
+
+    ``n_p`` local prefill, ``n_d`` local decode, ``n_prfaas`` remote prefill instances;
+    ``threshold_tokens`` for prfaas; ``planner_lambda_max`` is the analytic Λ_max (req/s) to compare to.
+    For ``colocated``, ``n_d`` instances each prefill and decode.
+    """
+
+    name: str
+    kind: str
+    n_p: int
+    n_d: int
+    n_prfaas: int = 0
+    threshold_tokens: float | None = None
+    planner_lambda_max: float | None = None
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """Everything but the topology: costs, link, caches, batching and router options."""
+
+    local: InstanceCost
+    remote: InstanceCost | None
+    link: LinkSpec
+    intra_site: LinkSpec
+    decode_batch_max: int
+    cache_capacity_bytes: float | None
+    block_tokens: int = 512
+    prfaas_cache: str = "local"
+    bandwidth_aware: BandwidthAware | None = None
+    max_segment_steps: float = math.inf
+
+
+def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
+    """The sites, links and router of one topology (call inside the loop that will run it)."""
+    model = spec.local.model
+    block_bytes = max(1, model.kv_bytes_per_token) * spec.block_tokens
+
+    def cache() -> PrefixCache:
+        return PrefixCache(spec.cache_capacity_bytes, block_bytes, spec.block_tokens)
+
+    def decoders(site: str, n: int) -> list[DecodeInstance]:
+        return [
+            DecodeInstance(
+                f"{site}-d{i}", spec.local, spec.decode_batch_max, max_segment_steps=spec.max_segment_steps
+            )
+            for i in range(n)
+        ]
+
+    local_cache = cache()
+    local = Site(
+        LOCAL,
+        [PrefillInstance(f"{LOCAL}-p{i}", spec.local, local_cache) for i in range(topo.n_p)],
+        decoders(LOCAL, topo.n_d),
+        local_cache,
+    )
+    sites = {LOCAL: local}
+    links = {(LOCAL, LOCAL): spec.intra_site}
+    if topo.kind == "colocated":
+        # Each instance prefills and decodes; no KV moves (an optimistic reference: no interference).
+        local.prefill_instances = [
+            PrefillInstance(f"{LOCAL}-c{i}", spec.local, local_cache) for i in range(topo.n_d)
+        ]
+        for i, d in enumerate(local.decode_instances):
+            d.name = f"{LOCAL}-c{i}"
+    if topo.n_prfaas > 0:
+        if spec.remote is None:
+            raise ValueError("a topology with remote prefill instances needs remote hardware")
+        remote_cache = cache()
+        sites[REMOTE] = Site(
+            REMOTE,
+            [PrefillInstance(f"{REMOTE}-p{i}", spec.remote, remote_cache) for i in range(topo.n_prfaas)],
+            (),
+            remote_cache,
+        )
+        links.update(
+            {(REMOTE, LOCAL): spec.link, (LOCAL, REMOTE): spec.link, (REMOTE, REMOTE): spec.intra_site}
+        )
+    return Cluster(
+        sites,
+        make_router(spec, topo),
+        FluidTransport(links),
+        spec.local,
+        home=LOCAL,
+        forward_delay_s={REMOTE: spec.link.delay_ms / 1e3},
+    )
+
+
+def make_router(spec: StackSpec, topo: TopologyPlan) -> Router:
+    if topo.kind == "homogeneous":
+        return HomogeneousRouter(LOCAL)
+    if topo.kind == "colocated":
+        return ColocatedRouter(LOCAL)
+    if topo.kind == "naive":
+        return NaiveRouter(LOCAL, REMOTE)
+    if topo.kind == "prfaas":
+        if topo.threshold_tokens is None:
+            raise ValueError(f"topology {topo.name}: prfaas needs a threshold")
+        ba = spec.bandwidth_aware
+        return PrfaasRouter(
+            topo.threshold_tokens,
+            LOCAL,
+            REMOTE,
+            cache=spec.prfaas_cache,
+            bandwidth_aware=ba and BandwidthAware(**vars(ba)),
+        )
+    raise ValueError(f"unknown topology kind {topo.kind!r}; known: {', '.join(KINDS)}")
