@@ -39,7 +39,7 @@ def synthetic_records(
 ) -> list[RequestRecord]:
     """``n`` records of one topology with arrivals every 1/rate seconds."""
     rng = np.random.default_rng(seed)
-    jit = rng.lognormal(0.0, topo.jitter, size=(n, 4)) if topo.jitter else np.ones((n, 4))
+    jit = rng.lognormal(0.0, topo.jitter, size=(n, 5)) if topo.jitter else np.ones((n, 5))
     remote = rng.random(n) < topo.remote_share
     failed = rng.random(n) < topo.fail_share
     out = []
@@ -49,11 +49,11 @@ def synthetic_records(
         p_end = p_start + topo.prefill_s * jit[i, 1]
         kv_end = p_end + topo.transfer_s * jit[i, 2]
         first = kv_end + topo.tpot_s * jit[i, 3]
-        k = topo.output_tokens
+        k, tpot = topo.output_tokens, topo.tpot_s * jit[i, 4] ** 0.25
         rec = RequestRecord(
             run_id=run_id, topology=name, request_id=f"{name}-{i}", trace_row=i, scheduled_s=sched,
-            sent_s=sched + 0.0005, first_byte_s=first, first_token_s=first, last_token_s=first + (k - 1) * topo.tpot_s,
-            itl_s=[topo.tpot_s] * (k - 1), prompt_tokens_trace=20_000, output_tokens_requested=k,
+            sent_s=sched + 0.0005, first_byte_s=first, first_token_s=first, last_token_s=first + (k - 1) * tpot,
+            itl_s=[tpot] * (k - 1), prompt_tokens_trace=20_000, output_tokens_requested=k,
             output_tokens_received=k, cached_tokens=5_000, route="remote" if remote[i] else "local",
             prefill_site="remote" if remote[i] else "local", decode_site="local",
             prefill_start_s=p_start, prefill_end_s=p_end, kv_bytes=topo.kv_bytes,
