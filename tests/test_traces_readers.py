@@ -273,3 +273,55 @@ def test_not_parquet_and_missing_file(tmp_path):
     assert str(path) in str(err.value)
     with pytest.raises(TraceError, match="no such file"):
         read_trace(tmp_path / "nope.jsonl")
+
+
+def test_bom_and_crlf_are_tolerated(tmp_path):
+    path = _write(
+        tmp_path,
+        "win.csv",
+        b"\xef\xbb\xbfTIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:17:03.1,5,6\r\n",
+    )
+    assert detect_format(path) == "azure"
+    assert list(read_trace(path).input_tokens) == [5]
+
+
+def test_hash_id_beyond_int64_is_a_bad_field(tmp_path):
+    line = '{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [18446744073709551616]}\n'
+    path = _write(tmp_path, "big.jsonl", line)
+    with pytest.raises(TraceError, match="64-bit") as err:
+        read_trace(path)
+    assert f"{path}: line 1, field 'hash_ids'" in str(err.value)
+
+
+def test_fast_and_line_paths_agree_on_real_azure(azure_code_path):
+    from harness.traces import azure
+
+    fast = azure._read_vectorised(azure_code_path)
+    slow, _ = azure._read_lines(azure_code_path, skip_bad=False)
+    assert fast is not None
+    assert np.array_equal(fast.input_tokens, slow.input_tokens)
+    assert np.array_equal(fast.output_tokens, slow.output_tokens)
+    assert np.abs(fast.arrival_s - slow.arrival_s).max() < 1e-9
+    assert np.array_equal(fast.hash_values, slow.hash_values)
+
+
+@pytest.mark.parametrize("keep_failed", [False, True])
+def test_fast_and_line_paths_agree_on_burstgpt(tmp_path, keep_failed):
+    from harness.traces import burstgpt
+
+    path = _write(tmp_path, "b.csv", BURSTGPT)
+    fast = burstgpt._read_vectorised(path, keep_failed)
+    assert fast is not None
+    slow = burstgpt._read_lines(path, skip_bad=False, keep_failed=keep_failed)
+    assert fast[1] == slow[1]
+    for column in ("arrival_s", "input_tokens", "output_tokens", "hash_values", "hash_offsets"):
+        assert np.array_equal(getattr(fast[0], column), getattr(slow[0], column))
+
+
+def test_bad_burstgpt_line_falls_back_to_exact_message(tmp_path):
+    path = _write(tmp_path, "b.csv", BURSTGPT.replace("118,GPT-4,417", "118,GPT-4,-417"))
+    with pytest.raises(TraceError) as err:
+        read_trace(path)
+    assert f"{path}: line 4, field 'Request tokens'" in str(err.value)
+    trace, report = read_trace_report(path, skip_bad=True)
+    assert report.skipped == 1 and report.failed_dropped == 1 and list(trace.input_tokens) == [472]

@@ -10,6 +10,7 @@ from harness.traces.rows import BadRow, ReadReport, RowCollector, decoded_lines,
 
 BLOCK_TOKENS = 512
 FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def read_mooncake(path: Path, *, skip_bad: bool = False) -> tuple[Trace, ReadReport]:
@@ -36,6 +37,8 @@ def _parse(text: str) -> tuple[float, int, int, list[int]]:
     hash_ids = obj["hash_ids"]
     if not isinstance(hash_ids, list) or not all(type(h) is int for h in hash_ids):
         raise BadRow("hash_ids must be a list of integers", "hash_ids")
+    if hash_ids and not (min(hash_ids) >= _INT64_MIN and max(hash_ids) <= _INT64_MAX):
+        raise BadRow("hash_ids must fit in 64-bit signed integers", "hash_ids")
     return (
         finite_float(obj["timestamp"], "timestamp"),
         positive_int(obj["input_length"], "input_length"),

@@ -63,7 +63,7 @@ def detect_format(path: Path) -> str:
         raise TraceError("file is empty", where=str(path))
     if head.startswith(MAGIC) or path.suffix.lower() == ".parquet":
         return "native"
-    first = head.lstrip().split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    first = head.removeprefix(b"\xef\xbb\xbf").lstrip().split(b"\n", 1)[0].decode("utf-8", errors="replace")
     if first.startswith("{"):
         return "mooncake"
     header = {h.strip() for h in first.split(",")}

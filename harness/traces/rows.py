@@ -47,7 +47,7 @@ def decoded_lines(path: Path, sink: RowCollector) -> Iterator[tuple[int, str]]:
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a leading BOM
             except UnicodeDecodeError as exc:
                 sink.bad(lineno, BadRow(f"undecodable bytes (not UTF-8) at byte {exc.start}"))
                 continue
