@@ -219,20 +219,23 @@ def convert_cmd(
         raise InputError("--speedup and --rate both set the time scale; give only one")
     trace, _ = _read(src, fmt, skip_bad, keep_failed)
     if window:
+        span = trace.duration_s
         trace = transforms.window(trace, *_window(window))
+        if len(trace) == 0:
+            raise InputError(
+                f"--window {window} selects no requests from {src} (arrivals span 0 to {span:.1f} s)"
+            )
     if sample:
         trace = transforms.sample(trace, seed=seed, **_sample_size(sample))
     clipped = 0
     if clip is not None or clip_output is not None:
-        trace, clipped = transforms.clip_lengths(trace, clip or int(trace.input_tokens.max()), clip_output)
+        trace, clipped = transforms.clip_lengths(trace, clip, clip_output)
     if speedup is not None:
         trace = transforms.speedup(trace, speedup)
     if rate is not None:
         trace = transforms.rescale_rate(trace, rate)
-    if len(trace) == 0:
-        raise InputError(f"the transforms left no requests from {src}; nothing written")
     write_native(trace, dst)
-    note = f", {clipped} clipped" if clip is not None or clip_output is not None else ""
+    note = f", {clipped:,} clipped" if clip is not None or clip_output is not None else ""
     click.echo(f"wrote {dst}: {len(trace):,} requests over {trace.duration_s:,.1f} s{note}")
 
 

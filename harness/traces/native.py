@@ -95,21 +95,7 @@ def read_native(path: Path, *, skip_bad: bool = False) -> tuple[Trace, ReadRepor
         ("output_tokens", outputs <= 0, "must be positive"),
         ("hash_ids", np.asarray(hashes.is_null()), "is missing"),
     ]
-    bad = np.zeros(len(arrival), dtype=bool)
-    first: tuple[int, str, str] | None = None
-    for name, mask, message in problems:
-        bad |= mask
-        if mask.any():
-            i = int(np.argmax(mask))
-            if first is None or i < first[0]:
-                first = (i, name, message)
-    prior_max = np.concatenate([[-np.inf], np.maximum.accumulate(np.where(bad, -np.inf, arrival))[:-1]])
-    backwards = ~bad & (arrival < prior_max)
-    if backwards.any():
-        i = int(np.argmax(backwards))
-        if first is None or i < first[0]:
-            first = (i, "arrival_s", f"goes backwards ({arrival[i]:g} after {prior_max[i]:g})")
-        bad |= backwards
+    bad, first = _bad_rows(arrival, problems)
     if first is not None:
         if not skip_bad:
             i, name, message = first
@@ -132,6 +118,34 @@ def read_native(path: Path, *, skip_bad: bool = False) -> tuple[Trace, ReadRepor
             raise TraceError(f"no requests in file ({report.skipped} bad rows skipped)", where=str(path))
     report.rows = len(trace)
     return trace, report
+
+
+def _bad_rows(
+    arrival: np.ndarray, problems: list[tuple[str, np.ndarray, str]]
+) -> tuple[np.ndarray, tuple[int, str, str] | None]:
+    """Mask of unusable rows, and the earliest problem as (row index, field, message).
+
+    Time going backwards is judged against the latest *usable* earlier row, as the line readers do.
+    """
+    bad = np.zeros(len(arrival), dtype=bool)
+    first: tuple[int, str, str] | None = None
+
+    def note(i: int, name: str, message: str) -> None:
+        nonlocal first
+        if first is None or i < first[0]:
+            first = (i, name, message)
+
+    for name, mask, message in problems:
+        bad |= mask
+        if mask.any():
+            note(int(np.argmax(mask)), name, message)
+    prior_max = np.concatenate([[-np.inf], np.maximum.accumulate(np.where(bad, -np.inf, arrival))[:-1]])
+    backwards = ~bad & (arrival < prior_max)
+    if backwards.any():
+        i = int(np.argmax(backwards))
+        note(i, "arrival_s", f"goes backwards ({arrival[i]:g} after {prior_max[i]:g})")
+        bad |= backwards
+    return bad, first
 
 
 def _metadata(table: pa.Table, path: Path) -> dict:

@@ -48,16 +48,16 @@ def rescale_rate(trace: Trace, rate_rps: float) -> Trace:
     return speedup(trace, rate_rps / current)
 
 
-def clip_lengths(trace: Trace, max_input: int, max_output: int | None = None) -> tuple[Trace, int]:
-    """Cap input (and optionally output) lengths; returns the new trace and how many requests changed.
+def clip_lengths(trace: Trace, max_input: int | None, max_output: int | None = None) -> tuple[Trace, int]:
+    """Cap input and/or output lengths (None: no cap); returns the new trace and how many requests changed.
 
     A clipped prompt keeps its beginning, so its block ids are cut to ``ceil(input / block_tokens)``
     of the original leading ids: prefix sharing among clipped requests is preserved.
     To fit a model with context C and outputs up to O, clip the input to C - O.
     """
-    if max_input <= 0 or (max_output is not None and max_output <= 0):
+    if any(limit is not None and limit <= 0 for limit in (max_input, max_output)):
         raise InputError(f"clip limits must be positive, got input={max_input} output={max_output}")
-    inputs = np.minimum(trace.input_tokens, max_input)
+    inputs = trace.input_tokens if max_input is None else np.minimum(trace.input_tokens, max_input)
     outputs = trace.output_tokens if max_output is None else np.minimum(trace.output_tokens, max_output)
     changed = (inputs != trace.input_tokens) | (outputs != trace.output_tokens)
     lengths = np.diff(trace.hash_offsets)
