@@ -122,6 +122,14 @@ def _limits(theta_remote: float, p: float, theta_local: float, theta_d: float) -
     }
 
 
+def _binding(limits: dict[str, float], *, link_bound: bool = False) -> str:
+    """Names of the stages within 0.5% of the binding limit, joined by "+" (a tuned optimum usually
+    balances two). The remote stage is called "link" when bandwidth, not compute, caps it."""
+    lowest = min(limits.values())
+    names = [k for k, v in limits.items() if v <= lowest * 1.005]
+    return "+".join("link" if k == "prfaas" and link_bound else k for k in names)
+
+
 def evaluate_prfaas(ctx: PlanContext, n_prfaas: int, n_p: int, n_d: int, threshold: float) -> PlanResult:
     """Λ_max of PrfaaS-PD at one (N_prfaas, N_p, N_d, t)."""
     w = ctx.workload
@@ -132,9 +140,7 @@ def evaluate_prfaas(ctx: PlanContext, n_prfaas: int, n_p: int, n_d: int, thresho
     theta_d = ctx.theta_pd_d(n_d)
     limits = _limits(theta_r, p, theta_p, theta_d)
     lam = min(limits.values())
-    bottleneck = min(limits, key=limits.__getitem__)
-    if bottleneck == "prfaas" and link < compute:
-        bottleneck = "link"
+    bottleneck = _binding(limits, link_bound=link < compute)
     return PlanResult(
         kind="prfaas",
         lambda_max=lam,
@@ -174,7 +180,7 @@ def evaluate_homogeneous(ctx: PlanContext, n_p: int, n_d: int) -> PlanResult:
         theta_pd_d=theta_d,
         bs_max=ctx.bs_max,
         egress_gbps=0.0,
-        bottleneck=min(limits, key=limits.__getitem__),
+        bottleneck=_binding(limits),
         l_short=mean,
     )
 
@@ -186,9 +192,7 @@ def evaluate_naive(ctx: PlanContext, n_prfaas: int, n_d: int) -> PlanResult:
     theta_d = ctx.theta_pd_d(n_d)
     limits = {"prfaas": theta_r, "pd_d": theta_d}
     lam = min(limits.values())
-    bottleneck = min(limits, key=limits.__getitem__)
-    if bottleneck == "prfaas" and link < compute:
-        bottleneck = "link"
+    bottleneck = _binding(limits, link_bound=link < compute)
     return PlanResult(
         kind="naive",
         lambda_max=lam,
