@@ -1,0 +1,54 @@
+"""``prfaas-bench compare BASELINE CURRENT --max-regression 5%``: the CI regression check."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.analysis import analyze, load_bundle
+from harness.analysis.regression import check_regression, parse_bound, to_markdown
+from harness.errors import InputError
+
+
+def _result(path: str, seed: int) -> dict[str, Any]:
+    # A run directory is analysed; a file is taken as saved `analyze --json` output.
+    p = Path(path)
+    if p.is_file():
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"not analyze --json output ({exc})", where=str(p)) from None
+        if not isinstance(data, dict) or not isinstance(data.get("topologies"), dict):
+            raise InputError("not analyze --json output (no 'topologies' object)", where=str(p))
+        return data
+    return analyze(load_bundle([p]), seed=seed, n_boot=100)
+
+
+@click.command("compare")
+@click.argument("baseline", type=click.Path())
+@click.argument("current", type=click.Path())
+@click.option("--max-regression", "bound", default="5%", show_default=True,
+              help="Largest tolerated worsening, relative to the baseline (5% or 0.05).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the check as JSON instead of Markdown.")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Also write the Markdown here.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Bootstrap seed when analysing run dirs."
+)
+def command(baseline, current, bound, as_json, md_path, seed) -> None:
+    """Compare CURRENT with BASELINE (run directories or saved `analyze --json` files). Exits 1 when
+    throughput/goodput fell, or latency percentiles / the failed share rose, beyond the bound."""
+    max_regression = parse_bound(bound)  # before the (slower) analysis, so a typo fails at once
+    report = check_regression(_result(baseline, seed), _result(current, seed), max_regression)
+    md = to_markdown(report, baseline_label=baseline, current_label=current)
+    if md_path:
+        Path(md_path).write_text(md, encoding="utf-8")
+    if as_json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        click.echo(md, nl=False)
+    sys.exit(1 if report.failed else 0)

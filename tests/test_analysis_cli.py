@@ -1,0 +1,127 @@
+"""`analyze` and `report` on run directories written through RunWriter."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from harness.analysis.synthetic import SyntheticTopology, write_synthetic_plan, write_synthetic_run
+from harness.cli import main
+from harness.records import RequestRecord, RunWriter
+
+# Issues 4 and 6 fix these per-topology keys of `analyze --json`.
+REQUIRED = {
+    "requests", "failed", "throughput_rps", "goodput_rps", "ttft_p50_s", "ttft_p90_s", "tpot_p50_s",
+    "e2e_p50_s", "send_lag_p99_s", "ttft_queue_p50_s", "ttft_prefill_p50_s", "ttft_transfer_p50_s",
+    "kv_bytes_total", "offload_share",
+}  # fmt: skip
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_endpoint_run(path, topology="default"):
+    # What replay writes against one endpoint: 10 requests 1 s apart, TTFT 0.5 s, 4 tokens 0.1 s apart.
+    with RunWriter(path, {"source": "replay"}) as w:
+        for i in range(10):
+            w.write(RequestRecord(
+                run_id="r", topology=topology, request_id=str(i), trace_row=i, scheduled_s=float(i),
+                sent_s=i + 0.001 * i, first_token_s=i + 0.5, last_token_s=i + 0.8, itl_s=[0.1] * 3,
+                output_tokens_received=4, source="replay",
+            ))  # fmt: skip
+    return path
+
+
+def test_single_endpoint_json_by_hand(tmp_path):
+    res = _invoke("analyze", str(_one_endpoint_run(tmp_path / "r")), "--json", "--ttft-slo", "0.6")
+    assert res.exit_code == 0, res.output
+    t = json.loads(res.output)["topologies"]["default"]
+    assert set(t) >= REQUIRED
+    assert t["requests"] == 10 and t["failed"] == 0
+    assert t["throughput_rps"] == pytest.approx(10 / 9.8)  # last token at 9.8, first scheduled at 0
+    assert t["goodput_rps"] == pytest.approx(10 / 9.8)
+    assert t["ttft_p50_s"] == pytest.approx(0.5) and t["tpot_p50_s"] == pytest.approx(0.1)
+    assert t["e2e_p50_s"] == pytest.approx(0.8)
+    # Lags 0, 1, ..., 9 ms; p99 sits at rank 0.99 × 9 = 8.91 (linear interpolation): 8.91 ms.
+    assert t["send_lag_p99_s"] == pytest.approx(0.00891)
+    assert t["ttft_queue_p50_s"] is None and t["offload_share"] is None  # not reported: null, not 0
+
+
+def test_tight_slo_cuts_goodput(tmp_path):
+    res = _invoke("analyze", str(_one_endpoint_run(tmp_path / "r")), "--json", "--ttft-slo", "0.4")
+    t = json.loads(res.output)["topologies"]["default"]
+    assert t["goodput_rps"] == 0.0 and t["throughput_rps"] > 0
+
+
+def test_name_renames_and_csv(tmp_path):
+    out = tmp_path / "a.csv"
+    res = _invoke("analyze", str(_one_endpoint_run(tmp_path / "r")), "--name", "prfaas", "--csv", str(out))
+    assert res.exit_code == 0, res.output
+    assert "prfaas" in res.output
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["key"] for r in rows] == ["prfaas"] and float(rows[0]["ttft_p50_s"]) == pytest.approx(0.5)
+
+
+def test_comparison_and_side_by_side(tmp_path):
+    topos = {"homogeneous": SyntheticTopology(rate_rps=2.0), "prfaas": SyntheticTopology(rate_rps=3.0)}
+    write_synthetic_run(tmp_path / "b" / "sim", topos, n=100)
+    write_synthetic_run(tmp_path / "b" / "rep", topos, n=100, source="replay", seed=1)
+    write_synthetic_plan(tmp_path / "b")
+    res = _invoke("analyze", str(tmp_path / "b"), "--json", "--bootstrap", "200")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    # Same topology name from two sources: keys are qualified by source.
+    assert set(out["topologies"]) == {
+        "simulate/homogeneous",
+        "simulate/prfaas",
+        "replay/homogeneous",
+        "replay/prfaas",
+    }
+    for source in ("simulate", "replay"):
+        rows = out["comparison"][source]["rows"]
+        assert out["comparison"][source]["baseline"] == "homogeneous"
+        assert rows["homogeneous"]["throughput_rps"]["value"] == pytest.approx(1.0)
+        thr = rows["prfaas"]["throughput_rps"]
+        assert thr["low"] < thr["value"] < thr["high"] and thr["value"] > 1.2
+    assert set(out["side_by_side"]["prfaas"]) == {"plan", "simulate", "replay"}
+    assert out["side_by_side"]["prfaas"]["plan"]["lambda_max_rps"] == 3.24
+
+
+def test_warmup_rows_are_excluded(tmp_path):
+    with RunWriter(tmp_path / "r", {}) as w:
+        for i, phase in enumerate(["warmup", "measure", "measure", "cooldown"]):
+            w.write(RequestRecord(run_id="r", topology="t", request_id=str(i), trace_row=i, scheduled_s=float(i),
+                                  first_token_s=i + 0.2, last_token_s=i + 0.3, phase=phase))  # fmt: skip
+    t = json.loads(_invoke("analyze", str(tmp_path / "r"), "--json").output)["topologies"]["t"]
+    assert t["requests"] == 2 and t["excluded"] == 2
+    assert t["throughput_rps"] == pytest.approx(2 / (2.3 - 1.0))
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    res = _invoke("analyze", str(tmp_path / "nope"))
+    assert res.exit_code == 2 and "nope" in res.output and "Traceback" not in res.output
+    run = write_synthetic_run(tmp_path / "multi", {"a": SyntheticTopology(), "b": SyntheticTopology()}, n=5)
+    res = _invoke("analyze", str(run), "--name", "x")
+    assert res.exit_code == 2 and "--name" in res.output
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "meta.json").write_text("{}")
+    (tmp_path / "corrupt" / "records.jsonl").write_text('{"run_id": 1}\nnot json\n{}\n')
+    res = _invoke("analyze", str(tmp_path / "corrupt"))
+    assert res.exit_code == 2 and "records.jsonl" in res.output
+
+
+def test_report_writes_self_contained_page(tmp_path):
+    run = write_synthetic_run(tmp_path / "r", {"homogeneous": SyntheticTopology()}, n=20)
+    out = tmp_path / "x" / "report.html"
+    res = _invoke("report", str(run), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # no script fetched from anywhere: works offline
+    assert "Plotly.newPlot" in page and page.count('class="figure"') == 10
+    assert "synthetic-simulate-0" in page  # the header names the run
