@@ -1,0 +1,202 @@
+"""``prfaas-bench replay``: replay a trace against OpenAI-compatible endpoints (see docs/replay.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import click
+
+from harness.errors import InputError
+from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
+from harness.traces.readers import read_trace
+from harness.traces.transforms import clip_lengths, rescale_rate, speedup, window
+
+
+def _window(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        start, end = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise InputError(f"--window must be START:END in trace seconds, got {text!r}") from None
+    if not end > start >= 0:
+        raise InputError(f"--window needs 0 <= START < END, got {text!r}")
+    return start, end
+
+
+def _rates(text: str | None) -> list[float]:
+    if text is None:
+        return []
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--rate must be a number, 'inf', or a comma-separated list, got {text!r}") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise InputError(f"--rate values must be positive, got {text!r}")
+    return rates
+
+
+def _endpoints(specs: tuple[str, ...], name: str | None, model: str, api: str, prefill, decode) -> tuple:
+    if prefill or decode:
+        if specs:
+            raise InputError("use either --endpoint or --prefill-url/--decode-url, not both")
+        return (Endpoint(name=name or "pd", model=model, api=api, prefill_url=prefill, decode_url=decode),)
+    if not specs:
+        raise InputError("give --endpoint URL (or NAME=URL, repeated), or --prefill-url and --decode-url")
+    out = []
+    for spec in specs:
+        label, sep, url = spec.partition("=")
+        if not sep or "://" in label:
+            if len(specs) > 1:
+                raise InputError(f"with several endpoints, name each as NAME=URL (got {spec!r})")
+            label, url = name or "default", spec
+        out.append(Endpoint(name=label, url=url, model=model, api=api))
+    return tuple(out)
+
+
+@click.command("replay")
+@click.option(
+    "--endpoint",
+    "endpoints",
+    multiple=True,
+    metavar="[NAME=]URL",
+    help="Server base URL; repeat as NAME=URL for several (one per topology, run in turn, paired).",
+)
+@click.option("--model", required=True, help="Model name sent in every request.")
+@click.option("--name", default=None, help="Topology name of a single endpoint (default: 'default').")
+@click.option("--api", type=click.Choice(APIS), default="completions", show_default=True)
+@click.option(
+    "--trace",
+    "trace_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Trace file (format detected).",
+)
+@click.option("--format", "fmt", default=None, help="Trace format override.")
+@click.option("--skip-bad", is_flag=True, help="Skip malformed trace lines (counted) instead of failing.")
+@click.option(
+    "--window",
+    default=None,
+    metavar="START:END",
+    help="Keep requests arriving in [START, END) trace seconds.",
+)
+@click.option(
+    "--speedup", type=float, default=1.0, show_default=True, help="Compress trace time by this factor."
+)
+@click.option("--trace-rate", type=float, default=None, help="Rescale trace time to this mean rate (req/s).")
+@click.option(
+    "--max-input", type=int, default=None, help="Clip input lengths to this many tokens (model context)."
+)
+@click.option(
+    "--arrival",
+    type=click.Choice(ARRIVALS),
+    default=None,
+    help="Arrival process (default: trace, or poisson with --rate).",
+)
+@click.option(
+    "--rate",
+    default=None,
+    metavar="R[,R...]",
+    help="Offered rate, req/s ('inf' = closed loop with --concurrency); a list runs a sweep.",
+)
+@click.option(
+    "--burstiness",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Gamma arrivals: coefficient of variation.",
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Closed loop (with --rate inf) or a cap on in-flight requests.",
+)
+@click.option("--max-requests", type=int, default=None)
+@click.option("--duration", type=float, default=None, help="Seconds of schedule to run.")
+@click.option("--warmup", type=float, default=0.0, help="Mark requests of the first S seconds as warmup.")
+@click.option("--cooldown", type=float, default=0.0, help="Mark requests of the last S seconds as cooldown.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Client processes sharing one schedule."
+)
+@click.option("--timeout-connect", type=float, default=10.0, show_default=True)
+@click.option("--timeout-first-token", type=float, default=600.0, show_default=True)
+@click.option("--timeout-total", type=float, default=3600.0, show_default=True)
+@click.option(
+    "--prefill-url", default=None, help="Drive a PD pair directly (vLLM PD-proxy protocol): prefill server."
+)
+@click.option("--decode-url", default=None, help="... and decode server.")
+@click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Env var holding the API key (never recorded).",
+)
+@click.option(
+    "--tokenizer", default=None, type=click.Path(dir_okay=False), help="tokenizer.json: token-exact prompts."
+)
+@click.option(
+    "--shaping-backend",
+    default="none",
+    show_default=True,
+    help="Label recorded in meta (netem/relay/app/none).",
+)
+@click.option(
+    "--max-send-lag-ms",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Send-lag p99 above this: 'client saturated'.",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar; print only problems.")
+@click.option(
+    "--fail-on-error-rate", type=float, default=None, help="Exit 1 when the failed share exceeds X (0..1)."
+)
+def command(**o) -> None:
+    """Replay a trace against OpenAI-compatible endpoints; records to --out (JSONL + Parquet + meta)."""
+    win = _window(o["window"])
+    rates = _rates(o["rate"])
+    if o["speedup"] <= 0 or not math.isfinite(o["speedup"]):
+        raise InputError(f"--speedup must be a positive number, got {o['speedup']}")
+    if o["fail_on_error_rate"] is not None and not 0 <= o["fail_on_error_rate"] <= 1:
+        raise InputError("--fail-on-error-rate must be in [0, 1]")
+    endpoints = _endpoints(o["endpoints"], o["name"], o["model"], o["api"], o["prefill_url"], o["decode_url"])
+    arrival = o["arrival"] or ("poisson" if rates and not math.isinf(rates[0]) else "trace")
+    load = LoadSpec(
+        arrival=arrival, rate_rps=rates[0] if rates else None, gamma_cv=o["burstiness"],
+        concurrency=o["concurrency"], max_requests=o["max_requests"], duration_s=o["duration"],
+        warmup_s=o["warmup"], cooldown_s=o["cooldown"], seed=o["seed"],
+    )  # fmt: skip
+    config = ReplayConfig(
+        endpoints=endpoints, load=load, workers=o["workers"], api_key_env=o["api_key_env"],
+        timeouts=Timeouts(connect_s=o["timeout_connect"], first_token_s=o["timeout_first_token"], total_s=o["timeout_total"]),
+        tokenizer=o["tokenizer"], shaping_backend=o["shaping_backend"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
+        progress=not o["quiet"],
+    )  # fmt: skip
+    trace = read_trace(o["trace_path"], o["fmt"], skip_bad=o["skip_bad"])
+    if win is not None:
+        trace = window(trace, win[0], win[1] - win[0])
+    if o["max_input"] is not None:
+        trace, _ = clip_lengths(trace, o["max_input"])
+    if o["trace_rate"] is not None:
+        trace = rescale_rate(trace, o["trace_rate"])
+    trace = speedup(trace, o["speedup"])
+    if len(rates) > 1:
+        results = replay_sweep(trace, config, rates, o["out_dir"], quiet=o["quiet"])
+    else:
+        results = [replay(trace, config, o["out_dir"], quiet=o["quiet"])]
+    if not o["quiet"]:
+        for r in results:
+            click.echo(
+                json.dumps(
+                    {"run_dir": str(r.run_dir), "run_id": r.run_id, "error_rate": round(r.error_rate, 4)}
+                )
+            )
+    worst = max(r.error_rate for r in results)
+    if o["fail_on_error_rate"] is not None and worst > o["fail_on_error_rate"]:
+        click.echo(f"error rate {worst:.3f} exceeds --fail-on-error-rate {o['fail_on_error_rate']}", err=True)
+        sys.exit(1)

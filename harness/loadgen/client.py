@@ -1,0 +1,323 @@
+"""One request against one endpoint, streamed, timed and classified into a ``RequestRecord``.
+
+Times are ``time.monotonic()`` minus the run's ``t0`` (one clock for every worker process). Errors never
+escape: they become ``status="error"`` with an ``error_class`` (see ``ERROR_CLASSES``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from harness.loadgen.config import Endpoint, Timeouts
+from harness.loadgen.schedule import PHASES
+from harness.loadgen.sse import BAD, CONTENT, DONE, FULL, classify, parse_chunk, prfaas_fields
+from harness.records import STATUS_ERROR, RequestRecord
+
+ERROR_CLASSES = (
+    "connect_error",  # refused, DNS: nothing listening
+    "connect_timeout",
+    "first_token_timeout",  # no content token within Timeouts.first_token_s of the send
+    "total_timeout",
+    "http_<code>",  # e.g. http_500, http_429
+    "connection_reset",  # the connection died before the response started
+    "stream_disconnect",  # ... after it started (mid-stream), or EOF without [DONE]
+    "malformed_sse",
+    "stream_error",  # the server sent an error object inside the stream
+    "cancelled",  # the run was interrupted while this request was in flight
+)
+
+# vLLM's PD proxy: the prefill leg asks the prefill instance to keep the KV for a remote decode.
+PD_PREFILL_KV_PARAMS: dict[str, Any] = {
+    "do_remote_decode": True,
+    "do_remote_prefill": False,
+    "remote_engine_id": None,
+    "remote_block_ids": None,
+    "remote_host": None,
+    "remote_port": None,
+}
+
+
+@dataclass(slots=True)
+class Job:
+    """One scheduled request: ``scheduled_s`` on the run clock; prompt already synthesised."""
+
+    index: int
+    row: int
+    scheduled_s: float
+    prompt: str
+    input_tokens: int
+    output_tokens: int
+    phase: int
+    data: bytes = b""  # the encoded request body (``Client.prepare``), built before the send time
+
+
+_MAX_LINE = 1 << 22  # an SSE line this long without a newline is not a token stream
+
+
+class _Failure(Exception):
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+class Client:
+    """Sends jobs to one endpoint. ``t0`` is the run's monotonic zero, ``wall_offset_s`` its epoch time."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        run_id: str,
+        t0: float,
+        wall_offset_s: float,
+        timeouts: Timeouts,
+        api_key: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        self.ep = endpoint
+        self.run_id = run_id
+        self.t0 = t0
+        self.wall_offset_s = wall_offset_s
+        self.timeouts = timeouts
+        self.extra_body = dict(extra_body or {})
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        if endpoint.pd:
+            self.url = (endpoint.decode_url or "") + endpoint.path
+            self.prefill_url = (endpoint.prefill_url or "") + endpoint.path
+        else:
+            self.url = endpoint.url + endpoint.path
+
+    def body(self, job: Job) -> dict[str, Any]:
+        """The request body: streaming, usage included, output length forced to the trace's."""
+        body: dict[str, Any] = {
+            "model": self.ep.model,
+            "max_tokens": job.output_tokens,
+            "min_tokens": job.output_tokens,
+            "ignore_eos": True,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.ep.api == "chat":
+            body["messages"] = [{"role": "user", "content": job.prompt}]
+        else:
+            body["prompt"] = job.prompt
+        body.update(self.extra_body)
+        return body
+
+    def prepare(self, job: Job) -> Job:
+        """Encode the body ahead of the send time, so serialisation is not send lag."""
+        job.data = json.dumps(self.body(job), separators=(",", ":")).encode()
+        return job
+
+    async def execute(self, session: aiohttp.ClientSession, job: Job) -> RequestRecord:
+        """Run one job to completion or failure; never raises (a cancelled job returns a "cancelled" record)."""
+        rec = RequestRecord(
+            run_id=self.run_id,
+            topology=self.ep.name,
+            request_id=f"{self.ep.name}-{job.index}",
+            trace_row=job.row,
+            scheduled_s=job.scheduled_s,
+            prompt_tokens_trace=job.input_tokens,
+            output_tokens_requested=job.output_tokens,
+            source="replay",
+            endpoint=self.ep.name,
+            phase=PHASES[job.phase],
+        )
+        st = _Stream()
+        try:
+            async with asyncio.timeout(None) as cm:
+                st.cm = cm
+                await self._run(session, job, rec, st)
+        except _Failure as f:
+            _fail(rec, f.error_class, str(f))
+        except aiohttp.ConnectionTimeoutError as exc:
+            _fail(rec, "connect_timeout", str(exc) or "connect timeout")
+        except TimeoutError:
+            if st.times:
+                _fail(rec, "total_timeout", f"no end within {self.timeouts.total_s}s of send")
+            else:
+                _fail(rec, "first_token_timeout", f"no content token within {self.timeouts.first_token_s}s")
+        except aiohttp.ClientConnectorError as exc:
+            _fail(rec, "connect_error", str(exc))
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+            cls = "stream_disconnect" if st.headers_s is not None else "connection_reset"
+            _fail(rec, cls, f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            # Leaf task: finish with a record instead of propagating, so an interrupted run keeps it.
+            _fail(rec, "cancelled", "run interrupted")
+        _finish(rec, st, self.t0)
+        return rec
+
+    async def _run(self, session: aiohttp.ClientSession, job: Job, rec: RequestRecord, st: _Stream) -> None:
+        loop = asyncio.get_running_loop()
+        t_o = self.timeouts
+        headers = self.headers
+        data = job.data or self.prepare(job).data
+        mono, t0 = time.monotonic, self.t0
+        rec.sent_s = mono() - t0
+        now = loop.time()
+        st.total_deadline = now + t_o.total_s
+        st.cm.reschedule(now + min(t_o.first_token_s, t_o.total_s))
+        if self.ep.pd:
+            headers = {**headers, "X-Request-Id": rec.request_id}
+            body = json.loads(data)
+            body["kv_transfer_params"] = await self._prefill_leg(session, body, headers, rec)
+            data = json.dumps(body, separators=(",", ":")).encode()
+            rec.decode_start_s = mono() - t0
+        async with session.post(self.url, data=data, headers=headers) as resp:
+            st.headers_s = mono() - t0
+            rec.first_byte_s = st.headers_s
+            if resp.status >= 400:
+                text = (await resp.content.read(300)).decode("utf-8", "replace")
+                raise _Failure(f"http_{resp.status}", text.strip() or resp.reason or "")
+            # Read whatever bytes arrived and split lines here: one await per network read, not per
+            # line. Events that arrive in the same read share its timestamp (that is when they arrived).
+            content, times, tail = resp.content, st.times, b""
+            while True:
+                data = await content.readany()
+                if not data:
+                    raise _Failure("stream_disconnect", "stream ended without [DONE]")
+                now = mono()
+                lines = (tail + data if tail else data).split(b"\n")
+                tail = lines.pop()
+                for line in lines:
+                    if len(line) < 2:  # blank separator ("" or "\r")
+                        continue
+                    kind, payload = classify(line)
+                    if kind == CONTENT:
+                        if not times:
+                            st.cm.reschedule(st.total_deadline)
+                        times.append(now)
+                    elif kind == FULL:
+                        self._full(payload, rec, st, now)
+                    elif kind == DONE:
+                        return
+                    elif kind == BAD:
+                        raise _Failure("malformed_sse", line[:200].decode("utf-8", "replace"))
+                if len(tail) > _MAX_LINE:
+                    raise _Failure("malformed_sse", f"line longer than {_MAX_LINE} bytes")
+
+    def _full(self, payload: bytes, rec: RequestRecord, st: _Stream, now: float) -> None:
+        try:
+            chunk = parse_chunk(payload)
+        except ValueError:
+            raise _Failure("malformed_sse", payload[:200].decode("utf-8", "replace")) from None
+        if chunk.error:
+            raise _Failure("stream_error", chunk.error)
+        if chunk.has_content:
+            if not st.times:
+                st.cm.reschedule(st.total_deadline)
+            st.times.append(now)
+        if chunk.usage is not None:
+            st.usage = chunk.usage
+        if chunk.prfaas is not None:
+            for k, v in prfaas_fields(chunk.prfaas, self.wall_offset_s).items():
+                setattr(rec, k, v)
+        if chunk.kv_transfer_params is not None and rec.prefill_instance is None:
+            rec.prefill_instance = _engine(chunk.kv_transfer_params)
+
+    async def _prefill_leg(
+        self,
+        session: aiohttp.ClientSession,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        rec: RequestRecord,
+    ) -> dict[str, Any] | None:
+        """vLLM PD proxy, leg 1: max_tokens=1, not streamed; returns the server's kv_transfer_params."""
+        p = {k: v for k, v in body.items() if k not in ("stream_options", "min_tokens")}
+        p.update(stream=False, max_tokens=1, kv_transfer_params=dict(PD_PREFILL_KV_PARAMS))
+        rec.route = "pd"
+        rec.prefill_instance = urlsplit(self.prefill_url).netloc
+        rec.decode_instance = urlsplit(self.url).netloc
+        rec.prefill_start_s = time.monotonic() - self.t0
+        async with session.post(self.prefill_url, data=json.dumps(p).encode(), headers=headers) as resp:
+            raw = await resp.read()
+            rec.prefill_end_s = time.monotonic() - self.t0
+            if resp.status >= 400:
+                msg = raw[:300].decode("utf-8", "replace").strip()
+                raise _Failure(f"http_{resp.status}", f"prefill leg: {msg or resp.reason}")
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            raise _Failure("malformed_sse", "prefill leg: response is not JSON") from None
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        if isinstance(usage, dict):
+            rec.prompt_tokens_server = usage.get("prompt_tokens")
+            rec.cached_tokens = _cached(usage)
+        kv = obj.get("kv_transfer_params") if isinstance(obj, dict) else None
+        if not isinstance(kv, dict):
+            _warn(rec, "pd_no_kv_transfer_params")
+            return None
+        return kv
+
+
+@dataclass(slots=True)
+class _Stream:
+    cm: Any = None
+    total_deadline: float = 0.0
+    headers_s: float | None = None
+    times: list[float] = None  # type: ignore[assignment]
+    usage: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.times = []
+
+
+def _cached(usage: dict[str, Any]) -> int | None:
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def _engine(kv: dict[str, Any]) -> str | None:
+    host, port, engine = kv.get("remote_host"), kv.get("remote_port"), kv.get("remote_engine_id")
+    if host:
+        return f"{host}:{port}" if port else str(host)
+    return str(engine) if engine else None
+
+
+def _warn(rec: RequestRecord, text: str) -> None:
+    rec.warning = text if not rec.warning else f"{rec.warning};{text}"
+
+
+def _fail(rec: RequestRecord, error_class: str, message: str) -> None:
+    rec.status = STATUS_ERROR
+    rec.error_class = error_class
+    rec.error_message = message[:300]
+
+
+def _finish(rec: RequestRecord, st: _Stream, t0: float) -> None:
+    """Token times -> first/last/ITL; server usage reconciled with the trace's lengths."""
+    times = st.times
+    if times:
+        rec.first_token_s = times[0] - t0
+        rec.last_token_s = times[-1] - t0
+        rec.itl_s = [b - a for a, b in zip(times, times[1:], strict=False)]  # noqa: RUF007
+    rec.output_tokens_received = len(times)
+    usage = st.usage
+    if usage is None:
+        if rec.status != STATUS_ERROR:
+            _warn(rec, "no_usage")
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int):
+        rec.prompt_tokens_server = prompt
+        if prompt != rec.prompt_tokens_trace:
+            _warn(rec, f"usage_mismatch:prompt={prompt}/{rec.prompt_tokens_trace}")
+    if isinstance(completion, int):
+        rec.output_tokens_received = completion  # a chunk may carry several tokens
+        if completion != rec.output_tokens_requested and rec.status != STATUS_ERROR:
+            _warn(rec, f"usage_mismatch:output={completion}/{rec.output_tokens_requested}")
+    cached = _cached(usage)
+    if cached is not None:
+        rec.cached_tokens = cached

@@ -1,0 +1,171 @@
+"""The asyncio side of one worker: dispatch a schedule's requests on time, hand each record to a sink.
+
+Open loop: one dispatcher sleeps until each request's scheduled time and starts it as its own task
+(a concurrency cap makes the dispatcher wait, and the wait shows up as send lag). Closed loop: N
+coroutines each send their next request as soon as the previous one ends (scheduled = sent).
+On cancellation (Ctrl-C) in-flight requests end as "cancelled" records, handed to the sink too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from harness.loadgen.client import Client, Job
+from harness.loadgen.config import Endpoint, Timeouts
+from harness.loadgen.schedule import Schedule, closed_loop_phase
+from harness.records import RequestRecord
+from harness.traces.frame import Trace
+from harness.traces.prompts import PromptSynth
+
+_LOOKAHEAD = 64  # prepared requests held ahead of their send time (bounded memory)
+_PREP_SLACK_S = 0.002  # stop preparing this close to a send time
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSetup:
+    """What a worker needs besides the schedule (picklable, so it crosses into worker processes)."""
+
+    run_id: str
+    t0: float  # time.monotonic() of run-clock zero (system-wide on Linux)
+    wall_offset_s: float  # time.time() at run-clock zero
+    timeouts: Timeouts
+    api_key: str | None
+    extra_body: dict[str, Any]
+    tokenizer: str | None
+    seed: int
+
+
+class Jobs:
+    """Makes ``Job``s from schedule indices: trace lengths plus synthesised prompt text."""
+
+    def __init__(self, trace: Trace, schedule: Schedule, synth: PromptSynth) -> None:
+        self.trace, self.schedule, self.synth = trace, schedule, synth
+
+    def make(self, i: int, scheduled_s: float, phase: int) -> Job:
+        s = self.schedule
+        row = int(s.row[i]) if s.row is not None else i % s.trace_len
+        n_in = int(self.trace.input_tokens[row])
+        prompt = self.synth.prompt(self.trace.hash_ids(row), n_in, row)
+        return Job(i, row, scheduled_s, prompt, n_in, int(self.trace.output_tokens[row]), phase)
+
+
+def new_session(timeouts: Timeouts) -> aiohttp.ClientSession:
+    """One pooled session per worker: no connection limit (the schedule is the only limit)."""
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+async def drive(
+    endpoint: Endpoint,
+    trace: Trace,
+    schedule: Schedule,
+    setup: WorkerSetup,
+    sink: Callable[[RequestRecord], None],
+    synth: PromptSynth,
+    counters: dict[str, int] | None = None,
+) -> None:
+    """Send ``schedule``'s requests to ``endpoint``; every finished request goes to ``sink``.
+
+    ``counters["dispatched"]`` (if given) counts requests sent so far, for progress displays.
+    """
+    client = Client(
+        endpoint,
+        run_id=setup.run_id,
+        t0=setup.t0,
+        wall_offset_s=setup.wall_offset_s,
+        timeouts=setup.timeouts,
+        api_key=setup.api_key,
+        extra_body=setup.extra_body,
+    )
+    jobs = Jobs(trace, schedule, synth)
+    counters = counters if counters is not None else {}
+    counters.setdefault("dispatched", 0)
+    async with new_session(setup.timeouts) as session:
+        if schedule.closed_loop:
+            await _closed(client, session, jobs, schedule, setup.t0, sink, counters)
+        else:
+            await _open(client, session, jobs, schedule, setup.t0, sink, counters)
+
+
+async def _open(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink, counters) -> None:
+    sem = asyncio.Semaphore(schedule.concurrency) if schedule.concurrency else None
+    pending: set[asyncio.Task] = set()
+
+    async def one(job: Job) -> None:
+        try:
+            sink(await client.execute(session, job))
+        finally:
+            if sem is not None:
+                sem.release()
+
+    offsets, phases = schedule.offset_s, schedule.phase
+    assert offsets is not None and phases is not None
+    mono, sleep = time.monotonic, asyncio.sleep
+    todo = iter(schedule.indices())
+    ready: deque[Job] = deque()
+
+    def prepare_next() -> bool:
+        i = next(todo, None)
+        if i is None:
+            return False
+        at = float(offsets[i])
+        ready.append(client.prepare(jobs.make(i, at, int(phases[i]))))
+        return True
+
+    try:
+        while ready or prepare_next():
+            job = ready.popleft()
+            # Idle time before this send builds the next prompts, so a burst finds them ready; yield
+            # between them so requests already started are sent first.
+            while len(ready) < _LOOKAHEAD and t0 + job.scheduled_s - mono() > _PREP_SLACK_S:
+                await sleep(0)
+                if not prepare_next():
+                    break
+            delay = t0 + job.scheduled_s - mono()
+            if delay > 0:
+                await sleep(delay)
+            if sem is not None:
+                await sem.acquire()
+            task = asyncio.create_task(one(job))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            counters["dispatched"] += 1
+        while pending:
+            await asyncio.wait(set(pending))
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _closed(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink, counters) -> None:
+    indices = iter(schedule.indices())
+    mono = time.monotonic
+    end = None if schedule.duration_s is None else t0 + schedule.duration_s
+
+    async def loop() -> None:
+        for i in indices:
+            now = mono()
+            if end is not None and now >= end:
+                return
+            job = client.prepare(jobs.make(i, now - t0, closed_loop_phase(schedule, now - t0)))
+            job.scheduled_s = mono() - t0  # the slot freed now; prompt synthesis is not send lag here
+            counters["dispatched"] += 1
+            sink(await client.execute(session, job))
+
+    tasks = [asyncio.create_task(loop()) for _ in range(schedule.concurrency or 1)]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

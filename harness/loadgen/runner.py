@@ -1,0 +1,149 @@
+"""``replay()``: one trace, one schedule, every endpoint in turn, records streamed into one run directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from harness.loadgen.config import Endpoint, ReplayConfig
+from harness.loadgen.driver import WorkerSetup, drive
+from harness.loadgen.progress import Progress, print_summary
+from harness.loadgen.schedule import Schedule, build_schedule
+from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
+from harness.loadgen.stats import RunStats
+from harness.loadgen.workers import run_workers
+from harness.records import RunWriter, new_run_id
+from harness.traces.frame import Trace
+from harness.traces.prompts import PromptSynth, load_tokenizer
+
+_LEAD_S = 0.05
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Where the records went and what each endpoint's run looked like (``RunStats.summary()``)."""
+
+    run_dir: Path
+    run_id: str
+    summaries: dict[str, dict[str, Any]]
+    complete: bool = True
+
+    @property
+    def error_rate(self) -> float:
+        n = sum(s["requests"] for s in self.summaries.values())
+        return sum(s["failed"] for s in self.summaries.values()) / n if n else 0.0
+
+
+def replay(trace: Trace, config: ReplayConfig, out_dir: str | Path, *, quiet: bool = False) -> ReplayResult:
+    """Replay ``trace`` (already windowed/sped up) against every endpoint of ``config``, one after another,
+    with the same schedule and prompts (paired). Records go to ``out_dir`` as they finish; Ctrl-C keeps
+    them and marks the run incomplete (KeyboardInterrupt is re-raised)."""
+    schedule = build_schedule(trace, config.load)
+    tok = load_tokenizer(config.tokenizer) if config.tokenizer else None  # fail early on a bad file
+    run_id = config.run_id or new_run_id("replay")
+    meta = {
+        "command": "replay",
+        "source": "replay",
+        "run_id": run_id,
+        "topologies": [e.name for e in config.endpoints],
+        "config": config.describe(),
+        "seed": config.load.seed,
+        "shaping_backend": config.shaping_backend,
+        "trace": {"source": trace.source, "requests": len(trace), "span_s": trace.duration_s},
+        "schedule": {"requests": len(schedule), "closed_loop": schedule.closed_loop},
+        "prompts": {"tokenizer": config.tokenizer, "token_exact": tok is not None},
+        "breakdown_wire_format": {
+            "key": PRFAAS_KEY,
+            "fields": {k: v.__name__ for k, v in PRFAAS_FIELDS.items()},
+        },
+    }
+    summaries: dict[str, dict[str, Any]] = {}
+    saturated: dict[str, bool] = {}
+    with RunWriter(out_dir, meta) as writer:
+        for ep in config.endpoints:
+            stats = RunStats()
+            try:
+                _run_endpoint(ep, trace, schedule, config, writer, stats, tok, run_id, quiet)
+            finally:
+                summary = stats.summary()
+                p99 = summary["send_lag_s"]["p99"]
+                saturated[ep.name] = p99 is not None and p99 > config.max_send_lag_s
+                summary["client_saturated"] = saturated[ep.name]
+                summaries[ep.name] = summary
+                writer.update_meta(summaries=summaries, client_saturated=any(saturated.values()))
+                print_summary(
+                    ep.name, summary, quiet=quiet, saturated=saturated[ep.name], bound_s=config.max_send_lag_s
+                )
+    return ReplayResult(writer.run_dir, run_id, summaries)
+
+
+def replay_sweep(
+    trace: Trace, config: ReplayConfig, rates: list[float], out_dir: str | Path, *, quiet: bool = False
+) -> list[ReplayResult]:
+    """One run per offered rate, each in ``out_dir/rate-<r>``; same trace rows, same prompts."""
+    results = []
+    for rate in rates:
+        load = replace(
+            config.load,
+            rate_rps=rate,
+            arrival="poisson" if config.load.arrival == "trace" else config.load.arrival,
+        )
+        sub = replace(config, load=load, run_id=None)
+        tag = "inf" if math.isinf(rate) else f"{rate:g}"
+        results.append(replay(trace, sub, Path(out_dir) / f"rate-{tag}", quiet=quiet))
+    return results
+
+
+def _run_endpoint(ep: Endpoint, trace, schedule: Schedule, config, writer, stats, tok, run_id, quiet) -> None:
+    api_key = os.environ.get(config.api_key_env) or None
+
+    def setup(t0: float, wall_offset_s: float) -> WorkerSetup:
+        return WorkerSetup(
+            run_id=run_id,
+            t0=t0,
+            wall_offset_s=wall_offset_s,
+            timeouts=config.timeouts,
+            api_key=api_key,
+            extra_body=config.extra_body,
+            tokenizer=config.tokenizer,
+            seed=config.load.seed,
+        )
+
+    def on_record(rec) -> None:
+        writer.write(rec)
+        stats.add(rec)
+
+    with Progress(ep.name, len(schedule), enabled=config.progress and not quiet) as progress:
+        stats.started = time.monotonic()
+        if config.workers > 1:
+            run_workers(
+                config.workers, ep, trace, schedule, setup, on_record,
+                lambda d: progress.update(stats, d - stats.completed), config.tokenizer,
+            )  # fmt: skip
+            return
+        synth = PromptSynth(tok, block_tokens=trace.block_tokens, salt=config.load.seed)
+        counters = {"dispatched": 0}
+
+        async def main() -> None:
+            t0 = time.monotonic() + _LEAD_S  # a little ahead: the first request is not late by setup time
+            ticker = asyncio.create_task(_tick(progress, stats, counters))
+            try:
+                await drive(ep, trace, schedule, setup(t0, time.time() + _LEAD_S), on_record, synth, counters)
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+
+        asyncio.run(main())
+
+
+async def _tick(progress: Progress, stats: RunStats, counters: dict[str, int]) -> None:
+    while True:
+        progress.update(stats, counters["dispatched"] - stats.completed)
+        await asyncio.sleep(0.25)

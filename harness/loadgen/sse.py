@@ -1,0 +1,136 @@
+"""Server-sent-event lines of an OpenAI-compatible stream, classified cheaply.
+
+Most lines of a stream are token chunks; deciding "content token or not" must not cost a
+``json.loads`` per token. Inside a JSON string every ``"`` is escaped, so the byte pattern
+``"text":"`` (or ``"content":"``) can only be a key; the byte after it says whether the text is empty.
+Lines that may carry usage, errors, routing (``PRFAAS_KEY``) or ``kv_transfer_params`` are parsed fully.
+
+Server-reported breakdown (the wire format the emulated endpoints send, see docs/replay.md): any chunk —
+by convention the final usage chunk, the one with ``"choices": []`` — may carry a JSON object under the
+top-level key ``"prfaas"`` with the fields of ``PRFAAS_FIELDS``. Absolute times are Unix epoch seconds
+(the server's ``time.time()``); ``prefill_queue_s`` is a duration.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PRFAAS_KEY = "prfaas"
+# field -> type on the wire; every field is optional, unknown fields are ignored.
+PRFAAS_FIELDS: dict[str, type] = {
+    "route": str,  # "local" | "remote" | "colocated" | ...
+    "prefill_site": str,
+    "prefill_instance": str,
+    "decode_site": str,
+    "decode_instance": str,
+    "cached_tokens": int,  # prefix tokens served from a cache
+    "kv_bytes": int,  # KVCache bytes moved from prefill to decode
+    "kv_transfer_start_s": float,  # epoch seconds
+    "kv_transfer_end_s": float,  # epoch seconds
+    "prefill_queue_s": float,  # seconds waited before prefill started (a duration)
+    "prefill_start_s": float,  # epoch seconds
+    "prefill_end_s": float,  # epoch seconds
+    "decode_start_s": float,  # epoch seconds
+}
+EPOCH_FIELDS = (
+    "kv_transfer_start_s",
+    "kv_transfer_end_s",
+    "prefill_start_s",
+    "prefill_end_s",
+    "decode_start_s",
+)
+
+# Line kinds
+CONTENT, EMPTY, DONE, FULL, SKIP, BAD = range(6)
+
+_KEYS_NEEDING_PARSE = (b'"usage":{', b'"prfaas"', b'"error"', b'"kv_transfer_params"')
+_TEXT, _CONTENT = b'"text":"', b'"content":"'
+
+
+def classify(line: bytes) -> tuple[int, bytes]:
+    """Kind of one SSE line and its data payload.
+
+    CONTENT: a chunk with non-empty text; EMPTY: a chunk without (role-only, empty text);
+    DONE: ``[DONE]``; FULL: parse the payload with ``parse_chunk``; SKIP: blank line, comment,
+    ``event:``/``id:``/``retry:`` field; BAD: not SSE.
+    """
+    line = line.rstrip(b"\r\n")
+    if not line.startswith(b"data:"):
+        if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
+            return SKIP, b""
+        return BAD, line
+    payload = line[5:].lstrip(b" ")
+    if payload == b"[DONE]":
+        return DONE, payload
+    if not (payload.startswith(b"{") and payload.endswith(b"}")):
+        return BAD, payload
+    for key in _KEYS_NEEDING_PARSE:
+        if key in payload:
+            return FULL, payload
+    i = payload.find(_TEXT)
+    if i >= 0:
+        j = i + len(_TEXT)
+    else:
+        i = payload.find(_CONTENT)
+        if i < 0:  # no text at all (e.g. a finish_reason-only chunk, or "content": null)
+            return EMPTY, payload
+        j = i + len(_CONTENT)
+    return (EMPTY if payload[j] == 0x22 else CONTENT), payload  # 0x22 == '"'
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What a fully parsed chunk says."""
+
+    has_content: bool = False
+    usage: dict[str, Any] | None = None
+    prfaas: dict[str, Any] | None = None
+    kv_transfer_params: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def parse_chunk(payload: bytes) -> Chunk:
+    """Parse one JSON chunk; raises ValueError when it is not a JSON object."""
+    obj = json.loads(payload)
+    if not isinstance(obj, dict):
+        raise ValueError("SSE data is not a JSON object")
+    chunk = Chunk()
+    for choice in obj.get("choices") or ():
+        text = choice.get("text")
+        if text is None:
+            text = (choice.get("delta") or {}).get("content")
+        if text:
+            chunk.has_content = True
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        chunk.usage = usage
+    extra = obj.get(PRFAAS_KEY)
+    if isinstance(extra, dict):
+        chunk.prfaas = extra
+    kv = obj.get("kv_transfer_params")
+    if isinstance(kv, dict):
+        chunk.kv_transfer_params = kv
+    err = obj.get("error")
+    if err:
+        chunk.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+    return chunk
+
+
+def prfaas_fields(obj: dict[str, Any], wall_offset_s: float) -> dict[str, Any]:
+    """The breakdown fields of a ``prfaas`` object, typed, epoch times moved onto the run clock.
+
+    ``wall_offset_s`` is the epoch time of run-clock zero. Fields of the wrong type are dropped.
+    """
+    out: dict[str, Any] = {}
+    for name, typ in PRFAAS_FIELDS.items():
+        value = obj.get(name)
+        if value is None or isinstance(value, bool):
+            continue
+        if typ is float and isinstance(value, int | float):
+            value = float(value)
+        elif not isinstance(value, typ):
+            continue
+        out[name] = value - wall_offset_s if name in EPOCH_FIELDS else value
+    return out

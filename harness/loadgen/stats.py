@@ -1,0 +1,62 @@
+"""Running totals of a replay: counts, failure classes, send lags. Small and picklable."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.records import STATUS_ERROR, RequestRecord
+
+
+@dataclass
+class RunStats:
+    """Updated once per finished request; holds 8 bytes per request (send lag), not the records."""
+
+    completed: int = 0
+    failed: int = 0
+    dispatched: int = 0
+    tokens: int = 0
+    errors: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)
+    send_lag_s: array = field(default_factory=lambda: array("d"))
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, rec: RequestRecord) -> None:
+        self.completed += 1
+        self.tokens += rec.output_tokens_received
+        if rec.status == STATUS_ERROR:
+            self.failed += 1
+            self.errors[rec.error_class or "unknown"] += 1
+        if rec.warning:
+            for w in rec.warning.split(";"):
+                self.warnings[w.split(":", 1)[0].split("=", 1)[0]] += 1
+        if rec.sent_s is not None:
+            self.send_lag_s.append(rec.sent_s - rec.scheduled_s)
+
+    def send_lag_quantiles(self) -> dict[str, float | None]:
+        if not self.send_lag_s:
+            return {"p50": None, "p99": None, "max": None}
+        lag = np.frombuffer(self.send_lag_s, dtype=np.float64)
+        return {
+            "p50": float(np.quantile(lag, 0.5)),
+            "p99": float(np.quantile(lag, 0.99)),
+            "max": float(lag.max()),
+        }
+
+    def summary(self) -> dict:
+        """What meta.json and the end-of-run report say."""
+        elapsed = time.monotonic() - self.started
+        return {
+            "requests": self.completed,
+            "failed": self.failed,
+            "error_rate": self.failed / self.completed if self.completed else 0.0,
+            "errors": dict(self.errors),
+            "warnings": dict(self.warnings),
+            "output_tokens": self.tokens,
+            "elapsed_s": elapsed,
+            "send_lag_s": self.send_lag_quantiles(),
+        }

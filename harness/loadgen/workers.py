@@ -1,0 +1,166 @@
+"""Worker processes: each drives every N-th request of the shared schedule against the same t0.
+
+Protocol over one pipe per worker (parent <-> worker):
+
+    worker -> ("ready",)                       after imports and tokenizer loading
+    parent -> WorkerSetup                      carries the common t0
+    worker -> ("records", [RequestRecord...], dispatched)   batches, every ~50 ms
+    worker -> ("done", dispatched)             after the last record (also after SIGTERM)
+    worker -> ("failed", message)              an unexpected exception in the worker
+
+Workers ignore SIGINT: on Ctrl-C the parent sends each worker SIGTERM, which cancels its dispatch;
+in-flight requests then end as "cancelled" records and are still sent back and written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+
+from harness.loadgen.config import Endpoint
+from harness.loadgen.driver import WorkerSetup, drive
+from harness.loadgen.schedule import Schedule
+from harness.records import RequestRecord
+from harness.traces.frame import Trace
+from harness.traces.prompts import PromptSynth, load_tokenizer
+
+_FLUSH_S = 0.05
+
+
+def _worker_main(
+    conn: Connection, endpoint: Endpoint, trace: Trace, schedule: Schedule, tokenizer: str | None
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        tok = load_tokenizer(tokenizer) if tokenizer else None
+        conn.send(("ready",))
+        setup: WorkerSetup = conn.recv()
+        synth = PromptSynth(tok, block_tokens=trace.block_tokens, salt=setup.seed)
+        counters = {"dispatched": 0}
+        asyncio.run(_worker_async(conn, endpoint, trace, schedule, setup, synth, counters))
+        conn.send(("done", counters["dispatched"]))
+    except Exception as exc:  # report, never hang the parent
+        with contextlib.suppress(OSError):
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+async def _worker_async(conn, endpoint, trace, schedule, setup, synth, counters) -> None:
+    buf: list[RequestRecord] = []
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+    def flush() -> None:
+        if buf:
+            conn.send(("records", buf[:], counters["dispatched"]))
+            buf.clear()
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_S)
+            flush()
+
+    f = asyncio.create_task(flusher())
+    try:
+        await drive(endpoint, trace, schedule, setup, buf.append, synth, counters)
+    except asyncio.CancelledError:
+        pass  # SIGTERM: drive already turned in-flight requests into "cancelled" records
+    finally:
+        f.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await f
+        flush()
+
+
+def run_workers(
+    n: int,
+    endpoint: Endpoint,
+    trace: Trace,
+    schedule: Schedule,
+    make_setup: Callable[[float, float], WorkerSetup],
+    on_record: Callable[[RequestRecord], None],
+    on_tick: Callable[[int], None],
+    tokenizer: str | None,
+) -> None:
+    """Run ``n`` worker processes over ``schedule``; ``on_record`` gets every record in the parent.
+
+    ``make_setup(t0, wall_offset_s)`` builds the shared setup once all workers are ready.
+    ``on_tick(dispatched)`` is called at least every 0.25 s. Ctrl-C stops the workers, collects what
+    they recorded, then re-raises KeyboardInterrupt.
+    """
+    ctx = mp.get_context("spawn")
+    conns, procs = [], []
+    try:
+        for k in range(n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(
+                target=_worker_main,
+                args=(child, endpoint, trace, schedule.part(k, n), tokenizer),
+                daemon=True,
+            )
+            p.start()
+            child.close()
+            conns.append(parent)
+            procs.append(p)
+        for c in conns:
+            _expect_ready(c)
+        t0 = time.monotonic() + 0.1  # a common start slightly ahead, so no worker starts late
+        setup = make_setup(t0, time.time() + 0.1)
+        for c in conns:
+            c.send(setup)
+        _collect(conns, procs, on_record, on_tick)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for c in conns:
+            c.close()
+
+
+def _expect_ready(conn: Connection) -> None:
+    msg = conn.recv()
+    if msg[0] == "failed":
+        raise RuntimeError(f"replay worker failed to start: {msg[1]}")
+
+
+def _collect(conns, procs, on_record, on_tick) -> None:
+    live = dict(zip(conns, procs, strict=True))
+    dispatched = dict.fromkeys(conns, 0)
+    interrupted = False
+    failures: list[str] = []
+    while live:
+        try:
+            for c in wait(list(live), timeout=0.25):
+                try:
+                    msg = c.recv()
+                except EOFError:
+                    failures.append("a worker exited without reporting")
+                    del live[c]
+                    continue
+                if msg[0] == "records":
+                    for rec in msg[1]:
+                        on_record(rec)
+                    dispatched[c] = msg[2]
+                else:
+                    if msg[0] == "failed":
+                        failures.append(msg[1])
+                    del live[c]
+            on_tick(sum(dispatched.values()))
+        except KeyboardInterrupt:
+            interrupted = True
+            for p in live.values():
+                if p.is_alive():
+                    p.terminate()  # SIGTERM: graceful stop, records still come back
+    if interrupted:
+        raise KeyboardInterrupt
+    if failures:
+        raise RuntimeError("replay worker failed: " + "; ".join(failures))

@@ -1,0 +1,195 @@
+"""Prompt text from prefix block ids, so a replayed trace reuses prefixes exactly where the trace did.
+
+Each block id maps to a fixed run of words drawn from a seeded generator: the same id always yields the
+same text and different ids yield different text, so two requests that share their first k hash ids
+share their first k blocks of text, and a server's prefix cache sees the reuse the trace recorded.
+
+Token exactness:
+
+* with a tokenizer (``tokenizers.Tokenizer``, e.g. a model's ``tokenizer.json``) a prompt encodes to
+  exactly ``input_tokens`` tokens (no special tokens counted): the text is trimmed or extended at its
+  tail, and only the tail block differs from the block cache;
+* without one, a prompt has exactly ``input_tokens`` words from ``VOCABULARY``: common English words that
+  are one token each (with their leading space) in byte-level BPE tokenizers. Measured against a
+  65k-entry byte-level BPE tokenizer, prompts came out at exactly the requested length plus at most
+  1 token (see ``docs/replay.md``); chat templates add their own tokens on the server side.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from harness.errors import InputError
+from harness.traces.frame import DEFAULT_BLOCK_TOKENS
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+# Common words that are a single token (with a leading space) in common byte-level BPE vocabularies.
+VOCABULARY: tuple[str, ...] = tuple(
+    """
+    the of and to in is it you that was for on are with as his they be at one have this from or had by
+    word but what some we can out other were all there when up use your how said an each she which do
+    their time if will way about many then them write would like so these her long make thing see him two
+    has look more day could go come did number sound no most people my over know water than call first
+    who may down side been now find any new work part take get place made live where after back little
+    only round man year came show every good me give our under name very through just form sentence
+    great think say help low line differ turn cause much mean before move right boy old too same tell
+    does set three want air well also play small end put home read hand port large spell add even land
+    here must big high such follow act why ask men change went light kind off need house picture try us
+    again animal point mother world near build self earth father head stand own page should country found
+    answer school grow study still learn plant cover food sun four between state keep eye never last let
+    thought city tree cross farm hard start might story saw far sea draw left late run while press close
+    night real life few north open seem together next white children begin got walk example ease paper
+    group always music those both mark often letter until mile river car feet care second book carry took
+    science eat room friend began idea fish mountain stop once base hear horse cut sure watch color face
+    wood main enough plain girl usual young ready above ever red list though feel talk bird soon body dog
+    family direct pose leave song measure door product black short class wind question happen complete
+    ship area half rock order fire south problem piece told knew pass since top whole king space heard
+    best hour better true during hundred five remember step early hold west ground interest reach fast
+    verb sing listen six table travel less morning ten simple several vowel toward war lay against
+    pattern slow center love person money serve appear road map rain rule govern pull cold notice voice
+    unit power town fine certain fly fall lead cry dark machine note wait plan figure star box noun field
+    rest correct able pound done beauty drive stood contain front teach week final gave green oh quick
+    develop ocean warm free minute strong special mind behind clear tail produce fact street inch
+    multiply nothing course stay wheel full force blue object decide surface deep moon island foot system
+    busy test record boat common gold possible plane stead dry wonder laugh thousand ago ran check game
+    shape hot miss brought heat snow tire bring yes distant fill east paint language among
+    """.split()  # noqa: SIM905 (a word list reads better as text)
+)
+_WORDS = np.array([" " + w for w in VOCABULARY], dtype=object)
+_WORD_LEN = np.array([len(w) for w in _WORDS], dtype=np.int64)
+
+
+_M1, _M2, _GOLDEN = (
+    np.uint64(0xBF58476D1CE4E5B9),
+    np.uint64(0x94D049BB133111EB),
+    np.uint64(0x9E3779B97F4A7C15),
+)
+
+
+def _word_indices(salt: int, block_id: int, n: int) -> np.ndarray:
+    """Word ``k`` of block ``block_id``: splitmix64 of (salt, id, k), so each word is an independent hash
+    (two ids share a block's text with probability ~V^-n) and generation is one vectorised pass."""
+    key = np.uint64((block_id * 0x100000001B3 + salt * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF)
+    with np.errstate(over="ignore"):
+        z = key * _GOLDEN + np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        z ^= z >> np.uint64(31)
+    return (z % np.uint64(len(_WORDS))).astype(np.intp)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Read a Hugging Face ``tokenizer.json``; a clear InputError if it is missing or unreadable."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:  # optional dependency
+        raise InputError("--tokenizer needs the 'tokenizers' package (pip install tokenizers)") from exc
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("tokenizer file not found", where=str(p))
+    try:
+        return Tokenizer.from_file(str(p))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        raise InputError(f"not a tokenizer.json: {exc}", where=str(p)) from None
+
+
+class PromptSynth:
+    """Builds prompts from hash ids; caches block text (LRU, ``cache_blocks`` entries).
+
+    ``salt`` changes every block's text (a fresh prefix-cache universe for the same trace);
+    ``block_tokens`` must match the trace's block size (512 for Mooncake).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer | None = None,
+        *,
+        block_tokens: int = DEFAULT_BLOCK_TOKENS,
+        salt: int = 0,
+        cache_blocks: int = 4096,
+    ) -> None:
+        if block_tokens <= 0:
+            raise InputError(f"block_tokens must be positive, got {block_tokens}")
+        self.tokenizer = tokenizer
+        self.block_tokens = block_tokens
+        self.salt = salt
+        self._cache: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()
+        self._cache_blocks = cache_blocks
+
+    @property
+    def exact(self) -> bool:
+        """True when prompts are token-exact (a tokenizer is loaded)."""
+        return self.tokenizer is not None
+
+    def _block(self, block_id: int) -> tuple[str, np.ndarray]:
+        hit = self._cache.get(block_id)
+        if hit is not None:
+            self._cache.move_to_end(block_id)
+            return hit
+        idx = _word_indices(self.salt, block_id, self.block_tokens)
+        entry = ("".join(_WORDS[idx]), np.cumsum(_WORD_LEN[idx]))
+        self._cache[block_id] = entry
+        if len(self._cache) > self._cache_blocks:
+            self._cache.popitem(last=False)
+        return entry
+
+    def block_text(self, block_id: int) -> str:
+        """The full text of one block (``block_tokens`` words)."""
+        return self._block(int(block_id))[0]
+
+    def _words(self, hash_ids: Sequence[int], n_words: int, row: int) -> str:
+        parts: list[str] = []
+        remaining, k = n_words, 0
+        while remaining > 0:
+            # Past the trace's own ids (or with none), use per-request ids so tails never collide.
+            block_id = int(hash_ids[k]) if k < len(hash_ids) else -(row * 4096 + k) - 1
+            text, ends = self._block(block_id)
+            take = min(remaining, self.block_tokens)
+            parts.append(text if take == self.block_tokens else text[: ends[take - 1]])
+            remaining -= take
+            k += 1
+        return "".join(parts)
+
+    def prompt(self, hash_ids: Sequence[int], input_tokens: int, row: int = 0) -> str:
+        """Prompt text for one request: ``input_tokens`` tokens (exact with a tokenizer, else words).
+
+        ``row`` (the trace row) seeds filler blocks when the trace has fewer ids than blocks needed.
+        """
+        if input_tokens <= 0:
+            raise InputError(f"input_tokens must be positive, got {input_tokens}")
+        text = self._words(hash_ids, input_tokens, row)
+        if self.tokenizer is None:
+            return text
+        return self._fit(text, input_tokens, row)
+
+    def count(self, text: str) -> int:
+        """Tokens in ``text`` (tokenizer if loaded, else words)."""
+        if self.tokenizer is None:
+            return len(text.split())
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _fit(self, text: str, target: int, row: int) -> str:
+        """Trim or extend the tail until the text encodes to exactly ``target`` tokens."""
+        tok = self.tokenizer
+        assert tok is not None
+        filler = self._block(-(row * 4096) - 4095)[0].split(" ")[1:]
+        extra = 0
+        for _ in range(64):
+            enc = tok.encode(text, add_special_tokens=False)
+            n = len(enc.ids)
+            if n == target:
+                return text
+            if n > target:
+                text = text[: enc.offsets[target - 1][1]]
+            else:
+                need = target - n
+                text += "".join(" " + filler[(extra + i) % len(filler)] for i in range(need))
+                extra += need
+        raise InputError(f"cannot build a prompt of exactly {target} tokens with this tokenizer")
