@@ -325,3 +325,14 @@ def test_bad_burstgpt_line_falls_back_to_exact_message(tmp_path):
     assert f"{path}: line 4, field 'Request tokens'" in str(err.value)
     trace, report = read_trace_report(path, skip_bad=True)
     assert report.skipped == 1 and report.failed_dropped == 1 and list(trace.input_tokens) == [472]
+
+
+def test_absurd_length_is_a_bad_field_not_an_overflow(tmp_path):
+    path = _write(
+        tmp_path,
+        "a.csv",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03,99999999999999999999999,5\n",
+    )
+    with pytest.raises(TraceError, match="implausibly large") as err:
+        read_trace(path)
+    assert f"{path}: line 2, field 'ContextTokens'" in str(err.value)

@@ -18,6 +18,7 @@ import numpy as np
 from harness.errors import TraceError
 from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace, offsets_from_lists
 
+_MAX_TOKENS = 2**40  # far above any context; keeps sums of lengths inside int64
 _MAX_EXAMPLES = 5  # skipped-line messages kept for the report; the count is always exact
 
 
@@ -76,6 +77,8 @@ def positive_int(value: object, name: str) -> int:
         raise BadRow(f"{name} must be an integer, got {value!r}", name)
     if value <= 0:
         raise BadRow(f"{name} must be positive, got {value}", name)
+    if value > _MAX_TOKENS:
+        raise BadRow(f"{name} is implausibly large ({value} tokens)", name)
     return value
 
 
