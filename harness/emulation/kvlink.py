@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 import time
 import uuid
@@ -70,12 +71,16 @@ class KvReceiver:
         self._done: OrderedDict[str, tuple[TransferObs, float]] = OrderedDict()
         self._waiters: dict[str, asyncio.Future[TransferObs]] = {}
         self._conns: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
         self.bytes_received = 0
         self.transfers_received = 0
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on ``host:port`` (port 0 picks one); returns the bound address."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=4 * FRAME_BYTES)
+    async def start(
+        self, host: str | None = None, port: int = 0, *, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
+        """Listen on ``host:port`` (port 0 picks one) or on a bound ``sock``; returns the address."""
+        where: dict = {"sock": sock} if sock is not None else {"host": host, "port": port}
+        self._server = await asyncio.start_server(self._serve, limit=4 * FRAME_BYTES, **where)
         return self._server.sockets[0].getsockname()[:2]
 
     async def close(self) -> None:
@@ -83,6 +88,8 @@ class KvReceiver:
             self._server.close()
             for w in list(self._conns):
                 w.close()
+            # Let each connection's task see its reader end and return (no cancelled tasks left).
+            await asyncio.wait(list(self._tasks), timeout=2.0) if self._tasks else None
             await self._server.wait_closed()
         for fut in self._waiters.values():
             if not fut.done():
@@ -91,6 +98,11 @@ class KvReceiver:
     @property
     def in_flight(self) -> int:
         return len(self._progress)
+
+    @property
+    def bytes_pending(self) -> int:
+        """Bytes of transfers in progress that have not arrived yet."""
+        return int(sum(total - got for got, total, _ in self._progress.values()))
 
     async def wait(self, transfer_id: str, timeout_s: float | None = None) -> TransferObs:
         """The transfer's observation, waiting for its last byte if it has not arrived yet."""
@@ -123,6 +135,9 @@ class KvReceiver:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         self._conns.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             while True:
                 header = await reader.readexactly(_DATA.size)
@@ -145,6 +160,7 @@ class KvReceiver:
             pass
         finally:
             self._conns.discard(writer)
+            self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
 
@@ -184,12 +200,23 @@ class _Connection:
 
 
 class KvSender:
-    """Pushes KV bytes to receivers over pooled connections; ``send`` returns the receiver's timestamps."""
+    """Pushes KV bytes to receivers over pooled connections; ``send`` returns the receiver's timestamps.
 
-    def __init__(self, *, connections: int = 1) -> None:
+    On a link the kernel does not shape (the rootless fallback), ``pace_bytes_s`` paces each
+    destination's frames in the application (bytes per loop second, shared by concurrent transfers)
+    and ``delay_s`` holds a transfer's first frame back by the one-way delay.
+    """
+
+    def __init__(
+        self, *, connections: int = 1, pace_bytes_s: float | None = None, delay_s: float = 0.0
+    ) -> None:
         if connections < 1:
             raise ValueError("connections must be >= 1")
+        if pace_bytes_s is not None and not pace_bytes_s > 0:
+            raise ValueError("pace_bytes_s must be > 0")
         self.connections = connections
+        self.pace_bytes_s, self.delay_s = pace_bytes_s, delay_s
+        self._free_at: dict[tuple[str, int], float] = {}
         self._pools: dict[tuple[str, int], list[_Connection]] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         # Ack futures by destination, then transfer id.
@@ -231,12 +258,16 @@ class KvSender:
         chunks = chunk_sizes(nbytes, len(ready_times_s)) if ready_times_s else [nbytes]
         self.in_flight += 1
         try:
+            if self.delay_s > 0:
+                await asyncio.sleep(self.delay_s)
             frame_no = 0
             for i, size in enumerate(chunks):
                 if ready_times_s and (delay := ready_times_s[i] - loop.time()) > 0:
                     await asyncio.sleep(delay)
                 while size > 0:
                     n = min(size, FRAME_BYTES)
+                    if self.pace_bytes_s is not None:
+                        await self._pace(dest, n)
                     conn = pool[frame_no % len(pool)]
                     frame_no += 1
                     if conn.broken is not None:
@@ -252,6 +283,15 @@ class KvSender:
         finally:
             self.in_flight -= 1
             pending.pop(transfer_id, None)
+
+    async def _pace(self, dest: tuple[str, int], n: int) -> None:
+        """Wait until the destination's paced link has carried this frame (frames share it in order)."""
+        assert self.pace_bytes_s is not None
+        now = asyncio.get_running_loop().time()
+        done = max(now, self._free_at.get(dest, now)) + n / self.pace_bytes_s
+        self._free_at[dest] = done
+        if done > now:
+            await asyncio.sleep(done - now)
 
     async def close(self) -> None:
         for pool in self._pools.values():

@@ -24,7 +24,7 @@ class EmulationSpec:
     """How ``serve`` runs a scenario. Units are in the field names."""
 
     speedup: float = 1.0  # s: emulated time runs s× faster than the modelled deployment
-    kv_rate_mbit: float | None = None  # R_emu of the inter-site link; None: the [network] link's rate
+    kv_rate_mbit: float = 800.0  # R_emu of the inter-site link (a [network] table's link rate wins)
     layers: int = 8  # KV chunks per transfer, each leaving as its share of prefill completes
     connections: int = 1  # TCP connections per site pair for KV (multi-connection mode when > 1)
     max_waiting: int = 1024  # requests waiting in one site before it answers 429
@@ -37,7 +37,7 @@ class EmulationSpec:
     def __post_init__(self) -> None:
         if not self.speedup > 0:
             raise ValueError("speedup must be > 0")
-        if self.kv_rate_mbit is not None and not self.kv_rate_mbit > 0:
+        if not self.kv_rate_mbit > 0:
             raise ValueError("kv_rate_mbit must be > 0")
         for name in ("layers", "connections", "max_waiting", "context_tokens", "block_tokens"):
             if getattr(self, name) < 1:

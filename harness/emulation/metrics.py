@@ -1,0 +1,83 @@
+"""``/metrics`` of a site process: queue depths, batch sizes, KV bytes, link utilisation, cache hits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from harness.emulation.glue import ReceivedLinkMeter
+from harness.emulation.prometheus import Metric
+
+if TYPE_CHECKING:
+    from harness.emulation.server import SiteServer
+
+
+def collect(server: SiteServer) -> list[Metric]:
+    """Read the serving objects and KV endpoints of ``server`` into metric families."""
+    now = asyncio.get_running_loop().time()
+    m = {
+        name: Metric(f"prfaas_{name}", kind, text)
+        for name, kind, text in (
+            ("prefill_queue_depth", "gauge", "Requests waiting or running on a prefill instance"),
+            (
+                "prefill_backlog_seconds",
+                "gauge",
+                "Estimated prefill work queued on an instance (model seconds)",
+            ),
+            ("prefill_completed_total", "counter", "Prefills finished by an instance"),
+            ("decode_batch_size", "gauge", "Sequences in a decode instance's running batch"),
+            ("decode_pending", "gauge", "Sequences waiting for a decode slot or memory"),
+            ("decode_kv_used_bytes", "gauge", "KVCache bytes reserved on a decode instance"),
+            ("decode_steps_total", "counter", "Decode steps run by an instance"),
+            ("cache_lookup_tokens_total", "counter", "Prompt tokens looked up in a site's prefix cache"),
+            ("cache_hit_tokens_total", "counter", "Prompt tokens served from a site's prefix cache"),
+            ("requests_waiting", "gauge", "Accepted requests not yet decoding"),
+            ("requests_accepted_total", "counter", "Requests accepted"),
+            ("requests_rejected_total", "counter", "Requests refused with 429"),
+            ("requests_failed_total", "counter", "Requests that failed after acceptance"),
+            ("requests_routed_total", "counter", "Router decisions by route"),
+            ("kv_bytes_sent_total", "counter", "Emulated KV bytes sent to other sites"),
+            ("kv_model_bytes_sent_total", "counter", "Modelled (unscaled) KV bytes sent to other sites"),
+            ("kv_bytes_received_total", "counter", "Emulated KV bytes received from other sites"),
+            (
+                "kv_transfers_in_flight",
+                "gauge",
+                "KV transfers being sent (role=send) or received (role=recv)",
+            ),
+            ("link_utilisation", "gauge", "Received KV rate over the link's capacity, last second"),
+        )
+    }
+    for node in server.nodes.values():
+        t = {"topology": node.name, "site": server.site}
+        m["requests_waiting"].add(node.waiting, **t)
+        m["requests_accepted_total"].add(node.accepted, **t)
+        m["requests_rejected_total"].add(node.rejected, **t)
+        m["requests_failed_total"].add(node.failed, **t)
+        for route, count in sorted(node.routes.items()):
+            m["requests_routed_total"].add(count, route=route, **t)
+        site = node.site
+        if site is not None:
+            for p in site.prefill_instances:
+                m["prefill_queue_depth"].add(p.queue_depth, instance=p.name, **t)
+                m["prefill_backlog_seconds"].add(p.load_s(now), instance=p.name, **t)
+                m["prefill_completed_total"].add(p.completed, instance=p.name, **t)
+            for d in site.decode_instances:
+                m["decode_batch_size"].add(len(d.active), instance=d.name, **t)
+                m["decode_pending"].add(len(d.pending), instance=d.name, **t)
+                m["decode_kv_used_bytes"].add(d.kv_used, instance=d.name, **t)
+                m["decode_steps_total"].add(d.steps, instance=d.name, **t)
+            if site.cache is not None:
+                m["cache_lookup_tokens_total"].add(site.cache.lookup_tokens, **t)
+                m["cache_hit_tokens_total"].add(site.cache.hit_tokens, **t)
+        if node.view is not None:
+            for (src, dst), link in node.view.links.items():
+                if isinstance(link, ReceivedLinkMeter):
+                    m["link_utilisation"].add(link.utilisation(), src=src, dst=dst, topology=node.name)
+    s = {"site": server.site}
+    m["kv_bytes_sent_total"].add(server.sender.bytes_sent, **s)
+    model_bytes = sum(getattr(n.transport, "real_bytes_sent", 0) for n in server.nodes.values())
+    m["kv_model_bytes_sent_total"].add(model_bytes, **s)
+    m["kv_bytes_received_total"].add(server.receiver.bytes_received, **s)
+    m["kv_transfers_in_flight"].add(server.sender.in_flight, role="send", **s)
+    m["kv_transfers_in_flight"].add(server.receiver.in_flight, role="recv", **s)
+    return list(m.values())

@@ -1,0 +1,389 @@
+"""One site's HTTP server: the OpenAI-compatible API, the PD-proxy legs and the router, over the serving stack.
+
+Endpoints (``{t}`` is a topology name; the bare ``/v1/...`` paths serve the first topology):
+
+    POST /{t}/v1/completions, /{t}/v1/chat/completions
+         no kv_transfer_params              the router (PD proxy): route, prefill (here or on a peer
+                                            via a prefill leg), wait for the KV, decode, stream
+         kv_transfer_params.do_remote_decode  a prefill leg: prefill here, push KV, return params
+         kv_transfer_params.do_remote_prefill a decode leg: wait for the KV transfer, decode, stream
+    GET  /v1/models, /{t}/v1/models, /health, /metrics
+
+The breakdown (``"prfaas"``) rides on the final chunk: the usage chunk when the client asked for
+usage, else the last token chunk; non-streamed responses carry it at top level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from harness.emulation import api
+from harness.emulation.api import ApiError, GenRequest
+from harness.emulation.glue import RemoteSiteView
+from harness.emulation.kvlink import KvReceiver, KvSender
+from harness.emulation.node import TopologyNode
+from harness.emulation.prometheus import CONTENT_TYPE, render
+from harness.emulation.spec import EmulationSpec
+from harness.emulation.wire import (
+    PRFAAS_KEY,
+    WallClock,
+    breakdown_from_params,
+    prefill_fields,
+    prefill_leg_params,
+)
+from harness.serving.instances import DecodeInstance, DecodeRejected, TokenStream
+from harness.serving.site import ServeRequest
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+KV_WAIT_S = 600.0  # loop seconds a decode leg waits for its KV before giving up
+
+
+class SiteServer:
+    """The aiohttp application of site ``site``; ``nodes`` are its share of each topology."""
+
+    def __init__(
+        self,
+        site: str,
+        nodes: Mapping[str, TopologyNode],
+        *,
+        spec: EmulationSpec,
+        model: str,
+        clock: WallClock,
+        receiver: KvReceiver,
+        sender: KvSender,
+        kv_addr: tuple[str, int] | None = None,
+        metrics_extra: Any = None,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a site server needs at least one topology")
+        self.site, self.nodes, self.spec, self.model, self.clock = site, dict(nodes), spec, model, clock
+        self.receiver, self.sender, self.kv_addr = receiver, sender, kv_addr
+        self.metrics_extra = metrics_extra
+        self.default = next(iter(self.nodes))
+        self._session: aiohttp.ClientSession | None = None
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.add_routes(
+            [
+                web.get("/health", self.health),
+                web.get("/metrics", self.metrics),
+                web.get("/v1/models", self.models),
+                web.get("/{topology}/v1/models", self.models),
+                web.post("/v1/completions", self.completions),
+                web.post("/v1/chat/completions", self.chat),
+                web.post("/{topology}/v1/completions", self.completions),
+                web.post("/{topology}/v1/chat/completions", self.chat),
+            ]
+        )
+        self.app.on_cleanup.append(self._close_session)
+
+    # ------------------------------------------------------------------ small endpoints
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "site": self.site, "topologies": list(self.nodes), "speedup": self.spec.speedup}
+        )
+
+    async def models(self, request: web.Request) -> web.Response:
+        self._node(request)
+        card = {
+            "id": self.model,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "prfaas-bench",
+            "max_model_len": self.spec.context_tokens,
+        }
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        from harness.emulation.metrics import collect
+
+        text = render(collect(self))
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    # ------------------------------------------------------------------ generation
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, api.COMPLETIONS)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, api.CHAT)
+
+    def _node(self, request: web.Request) -> TopologyNode:
+        name = request.match_info.get("topology", self.default)
+        node = self.nodes.get(name)
+        if node is None:
+            raise web.HTTPNotFound(
+                text=json.dumps(
+                    ApiError(404, f"no topology {name!r} here (serving: {', '.join(self.nodes)})").body()
+                ),
+                content_type="application/json",
+            )
+        return node
+
+    async def _generate(self, request: web.Request, kind: str) -> web.StreamResponse:
+        node = self._node(request)
+        try:
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ApiError(400, "the request body is not valid JSON") from None
+            req = api.parse_request(
+                kind,
+                body,
+                models=(self.model,),
+                context_tokens=self.spec.context_tokens,
+                block_tokens=self.spec.block_tokens,
+            )
+            params = req.kv_transfer_params or {}
+            if node.waiting >= self.spec.max_waiting:
+                node.rejected += 1
+                raise ApiError(
+                    429,
+                    f"site {self.site} has {node.waiting} requests waiting (limit {self.spec.max_waiting})",
+                    retry_after_s=self.spec.retry_after_s,
+                )
+            node.accepted += 1
+            if params.get("do_remote_decode"):
+                return await self._prefill_leg(node, req, params)
+            if params.get("do_remote_prefill"):
+                return await self._decode_leg(request, node, req, params)
+            return await self._routed(request, node, req, body)
+        except ApiError as err:
+            return web.json_response(err.body(), status=err.status, headers=err.headers())
+
+    def _serve_request(self, req: GenRequest, request_id: str, output_tokens: int) -> ServeRequest:
+        return ServeRequest(
+            request_id=request_id,
+            arrival_s=asyncio.get_running_loop().time(),
+            prompt_tokens=req.prompt_tokens,
+            output_tokens=output_tokens,
+            hash_ids=req.block_ids,
+        )
+
+    async def _prefill_here(
+        self, node: TopologyNode, sreq: ServeRequest, dst: str, colocated: bool
+    ) -> dict[str, Any]:
+        if node.site is None or not node.site.prefill_instances:
+            raise ApiError(400, f"topology {node.name!r} has no prefill instances in site {self.site}")
+        transport = None if colocated else node.transport
+        nbytes = node.kv_cost.kv_bytes(sreq.prompt_tokens)
+        result = await node.site.prefill(sreq, dst, transport, nbytes)
+        fields = prefill_fields(result, self.clock)
+        if colocated:
+            for key in ("kv_bytes", "kv_transfer_start_s", "kv_transfer_end_s"):
+                fields.pop(key)
+        return fields
+
+    async def _prefill_leg(
+        self, node: TopologyNode, req: GenRequest, params: Mapping[str, Any]
+    ) -> web.Response:
+        """PD-proxy prefill leg: prefill here, push the KV to the decode site, return kv_transfer_params."""
+        tid = params.get("transfer_id") or uuid.uuid4().hex
+        if not isinstance(tid, str) or not _HEX32.match(tid):
+            raise ApiError(
+                400, "kv_transfer_params.transfer_id must be 32 hex digits", param="kv_transfer_params"
+            )
+        dst = params.get("decode_site") or node.home
+        if dst != self.site and dst not in node.peers:
+            raise ApiError(400, f"unknown decode site {dst!r}", param="kv_transfer_params")
+        node.waiting += 1
+        try:
+            fields = await self._prefill_here(node, self._serve_request(req, tid, 1), dst, colocated=False)
+        finally:
+            node.waiting -= 1
+        assert node.site is not None
+        kv_host, kv_port = self.kv_addr or (None, None)
+        out = prefill_leg_params(
+            fields,
+            transfer_id=tid,
+            engine_id=f"{self.site}/{fields['prefill_instance']}",
+            host=kv_host,
+            port=kv_port,
+        )
+        out["prefill_load_s"] = node.site.prefill_load_s(asyncio.get_running_loop().time())
+        usage = api.usage(req.prompt_tokens, 1, fields["cached_tokens"])
+        return web.json_response(api.full_response(req, api.TOKEN_TEXT, usage, {"kv_transfer_params": out}))
+
+    async def _decode_leg(
+        self, request: web.Request, node: TopologyNode, req: GenRequest, params: Mapping[str, Any]
+    ) -> web.StreamResponse:
+        """PD-proxy decode leg: wait for the KV named by ``transfer_id``, then decode and stream."""
+        tid = params.get("transfer_id")
+        if not isinstance(tid, str) or not _HEX32.match(tid):
+            raise ApiError(
+                400, "kv_transfer_params.transfer_id (32 hex digits) is required", param="kv_transfer_params"
+            )
+        breakdown = breakdown_from_params(params)
+        breakdown["route"] = "remote" if params.get("prefill_site") not in (None, self.site) else "local"
+        node.waiting += 1
+        try:
+            await self._await_kv(tid, params)
+        finally:
+            node.waiting -= 1
+        return await self._decode_and_respond(request, node, req, tid, breakdown)
+
+    async def _await_kv(self, tid: str, params: Mapping[str, Any]) -> None:
+        """Wait for (and claim) the KV of a prefill made in another site; a local one is already here."""
+        if params.get("prefill_site") == self.site:
+            return  # the fabric transfer inside this site ended before the prefill returned
+        try:
+            await self.receiver.wait(tid, timeout_s=KV_WAIT_S)
+        except TimeoutError:
+            raise ApiError(504, f"KV transfer {tid} did not arrive") from None
+
+    async def _routed(
+        self, request: web.Request, node: TopologyNode, req: GenRequest, body: Mapping[str, Any]
+    ) -> web.StreamResponse:
+        """The router: the serving policy picks the sites; prefill legs to peers go over HTTP."""
+        if node.router is None or node.view is None:
+            raise ApiError(
+                400,
+                f"site {self.site} is not a router for {node.name!r}: send PD legs (kv_transfer_params) here",
+                param="kv_transfer_params",
+            )
+        loop = asyncio.get_running_loop()
+        sreq = self._serve_request(req, uuid.uuid4().hex, req.max_tokens)
+        route = node.router.route(sreq, node.view, loop.time())
+        if route.decode_site != self.site:
+            raise ApiError(
+                500, f"router chose decode site {route.decode_site!r}; only {self.site!r} decodes here"
+            )
+        node.routes[route.route] = node.routes.get(route.route, 0) + 1
+        node.waiting += 1
+        try:
+            if route.prefill_site == self.site:
+                fields = await self._prefill_here(node, sreq, self.site, colocated=route.route == "colocated")
+            else:
+                params = await self._remote_prefill(node, route.prefill_site, req, body, sreq)
+                fields = breakdown_from_params(params)
+                view = node.view.sites.get(route.prefill_site)
+                if isinstance(view, RemoteSiteView):
+                    view.note_prefill(sreq, params.get("prefill_load_s"), loop.time())
+                await self._await_kv(sreq.request_id, params)
+        finally:
+            node.waiting -= 1
+        fields["route"] = route.route
+        return await self._decode_and_respond(request, node, req, sreq.request_id, fields)
+
+    async def _remote_prefill(
+        self, node: TopologyNode, site: str, req: GenRequest, body: Mapping[str, Any], sreq: ServeRequest
+    ) -> Mapping[str, Any]:
+        """Send the prefill leg (max_tokens 1, do_remote_decode) to ``site``'s process; its kv_transfer_params."""
+        leg = {
+            k: v
+            for k, v in body.items()
+            if k not in ("stream_options", "min_tokens", "min_completion_tokens")
+        }
+        leg.update(stream=False, max_tokens=1)
+        if "max_completion_tokens" in leg:
+            leg["max_completion_tokens"] = 1
+        leg["kv_transfer_params"] = {
+            "do_remote_decode": True,
+            "do_remote_prefill": False,
+            "remote_engine_id": None,
+            "remote_block_ids": None,
+            "remote_host": None,
+            "remote_port": None,
+            "transfer_id": sreq.request_id,
+            "decode_site": self.site,
+        }
+        path = "/v1/chat/completions" if req.kind == api.CHAT else "/v1/completions"
+        if node.forward_delay_s > 0:
+            await asyncio.sleep(node.forward_delay_s)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+            )
+        try:
+            async with self._session.post(node.peers[site] + path, json=leg) as resp:
+                payload = await resp.json(content_type=None)
+                if resp.status != 200:
+                    err = payload.get("error", {}) if isinstance(payload, dict) else {}
+                    raise ApiError(
+                        resp.status,
+                        f"prefill site {site}: {err.get('message', payload)}",
+                        retry_after_s=int(resp.headers["Retry-After"])
+                        if "Retry-After" in resp.headers
+                        else None,
+                    )
+        except (aiohttp.ClientError, json.JSONDecodeError) as exc:
+            raise ApiError(502, f"prefill site {site} unreachable: {exc}") from None
+        params = payload.get("kv_transfer_params") if isinstance(payload, dict) else None
+        if not isinstance(params, dict):
+            raise ApiError(502, f"prefill site {site} returned no kv_transfer_params")
+        return params
+
+    async def _close_session(self, _app: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # ------------------------------------------------------------------ decode and stream
+    async def _decode_and_respond(
+        self, request: web.Request, node: TopologyNode, req: GenRequest, rid: str, fields: dict[str, Any]
+    ) -> web.StreamResponse:
+        if node.site is None or not node.site.decode_instances:
+            raise ApiError(400, f"topology {node.name!r} has no decode instances in site {self.site}")
+        instance, stream = node.site.decode(self._serve_request(req, rid, req.max_tokens))
+        fields.update(decode_site=self.site, decode_instance=instance.name)
+        cached = int(fields.get("cached_tokens", 0))
+        if req.stream:
+            return await self._stream(request, node, req, instance, stream, fields, cached)
+        try:
+            times = await stream.wait()
+        except DecodeRejected as exc:
+            node.failed += 1
+            raise ApiError(400, str(exc)) from None
+        self._note_decode_start(fields, stream)
+        usage = api.usage(req.prompt_tokens, len(times), cached)
+        body = api.full_response(req, api.TOKEN_TEXT * len(times), usage, {PRFAAS_KEY: fields})
+        return web.json_response(body)
+
+    def _note_decode_start(self, fields: dict[str, Any], stream: TokenStream) -> None:
+        if stream.admitted_s is not None:
+            fields["decode_start_s"] = self.clock.epoch(stream.admitted_s)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        node: TopologyNode,
+        req: GenRequest,
+        instance: DecodeInstance,
+        stream: TokenStream,
+        fields: dict[str, Any],
+        cached: int,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        n = 0
+        try:
+            if req.kind == api.CHAT:
+                await resp.write(api.sse(api.role_chunk(req)))
+            async for chunk in stream:
+                self._note_decode_start(fields, stream)
+                out = []
+                for _ in range(len(chunk)):
+                    n += 1
+                    last = n == req.max_tokens
+                    obj = api.token_chunk(req, api.TOKEN_TEXT, "length" if last else None)
+                    if last and not req.include_usage:
+                        obj[PRFAAS_KEY] = fields
+                    out.append(api.sse(obj))
+                await resp.write(b"".join(out))
+            if req.include_usage:
+                usage = api.usage(req.prompt_tokens, n, cached)
+                await resp.write(api.sse(api.usage_chunk(req, usage, {PRFAAS_KEY: fields})))
+            await resp.write(api.SSE_DONE)
+        except DecodeRejected as exc:
+            node.failed += 1
+            await resp.write(api.sse(ApiError(400, str(exc)).body()))
+        except ConnectionResetError:
+            return resp  # the client left; the sequence still runs to its end in the decode batch
+        await resp.write_eof()
+        return resp

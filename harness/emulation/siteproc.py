@@ -1,0 +1,133 @@
+"""The site process: ``python -m harness.emulation.siteproc CONFIG_JSON``.
+
+Started by ``EmulatedClusters`` (in the site's network namespace when there is one) with its
+listening sockets already bound by the parent: the site's HTTP and KV sockets on its own address, and
+an HTTP socket on the host's loopback so clients outside the namespaces reach it. They arrive as
+file descriptors over a Unix socket on stdin (SCM_RIGHTS), since a process spawned into a namespace
+inherits no other descriptors. It prints ``READY`` on stdout once serving, and stops cleanly on
+SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+
+from aiohttp import web
+
+from harness.emulation.clock import run_scaled
+from harness.emulation.deployment import build_nodes
+from harness.emulation.kvlink import KvReceiver, KvSender
+from harness.emulation.server import SiteServer
+from harness.emulation.spec import EmulationSpec
+from harness.emulation.wire import WallClock
+from harness.scenario import load_scenario
+from harness.serving.config import prepare
+
+READY = "READY"
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Everything a site process needs; JSON on its command line."""
+
+    scenario: str
+    site: str
+    topologies: list[str]
+    emulation: dict
+    model: str
+    byte_scale: float
+    http_urls: dict[str, str]  # site -> http://address:port (addresses on the emulated network)
+    kv_addrs: dict[str, tuple[str, int]]
+    sockets: list[str] = field(default_factory=list)  # names of the sockets sent on stdin, in order
+    app_pace_mbit: float | None = None  # rootless: pace KV in the application (wall Mbit/s)
+    app_delay_ms: float = 0.0  # rootless: one-way delay added by the application (wall ms)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SiteConfig:
+        raw = json.loads(text)
+        raw["kv_addrs"] = {k: tuple(v) for k, v in raw["kv_addrs"].items()}
+        return cls(**raw)
+
+
+def receive_sockets(names: list[str], channel: socket.socket) -> dict[str, socket.socket]:
+    """The listening sockets the parent sends over ``channel``, by name."""
+    _, fds, _, _ = socket.recv_fds(channel, 16, maxfds=len(names))
+    if len(fds) != len(names):
+        raise RuntimeError(f"expected {len(names)} sockets from the parent, got {len(fds)}")
+    return {name: socket.socket(fileno=fd) for name, fd in zip(names, fds, strict=True)}
+
+
+async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: asyncio.Event) -> None:
+    """Serve ``config``'s site until ``stop`` is set; everything opened here is closed on the way out."""
+    spec = EmulationSpec(**config.emulation)
+    setup = prepare(load_scenario(config.scenario), topologies=config.topologies)
+    s = spec.speedup
+    pace = None if config.app_pace_mbit is None else config.app_pace_mbit * 1e6 / 8 / s  # bytes per loop s
+    delay_loop_s = config.app_delay_ms / 1e3 * s
+    receiver = KvReceiver()
+    sender = KvSender(connections=spec.connections, pace_bytes_s=pace, delay_s=delay_loop_s)
+    runner: web.AppRunner | None = None
+    try:
+        await receiver.start(sock=socks["kv"])
+        nodes = build_nodes(
+            config.site,
+            setup.stack,
+            setup.topologies,
+            sender=sender,
+            receiver=receiver,
+            kv_addrs=config.kv_addrs,
+            http_urls=config.http_urls,
+            byte_scale=config.byte_scale,
+            layers=spec.layers,
+            forward_delay_s=delay_loop_s,
+        )
+        server = SiteServer(
+            config.site,
+            nodes,
+            spec=spec,
+            model=config.model,
+            clock=WallClock.now(s),
+            receiver=receiver,
+            sender=sender,
+            kv_addr=config.kv_addrs[config.site],
+        )
+        runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        for key in ("http", "host"):
+            if key in socks:
+                await web.SockSite(runner, socks[key], backlog=1024).start()
+        print(READY, flush=True)
+        await stop.wait()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await sender.close()
+        await receiver.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    config = SiteConfig.from_json(args[0])
+    with socket.socket(fileno=0) as channel:
+        socks = receive_sockets(config.sockets, channel)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_site(config, socks, stop)
+
+    run_scaled(run(), speedup=float(config.emulation.get("speedup", 1.0)))
+
+
+if __name__ == "__main__":
+    main()

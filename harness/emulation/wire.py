@@ -1,0 +1,92 @@
+"""What the emulated endpoints put on the wire besides the OpenAI fields.
+
+* The ``prfaas`` breakdown object (format owned by ``harness.loadgen.sse`` / docs/replay.md): route,
+  sites, instances, cached tokens, KV bytes, and phase times as Unix epoch seconds, with
+  ``prefill_queue_s`` a duration. Times are converted from the serving loop's clock, which runs
+  ``speedup`` times faster than the wall clock, so every figure a client sees is in wall seconds.
+* ``kv_transfer_params`` of vLLM's PD-proxy protocol: a prefill leg carries
+  ``{"do_remote_decode": true}`` and returns ``{"do_remote_prefill": true, "remote_engine_id",
+  "remote_block_ids", "remote_host", "remote_port", ...}`` for the decode leg. The emulator adds
+  ``transfer_id`` (the KV transfer the decode leg waits for) and its own timing fields.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness.serving.site import PrefillResult
+
+PRFAAS_KEY = "prfaas"
+
+
+@dataclass(frozen=True)
+class WallClock:
+    """Maps the serving loop's clock (``time.monotonic() * speedup``) to wall-clock epoch seconds."""
+
+    speedup: float
+    epoch_offset_s: float  # time.time() - time.monotonic() when the process started
+
+    @classmethod
+    def now(cls, speedup: float) -> WallClock:
+        return cls(speedup, time.time() - time.monotonic())
+
+    def epoch(self, loop_t: float) -> float:
+        return loop_t / self.speedup + self.epoch_offset_s
+
+    def loop(self, epoch_s: float) -> float:
+        return (epoch_s - self.epoch_offset_s) * self.speedup
+
+    def seconds(self, loop_dt: float) -> float:
+        """A loop-clock duration in wall seconds."""
+        return loop_dt / self.speedup
+
+
+def prefill_fields(result: PrefillResult, clock: WallClock) -> dict[str, Any]:
+    """The breakdown fields a prefill determines (epoch times, queue duration in wall seconds)."""
+    t = result.times
+    return {
+        "prefill_site": result.site,
+        "prefill_instance": t.instance,
+        "cached_tokens": int(t.cached_tokens),
+        "kv_bytes": int(result.kv_bytes),
+        "prefill_queue_s": clock.seconds(t.start_s - t.enqueued_s),
+        "prefill_start_s": clock.epoch(t.start_s),
+        "prefill_end_s": clock.epoch(t.end_s),
+        "kv_transfer_start_s": clock.epoch(result.transfer_start_s),
+        "kv_transfer_end_s": clock.epoch(result.transfer_end_s),
+    }
+
+
+def prefill_leg_params(
+    fields: Mapping[str, Any], *, transfer_id: str, engine_id: str, host: str | None, port: int | None
+) -> dict[str, Any]:
+    """``kv_transfer_params`` a prefill leg returns: vLLM's keys plus the emulator's breakdown fields."""
+    return {
+        "do_remote_prefill": True,
+        "do_remote_decode": False,
+        "remote_engine_id": engine_id,
+        "remote_block_ids": [],
+        "remote_host": host,
+        "remote_port": port,
+        "transfer_id": transfer_id,
+        **fields,
+    }
+
+
+def breakdown_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The breakdown fields carried by a prefill leg's ``kv_transfer_params`` (unknown keys dropped)."""
+    keep = (
+        "prefill_site",
+        "prefill_instance",
+        "cached_tokens",
+        "kv_bytes",
+        "prefill_queue_s",
+        "prefill_start_s",
+        "prefill_end_s",
+        "kv_transfer_start_s",
+        "kv_transfer_end_s",
+    )
+    return {k: params[k] for k in keep if k in params}
