@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
 from harness.model import InstanceCost, load_hardware, load_model
+from harness.model.calibration import calibration_frame
 
 MIB = 1024**2
 
@@ -103,3 +109,21 @@ def test_model_too_big_for_instance_has_no_kv_room():
     cost = InstanceCost(load_model("kimi-1t-hybrid"), load_hardware("H100"), gpus=4)  # 520 GB > 288 GB usable
     assert cost.kv_capacity_bytes() == 0
     assert cost.max_decode_batch(1.0, 1000) == 0
+
+
+def test_calibration_table_meets_the_issue_tolerances():
+    """The table ``plan --calibration`` prints: Tables 5/6 within 5%, Table 3 MiniMax 8K/32K within 15%."""
+    frame = calibration_frame()
+    table56 = frame[frame["quantity"].str.contains("Table 5|Table 6")]
+    assert len(table56) == 4 * 2 + 4 + 1
+    assert (table56["error"].abs() <= 0.05).all()
+    minimax = frame[(frame["model"] == "minimax-m2.5") & frame["tokens"].isin([8192, 32768])]
+    assert len(minimax) == 2 and (minimax["error"].abs() <= 0.15).all()
+    assert np.allclose(frame["ours"], frame["paper"] * (1 + frame["error"]))
+
+
+def test_calibration_command_prints_the_table():
+    result = CliRunner().invoke(main, ["plan", "--calibration", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert {r["model"] for r in rows} >= {"kimi-1t-hybrid", "minimax-m2.5"}

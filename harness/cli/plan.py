@@ -8,6 +8,7 @@ import math
 import click
 
 from harness.errors import ScenarioError
+from harness.model.calibration import calibration_frame
 from harness.model.deployment import deployment_from_scenario, with_overrides
 from harness.model.render import render_frame, render_plan
 from harness.model.study import (
@@ -45,7 +46,7 @@ def _clean(value):
 
 
 @click.command("plan")
-@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.argument("scenario", type=click.Path(dir_okay=False), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option(
     "--sweep",
@@ -57,13 +58,24 @@ def _clean(value):
 @click.option("--bandwidth-gbps", type=float, help="Override [link] bandwidth_gbps.")
 @click.option("--bandwidths", help="Gbps values for --sweep bandwidth, comma-separated (default 1..400).")
 @click.option("--thresholds", help="Token thresholds for --sweep threshold, comma-separated.")
-def command(scenario, as_json, sweep, csv_path, model, bandwidth_gbps, bandwidths, thresholds) -> None:
+@click.option(
+    "--calibration", is_flag=True, help="Print the cost model against the paper's figures and exit."
+)
+def command(
+    scenario, as_json, sweep, csv_path, model, bandwidth_gbps, bandwidths, thresholds, calibration
+) -> None:
     """Best N_p/N_d split and threshold t per topology, Λ_max, ratios, link egress and cost (Table 6).
 
     \b
     prfaas-bench plan workloads/paper-case-study.toml
     prfaas-bench plan workloads/paper-case-study.toml --sweep bandwidth --model minimax-m2.5 --csv bw.csv
+    prfaas-bench plan --calibration
     """
+    if calibration:
+        _emit(calibration_frame(), as_json, csv_path, "cost model versus the PrfaaS paper")
+        return
+    if scenario is None:
+        raise ScenarioError("plan needs a SCENARIO file (e.g. workloads/paper-case-study.toml)")
     gbps_values = _floats(bandwidths, "--bandwidths")
     t_values = _floats(thresholds, "--thresholds")
     deployment = with_overrides(
@@ -90,17 +102,21 @@ def command(scenario, as_json, sweep, csv_path, model, bandwidth_gbps, bandwidth
         frame = sweep_threshold(deployment, t_values)
     else:
         frame = sweep_split(deployment)
+    title = f"{deployment.name}: Λ_max versus {sweep}, model {deployment.model.name}"
+    _emit(frame, as_json, csv_path, title, {"sweep": sweep, "model": deployment.model.name, **extra})
+
+
+def _emit(frame, as_json: bool, csv_path: str | None, title: str, extra: dict | None = None) -> None:
+    """Write ``frame`` as CSV if asked, then print it as JSON (``rows`` plus ``extra``) or a table."""
+    extra = extra or {}
     if csv_path:
         frame.to_csv(csv_path, index=False)
     if as_json:
         rows = json.loads(frame.to_json(orient="records"))
-        click.echo(
-            json.dumps(
-                _clean({"sweep": sweep, "model": deployment.model.name, "rows": rows, **extra}), indent=2
-            )
-        )
+        click.echo(json.dumps(_clean({**extra, "rows": rows}), indent=2))
         return
-    click.echo(f"{deployment.name}: Λ_max versus {sweep}, model {deployment.model.name}\n")
+    click.echo(f"{title}\n")
     click.echo(render_frame(frame))
     for key, value in extra.items():
-        click.echo(f"{key}: {_clean(value) if value is None else f'{value:.1f}'}")
+        if key.endswith("_gbps"):
+            click.echo(f"{key}: {'-' if value is None else f'{value:.1f}'}")

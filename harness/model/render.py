@@ -87,6 +87,7 @@ _FORMATS = {
     "l_long": "{:,.0f}",
     "l_short": "{:,.0f}",
     "bandwidth_gbps": "{:g}",
+    "error": "{:+.1%}",
 }
 
 
