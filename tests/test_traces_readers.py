@@ -336,3 +336,14 @@ def test_absurd_length_is_a_bad_field_not_an_overflow(tmp_path):
     with pytest.raises(TraceError, match="implausibly large") as err:
         read_trace(path)
     assert f"{path}: line 2, field 'ContextTokens'" in str(err.value)
+
+
+def test_fast_and_line_paths_agree_on_mixed_timestamp_styles(tmp_path):
+    from harness.traces import azure
+
+    path = _write(tmp_path, "mix.csv", AZURE_2024 + "2024-05-10 00:00:03.1234567,513,1\n")
+    fast = azure._read_vectorised(path)
+    slow, _ = azure._read_lines(path, skip_bad=False)
+    assert fast is not None
+    assert fast.arrival_s == pytest.approx([0.0, 0.99007, 1.49007, 2.24007, 3.1135267], abs=1e-9)
+    assert np.abs(fast.arrival_s - slow.arrival_s).max() < 1e-9
