@@ -60,7 +60,7 @@ class PrefillInstance:
         return max(0.0, self._busy_until - now) * self.busy + self._queued_work_s
 
     def estimate_s(self, prompt_tokens: int, hash_ids: Sequence[int]) -> float:
-        cached = self.cache.peek(hash_ids, prompt_tokens) if self.cache else 0
+        cached = self.cache.peek(hash_ids, prompt_tokens) if self.cache is not None else 0
         cached = min(cached, prompt_tokens - 1)
         return self.cost.prefill_time_s(prompt_tokens - cached, cached)
 
@@ -84,7 +84,7 @@ class PrefillInstance:
         try:
             self.busy = True
             start = loop.time()
-            cached = self.cache.lookup(hash_ids, prompt_tokens) if self.cache else 0
+            cached = self.cache.lookup(hash_ids, prompt_tokens) if self.cache is not None else 0
             duration = self.cost.prefill_time_s(prompt_tokens - cached, cached)
             self._busy_until = start + duration
             if on_start is not None:

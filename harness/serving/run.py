@@ -273,7 +273,9 @@ def _workload(setup: SimSetup, req: SimulateRequest, rate: float | None, seed: i
             trace = retime(trace, rate, seed)
     if len(trace) == 0:
         raise ScenarioError("the workload has no requests (check --requests/--duration)")
-    trace, _ = fit_context(trace, setup.deployment.model.context_length, clip=req.clip)
+    # A synthetic distribution reaching the context limit (the paper's goes to 128K) is clipped quietly;
+    # a real trace must be clipped on purpose (--clip).
+    trace, _ = fit_context(trace, setup.deployment.model.context_length, clip=req.clip or req.trace is None)
     return trace
 
 

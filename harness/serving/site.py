@@ -65,7 +65,7 @@ class Site:
     # ------------------------------------------------------------------ read-only views for the router
     def cached_prefix(self, req: ServeRequest) -> int:
         """Tokens of ``req``'s prompt this site's cache holds now (no side effects)."""
-        return self.cache.peek(req.hash_ids, req.prompt_tokens) if self.cache else 0
+        return self.cache.peek(req.hash_ids, req.prompt_tokens) if self.cache is not None else 0
 
     def prefill_load_s(self, now: float) -> float:
         """Least estimated backlog (seconds) over this site's prefill instances."""

@@ -1,0 +1,251 @@
+"""simulate end to end: exact single-request timing, byte accounting, agreement with the planner, the
+prefix cache on the real Mooncake trace, determinism, segment = per-step decode, and bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.records import read_records
+from harness.scenario import load_scenario
+from harness.serving.config import prepare
+from harness.serving.run import SimulateRequest, run_topology, simulate, synthetic_trace, with_stack
+from harness.serving.transport import LinkSpec
+from harness.traces.frame import Trace
+from harness.traces.readers import read_trace
+from harness.traces.stats import prefix_reuse
+
+REPO = Path(__file__).resolve().parent.parent
+PAPER = REPO / "workloads" / "paper-case-study.toml"
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return prepare(load_scenario(PAPER))
+
+
+def _trace(inputs, outputs, arrivals=None) -> Trace:
+    n = len(inputs)
+    return Trace(
+        arrival_s=np.zeros(n) if arrivals is None else np.asarray(arrivals, float),
+        input_tokens=np.asarray(inputs, dtype=np.int64),
+        output_tokens=np.asarray(outputs, dtype=np.int64),
+        hash_values=np.zeros(0, dtype=np.int64),
+        hash_offsets=np.zeros(n + 1, dtype=np.int64),
+    )
+
+
+def _records(setup, topology: str, trace: Trace) -> list:
+    out: list = []
+    summary = run_topology(setup.stack, setup.topologies[topology], trace, sink=out.append)
+    return out, summary
+
+
+# ---------------------------------------------------------------------------------------------- one request
+def test_single_request_local_ttft_is_prefill_plus_one_decode_step(paper):
+    (rec,), _ = _records(paper, "homogeneous", _trace([10_000], [4]))
+    cost = paper.stack.local
+    prefill = cost.prefill_time_s(10_000)
+    # The RDMA fabric (400 Gbps) outruns KV production, so nothing of the transfer is exposed.
+    assert (rec.prefill_queue_s, rec.prefill_start_s) == (0.0, 0.0)
+    assert rec.prefill_end_s == pytest.approx(prefill, abs=1e-12)
+    assert rec.kv_transfer_end_s == pytest.approx(prefill, abs=1e-9)
+    assert rec.kv_bytes == cost.kv_bytes(10_000)
+    assert rec.first_token_s == pytest.approx(prefill + cost.decode_step_s(1, 10_000), abs=1e-9)
+    assert rec.itl_s == pytest.approx([cost.decode_step_s(1, 10_000 + k) for k in (1, 2, 3)], abs=1e-12)
+    assert (rec.route, rec.prefill_site, rec.decode_site, rec.source) == (
+        "local",
+        "local",
+        "local",
+        "simulate",
+    )
+
+
+def test_single_request_remote_ttft_includes_forwarding_and_the_exposed_transfer(paper):
+    # A 1 Gbps link is slower than KV production: the transfer runs the whole time at link rate.
+    slow = with_stack(paper, link=LinkSpec(1.0, 5.0))
+    (rec,), _ = _records(slow, "naive", _trace([10_000], [2]))
+    nbytes = paper.stack.remote.kv_bytes(10_000)
+    prefill = paper.stack.remote.prefill_time_s(10_000)
+    delay = 0.005
+    transfer = nbytes / (1e9 / 8)
+    assert transfer > prefill  # the premise: part of the transfer is exposed
+    assert rec.prefill_start_s == pytest.approx(delay, abs=1e-12)  # the prompt crossed the link
+    assert rec.kv_transfer_end_s == pytest.approx(delay + transfer + delay, abs=1e-9)
+    exposed = rec.kv_transfer_end_s - rec.prefill_end_s
+    assert exposed == pytest.approx(transfer - prefill + delay, abs=1e-9)
+    ttft = delay + prefill + exposed + paper.stack.local.decode_step_s(1, 10_000)
+    assert rec.first_token_s - rec.scheduled_s == pytest.approx(ttft, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- bytes
+@pytest.mark.parametrize("topology", ["prfaas", "naive", "homogeneous"])
+def test_link_byte_counters_equal_transferred_kv(paper, topology):
+    trace = synthetic_trace(paper, 300, 3.0, seed=3)
+    records, summary = _records(paper, topology, trace)
+    by_link: dict[str, int] = {}
+    for r in records:
+        by_link[f"{r.prefill_site}->{r.decode_site}"] = (
+            by_link.get(f"{r.prefill_site}->{r.decode_site}", 0) + r.kv_bytes
+        )
+    assert sum(by_link.values()) == sum(paper.stack.local.kv_bytes(int(n)) for n in trace.input_tokens)
+    assert {k: v for k, v in summary.link_bytes.items() if v} == by_link
+
+
+# ---------------------------------------------------------------------------------------------- planner
+@pytest.mark.parametrize("topology", ["prfaas", "homogeneous", "naive"])
+def test_saturation_throughput_within_10pct_of_planner(paper, topology):
+    """Offered twice the planner's Λ_max, the completion rate in the middle of the run is the capacity."""
+    topo = paper.topologies[topology]
+    n = 1200
+    records, _ = _records(paper, topology, synthetic_trace(paper, n, 2 * topo.planner_lambda_max, seed=11))
+    done = np.sort([r.last_token_s for r in records])
+    lo, hi = int(0.2 * n), int(0.8 * n)
+    throughput = (hi - lo) / (done[hi] - done[lo])
+    assert throughput == pytest.approx(topo.planner_lambda_max, rel=0.10)
+
+
+def test_paper_case_study_resolves_to_table_6(paper):
+    t = paper.topologies
+    assert (t["prfaas"].n_prfaas, t["prfaas"].n_p, t["prfaas"].n_d) == (4, 3, 5)
+    assert (t["homogeneous"].n_p, t["homogeneous"].n_d) == (9, 3)
+    assert (t["naive"].n_prfaas, t["naive"].n_d) == (4, 8)
+    assert paper.stack.decode_batch_max == 20
+
+
+# ---------------------------------------------------------------------------------------------- prefix cache
+def test_prefix_cache_hit_ratio_bounded_by_and_approaching_trace_reuse(paper, mooncake_path):
+    trace = read_trace(mooncake_path)
+    trace = trace.take(np.arange(2000))
+    reuse = prefix_reuse(trace)
+    gib = 2**30
+    rates = []
+    for capacity in (8 * gib, 64 * gib, 512 * gib, None):
+        _, s = _records(with_stack(paper, cache_capacity_bytes=capacity), "homogeneous", trace)
+        rates.append(s.cache_block_hit_rate)
+    assert all(r <= reuse for r in rates)
+    assert rates == sorted(rates) and rates[0] < rates[-1]
+    assert rates[-1] >= 0.95 * reuse  # unbounded: only prefixes still in flight are missed
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+def test_same_seed_gives_identical_records(paper, tmp_path):
+    request = SimulateRequest(rates=(2.5,), requests=150, seed=7, out_dir=tmp_path)
+    frames = []
+    for _ in range(2):
+        result = simulate(paper, request)
+        frames.append(read_records(result["run_dir"]).drop(columns=["run_id"]))
+    assert len(frames[0]) == 3 * 150
+    assert frames[0].equals(frames[1])
+    other = simulate(paper, replace(request, seed=8))
+    assert not read_records(other["run_dir"]).drop(columns=["run_id"]).equals(frames[0])
+
+
+def test_segment_decode_equals_per_step_decode(paper):
+    trace = synthetic_trace(paper, 120, 3.0, seed=5)
+    trace = trace.replace(output_tokens=np.random.default_rng(5).integers(1, 300, len(trace)))
+    segment, _ = _records(paper, "prfaas", trace)
+    per_step, _ = _records(with_stack(paper, max_segment_steps=1), "prfaas", trace)
+    key = lambda r: r.request_id  # noqa: E731
+    assert [r.to_dict() for r in sorted(segment, key=key)] == [r.to_dict() for r in sorted(per_step, key=key)]
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def _run(*args: str):
+    return CliRunner().invoke(main, ["simulate", *args], catch_exceptions=False)
+
+
+def test_cli_json_and_run_directory(tmp_path):
+    res = _run(str(PAPER), "--rate", "2", "--requests", "60", "--out", str(tmp_path), "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert set(out["topologies"]) == {"prfaas", "homogeneous", "naive"}
+    assert out["topologies"]["prfaas"]["requests"] == 60
+    run_dir = Path(out["run_dir"])
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["source"] == "simulate" and meta["complete"] and meta["topologies"]["prfaas"]["n_p"] == 3
+    df = read_records(run_dir)
+    assert sorted(df.topology.unique()) == ["homogeneous", "naive", "prfaas"]
+    import pandas as pd
+
+    ts = pd.read_parquet(run_dir / "timeseries.parquet")
+    assert {"prefill_queue", "decode_batch", "link_utilisation", "cache_hit_rate"} <= set(ts.metric)
+    assert ts.loc[ts.metric == "decode_batch", "value"].max() <= 20
+
+
+def test_cli_find_max_rate_table(tmp_path):
+    res = _run(
+        str(PAPER), "--find-max-rate", "--topology", "naive", "--requests", "150", "--out", str(tmp_path)
+    )
+    assert res.exit_code == 0, res.output
+    assert "Λmax sim" in res.output and "naive" in res.output
+
+
+def _scenario(tmp_path: Path, text: str) -> str:
+    base = PAPER.read_text()
+    p = tmp_path / "s.toml"
+    p.write_text(base + text)
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "message"),
+    [
+        (["--rate", "0"], "", "rates must be > 0"),
+        (["--rate", "-1"], "", "rates must be > 0"),
+        (
+            ["--rate", "1"],
+            '\n[topologies.tiny]\nkind = "homogeneous"\nlocal_instances = 0\n',
+            "local_instances",
+        ),
+        (
+            ["--rate", "1"],
+            '\n[topologies.neg]\nkind = "prfaas"\nlocal_instances = 8\nremote_instances = 4\nthreshold_tokens = -5\n',
+            "threshold_tokens",
+        ),
+        (["--rate", "1"], "\n[simulate]\nrequests = 0\n", "requests"),
+        (["--rate", "1", "--topology", "nope"], "", "unknown topology"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(tmp_path, args, extra, message):
+    res = _run(_scenario(tmp_path, extra), *args, "--out", str(tmp_path))
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_cli_model_that_does_not_fit(tmp_path):
+    text = PAPER.read_text().replace("gpus_per_instance = 8", "gpus_per_instance = 2")
+    p = tmp_path / "small.toml"
+    p.write_text(text)
+    res = _run(str(p), "--rate", "1", "--out", str(tmp_path))
+    assert res.exit_code == 2 and "does not fit" in res.output
+
+
+def test_cli_trace_longer_than_context_needs_clip(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(
+        '{"timestamp": 0, "input_length": 1000, "output_length": 10, "hash_ids": [1, 2]}\n'
+        '{"timestamp": 500, "input_length": 140000, "output_length": 10, "hash_ids": [3]}\n'
+    )
+    res = _run(str(PAPER), "--trace", str(trace), "--out", str(tmp_path))
+    assert res.exit_code == 2 and "exceed the model's context" in res.output and "--clip" in res.output
+    res = _run(
+        str(PAPER),
+        "--trace",
+        str(trace),
+        "--clip",
+        "--topology",
+        "homogeneous",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    df = read_records(json.loads(res.output)["run_dir"])
+    assert df.prompt_tokens_trace.max() == 131072 - 10
