@@ -6,9 +6,11 @@ import csv
 import json
 import re
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from harness.analysis.runs import tidy_timeseries
 from harness.analysis.synthetic import SyntheticTopology, write_synthetic_plan, write_synthetic_run
 from harness.cli import main
 from harness.records import RequestRecord, RunWriter
@@ -125,3 +127,21 @@ def test_report_writes_self_contained_page(tmp_path):
     assert not re.search(r"<script[^>]*\bsrc=", page)  # no script fetched from anywhere: works offline
     assert "Plotly.newPlot" in page and page.count('class="figure"') == 10
     assert "synthetic-simulate-0" in page  # the header names the run
+
+
+def test_long_timeseries_is_summed_per_site():
+    # The simulator's long form: one row per (time, instance or link, metric).
+    long = pd.DataFrame(
+        {
+            "topology": "prfaas", "t_s": 1.0,
+            "entity": ["local-p0", "local-p1", "remote-p0", "remote->local", "local-a", "local-b"],
+            "metric": ["prefill_queue"] * 3 + ["link_utilisation", "cache_hit_rate", "cache_hit_rate"],
+            "value": [2.0, 3.0, 1.0, 0.5, 0.2, 0.4],
+        }
+    )  # fmt: skip
+    wide = tidy_timeseries(long, "ignored").iloc[0]
+    assert wide["time_s"] == 1.0 and wide["topology"] == "prfaas"
+    assert wide["prefill_queue local"] == 5.0 and wide["prefill_queue remote"] == 1.0  # queues add up
+    assert wide["link_utilisation remote->local"] == 0.5
+    assert wide["cache_hit_rate local"] == pytest.approx(0.3)  # rates average
+    assert tidy_timeseries(pd.DataFrame({"x": [1.0]}), "t") is None

@@ -71,11 +71,14 @@ def fleet(topology: str, meta: Mapping[str, Any], plan: Mapping[str, Any] | None
     local_gpu, remote_gpu = hw.get("local"), hw.get("remote")
     if not isinstance(local_gpu, str):
         return None
+    plan_topo = (plan or {}).get("topologies", {}).get(topology)
     if "local_instances" in topo:
         local, remote = int(topo["local_instances"]), int(topo.get("remote_instances") or 0)
-    elif plan and topology in (plan.get("topologies") or {}):
-        p = plan["topologies"][topology]
-        local, remote = int(p.get("n_p") or 0) + int(p.get("n_d") or 0), int(p.get("n_prfaas") or 0)
+    elif (
+        resolved := topo if "n_d" in topo else plan_topo
+    ) is not None:  # a resolved split: N_p, N_d, N_prfaas
+        local = int(resolved.get("n_p") or 0) + int(resolved.get("n_d") or 0)
+        remote = int(resolved.get("n_prfaas") or 0)
     else:
         return None
     return Fleet(local, remote, local_gpu, str(remote_gpu or local_gpu), int(hw.get("gpus_per_instance", 8)))

@@ -18,7 +18,7 @@ _LAYOUT: dict[str, Any] = {
     "template": "plotly_white",
     "height": 380,
     "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
-    "legend": {"orientation": "h", "y": -0.2},
+    "legend": {"orientation": "h", "y": -0.2, "font": {"size": 10}},
 }
 _MAX_POINTS = 400  # per CDF / time line: keeps the page small without changing the picture
 BREAKDOWN = (
@@ -115,6 +115,7 @@ def latency_over_time(bundle: Bundle, bins: int = 40) -> go.Figure:
 
 
 def _timeseries_columns(bundle: Bundle, words: tuple[str, ...]) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    multi = len(bundle.runs) > 1
     for run in bundle.runs:
         ts = run.timeseries
         if ts is None:
@@ -123,7 +124,7 @@ def _timeseries_columns(bundle: Bundle, words: tuple[str, ...]) -> Iterator[tupl
                 and pd.api.types.is_numeric_dtype(ts[c])]  # fmt: skip
         for name, part in ts.groupby("topology", sort=True):
             for c in cols:
-                yield f"{name} ({run.source}) {c}", c, part.sort_values("time_s")
+                yield f"{name}{f' ({run.source})' if multi else ''}: {c}", c, part.sort_values("time_s")
 
 
 def egress_from_records(df: pd.DataFrame, step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +210,7 @@ def breakdown_bars(bundle: Bundle) -> go.Figure:
 
 SWEEPS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "threshold": ("Λ_max vs routing threshold t", ("threshold_tokens", "threshold", "t"), "t (tokens)"),
-    "split": ("Λ_max vs N_p / N_d split", ("n_p", "split"), "N_p / N_d"),
+    "split": ("Λ_max vs N_p / N_d split", ("n_p", "split"), "N_p (prefill instances; N_d = the rest)"),
     "bandwidth": (
         "Λ_max vs inter-site link bandwidth",
         ("bandwidth_gbps", "link_gbps", "bandwidth"),
@@ -232,10 +233,11 @@ def sweep(bundle: Bundle, kind: str) -> go.Figure:
     fig = _fig(title, xaxis={"title": x_title}, yaxis={"title": "Λ_max (req/s)"})
     groups = df.groupby("topology", sort=True) if "topology" in df.columns else [("Λ_max", df)]
     for name, part in groups:
-        x = part[x_col]
-        if kind == "split" and "n_d" in part.columns:
-            x = part["n_p"].astype(int).astype(str) + "/" + part["n_d"].astype(int).astype(str)
-        fig.add_scatter(x=x, y=part[y_col], mode="lines+markers", name=str(name))
+        extra: dict[str, Any] = {}
+        if kind == "split" and "n_d" in part.columns:  # hover shows the split; x stays numeric N_p
+            extra = {"text": part["n_p"].astype(int).astype(str) + "/" + part["n_d"].astype(int).astype(str),
+                     "hovertemplate": "N_p/N_d %{text}: Λ_max %{y:.3f} req/s"}  # fmt: skip
+        fig.add_scatter(x=part[x_col], y=part[y_col], mode="lines+markers", name=str(name), **extra)
     if kind == "bandwidth":
         fig.update_xaxes(type="log")
     return fig

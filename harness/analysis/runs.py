@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.errors import InputError
+from harness.errors import HarnessError, InputError
 from harness.records import read_meta, read_records
 
 DEFAULT_TOPOLOGY = "default"
@@ -94,20 +94,45 @@ def _records(path: Path, rename: str | None) -> pd.DataFrame:
     return df
 
 
+def _site(entity: str) -> str:
+    # "local-p0" -> "local"; link directions ("remote->local") and bare names stay as they are.
+    return entity if "->" in entity else entity.split("-")[0]
+
+
+def tidy_timeseries(ts: pd.DataFrame, topology: str) -> pd.DataFrame | None:
+    """Wide form: ``time_s``, ``topology`` and one numeric column per series.
+
+    Accepts wide files (numeric columns beside ``time_s``) and long ones (``metric``/``value`` and an
+    optional ``entity`` per instance or link): long series are summed per site (queues, batches) or
+    averaged (rates, utilisations) and named ``"<metric> <site>"``. None when there is no time column.
+    """
+    ts = ts.rename(columns={"t_s": "time_s"}) if "time_s" not in ts.columns else ts
+    if "time_s" not in ts.columns:
+        return None
+    if "topology" not in ts.columns:
+        ts = ts.assign(topology=topology)
+    if {"metric", "value"} <= set(ts.columns):
+        group = ts["entity"].astype(str).map(_site) if "entity" in ts.columns else ""
+        ts = ts.assign(series=ts["metric"].astype(str) + (" " + group if "entity" in ts.columns else ""))
+        mean_like = ts["metric"].astype(str).str.contains("rate|util|share|fraction")
+        summed = ts[~mean_like].pivot_table("value", ["topology", "time_s"], "series", aggfunc="sum")
+        averaged = ts[mean_like].pivot_table("value", ["topology", "time_s"], "series", aggfunc="mean")
+        ts = pd.concat([summed, averaged], axis=1).reset_index()
+        ts.columns.name = None
+    return ts
+
+
 def _timeseries(path: Path, topology: str, notes: list[str]) -> pd.DataFrame | None:
     ts_path = path / "timeseries.parquet"
     if not ts_path.is_file():
         return None
     try:
-        ts = pd.read_parquet(ts_path)
+        ts = tidy_timeseries(pd.read_parquet(ts_path), topology)
     except Exception as exc:  # a damaged optional file must not hide the records
-        notes.append(f"{ts_path}: unreadable ({exc.__class__.__name__}); time-series figures skip it")
+        notes.append(f"{ts_path}: unreadable ({exc.__class__.__name__}: {exc}); time-series figures skip it")
         return None
-    if "time_s" not in ts.columns:
-        notes.append(f"{ts_path}: no time_s column; time-series figures skip it")
-        return None
-    if "topology" not in ts.columns:
-        ts["topology"] = topology
+    if ts is None:
+        notes.append(f"{ts_path}: no time_s (or t_s) column; time-series figures skip it")
     return ts
 
 
@@ -126,6 +151,31 @@ def _plan(path: Path, notes: list[str]) -> Plan | None:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             notes.append(f"{csv}: unreadable ({exc.__class__.__name__}); sweep skipped")
     return Plan(path, result, sweeps) if result is not None or sweeps else None
+
+
+def planner_sweeps(scenario_path: str | Path) -> dict[str, pd.DataFrame]:
+    """Λ_max sweeps (threshold, split, bandwidth) computed by the planner for a scenario file."""
+    from harness.model.deployment import deployment_from_scenario
+    from harness.model.study import sweep_bandwidth, sweep_split, sweep_threshold
+    from harness.scenario import load_scenario
+
+    deployment = deployment_from_scenario(load_scenario(scenario_path))
+    sweeps = {"split": sweep_split(deployment), "bandwidth": sweep_bandwidth(deployment)}
+    if any(t.kind == "prfaas" for t in deployment.topologies.values()):
+        sweeps["threshold"] = sweep_threshold(deployment)
+    return sweeps
+
+
+def _computed_plan(runs: list[Run], notes: list[str]) -> Plan | None:
+    # No sweep CSVs beside the runs: ask the planner about the scenario a run names, if it is here.
+    for run in runs:
+        scenario = run.meta.get("scenario_path") or run.meta.get("scenario")
+        if isinstance(scenario, str) and Path(scenario).is_file():
+            try:
+                return Plan(Path(scenario), None, planner_sweeps(scenario))
+            except HarnessError as exc:
+                notes.append(f"planner sweeps for {scenario} failed: {exc}")
+    return None
 
 
 def load_run(path: str | Path, *, name: str | None = None, notes: list[str] | None = None) -> Run:
@@ -164,4 +214,6 @@ def load_bundle(paths: Iterable[str | Path], *, name: str | None = None) -> Bund
             raise InputError(
                 "not a run directory (no meta.json, plan.json or run sub-directories)", where=str(p)
             )
+    if not any(p.sweeps for p in plans) and (computed := _computed_plan(runs, notes)) is not None:
+        plans.append(computed)
     return Bundle(runs, plans, notes)
