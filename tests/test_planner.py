@@ -197,7 +197,16 @@ def test_dense_gqa_needs_far_more_bandwidth(deployment):
     dense = bandwidth_breakpoints(with_overrides(deployment, model="minimax-m2.5"))
     assert hybrid["prfaas_breakeven_gbps"] < 100 / 10  # pays off well below the paper's 100 Gbps
     assert dense["prfaas_breakeven_gbps"] > 5 * hybrid["prfaas_breakeven_gbps"]
-    assert hybrid["prfaas_breakeven_gbps"] < hybrid["prfaas_saturation_gbps"]
+    assert (
+        hybrid["prfaas_breakeven_gbps"]
+        < hybrid["prfaas_breakeven_per_cost_gbps"]
+        < hybrid["prfaas_saturation_gbps"]
+    )
+    # Just above the per-cost break-even PrfaaS serves more requests per GPU dollar; just below, fewer.
+    gbps = hybrid["prfaas_breakeven_per_cost_gbps"]
+    above = plan_deployment(with_overrides(deployment, bandwidth_gbps=gbps * 1.01)).ratios
+    below = plan_deployment(with_overrides(deployment, bandwidth_gbps=gbps * 0.99)).ratios
+    assert below["prfaas_vs_homogeneous_per_cost"] < 1 <= above["prfaas_vs_homogeneous_per_cost"]
     assert hybrid["prfaas_saturation_gbps"] == pytest.approx(
         plan_deployment(deployment).topologies["prfaas"].result.egress_gbps, rel=0.05
     )

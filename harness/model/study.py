@@ -235,14 +235,19 @@ def bandwidth_breakpoints(
 
     prfaas_breakeven_gbps    lowest bandwidth at which PrfaaS matches homogeneous PD's Λ_max
     naive_breakeven_gbps     the same for naive heterogeneous PD
+    prfaas_breakeven_per_cost_gbps  the same as prfaas_breakeven_gbps per GPU dollar (hardware prices)
     prfaas_saturation_gbps   lowest bandwidth beyond which more bandwidth adds < 0.1% to PrfaaS Λ_max
     Each is None when the scenario lacks the topologies, or NaN when it is outside [lo_gbps, hi_gbps].
     """
-    homog = next((t for t in deployment.topologies.values() if t.kind == "homogeneous"), None)
+    tops = deployment.topologies.values()
+    homog = next((t for t in tops if t.kind == "homogeneous"), None)
     ref = evaluate_topology(deployment.context(), homog).lambda_max if homog else None
 
+    def first(kind: str) -> TopologySpec:
+        return next(t for t in tops if t.kind == kind)
+
     def lam(kind: str, gbps: float) -> float:
-        tp = next(t for t in deployment.topologies.values() if t.kind == kind)
+        tp = first(kind)
         return evaluate_topology(with_overrides(deployment, bandwidth_gbps=gbps).context(), tp).lambda_max
 
     def lowest(pred) -> float:
@@ -256,12 +261,21 @@ def bandwidth_breakpoints(
             a, b = (a, mid) if pred(float(np.exp(mid))) else (mid, b)
         return float(np.exp(b))
 
-    kinds = {t.kind for t in deployment.topologies.values()}
-    out: dict[str, float | None] = {"prfaas_breakeven_gbps": None, "naive_breakeven_gbps": None}
+    kinds = {t.kind for t in tops}
+    out: dict[str, float | None] = dict.fromkeys(
+        (
+            "prfaas_breakeven_gbps",
+            "naive_breakeven_gbps",
+            "prfaas_breakeven_per_cost_gbps",
+            "prfaas_saturation_gbps",
+        )
+    )
     for kind in ("prfaas", "naive"):
         if kind in kinds and ref is not None:
             out[f"{kind}_breakeven_gbps"] = lowest(lambda g, k=kind: lam(k, g) >= ref)
-    out["prfaas_saturation_gbps"] = None
+    if "prfaas" in kinds and ref is not None and deployment.cost_per_hour(homog) > 0:
+        scale = deployment.cost_per_hour(first("prfaas")) / deployment.cost_per_hour(homog)
+        out["prfaas_breakeven_per_cost_gbps"] = lowest(lambda g: lam("prfaas", g) >= ref * scale)
     if "prfaas" in kinds:
         ceiling = lam("prfaas", hi_gbps)
         out["prfaas_saturation_gbps"] = lowest(lambda g: lam("prfaas", g) >= ceiling * 0.999)
