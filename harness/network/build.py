@@ -1,0 +1,493 @@
+"""``Network``: builds a ``Topology`` for real, changes links live, runs processes in sites, tears down.
+
+    net = Network.from_scenario("workloads/two-site.toml")
+    with net.up():                                   # cleanup on every exit path, SIGTERM included
+        srv = net.spawn("remote", ["python", "-m", "http.server", "8000"])
+        url = f"http://{net.address('remote')}:8000/"
+        net.set_link("local", "remote", rate_mbit=100)   # live change
+
+``net up``/``net down`` use ``build()``/``Network.attach(prefix).teardown()`` instead: the state file
+(``harness.network.state``) lets a later process find what an earlier one built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.errors import CapabilityError, ScenarioError
+from harness.network import kernel
+from harness.network.control import Impairment
+from harness.network.probe import BACKENDS, backend_name, probe
+from harness.network.render import render_egress
+from harness.network.schedule import Change, EventScheduler, timeline
+from harness.network.spec import SITE_NAME, LinkSpec, NetworkSpec, parse_network
+from harness.network.state import STATE_DIR, State, is_alive, start_ticks
+from harness.network.topology import Direction, Topology, tcp_buffers
+from harness.scenario import Scenario, load_scenario
+
+DEFAULT_PREFIX = "pfb-"
+_TAP_WAIT_S = 5.0
+
+
+def _check_prefix(prefix: str) -> str:
+    if not (
+        prefix.startswith("pfb") and prefix.endswith("-") and SITE_NAME.match(prefix[:-1].replace("-", ""))
+    ):
+        raise ScenarioError(f"prefix {prefix!r} must start with 'pfb', end with '-', and be short lowercase")
+    if len(prefix) > 12:
+        raise ScenarioError(f"prefix {prefix!r} is longer than 12 characters")
+    return prefix
+
+
+def _is_ours(name: str, prefix: str) -> bool:
+    """A namespace is ours only if it is exactly prefix + a valid site name (so "pfb-" never sweeps
+    another instance's "pfb-t1-local" or the probe's "pfb-probe-123")."""
+    return name.startswith(prefix) and bool(SITE_NAME.match(name[len(prefix) :]))
+
+
+def _kill(pid: int, ticks: int, *, group: bool) -> None:
+    """SIGTERM, then SIGKILL after 2 s, one process (or its whole session) identified by pid+start."""
+    if not is_alive(pid, ticks):
+        return
+    send = os.killpg if group else os.kill
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        send(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap if it is our child, so it does not linger as a zombie
+        if not is_alive(pid, ticks):
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        send(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _relay_pids(prefix: str) -> list[tuple[int, int]]:
+    """Relay processes started for exactly this prefix (found by their command line)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"harness.network.relay" in argv and b"--tag" in argv:
+            i = argv.index(b"--tag")
+            if i + 1 < len(argv) and argv[i + 1] == prefix.encode():
+                ticks = start_ticks(int(entry.name))
+                if ticks is not None:
+                    out.append((int(entry.name), ticks))
+    return out
+
+
+def sweep(prefix: str) -> list[str]:
+    """Remove everything a previous run with this exact prefix left: processes, relays, namespaces,
+    the state file. Returns what was removed (for messages)."""
+    removed = []
+    old = State.load(prefix)
+    if old is not None:
+        for pid, ticks in old.spawned:
+            _kill(pid, ticks, group=True)
+        for pid, ticks in old.relays.values():
+            _kill(pid, ticks, group=False)
+        for iface in old.interfaces:
+            with contextlib.suppress(Exception):
+                kernel.unshape_interface(iface)
+            removed.append(f"qdisc on {iface}")
+    for pid, ticks in _relay_pids(prefix):
+        _kill(pid, ticks, group=False)
+        removed.append(f"relay pid {pid}")
+    for ns in kernel.list_namespaces(prefix):
+        if _is_ours(ns, prefix):
+            kernel.remove_namespace(ns)
+            removed.append(f"netns {ns}")
+    for f in STATE_DIR.glob(f"{prefix}*.ctl.json"):
+        f.unlink(missing_ok=True)
+    if old is not None:
+        old.delete()
+    return removed
+
+
+class Network:
+    """A shaped multi-site network. Print it for its name; ``status()`` reads the kernel back."""
+
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        backend: str | None = None,
+        table: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.prefix = _check_prefix(prefix)
+        if backend is not None and backend not in BACKENDS:
+            raise ScenarioError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        self._backend = backend
+        self.topology = Topology(self.prefix, spec)
+        self._table = dict(table or {})
+        self._current: dict[tuple[str, str], LinkSpec] = {(s, d): ls for s, d, ls in spec.directions()}
+        self._relays: dict[tuple[str, str], tuple[int, int]] = {}
+        self._procs: list[subprocess.Popen] = []
+        self._scheduler: EventScheduler | None = None
+        self._built = False
+        self._builder_pid: int | None = None
+        self._lock = threading.RLock()
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_scenario(cls, scenario: Scenario | str | Path, **kwargs: Any) -> Network:
+        """From a scenario file (or a loaded ``Scenario``): its ``[network]`` table is required."""
+        sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        table = sc.section("network", required=True)
+        return cls(parse_network(table, where=sc.where("network")), table=table, **kwargs)
+
+    @classmethod
+    def attach(cls, prefix: str = DEFAULT_PREFIX) -> Network:
+        """The network an earlier ``net up`` built with this prefix (from its state file)."""
+        st = State.load(_check_prefix(prefix))
+        if st is None:
+            raise ScenarioError(f"no network with prefix {prefix!r} is up (no {State.path(prefix)})")
+        net = cls(parse_network(st.table), prefix=prefix, backend=st.backend, table=st.table)
+        for key, fields in st.current.items():
+            src, dst = key.split("->")
+            net._current[(src, dst)] = LinkSpec(**fields)
+        net._relays = {tuple(k.split("->")): (p, t) for k, (p, t) in st.relays.items()}  # type: ignore[misc]
+        net._built = True
+        return net
+
+    def __repr__(self) -> str:
+        return f"Network({self.prefix}{{{','.join(self.spec.sites)}}}, backend={self.backend})"
+
+    __str__ = __repr__
+
+    @property
+    def backend(self) -> str:
+        """ "netem", "relay" or "app-delay" (probed unless given); record it with every result."""
+        if self._backend is None:
+            self._backend = backend_name()
+        return self._backend
+
+    @property
+    def kernel_backed(self) -> bool:
+        return self.backend != "app-delay"
+
+    # ---- addresses and processes --------------------------------------------------------------
+    def namespace(self, site: str) -> str | None:
+        """The site's namespace name (``None`` on app-delay, where every site is the host)."""
+        self._site(site)
+        return self.topology.namespace(site) if self.kernel_backed else None
+
+    def address(self, site: str) -> str:
+        """The address a site's servers bind to and its peers connect to."""
+        self._site(site)
+        return str(self.topology.address(site)) if self.kernel_backed else "127.0.0.1"
+
+    def addresses(self) -> dict[str, str]:
+        return {s: self.address(s) for s in self.spec.sites}
+
+    def link_spec(self, src: str, dst: str) -> LinkSpec:
+        """The spec in force now on direction src->dst."""
+        return self._current[(src, dst)]
+
+    def app_delay_s(self, src: str, dst: str) -> float:
+        """One-way delay an application must add itself on the app-delay backend (0 elsewhere)."""
+        return 0.0 if self.kernel_backed else self.link_spec(src, dst).delay_ms / 1e3
+
+    def spawn(self, site: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
+        """Start ``argv`` inside the site's namespace, in its own session; it is killed (with its
+        children) on teardown, and by a later ``net down`` if this process dies first."""
+        self._site(site)
+        popen_kwargs.setdefault("start_new_session", True)
+        proc = kernel.spawn_in(self.namespace(site), argv, **popen_kwargs)
+        with self._lock:
+            self._procs.append(proc)
+            self._save()
+        return proc
+
+    def socket(self, site: str, family: int, kind: int):
+        """A socket created inside the site's namespace (for in-process clients and servers)."""
+        import socket as _socket
+
+        ns = self.namespace(site)
+        return kernel.socket_in(ns, family, kind) if ns else _socket.socket(family, kind)
+
+    def _site(self, site: str) -> None:
+        if site not in self.spec.sites:
+            raise ScenarioError(f"unknown site {site!r}; sites are {list(self.spec.sites)}")
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def up(self) -> Iterator[Network]:
+        """Build, yield, and tear down on every exit path. SIGTERM and SIGHUP become SystemExit while
+        inside (main thread only), so ``finally`` runs for them as it does for Ctrl-C."""
+        restore = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                restore[sig] = signal.signal(sig, _exit_on_signal_in(os.getpid()))
+        try:
+            self.build(owner_pid=os.getpid())
+            yield self
+        finally:
+            try:
+                self.teardown()
+            finally:
+                for sig, handler in restore.items():
+                    signal.signal(sig, handler)
+
+    def build(self, *, owner_pid: int | None = None) -> None:
+        """Sweep stale objects with this prefix, then create everything. On failure, remove what was
+        made and re-raise. ``owner_pid=None`` leaves the network up for later processes."""
+        st = State.load(self.prefix)
+        if st is not None and st.owner_pid not in (None, os.getpid()) and _pid_exists(st.owner_pid):
+            raise CapabilityError(
+                f"prefix {self.prefix!r} is in use by running process {st.owner_pid}; choose another --prefix"
+            )
+        if not self.kernel_backed:
+            self._built = True
+            self._save(owner_pid)
+            return
+        if os.geteuid() != 0:
+            raise CapabilityError(_ROOTLESS_MESSAGE)
+        sweep(self.prefix)
+        self._built = True
+        self._builder_pid = os.getpid()
+        self._save(owner_pid)  # first, so a crash mid-build still leaves something to sweep
+        try:
+            self._build_kernel()
+            self._save(owner_pid)
+        except BaseException:
+            self.teardown()
+            raise
+
+    def _build_kernel(self) -> None:
+        topo = self.topology
+        for site in self.spec.sites:
+            ns = topo.namespace(site)
+            kernel.create_namespace(ns)
+            with kernel.rtnl(ns) as ipr:
+                lo = kernel.ifindex(ipr, "lo")
+                ipr.link("set", index=lo, state="up")
+                ipr.addr("add", index=lo, address=str(topo.address(site)), prefixlen=32)
+            kernel.write_sysctls(
+                ns,
+                {
+                    "net.ipv4.ip_forward": "1",  # sites without a direct link route through a neighbour
+                    "net.ipv4.conf.all.rp_filter": "0",  # replies may arrive on a veth while requests leave by a relay TAP
+                    "net.ipv4.conf.default.rp_filter": "0",
+                    **tcp_buffers(self.spec, site),
+                },
+            )
+        for ln in self.spec.links:
+            d = topo.direction(ln.a, ln.b)
+            with kernel.rtnl(topo.namespace(ln.a)) as ipr:
+                ipr.link(
+                    "add",
+                    ifname=d.dev,
+                    kind="veth",
+                    peer={"ifname": d.peer_dev, "net_ns_fd": topo.namespace(ln.b)},
+                )
+        for d in topo.directions():
+            spec = self._current[(d.src, d.dst)]
+            with kernel.rtnl(topo.namespace(d.src)) as ipr:
+                idx = kernel.ifindex(ipr, d.dev)
+                ipr.link("set", index=idx, mtu=spec.mtu, state="up")
+                kernel.apply_ops(ipr, idx, render_egress(spec, self.backend))
+        if self.backend == "relay":
+            plan = timeline(self.spec.events, self._current)
+            needs = {(c.src, c.dst) for c in plan if c.spec.impaired}
+            needs |= {k for k, s in self._current.items() if s.impaired}
+            for key in sorted(needs):
+                self._start_relay(topo.direction(*key))
+        self._write_routes()
+
+    def _write_routes(self) -> None:
+        """Per site: a scope-link route to each neighbour, then every site through its first hop;
+        a direction with a relay routes into the relay's TAP instead of the veth."""
+        topo = self.topology
+        by_site: dict[str, list] = {}
+        for r in topo.routes():
+            by_site.setdefault(r.site, []).append(r)
+        for site, routes in by_site.items():
+            src_addr = str(topo.address(site))
+            with kernel.rtnl(topo.namespace(site)) as ipr:
+                for r in sorted(routes, key=lambda r: r.dst_site != r.via):  # neighbours first
+                    d = topo.direction(site, r.via)
+                    dst = f"{topo.address(r.dst_site)}/32"
+                    dev = d.tun if (site, r.via) in self._relays else d.dev
+                    oif = kernel.ifindex(ipr, dev)
+                    if r.dst_site == r.via:
+                        ipr.route("replace", dst=dst, oif=oif, prefsrc=src_addr, scope=253)
+                    else:
+                        gw = str(topo.address(r.via))
+                        ipr.route("replace", dst=dst, gateway=gw, oif=oif, prefsrc=src_addr)
+
+    def _control_path(self, d: Direction) -> Path:
+        return STATE_DIR / f"{self.prefix}{d.src}-{d.dst}.ctl.json"
+
+    def _start_relay(self, d: Direction) -> None:
+        """Start the relay of one direction and point a permanent neighbour entry for the peer (on
+        the relay's TAP) at the peer veth's MAC, so frames leave the relay already addressed."""
+        spec = self._current[(d.src, d.dst)]
+        ns_src, ns_dst = self.topology.namespace(d.src), self.topology.namespace(d.dst)
+        with kernel.rtnl(ns_dst) as ipr:
+            peer_mac = ipr.get_links(kernel.ifindex(ipr, d.peer_dev))[0].get("address")
+        ctl = self._control_path(d)
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        _impairment(spec).write(ctl)
+        argv = [sys.executable, "-m", "harness.network.relay", "--tap", d.tun, "--dev", d.dev]
+        argv += ["--control", str(ctl), "--tag", self.prefix]
+        argv += ["--seed", str(zlib.crc32(d.name.encode()))]  # reproducible loss pattern
+        proc = kernel.spawn_in(ns_src, argv, start_new_session=True, stdin=subprocess.DEVNULL)
+        ticks = start_ticks(proc.pid)
+        self._relays[(d.src, d.dst)] = (proc.pid, ticks or 0)
+        self._procs.append(proc)  # reaped on teardown in this process
+        deadline = time.monotonic() + _TAP_WAIT_S
+        with kernel.rtnl(ns_src) as ipr:
+            while not ipr.link_lookup(ifname=d.tun):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise CapabilityError(f"relay for {d.name} did not start (exit status {proc.poll()})")
+                time.sleep(0.01)
+            idx = kernel.ifindex(ipr, d.tun)
+            ipr.link("set", index=idx, mtu=spec.mtu, txqlen=10000, state="up")
+            peer = str(self.topology.address(d.dst))
+            ipr.neigh("replace", dst=peer, lladdr=peer_mac, ifindex=idx, state="permanent")
+
+    def teardown(self) -> None:
+        """Stop events, kill every process started for this network, remove its namespaces and state.
+        Safe to call twice and from a later process (``Network.attach(prefix).teardown()``); a no-op
+        in a forked copy of the process that built it."""
+        if self._builder_pid not in (None, os.getpid()):
+            return
+        with self._lock:
+            if self._scheduler is not None:
+                self._scheduler.stop(raise_error=False)
+            for proc in self._procs:
+                _kill(proc.pid, start_ticks(proc.pid) or 0, group=True)
+                with contextlib.suppress(Exception):
+                    proc.wait(timeout=2)
+            self._procs.clear()
+            if self.kernel_backed:
+                sweep(self.prefix)
+            else:
+                State(self.prefix, self.backend, {}).delete()
+            self._relays.clear()
+            self._built = False
+
+    # ---- live changes -------------------------------------------------------------------------
+    def set_link(self, src: str, dst: str, spec: LinkSpec | None = None, **changes: Any) -> LinkSpec:
+        """Change direction src->dst now (a full ``spec``, or fields of the current one). Returns the
+        spec now in force. Raises if the kernel refuses: a link must never be silently unshaped."""
+        key = (src, dst)
+        if key not in self._current:
+            raise ScenarioError(f"no link direction {src}->{dst}")
+        new = spec if spec is not None else self._current[key].with_changes(**changes)
+        with self._lock:
+            if self.kernel_backed:
+                d = self.topology.direction(src, dst)
+                with kernel.rtnl(self.topology.namespace(src)) as ipr:
+                    idx = kernel.ifindex(ipr, d.dev)
+                    kernel.apply_ops(ipr, idx, render_egress(new, self.backend))
+                if self.backend == "relay":
+                    if key in self._relays:
+                        _impairment(new).write(self._control_path(d))
+                        os.kill(self._relays[key][0], signal.SIGUSR1)
+                    elif new.impaired:
+                        self._current[key] = new
+                        self._start_relay(d)
+                        self._write_routes()
+            self._current[key] = new
+            self._save()
+        return new
+
+    def run_events(self, events: Sequence | None = None) -> EventScheduler:
+        """Start applying live events (default: the scenario's ``[[network.events]]``) on the wall
+        clock from now. ``join()`` the result to wait for the last one; teardown stops it."""
+        changes = timeline(self.spec.events if events is None else events, dict(self._current))
+        self._scheduler = EventScheduler(changes, self._apply_change).start()
+        return self._scheduler
+
+    def _apply_change(self, ch: Change) -> None:
+        self.set_link(ch.src, ch.dst, ch.spec)
+
+    # ---- state --------------------------------------------------------------------------------
+    def _save(self, owner_pid: int | str | None = "keep") -> None:
+        old = State.load(self.prefix)
+        owner = (old.owner_pid if old else None) if owner_pid == "keep" else owner_pid
+        spawned = [[p.pid, t] for p in self._procs if (t := start_ticks(p.pid)) is not None]
+        st = State(
+            prefix=self.prefix,
+            backend=self.backend,
+            table=_plain(self._table),
+            current={f"{s}->{d}": dataclasses.asdict(v) for (s, d), v in self._current.items()},
+            owner_pid=owner,  # type: ignore[arg-type]
+            relays={f"{s}->{d}": list(v) for (s, d), v in self._relays.items()},
+            spawned=spawned,
+            interfaces=old.interfaces if old else [],
+        )
+        st.save()
+
+    def relay_alive(self, src: str, dst: str) -> bool | None:
+        """Whether the relay of a direction runs (``None``: that direction has no relay)."""
+        v = self._relays.get((src, dst))
+        return None if v is None else is_alive(*v)
+
+
+_ROOTLESS_MESSAGE = (
+    "building namespaces needs root. Without root these still work: `net probe`, `net up --dry-run`, "
+    "and the app-delay backend (`--backend app-delay`: sites on 127.0.0.1, configured delays reported "
+    "for the application to apply; no rate or loss shaping)"
+)
+
+
+def _impairment(spec: LinkSpec) -> Impairment:
+    return Impairment(round(spec.delay_ms * 1000), round(spec.jitter_ms * 1000), spec.loss_pct)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit_on_signal_in(pid: int):
+    """A SIGTERM/SIGHUP handler that unwinds (so ``finally`` tears down) only in process ``pid``.
+    A forked child (pyroute2 forks helpers) inherits the handler and a copy of our stack: there it
+    must just exit, or it would run our ``finally`` and tear down the parent's network."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if os.getpid() != pid:
+            os._exit(128 + signum)
+        raise SystemExit(128 + signum)
+
+    return handler
+
+
+__all__ = ["DEFAULT_PREFIX", "Network", "probe", "sweep"]

@@ -1,0 +1,28 @@
+"""The relay's control file: the impairment one relay applies, re-read on SIGUSR1 for live changes."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What the relay does to each packet: one-way delay and jitter in µs, loss in percent."""
+
+    delay_us: int = 0
+    jitter_us: int = 0
+    loss_pct: float = 0.0
+
+    @classmethod
+    def read(cls, path: Path) -> Impairment:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(int(data["delay_us"]), int(data["jitter_us"]), float(data["loss_pct"]))
+
+    def write(self, path: Path) -> None:
+        """Write atomically, so a relay re-reading on SIGUSR1 never sees half a file."""
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__), encoding="utf-8")
+        os.replace(tmp, path)

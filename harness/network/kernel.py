@@ -1,0 +1,167 @@
+"""The one place that talks to the kernel: namespaces, links, qdisc operations, sysctls, processes.
+
+Everything goes through pyroute2 (netlink, setns); nothing here shells out to ``ip`` or ``tc``.
+Callers hand in pure descriptions (``QdiscOp`` lists, names, addresses) made elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute, netns
+
+from harness.network.render import QdiscOp
+
+NETNS_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_setns = _libc.setns
+
+
+def list_namespaces(prefix: str) -> list[str]:
+    """Namespaces whose name starts with exactly ``prefix`` (only ours: the caller owns the prefix)."""
+    return sorted(n for n in netns.listnetns() if n.startswith(prefix))
+
+
+def create_namespace(name: str) -> None:
+    """Create a named namespace (bind-mounted at /run/netns/<name>, as ``ip netns add`` does).
+
+    Done on a short-lived thread (unshare is per thread for netns) rather than pyroute2's forked
+    helper, so nothing races with the caller and no child process is involved."""
+
+    def make() -> None:
+        if _libc.unshare(_CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+        netns._create(name, _libc, pid=f"self/task/{threading.get_native_id()}")
+
+    _on_thread(make)
+
+
+def remove_namespace(name: str) -> None:
+    """Remove a namespace; its veths, TUNs and qdiscs go with it once no process holds it."""
+    with contextlib.suppress(FileNotFoundError):
+        netns.remove(name)
+
+
+@contextlib.contextmanager
+def rtnl(ns: str | None) -> Iterator[IPRoute]:
+    """An IPRoute socket inside ``ns`` (never creating it: flags=0), or in the caller's namespace."""
+    ipr = IPRoute(netns=ns, flags=0) if ns else IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def ifindex(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise LookupError(f"no interface {name}")
+    return found[0]
+
+
+def apply_ops(ipr: IPRoute, index: int, ops: Sequence[QdiscOp]) -> None:
+    """Apply rendered operations to one interface, in order (``replace`` semantics, so re-applying a
+    changed spec updates the live qdiscs)."""
+    for op in ops:
+        ipr.tc(op.command, op.kind, index, **op.pyroute2_kwargs())
+
+
+def read_qdiscs(ipr: IPRoute, index: int) -> list[dict[str, Any]]:
+    """The qdiscs on one interface as plain dicts (kind, handle, parent, decoded options)."""
+    out = []
+    for msg in ipr.get_qdiscs(index=index):
+        opts = msg.get("options") or {}
+        entry: dict[str, Any] = {"kind": msg.get("kind"), "handle": msg["handle"], "parent": msg["parent"]}
+        if entry["kind"] == "tbf":
+            parms = opts.get("tbf_parms") or {}
+            entry["rate_bytes_s"] = parms.get("rate")
+            entry["limit_bytes"] = parms.get("limit")
+        elif entry["kind"] == "netem":
+            entry["delay_us"] = opts.get("delay")
+            entry["jitter_us"] = opts.get("jitter")
+            entry["limit"] = opts.get("limit")
+        elif entry["kind"] in ("pfifo", "bfifo"):
+            entry["limit"] = opts.get("limit")
+        out.append(entry)
+    return out
+
+
+def _on_thread(fn, *args) -> Any:
+    """Run ``fn`` on a fresh thread and return its result (namespace changes die with the thread)."""
+    result: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            result["value"] = fn(*args)
+        except BaseException as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=body, name="pfb-netns")
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def _in_namespace(ns: str, fn, *args) -> Any:
+    """Run ``fn`` on a short-lived thread that has entered ``ns`` (setns is per thread for netns).
+    Sockets it creates stay in ``ns`` wherever they are used afterwards."""
+
+    def enter_and_run() -> Any:
+        fd = os.open(NETNS_DIR / ns, os.O_RDONLY)
+        try:
+            if _setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
+        finally:
+            os.close(fd)
+        return fn(*args)
+
+    return _on_thread(enter_and_run)
+
+
+def write_sysctls(ns: str, values: dict[str, str]) -> None:
+    """Write ``net.*`` sysctls inside ``ns`` (e.g. ``net.ipv4.tcp_rmem``)."""
+
+    def write() -> None:
+        for key, value in values.items():
+            Path("/proc/sys", *key.split(".")).write_text(value, encoding="ascii")
+
+    _in_namespace(ns, write)
+
+
+def read_sysctl(ns: str, key: str) -> str:
+    return _in_namespace(ns, lambda: Path("/proc/sys", *key.split(".")).read_text(encoding="ascii").strip())
+
+
+def socket_in(ns: str, family: int, kind: int):
+    """A socket created inside ``ns``; it stays bound to that namespace wherever it is used."""
+    import socket
+
+    return _in_namespace(ns, socket.socket, family, kind)
+
+
+def spawn_in(ns: str | None, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
+    """Start ``argv`` inside namespace ``ns`` (setns in the child before exec)."""
+    if ns is None:
+        return subprocess.Popen(list(argv), **popen_kwargs)
+    fd = os.open(NETNS_DIR / ns, os.O_RDONLY)
+
+    def enter() -> None:  # runs in the forked child: one foreign call, nothing that may take a lock
+        if _setns(fd, _CLONE_NEWNET) != 0:
+            os._exit(126)
+        os.close(fd)
+
+    try:
+        return subprocess.Popen(list(argv), preexec_fn=enter, pass_fds=(fd,), **popen_kwargs)
+    finally:
+        os.close(fd)

@@ -1,0 +1,191 @@
+"""Built-in measurements between sites (no iperf): TCP goodput, TCP round-trip time, UDP loss.
+
+Sockets are created inside the sites' namespaces (``Network.socket``) and driven by threads of this
+process; the kernel does the copying, so one Python process sustains well over 1 Gbit/s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+from harness.network.render import ETH_HEADER
+
+TCP_IP_HEADERS = 52  # IPv4 20 + TCP 20 + timestamps option 12
+_CHUNK = 256 << 10
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One configured-versus-measured figure; ``ok`` is None when there is no target to meet."""
+
+    direction: str
+    metric: str
+    unit: str
+    configured: float
+    expected: float
+    measured: float
+    tolerance: str
+    ok: bool | None
+
+
+def expected_goodput_mbit(rate_mbit: float, mtu: int) -> float:
+    """TCP payload rate a rate-limited link carries: every full frame of mtu+14 bytes (what TBF
+    counts on a veth) holds mtu-52 bytes of payload."""
+    return rate_mbit * (mtu - TCP_IP_HEADERS) / (mtu + ETH_HEADER)
+
+
+def _listener(net, site: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    s = net.socket(site, socket.AF_INET, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((net.address(site), 0))
+    if kind == socket.SOCK_STREAM:
+        s.listen(1)
+    return s
+
+
+def goodput_mbit(net, src: str, dst: str, seconds: float = 1.5, warmup_s: float = 0.5) -> float:
+    """Bulk TCP from src to dst; payload bits received per second after ``warmup_s`` (slow start)."""
+    srv = _listener(net, dst)
+    received = [0]
+    marks: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def receive() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            buf = bytearray(1 << 20)
+            while n := conn.recv_into(buf):
+                received[0] += n
+        done.set()
+
+    rx = threading.Thread(target=receive, daemon=True)
+    rx.start()
+    cli = net.socket(src, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        cli.connect(srv.getsockname())
+        data = b"\0" * _CHUNK
+        start = time.monotonic()
+        end = start + warmup_s + seconds
+        while (now := time.monotonic()) < end:
+            if not marks and now >= start + warmup_s:
+                marks.append((now, received[0]))
+            cli.sendall(data)
+        marks.append((time.monotonic(), received[0]))
+    finally:
+        cli.close()
+        done.wait(10)
+        srv.close()
+    (t0, b0), (t1, b1) = marks[0], marks[-1]
+    return (b1 - b0) * 8 / (t1 - t0) / 1e6
+
+
+def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
+    """Round trips of a 1-byte TCP ping-pong (Nagle off) from src to an echo in dst, in ms."""
+    srv = _listener(net, dst)
+
+    def echo() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while b := conn.recv(1):
+                conn.sendall(b)
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    cli = net.socket(src, socket.AF_INET, socket.SOCK_STREAM)
+    out = []
+    try:
+        cli.settimeout(10)
+        cli.connect(srv.getsockname())
+        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(samples + 2):
+            t = time.perf_counter()
+            cli.sendall(b"x")
+            if not cli.recv(1):
+                break
+            out.append((time.perf_counter() - t) * 1e3)
+    finally:
+        cli.close()
+        th.join(10)
+        srv.close()
+    return out[2:]  # the first exchanges pay for ARP and cold caches
+
+
+def loss_pct(
+    net, src: str, dst: str, packets: int = 20000, pps: float = 20000.0, wait_s: float = 0.3
+) -> float:
+    """Send ``packets`` UDP datagrams src->dst at ``pps``; the percentage that never arrive."""
+    rx = _listener(net, dst, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    got = [0]
+    stop = threading.Event()
+
+    def receive() -> None:
+        rx.settimeout(0.05)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                while rx.recv(2048):
+                    got[0] += 1
+
+    th = threading.Thread(target=receive, daemon=True)
+    th.start()
+    tx = net.socket(src, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        dest = rx.getsockname()
+        payload = b"\0" * 200
+        start = time.monotonic()
+        for i in range(packets):
+            due = start + i / pps
+            if (lag := due - time.monotonic()) > 0:
+                time.sleep(lag)
+            tx.sendto(payload, dest)
+        time.sleep(wait_s + net.link_spec(src, dst).delay_ms / 1e3)
+    finally:
+        stop.set()
+        th.join(5)
+        tx.close()
+        rx.close()
+    return 100.0 * (packets - got[0]) / packets
+
+
+def check_direction(net, src: str, dst: str, *, seconds: float = 1.5) -> list[Measurement]:
+    """Measure one direction against its spec: goodput (rate-limited, loss-free directions), RTT,
+    and loss (lossy directions). Tolerances: goodput 5%, RTT 1 ms, loss 0.3 points."""
+    spec, back = net.link_spec(src, dst), net.link_spec(dst, src)
+    name = f"{src}->{dst}"
+    out = []
+    if spec.rate_mbit is not None and spec.loss_pct == 0:
+        exp = expected_goodput_mbit(spec.rate_mbit, spec.mtu)
+        warm = max(0.5, 20 * (spec.delay_ms + back.delay_ms) / 1e3)
+        got = goodput_mbit(net, src, dst, seconds=seconds, warmup_s=warm)
+        out.append(
+            Measurement(
+                name, "goodput", "Mbit/s", spec.rate_mbit, exp, got, "±5%", abs(got / exp - 1) <= 0.05
+            )
+        )
+    if spec.loss_pct == 0 and back.loss_pct == 0:
+        conf = spec.delay_ms + back.delay_ms
+        got = statistics.median(rtt_ms(net, src, dst))
+        out.append(
+            Measurement(name, "rtt", "ms", conf, conf, got, "+1 ms", conf <= got + 0.05 <= conf + 1.05)
+        )
+    if spec.loss_pct > 0:
+        got = loss_pct(net, src, dst)
+        out.append(
+            Measurement(
+                name,
+                "loss",
+                "%",
+                spec.loss_pct,
+                spec.loss_pct,
+                got,
+                "±0.3 pt",
+                abs(got - spec.loss_pct) <= 0.3,
+            )
+        )
+    return out

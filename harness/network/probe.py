@@ -1,0 +1,109 @@
+"""Which shaping backend works on this machine, and why the others do not.
+
+1. ``netem``     delay/jitter/loss by netem, rate by TBF (a normal Linux host, as root);
+2. ``relay``     rate by TBF, delay/jitter/loss by a userspace relay between TUN and veth (no netem);
+3. ``app-delay`` rootless: no namespaces and no shaping; the harness only reports each link's
+                 configured one-way delay for applications to sleep on. Labelled as such in results.
+
+The probe builds a throwaway namespace ``pfb-probe-<pid>`` and tries the real qdiscs in it, so it never
+touches an interface the harness did not create.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import os
+import struct
+from dataclasses import dataclass
+
+BACKENDS = ("netem", "relay", "app-delay")
+
+
+@dataclass(frozen=True)
+class BackendCheck:
+    name: str
+    works: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    checks: tuple[BackendCheck, ...]
+
+    @property
+    def chosen(self) -> str:
+        return next(c.name for c in self.checks if c.works)
+
+    def check(self, name: str) -> BackendCheck:
+        return next(c for c in self.checks if c.name == name)
+
+
+def _tun_works(ns: str) -> str | None:
+    from harness.network import kernel
+
+    def attempt() -> None:
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        try:
+            fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"pfb-probe", 0x1001))
+        finally:
+            os.close(fd)
+
+    try:
+        kernel._in_namespace(ns, attempt)
+    except OSError as exc:
+        return f"TUN unavailable: {exc.strerror or exc}"
+    return None
+
+
+def _qdisc_error(ns: str, kind: str, **kw) -> str | None:
+    from harness.network import kernel
+
+    with kernel.rtnl(ns) as ipr:
+        idx = kernel.ifindex(ipr, "pfb-p0")
+        try:
+            ipr.tc("replace", kind, idx, handle=0x10000, **kw)
+        except Exception as exc:  # pyroute2 raises NetlinkError(errno, msg)
+            code = getattr(exc, "code", None)
+            why = "not in this kernel" if code in (errno.ENOENT, errno.EINVAL) else str(exc)
+            return f"{kind} qdisc {why}"
+    return None
+
+
+@functools.cache
+def probe() -> ProbeReport:
+    """Probe once per process (cached): try each backend's kernel features for real."""
+    app = BackendCheck("app-delay", True, "always available: application-level delay only, no shaping")
+    if os.geteuid() != 0:
+        why = f"needs root (network namespaces, veth, tc); running as uid {os.geteuid()}"
+        return ProbeReport((BackendCheck("netem", False, why), BackendCheck("relay", False, why), app))
+    from harness.network import kernel
+
+    ns = f"pfb-probe-{os.getpid()}"
+    try:
+        kernel.create_namespace(ns)
+    except OSError as exc:
+        why = f"cannot create a network namespace: {exc}"
+        return ProbeReport((BackendCheck("netem", False, why), BackendCheck("relay", False, why), app))
+    try:
+        with kernel.rtnl(ns) as ipr:
+            ipr.link("add", ifname="pfb-p0", kind="veth", peer={"ifname": "pfb-p1"})
+        tbf = _qdisc_error(ns, "tbf", rate="10mbit", burst=3028, limit=30280)
+        netem = _qdisc_error(ns, "netem", delay=1000, jitter=0, loss=0, limit=100)
+        tun = _tun_works(ns)
+    finally:
+        kernel.remove_namespace(ns)
+    netem_check = BackendCheck(
+        "netem", netem is None and tbf is None, netem or tbf or "netem and TBF qdiscs accepted by the kernel"
+    )
+    relay_why = tbf or tun
+    relay_check = BackendCheck(
+        "relay", relay_why is None, relay_why or "TBF accepted; TUN devices available for the userspace relay"
+    )
+    return ProbeReport((netem_check, relay_check, app))
+
+
+def backend_name() -> str:
+    """The backend this machine uses ("netem", "relay" or "app-delay"), for results' metadata."""
+    return probe().chosen

@@ -1,0 +1,130 @@
+"""The userspace impairment relay: one process per impaired direction on kernels without netem.
+
+The sending site routes the peer's address into a TAP device this process owns (a permanent
+neighbour entry gives frames the peer veth's MAC). Each frame read from it is dropped with
+probability ``loss_pct`` or held until ``now + delay ± jitter`` (uniform, like netem without a
+distribution table; release times never go backwards, so jitter does not reorder TCP), then sent
+unchanged out of the site's veth with a packet socket. Sending through the veth keeps the rate in
+the kernel: the TBF on the veth's egress queues and paces what the relay releases.
+
+Speed: the TAP and the packet socket both speak virtio-net headers, so with checksum and TSO
+offload the relay moves 64 KiB segments, not 1.5 KiB packets, and the bytes pass through
+untouched. Offload is switched off while ``loss_pct > 0``: loss must hit single packets, not a
+whole segment (the kernel then segments in software before the TAP).
+
+Parameters live in a small JSON control file; SIGUSR1 makes the relay re-read it (live link changes).
+SIGTERM ends it; the TAP device vanishes with it.
+
+Run as ``python -m harness.network.relay --tap NAME --dev VETH --control FILE --tag PREFIX`` inside
+the sending namespace (``Network`` does that and tracks the pid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import time
+from collections import deque
+from pathlib import Path
+
+from harness.network.control import Impairment
+
+_TUNSETIFF = 0x400454CA
+_TUNSETOFFLOAD = 0x400454D0
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+_TUN_F_CSUM, _TUN_F_TSO4, _TUN_F_TSO6 = 0x01, 0x02, 0x04
+_SOL_PACKET, _PACKET_VNET_HDR = 263, 15
+_BATCH = 256  # packets read per wake-up before releasing due ones
+_SNDBUF = 16 << 20
+
+
+def open_tap(name: str) -> int:
+    """Create (and own) the TAP device ``name`` with virtio-net headers; it disappears with us."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR))
+    return fd
+
+
+def set_offload(fd: int, on: bool) -> None:
+    flags = _TUN_F_CSUM | _TUN_F_TSO4 | _TUN_F_TSO6 if on else 0
+    fcntl.ioctl(fd, _TUNSETOFFLOAD, flags)
+
+
+def run(tap: str, dev: str, control: Path, seed: int) -> None:
+    """Relay frames from ``tap`` to ``dev`` until SIGTERM."""
+    imp = Impairment.read(control)
+    rng = random.Random(seed)
+    fd = open_tap(tap)
+    set_offload(fd, imp.loss_pct == 0)
+    out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: send only, never receives
+    out.setsockopt(_SOL_PACKET, _PACKET_VNET_HDR, 1)  # frames keep the TAP's virtio-net header
+    out.setsockopt(socket.SOL_SOCKET, 32, _SNDBUF)  # SO_SNDBUFFORCE: a burst must not block the loop
+    out.bind((dev, 0))
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)
+    reload = [False]
+
+    def _on_usr1(_sig, _frm) -> None:
+        reload[0] = True
+
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    queue: deque[tuple[float, bytes]] = deque()
+    last_release = 0.0
+    clock, read, send, rand = time.monotonic, os.read, out.send, rng.random
+    while True:
+        timeout = max(0.0, queue[0][0] - clock()) if queue else None
+        ready, _, _ = select.select([fd, wake_r], [], [], timeout)
+        if wake_r in ready:
+            while True:
+                try:
+                    read(wake_r, 64)
+                except BlockingIOError:
+                    break
+            if reload[0]:
+                reload[0] = False
+                imp = Impairment.read(control)
+                set_offload(fd, imp.loss_pct == 0)
+        if fd in ready:
+            now = clock()
+            delay, jitter, loss = imp.delay_us / 1e6, imp.jitter_us / 1e6, imp.loss_pct / 100.0
+            for _ in range(_BATCH):
+                try:
+                    frame = read(fd, 65600)
+                except BlockingIOError:
+                    break
+                if loss and rand() < loss:
+                    continue
+                release = now + delay + (jitter * (2.0 * rand() - 1.0) if jitter else 0.0)
+                if release < last_release:
+                    release = last_release
+                last_release = release
+                queue.append((release, frame))
+        now = clock()
+        while queue and queue[0][0] <= now:
+            try:  # noqa: SIM105 -- hot loop: a bare try is cheaper than contextlib.suppress
+                send(queue.popleft()[1])
+            except OSError:  # ENOBUFS: the veth's queue is full -- a tail drop, as on a real link
+                pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="harness.network.relay")
+    p.add_argument("--tap", required=True)
+    p.add_argument("--dev", required=True)
+    p.add_argument("--control", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", required=True, help="the network's prefix, so a sweep finds only its own relays")
+    a = p.parse_args(argv)
+    run(a.tap, a.dev, a.control, a.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Live link changes: a pure timeline of specs from a list of ``LinkEvent``s, and a small real-time
+scheduler that applies it to a running ``Network``.
+
+Overlapping events compose: at any time a direction's spec is its base spec with every active event
+applied in start order, so an event ending restores exactly what the others leave in force.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from harness.network.spec import LinkEvent, LinkSpec
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Change:
+    """At ``t_s`` set direction ``src->dst`` to ``spec``."""
+
+    t_s: float
+    src: str
+    dst: str
+    spec: LinkSpec
+
+
+def timeline(events: Sequence[LinkEvent], base: Mapping[Key, LinkSpec]) -> list[Change]:
+    """Every change the events cause, in time order (pure)."""
+    ordered = sorted(events, key=lambda e: e.at_s)
+    bounds = sorted({e.at_s for e in ordered} | {e.at_s + e.duration_s for e in ordered if e.duration_s})
+    current = dict(base)
+    out = []
+    for t in bounds:
+        active = [e for e in ordered if e.at_s <= t and (e.duration_s is None or t < e.at_s + e.duration_s)]
+        touched = {d for e in ordered if t in (e.at_s, e.at_s + (e.duration_s or 0)) for d in e.directions}
+        for key in sorted(touched):
+            spec = base[key]
+            for e in active:
+                if key in e.directions:
+                    spec = e.apply(spec)
+            if spec != current[key]:
+                current[key] = spec
+                out.append(Change(t, key[0], key[1], spec))
+    return out
+
+
+class EventScheduler:
+    """Applies a timeline on a background thread, on the wall clock from ``start()``.
+
+    A failure to apply a change stops the scheduler and is re-raised by ``join()``/``stop()``: a link
+    that silently failed to change would spoil the benchmark.
+    """
+
+    def __init__(self, changes: Sequence[Change], apply: Callable[[Change], None]) -> None:
+        self.changes = list(changes)
+        self._apply = apply
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pfb-link-events", daemon=True)
+        self._error: BaseException | None = None
+        self.applied: list[tuple[float, Change]] = []  # (seconds after start when applied, change)
+        self.t0 = 0.0
+
+    def start(self) -> EventScheduler:
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for ch in self.changes:
+                if self._stop.wait(max(0.0, self.t0 + ch.t_s - time.monotonic())):
+                    return
+                self._apply(ch)
+                self.applied.append((time.monotonic() - self.t0, ch))
+        except BaseException as exc:
+            self._error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, *, raise_error: bool = True) -> None:
+        """Stop before the next change; re-raise a failed change unless ``raise_error=False``."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+        if raise_error and self._error is not None:
+            raise self._error

@@ -1,0 +1,66 @@
+"""The state file a built network leaves behind, so later processes can show, check and remove it.
+
+``/run/prfaas-bench/<prefix>.json`` (tmpfs: it does not outlive a reboot, and neither do namespaces).
+It records the ``[network]`` table, the live per-direction specs, the backend, the owner process (if
+the network lives only inside a ``with Network.up()``), and every process started for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_DIR = Path(os.environ.get("PFB_STATE_DIR", "/run/prfaas-bench"))
+
+
+@dataclass
+class State:
+    prefix: str
+    backend: str
+    table: dict[str, Any]
+    current: dict[str, dict[str, Any]] = field(default_factory=dict)  # "a->b" -> LinkSpec fields
+    owner_pid: int | None = None  # None: persistent (net up); else torn down when that process exits
+    relays: dict[str, list[int]] = field(default_factory=dict)  # "a->b" -> [pid, start_ticks]
+    spawned: list[list[int]] = field(default_factory=list)  # [[pid, start_ticks], ...]
+    interfaces: list[str] = field(default_factory=list)  # real host interfaces shaped with --interface
+
+    @staticmethod
+    def path(prefix: str) -> Path:
+        return STATE_DIR / f"{prefix}state.json"
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        p = self.path(self.prefix)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=1), encoding="utf-8")
+        os.replace(tmp, p)
+
+    @classmethod
+    def load(cls, prefix: str) -> State | None:
+        p = cls.path(prefix)
+        try:
+            return cls(**json.loads(p.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):  # a torn or foreign file: treat as no state, the sweep still runs
+            return None
+
+    def delete(self) -> None:
+        self.path(self.prefix).unlink(missing_ok=True)
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot): with the pid it names one process, even
+    after the pid is reused. ``None`` when the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def is_alive(pid: int, ticks: int) -> bool:
+    return start_ticks(pid) == ticks
