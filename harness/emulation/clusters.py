@@ -284,6 +284,12 @@ class EmulatedClusters:
             f"site process {site!r} did not start (exit status {proc.poll()}); its error is printed above"
         )
 
+    def check(self) -> None:
+        """Raise if a site process has died (the cluster can no longer serve)."""
+        for site, proc in self._procs.items():
+            if proc.poll() is not None:
+                raise CapabilityError(f"site process {site!r} exited with status {proc.returncode}")
+
     def stop(self) -> None:
         """Stop every site process (SIGTERM, then SIGKILL) and remove the network. Safe to call twice."""
         for proc in self._procs.values():

@@ -1,0 +1,79 @@
+"""``prfaas-bench serve SCENARIO``: emulated clusters over real HTTP on a shaped inter-site link."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import click
+
+from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
+from harness.errors import ScenarioError
+
+
+def _raise_exit(_sig, _frame) -> None:
+    raise SystemExit(143)
+
+
+@click.command("serve")
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--speedup", type=float, help="Time speed-up s (default: [emulation] speedup, else 1).")
+@click.option(
+    "--netns/--no-netns",
+    default=None,
+    help="Sites in network namespaces on a shaped link (default when root), or loopback ports.",
+)
+@click.option(
+    "--port-base", type=int, help="Host ports: local site PORT, remote PORT+1 (default: free ports)."
+)
+@click.option("--topology", "topologies", help="Comma-separated topologies to serve (default: all).")
+@click.option(
+    "--kv-rate-mbit", type=float, help="Emulated inter-site rate (default: [emulation] kv_rate_mbit)."
+)
+@click.option("--connections", type=int, help="TCP connections per site pair for KV.")
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Name prefix of the namespaces.")
+@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
+def command(
+    scenario, speedup, netns, port_base, topologies, kv_rate_mbit, connections, prefix, as_json
+) -> None:
+    """Bring up one process per site, print the endpoint URLs, and serve until Ctrl-C.
+
+    Each topology's router (vLLM PD-proxy protocol, OpenAI API) is at http://127.0.0.1:PORT/<topology>/v1.
+    Ctrl-C or SIGTERM stops every process and removes the namespaces.
+    """
+    if port_base is not None and not 1024 <= port_base <= 65000:
+        raise ScenarioError(f"--port-base must be in 1024..65000, got {port_base}")
+    names = [t.strip() for t in topologies.split(",") if t.strip()] if topologies else None
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        with EmulatedClusters(
+            scenario,
+            topologies=names,
+            speedup=speedup,
+            netns=netns,
+            port_base=port_base,
+            kv_rate_mbit=kv_rate_mbit,
+            connections=connections,
+            prefix=prefix,
+        ) as clusters:
+            info = clusters.describe()
+            if as_json:
+                click.echo(json.dumps(info, default=str))
+            else:
+                label = (
+                    "" if info["backend"] != "loopback" else "  (fallback: no namespaces, app-level shaping)"
+                )
+                click.echo(f"model {clusters.model}   backend {info['backend']}{label}")
+                click.echo(
+                    f"speed-up {clusters.spec.speedup:g}x   link {clusters.rate_mbit:g} Mbit/s, "
+                    f"{clusters.delay_ms:g} ms one way   KV byte scale {clusters.byte_scale:.3g}"
+                )
+                for topo, url in clusters.urls.items():
+                    click.echo(f"  {topo:<12} {url}")
+                click.echo(f"metrics: {clusters.host_urls['local']}/metrics   (Ctrl-C to stop)")
+            while True:
+                time.sleep(0.5)
+                clusters.check()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

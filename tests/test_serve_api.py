@@ -1,0 +1,201 @@
+"""The emulated endpoints over real HTTP (loopback sites): OpenAI shapes, PD legs, caching, errors, metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness.emulation.clusters import EmulatedClusters
+
+REPO = Path(__file__).resolve().parent.parent
+CASE_STUDY = (REPO / "workloads" / "paper-case-study.toml").read_text()
+
+
+def _scenario(tmp: Path, emulation: str) -> Path:
+    text = CASE_STUDY.split("[emulation]")[0] + "[emulation]\n" + emulation
+    path = tmp / "scenario.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+    path = _scenario(tmp_path_factory.mktemp("serve"), "speedup = 50\nkv_rate_mbit = 800\n")
+    with EmulatedClusters(path, netns=False) as c:
+        yield c
+
+
+def _post(url: str, body: dict, timeout: float = 60) -> tuple[int, dict, dict]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, dict(err.headers), json.loads(err.read())
+
+
+def _stream(url: str, body: dict) -> list[dict | str]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    events: list[dict | str] = []
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        for raw in resp:
+            line = raw.decode().strip()
+            if line.startswith("data: "):
+                data = line[6:]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def _words(n: int, salt: str) -> str:
+    return " ".join(f"{salt}{i}" for i in range(n))
+
+
+def test_streamed_completion_has_every_token_then_usage_and_breakdown(clusters):
+    body = {
+        "model": clusters.model,
+        "prompt": _words(30_000, "a"),
+        "max_tokens": 7,
+        "min_tokens": 7,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = _stream(clusters.urls["prfaas"] + "/completions", body)
+    assert events[-1] == "[DONE]"
+    tokens = [e for e in events[:-1] if e["choices"] and e["choices"][0]["text"]]
+    assert len(tokens) == 7
+    assert tokens[-1]["choices"][0]["finish_reason"] == "length"
+    final = events[-2]
+    assert final["choices"] == []
+    assert final["usage"]["prompt_tokens"] == 30_000 and final["usage"]["completion_tokens"] == 7
+    assert final["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    b = final["prfaas"]
+    # 30K uncached tokens exceed the planner's threshold (~19K): PrfaaS prefill, local decode.
+    assert b["route"] == "remote" and b["prefill_site"] == "remote" and b["decode_site"] == "local"
+    assert b["prefill_start_s"] <= b["prefill_end_s"] <= b["decode_start_s"]
+    assert b["kv_transfer_start_s"] <= b["kv_transfer_end_s"] <= b["decode_start_s"]
+    # KV bytes are the cost model's: fixed state + per-token KV of the 30K-token prompt.
+    from harness.model.presets import load_model
+
+    model = load_model("kimi-1t-hybrid")
+    assert b["kv_bytes"] == model.state_bytes_per_seq + 30_000 * model.kv_bytes_per_token
+
+
+def test_short_prompt_prefills_locally_and_a_repeat_hits_the_prefix_cache(clusters):
+    body = {"model": clusters.model, "prompt": _words(2000, "cache"), "max_tokens": 2}
+    status, _, first = _post(clusters.urls["prfaas"] + "/completions", body)
+    assert status == 200 and first["prfaas"]["route"] == "local"
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    _, _, second = _post(clusters.urls["prfaas"] + "/completions", body)
+    # 2000 tokens = 3 full 512-token blocks + a partial one, all cached; one token is always recomputed.
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == 1999
+    assert second["prfaas"]["cached_tokens"] == 1999
+    assert second["choices"][0]["text"].split() == ["tok", "tok"]
+
+
+def test_chat_stream_starts_with_the_role_and_counts_content_tokens(clusters):
+    body = {
+        "model": clusters.model,
+        "messages": [{"role": "user", "content": _words(500, "chat")}],
+        "max_tokens": 4,
+        "stream": True,
+    }
+    events = _stream(clusters.urls["homogeneous"] + "/chat/completions", body)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = [e for e in events[1:-1] if e["choices"][0]["delta"].get("content")]
+    assert len(content) == 4
+    assert events[-2]["prfaas"]["route"] == "local"  # no usage asked: the breakdown rides the last token
+
+
+def test_vllm_pd_legs_prefill_remote_then_decode_local(clusters):
+    prefill_url, decode_url = clusters.pd_urls["naive"]
+    body = {"model": clusters.model, "prompt": _words(8000, "pd"), "max_tokens": 3, "stream": False}
+    leg = {**body, "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True}}
+    status, _, out = _post(prefill_url + "/completions", leg)
+    assert status == 200
+    params = out["kv_transfer_params"]
+    assert params["do_remote_prefill"] is True and len(params["transfer_id"]) == 32
+    assert params["remote_engine_id"].startswith("remote/")
+    status, _, done = _post(decode_url + "/completions", {**body, "kv_transfer_params": params})
+    assert status == 200
+    assert done["usage"]["completion_tokens"] == 3
+    assert done["prfaas"]["route"] == "remote" and done["prfaas"]["prefill_site"] == "remote"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
+        ({"prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
+        ({"prompt": "hi", "max_tokens": 2, "min_tokens": 3}, 400, "min_tokens"),
+        ({"prompt": 42}, 400, "prompt"),
+        ({"prompt": "hi", "stream": "yes"}, 400, "stream"),
+        ({"prompt": "hi", "n": 2}, 400, "n"),
+        ({"prompt": "hi", "model": "gpt-4"}, 404, "model"),
+        ({"prompt": "word " * 131_000, "max_tokens": 100}, 400, "prompt"),  # 131,100 > 131,072 context
+    ],
+)
+def test_bad_requests_get_openai_errors(clusters, body, status, param):
+    got, _, out = _post(clusters.urls["prfaas"] + "/completions", {"model": clusters.model, **body})
+    assert got == status
+    assert out["error"]["param"] == param and out["error"]["message"]
+
+
+def test_body_that_is_not_json_and_unknown_topology(clusters):
+    req = urllib.request.Request(clusters.urls["prfaas"] + "/completions", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 400 and "JSON" in json.loads(err.value.read())["error"]["message"]
+    err.value.close()
+    status, _, out = _post(clusters.host_urls["local"] + "/nosuch/v1/completions", {"model": clusters.model})
+    assert status == 404 and "nosuch" in out["error"]["message"]
+
+
+def test_models_health_and_metrics_reflect_the_served_requests(clusters):
+    with urllib.request.urlopen(clusters.urls["naive"] + "/models", timeout=10) as resp:
+        assert [m["id"] for m in json.loads(resp.read())["data"]] == [clusters.model]
+    with urllib.request.urlopen(clusters.host_urls["local"] + "/health", timeout=10) as resp:
+        assert json.loads(resp.read())["status"] == "ok"
+    body = {"model": clusters.model, "prompt": _words(100, "m"), "max_tokens": 1}
+    for _ in range(3):
+        assert _post(clusters.urls["naive"] + "/completions", body)[0] == 200
+    with urllib.request.urlopen(clusters.host_urls["local"] + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"
+    }
+    routed = samples['prfaas_requests_routed_total{route="remote",site="local",topology="naive"}']
+    assert routed >= 3  # naive sends every prefill to the remote site
+    assert samples['prfaas_kv_bytes_received_total{site="local"}'] > 0
+    assert 'prfaas_decode_batch_size{instance="local-d0",site="local",topology="naive"}' in samples
+
+
+def test_full_queues_answer_429_with_retry_after(tmp_path):
+    # speedup 1 and a 2-request limit: two long prefills hold the site while more arrive.
+    path = _scenario(tmp_path, "speedup = 1\nmax_waiting = 2\nretry_after_s = 3\n")
+    with EmulatedClusters(path, netns=False, topologies=["naive"]) as c:
+        body = {"model": c.model, "prompt": _words(60_000, "q"), "max_tokens": 1}
+        results: list[tuple[int, dict, dict]] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(_post(c.urls["naive"] + "/completions", body)))
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    codes = sorted(r[0] for r in results)
+    assert len(codes) == 4 and codes.count(200) >= 2 and 429 in codes
+    rejected = next(r for r in results if r[0] == 429)
+    assert rejected[1]["Retry-After"] == "3" and rejected[2]["error"]["type"] == "rate_limit_error"
