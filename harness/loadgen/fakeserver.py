@@ -48,7 +48,7 @@ class FakeServer:
         app = web.Application()
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
-        app.router.add_get("/health", lambda r: web.Response(text="ok"))
+        app.router.add_get("/health", _health)
         return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -57,7 +57,7 @@ class FakeServer:
         body = await request.json(loads=json.loads)
         if self.keep_bodies:
             self.bodies.append(body)
-            self.headers.append(dict(request.headers))
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
         mode = self.mode_for(n) if self.mode_for else self.mode
         chat = request.path.endswith("/chat/completions")
         if mode == "stall":
@@ -137,6 +137,10 @@ class FakeServer:
         return resp
 
 
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 def _event(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -151,13 +155,19 @@ class ServerThread:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._runner: web.AppRunner | None = None
+        self._error: BaseException | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
+        try:
+            self._loop.run_until_complete(self._start())
+        except BaseException as exc:  # surfaced by __enter__
+            self._error = exc
         self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
+        if self._error is None:
+            self._loop.run_forever()
+        if self._runner is not None:
+            self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
 
     async def _start(self) -> None:
@@ -171,6 +181,9 @@ class ServerThread:
     def __enter__(self) -> ServerThread:
         self._thread.start()
         self._ready.wait(10)
+        if self._error is not None:
+            self._thread.join(10)
+            raise RuntimeError(f"fake server did not start: {self._error!r}") from self._error
         return self
 
     def __exit__(self, *exc) -> None:
