@@ -28,7 +28,7 @@ BREAKDOWN = (
 
 
 def _fig(title: str, **layout: Any) -> go.Figure:
-    return go.Figure(layout={**_LAYOUT, "title": {"text": title}, **layout})
+    return go.Figure(layout={**_LAYOUT, "title": {"text": title, "font": {"size": 14}}, **layout})
 
 
 def missing(title: str, why: str) -> go.Figure:
@@ -145,12 +145,17 @@ def egress_from_records(df: pd.DataFrame, step: float) -> tuple[np.ndarray, np.n
 def link_utilisation(bundle: Bundle) -> go.Figure:
     """Link columns of timeseries.parquet; else cross-site KV egress rebuilt from the records."""
     title = "Link utilisation over time"
-    fig = _fig(title, xaxis={"title": "time (s)"}, yaxis={"title": "Gbit/s or fraction, as the column says"})
-    for label, c, part in _timeseries_columns(bundle, ("link", "egress", "util", "gbps")):
+    fig = _fig(title, xaxis={"title": "time (s)"})
+    columns = list(_timeseries_columns(bundle, ("link", "egress", "util", "gbps")))
+    fractions = all("util" in c for _, c, _ in columns)
+    fig.update_yaxes(title="utilisation (fraction of link rate)" if fractions else "Gbit/s (or as named)")
+    for label, c, part in columns:
         x, y = _thin(part["time_s"].to_numpy(float), part[c].to_numpy(float))
-        fig.add_scatter(x=x, y=y, mode="lines", name=label)
+        short = label.replace("link_utilisation ", "").replace("link_utilization ", "")
+        fig.add_scatter(x=x, y=y, mode="lines", name=short)
     if not fig.data:
-        fig.layout.title.text = f"{title}: cross-site KV egress from the records (Gbit/s)"
+        fig.layout.title.text = f"{title}: cross-site KV egress from the records"
+        fig.update_yaxes(title="Gbit/s")
         for label, _, df in _series(bundle):
             x, y = egress_from_records(df, step=max(m.duration(df) / 200, 1e-3) if len(df) else 1.0)
             if len(x) and y.any():
