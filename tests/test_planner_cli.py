@@ -175,8 +175,11 @@ def test_bad_flags_are_rejected():
 
 
 def test_unknown_tables_of_other_subsystems_are_ignored(scenario):
-    path = scenario("[slo]", '[simulate]\nseed = 1\n[network.sites]\nlocal = "x"\n\n[slo]')
-    assert run(str(path), "--json").exit_code == 0
+    """Other owners' tables (and tables added later) do not disturb the planner."""
+    path = scenario("[slo]", '[future_tool]\noption = 1\n[future_tool.sub]\nx = "y"\n\n[slo]')
+    result = run(str(path), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["topologies"]["prfaas"]["n_p"] == 3
 
 
 def test_trace_workload(tmp_path):
