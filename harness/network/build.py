@@ -28,6 +28,7 @@ from typing import Any
 from harness.errors import CapabilityError, ScenarioError
 from harness.network import kernel
 from harness.network.control import Impairment
+from harness.network.host import unshape_interface
 from harness.network.probe import BACKENDS, backend_name, probe
 from harness.network.render import render_egress
 from harness.network.schedule import Change, EventScheduler, timeline
@@ -106,8 +107,8 @@ def sweep(prefix: str) -> list[str]:
         for pid, ticks in old.relays.values():
             _kill(pid, ticks, group=False)
         for iface in old.interfaces:
-            with contextlib.suppress(Exception):
-                kernel.unshape_interface(iface)
+            with contextlib.suppress(OSError, LookupError):
+                unshape_interface(iface)
             removed.append(f"qdisc on {iface}")
     for pid, ticks in _relay_pids(prefix):
         _kill(pid, ticks, group=False)
@@ -430,6 +431,8 @@ class Network:
         old = State.load(self.prefix)
         owner = (old.owner_pid if old else None) if owner_pid == "keep" else owner_pid
         spawned = [[p.pid, t] for p in self._procs if (t := start_ticks(p.pid)) is not None]
+        if old is not None:  # another process (net up, or the builder) may have spawned some too
+            spawned += [e for e in old.spawned if e not in spawned and is_alive(*e)]
         st = State(
             prefix=self.prefix,
             backend=self.backend,
@@ -441,6 +444,21 @@ class Network:
             interfaces=old.interfaces if old else [],
         )
         st.save()
+
+    def status(self) -> list:
+        """Read the kernel back: one ``DirectionStatus`` per direction (``.ok``, ``.problems``)."""
+        from harness.network.status import read_status
+
+        return read_status(self)
+
+    def check(self, *, seconds: float = 1.5) -> list:
+        """Measure every direction's goodput, RTT and loss against its spec (``Measurement`` rows)."""
+        from harness.network.measure import check_direction
+
+        rows = []
+        for d in self.topology.directions():
+            rows += check_direction(self, d.src, d.dst, seconds=seconds)
+        return rows
 
     def relay_alive(self, src: str, dst: str) -> bool | None:
         """Whether the relay of a direction runs (``None``: that direction has no relay)."""

@@ -82,7 +82,7 @@ def read_qdiscs(ipr: IPRoute, index: int) -> list[dict[str, Any]]:
         opts = msg.get("options") or {}
         entry: dict[str, Any] = {"kind": msg.get("kind"), "handle": msg["handle"], "parent": msg["parent"]}
         if entry["kind"] == "tbf":
-            parms = opts.get("tbf_parms") or {}
+            parms = opts.get("TCA_TBF_PARMS") or {}
             entry["rate_bytes_s"] = parms.get("rate")
             entry["limit_bytes"] = parms.get("limit")
         elif entry["kind"] == "netem":
