@@ -187,10 +187,17 @@ def test_cli_find_max_rate_table(tmp_path):
     assert "Λmax sim" in res.output and "naive" in res.output
 
 
-def _scenario(tmp_path: Path, text: str) -> str:
+def _scenario(tmp_path: Path, change: str) -> str:
+    """The paper scenario with ``change`` appended, or a line replaced (``"old -> new"``)."""
     base = PAPER.read_text()
+    if " -> " in change:
+        old, new = change.split(" -> ")
+        assert old in base
+        text = base.replace(old, new)
+    else:
+        text = base + change
     p = tmp_path / "s.toml"
-    p.write_text(base + text)
+    p.write_text(text)
     return str(p)
 
 
@@ -209,7 +216,7 @@ def _scenario(tmp_path: Path, text: str) -> str:
             '\n[topologies.neg]\nkind = "prfaas"\nlocal_instances = 8\nremote_instances = 4\nthreshold_tokens = -5\n',
             "threshold_tokens",
         ),
-        (["--rate", "1"], "\n[simulate]\nrequests = 0\n", "requests"),
+        (["--rate", "1"], "requests = 2000 -> requests = 0", "requests"),
         (["--rate", "1", "--topology", "nope"], "", "unknown topology"),
     ],
 )
@@ -249,3 +256,25 @@ def test_cli_trace_longer_than_context_needs_clip(tmp_path):
     assert res.exit_code == 0, res.output
     df = read_records(json.loads(res.output)["run_dir"])
     assert df.prompt_tokens_trace.max() == 131072 - 10
+
+
+# ---------------------------------------------------------------------------------------------- colocated
+def test_colocated_prefill_stalls_decode_on_the_same_instance(paper):
+    from harness.serving.build import TopologyPlan
+
+    one = TopologyPlan("coloc", "colocated", n_p=0, n_d=1)
+    out: list = []
+    run_topology(paper.stack, one, _trace([1000, 20_000], [200, 2], arrivals=[0.0, 1.0]), sink=out.append)
+    a, b = sorted(out, key=lambda r: r.request_id)
+    cost = paper.stack.local
+    t_b = cost.prefill_time_s(20_000)
+    assert (
+        a.kv_bytes is None
+        and a.route == "colocated"
+        and b.decode_instance == b.prefill_instance == "local-c0"
+    )
+    assert a.first_token_s == pytest.approx(cost.prefill_time_s(1000) + cost.decode_step_s(1, 1000), abs=1e-9)
+    # A's decode stops for B's whole prefill (one step of slack for the step in progress and the re-plan).
+    step = cost.decode_step_s(2, 21_000 + 400)
+    assert t_b <= max(a.itl_s) <= t_b + 2 * step
+    assert b.prefill_start_s == 1.0

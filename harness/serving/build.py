@@ -88,12 +88,12 @@ def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
     sites = {LOCAL: local}
     links = {(LOCAL, LOCAL): spec.intra_site}
     if topo.kind == "colocated":
-        # Each instance prefills and decodes; no KV moves (an optimistic reference: no interference).
-        local.prefill_instances = [
-            PrefillInstance(f"{LOCAL}-c{i}", spec.local, local_cache) for i in range(topo.n_d)
-        ]
+        # Each instance prefills and decodes on the same GPUs: no KV moves, decode stalls during a prefill.
         for i, d in enumerate(local.decode_instances):
             d.name = f"{LOCAL}-c{i}"
+        local.prefill_instances = [
+            PrefillInstance(d.name, spec.local, local_cache, colocated=d) for d in local.decode_instances
+        ]
     if topo.n_prfaas > 0:
         if spec.remote is None:
             raise ValueError("a topology with remote prefill instances needs remote hardware")

@@ -77,7 +77,9 @@ class Cluster:
             transport = None if route.route == "colocated" else self.transport
             nbytes = self.kv_cost.kv_bytes(req.prompt_tokens)
             out.prefill = await psite.prefill(req, route.decode_site, transport, nbytes)
-            instance, stream = dsite.decode(req)
+            # Colocated: decode where the KV already is, on the instance that prefilled it.
+            stay = out.prefill.times.instance if transport is None else None
+            instance, stream = dsite.decode(req, stay)
             out.decode_site, out.decode_instance = dsite.name, instance.name
             if on_stream is not None:
                 on_stream(stream)

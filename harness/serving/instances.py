@@ -36,10 +36,19 @@ class PrefillInstance:
     prefix hit at the moment the prefill starts; the prompt's blocks enter the cache when it ends.
     """
 
-    def __init__(self, name: str, cost: InstanceCost, cache: PrefixCache | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cost: InstanceCost,
+        cache: PrefixCache | None = None,
+        *,
+        colocated: DecodeInstance | None = None,
+    ) -> None:
         self.name = name
         self.cost = cost
         self.cache = cache
+        # Colocated: the same GPUs also decode; that decode instance stalls while a prefill runs.
+        self.colocated = colocated
         self._lock = asyncio.Lock()  # FIFO: waiters are woken in arrival order
         self.waiting = 0
         self._queued_work_s = 0.0
@@ -89,7 +98,13 @@ class PrefillInstance:
             self._busy_until = start + duration
             if on_start is not None:
                 on_start(start, duration, cached)
-            await asyncio.sleep(duration)
+            if self.colocated is not None:
+                self.colocated.pause()
+            try:
+                await asyncio.sleep(duration)
+            finally:
+                if self.colocated is not None:
+                    self.colocated.resume()
             if self.cache is not None:
                 self.cache.insert(hash_ids)
             self.completed += 1
@@ -199,6 +214,7 @@ class DecodeInstance:
         self.kv_used = 0
         self.steps = 0
         self.completed = 0
+        self.paused = 0
         self._wake: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
 
@@ -226,6 +242,20 @@ class DecodeInstance:
             self._wake.set_result(None)
         return stream
 
+    def pause(self) -> None:
+        """Stop stepping at the next step boundary until ``resume`` (a colocated prefill has the GPUs)."""
+        self.paused += 1
+        self._poke()
+
+    def resume(self) -> None:
+        self.paused -= 1
+        if not self.paused:
+            self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
     def _can_admit(self) -> bool:
         return (
             bool(self.pending)
@@ -245,7 +275,7 @@ class DecodeInstance:
         return np.asarray(self.cost.decode_step_s(batch, contexts), dtype=float)
 
     async def _sleep_until(self, when: float) -> bool:
-        """Sleep until ``when``; True if woken early by an admissible arrival."""
+        """Sleep until ``when``; True if woken early (an admissible arrival, or a pause)."""
         loop = asyncio.get_running_loop()
         self._wake = fut = loop.create_future()
         handle = loop.call_at(when, _resolve, fut)
@@ -261,7 +291,7 @@ class DecodeInstance:
         while True:
             now = loop.time()
             self._admit(now)
-            if not self.active:
+            if self.paused or not self.active:
                 self._wake = fut = loop.create_future()
                 await fut
                 self._wake = None
@@ -274,7 +304,7 @@ class DecodeInstance:
             ends = np.cumsum(np.concatenate(([now], durations)))[1:]
             done = n
             if await self._sleep_until(float(ends[-1])):
-                # A sequence can join: finish the step in progress, then re-plan with it.
+                # A sequence can join (or a pause begins): finish the step in progress, then re-plan.
                 k = int(np.searchsorted(ends, loop.time(), side="left"))
                 await self._sleep_until_boundary(float(ends[k]))
                 done = k + 1

@@ -110,7 +110,13 @@ class Site:
         start, end = await transfer
         return PrefillResult(self.name, times, kv_bytes, start, end)
 
-    def decode(self, req: ServeRequest) -> tuple[DecodeInstance, TokenStream]:
-        """Start decoding ``req`` (its KV is here); returns the instance and its token stream."""
-        instance = self.pick_decode()
-        return instance, instance.submit(req.prompt_tokens, req.output_tokens)
+    def decode(self, req: ServeRequest, instance: str | None = None) -> tuple[DecodeInstance, TokenStream]:
+        """Start decoding ``req`` (its KV is here) on ``instance`` or the least-loaded one; returns the
+        instance and the token stream."""
+        if instance is None:
+            chosen = self.pick_decode()
+        else:
+            chosen = next((d for d in self.decode_instances if d.name == instance), None)
+            if chosen is None:
+                raise RuntimeError(f"site {self.name} has no decode instance {instance!r}")
+        return chosen, chosen.submit(req.prompt_tokens, req.output_tokens)
