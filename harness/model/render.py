@@ -96,6 +96,9 @@ def render_frame(frame: pd.DataFrame) -> str:
     rows = [list(frame.columns)]
     for rec in frame.to_dict("records"):
         rows.append(
-            [_num(v, _FORMATS.get(k, "{:.3f}")) if isinstance(v, float) else str(v) for k, v in rec.items()]
+            [
+                _num(v, _FORMATS.get(k, "{:.3f}")) if v is None or isinstance(v, float) else str(v)
+                for k, v in rec.items()
+            ]
         )
     return _grid(rows)
