@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, Timeouts, replay
+from harness.loadgen import Endpoint, ReplayConfig, Timeouts, replay
 from harness.loadgen.fakeserver import FakeServer, ServerThread
 from harness.records import read_meta, read_records
 from harness.traces.frame import Trace
@@ -23,9 +23,11 @@ def _trace(n: int, gap_s: float = 0.01, n_in: int = 32, n_out: int = 8) -> Trace
     )
 
 
-def _run(url: str, out, *, n=4, timeouts=Timeouts(), api="completions", **trace_kw):
+def _run(url: str, out, *, n=4, timeouts: Timeouts | None = None, api="completions", **trace_kw):
     cfg = ReplayConfig(
-        endpoints=(Endpoint(name="t", url=url, model="m", api=api),), timeouts=timeouts, progress=False
+        endpoints=(Endpoint(name="t", url=url, model="m", api=api),),
+        timeouts=timeouts or Timeouts(),
+        progress=False,
     )
     result = replay(_trace(n, **trace_kw), cfg, out, quiet=True)
     return result, read_records(out)

@@ -31,7 +31,9 @@ def _config(*endpoints: Endpoint, **kw) -> ReplayConfig:
 def test_ttft_counts_from_the_scheduled_time_and_matches_a_known_server_delay(tmp_path):
     delay = 0.25
     with ServerThread(FakeServer(first_token_delay_s=delay)) as srv:
-        replay(_trace(5, gap_s=0.1), _config(Endpoint(name="d", url=srv.url, model="m")), tmp_path, quiet=True)
+        replay(
+            _trace(5, gap_s=0.1), _config(Endpoint(name="d", url=srv.url, model="m")), tmp_path, quiet=True
+        )
     df = read_records(tmp_path)
     ttft = df.first_token_s - df.scheduled_s
     assert (ttft >= delay).all()
@@ -45,7 +47,9 @@ def test_no_coordinated_omission_a_binding_cap_shows_as_send_lag_and_in_ttft(tmp
     # Cap 1, offered every 0.05 s, each request takes >= 0.15 s: request k goes out ~0.1 s * k late.
     with ServerThread(FakeServer(first_token_delay_s=0.15)) as srv:
         load = LoadSpec(arrival="constant", rate_rps=20, concurrency=1, max_requests=4)
-        replay(_trace(4), _config(Endpoint(name="c", url=srv.url, model="m"), load=load), tmp_path, quiet=True)
+        replay(
+            _trace(4), _config(Endpoint(name="c", url=srv.url, model="m"), load=load), tmp_path, quiet=True
+        )
     df = read_records(tmp_path).sort_values("scheduled_s")
     np.testing.assert_allclose(df.scheduled_s, [0, 0.05, 0.10, 0.15])
     lag = (df.sent_s - df.scheduled_s).to_numpy()
@@ -66,7 +70,12 @@ def test_chat_ttft_is_the_first_content_token_not_the_role_chunk(tmp_path):
 def test_completions_body_forces_trace_lengths(tmp_path):
     server = FakeServer(keep_bodies=True, cached_tokens=16)
     with ServerThread(server) as srv:
-        replay(_trace(3, n_in=40, n_out=5), _config(Endpoint(name="c", url=srv.url, model="mx")), tmp_path, quiet=True)
+        replay(
+            _trace(3, n_in=40, n_out=5),
+            _config(Endpoint(name="c", url=srv.url, model="mx")),
+            tmp_path,
+            quiet=True,
+        )
     for body in server.bodies:
         assert body["model"] == "mx" and body["stream"] is True
         assert body["max_tokens"] == body["min_tokens"] == 5 and body["ignore_eos"] is True
@@ -146,7 +155,9 @@ def test_pd_two_leg_protocol_against_a_prefill_and_a_decode_server(tmp_path):
 def test_several_endpoints_get_the_same_schedule_and_prompts(tmp_path):
     a, b = FakeServer(keep_bodies=True), FakeServer(keep_bodies=True)
     with ServerThread(a) as sa, ServerThread(b) as sb:
-        cfg = _config(Endpoint(name="homog", url=sa.url, model="m"), Endpoint(name="prfaas", url=sb.url, model="m"))
+        cfg = _config(
+            Endpoint(name="homog", url=sa.url, model="m"), Endpoint(name="prfaas", url=sb.url, model="m")
+        )
         result = replay(_trace(6, n_in=700), cfg, tmp_path, quiet=True)
     assert [x["prompt"] for x in a.bodies] == [x["prompt"] for x in b.bodies]
     df = read_records(tmp_path)
@@ -171,7 +182,9 @@ def test_two_worker_processes_share_one_schedule(tmp_path):
 def test_warmup_and_cooldown_are_marked_not_dropped(tmp_path):
     with ServerThread(FakeServer()) as srv:
         load = LoadSpec(arrival="constant", rate_rps=20, max_requests=20, warmup_s=0.2, cooldown_s=0.2)
-        replay(_trace(20), _config(Endpoint(name="p", url=srv.url, model="m"), load=load), tmp_path, quiet=True)
+        replay(
+            _trace(20), _config(Endpoint(name="p", url=srv.url, model="m"), load=load), tmp_path, quiet=True
+        )
     df = read_records(tmp_path)
     # offsets 0, 0.05, ... 0.95: < 0.2 -> 4 warmup; > 0.95 - 0.2 = 0.75 -> 4 cooldown (0.8 .. 0.95)
     assert len(df) == 20
@@ -181,7 +194,9 @@ def test_warmup_and_cooldown_are_marked_not_dropped(tmp_path):
 def test_closed_loop_keeps_concurrency_and_stops_at_max_requests(tmp_path):
     with ServerThread(FakeServer(first_token_delay_s=0.02)) as srv:
         load = LoadSpec(rate_rps=float("inf"), concurrency=3, max_requests=12)
-        replay(_trace(5), _config(Endpoint(name="cl", url=srv.url, model="m"), load=load), tmp_path, quiet=True)
+        replay(
+            _trace(5), _config(Endpoint(name="cl", url=srv.url, model="m"), load=load), tmp_path, quiet=True
+        )
     df = read_records(tmp_path).sort_values("sent_s")
     assert len(df) == 12 and (df.status == "ok").all()
     assert sorted(df.trace_row.tolist()) == sorted([i % 5 for i in range(12)])

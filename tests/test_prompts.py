@@ -99,5 +99,5 @@ def test_bad_input_is_a_clear_error(tmp_path):
         load_tokenizer(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"not": "a tokenizer"}))
-    with pytest.raises(InputError, match="not a tokenizer.json"):
+    with pytest.raises(InputError, match=r"not a tokenizer\.json"):
         load_tokenizer(bad)

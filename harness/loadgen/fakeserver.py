@@ -52,6 +52,12 @@ class FakeServer:
         return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._respond(request)
+        except ConnectionResetError:  # the client went away mid-stream (aiohttp's reset error subclasses it)
+            return web.Response(status=499)
+
+    async def _respond(self, request: web.Request) -> web.StreamResponse:
         n = self.requests
         self.requests += 1
         body = await request.json(loads=json.loads)

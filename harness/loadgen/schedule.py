@@ -61,8 +61,6 @@ class Schedule:
 
 def _gaps(spec: LoadSpec, n: int, rng: np.random.Generator) -> np.ndarray:
     rate = float(spec.rate_rps or 0.0)
-    if spec.arrival == "constant":
-        return np.full(n, 1.0 / rate)
     if spec.arrival == "poisson":
         return rng.exponential(1.0 / rate, n)
     shape = 1.0 / spec.gamma_cv**2  # mean = shape * scale = 1 / rate
@@ -98,8 +96,11 @@ def build_schedule(trace: Trace, spec: LoadSpec) -> Schedule:
                 if spec.duration_s is None
                 else math.ceil(spec.duration_s * float(spec.rate_rps or 0))
             )
-        rng = np.random.default_rng(spec.seed)
-        offset = np.concatenate([[0.0], np.cumsum(_gaps(spec, max(n, 1) - 1, rng))])
+        if spec.arrival == "constant":  # i / rate exactly, no cumulative rounding
+            offset = np.arange(max(n, 1)) / float(spec.rate_rps or 1.0)
+        else:
+            gaps = _gaps(spec, max(n, 1) - 1, np.random.default_rng(spec.seed))
+            offset = np.concatenate([[0.0], np.cumsum(gaps)])
         row = np.arange(len(offset), dtype=np.int64) % len(trace)
     keep = np.ones(len(offset), dtype=bool)
     if spec.duration_s is not None:

@@ -45,8 +45,20 @@ EPOCH_FIELDS = (
 # Line kinds
 CONTENT, EMPTY, DONE, FULL, SKIP, BAD = range(6)
 
-_KEYS_NEEDING_PARSE = (b'"usage":{', b'"prfaas"', b'"error"', b'"kv_transfer_params"')
-_TEXT, _CONTENT = b'"text":"', b'"content":"'
+_KEYS_NEEDING_PARSE = (b'"prfaas"', b'"error"', b'"kv_transfer_params"')
+_TEXT, _CONTENT, _USAGE = b'"text":', b'"content":', b'"usage":'
+
+
+def _value(payload: bytes, key: bytes) -> int:
+    """Index of the value after ``key`` (spaces skipped), or -1 when the key is absent. ``"text":`` can
+    only be a key: inside a JSON string every quote is escaped, so ``t"`` never appears there."""
+    i = payload.find(key)
+    if i < 0:
+        return -1
+    i += len(key)
+    while payload[i] == 0x20:  # the payload ends with "}", so this stops
+        i += 1
+    return i
 
 
 def classify(line: bytes) -> tuple[int, bytes]:
@@ -61,23 +73,24 @@ def classify(line: bytes) -> tuple[int, bytes]:
         if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
             return SKIP, b""
         return BAD, line
-    payload = line[5:].lstrip(b" ")
+    payload = line[5:].strip(b" ")
     if payload == b"[DONE]":
         return DONE, payload
     if not (payload.startswith(b"{") and payload.endswith(b"}")):
         return BAD, payload
+    u = _value(payload, _USAGE)
+    if u >= 0 and payload[u] != 0x6E:  # usage present and not null
+        return FULL, payload
     for key in _KEYS_NEEDING_PARSE:
         if key in payload:
             return FULL, payload
-    i = payload.find(_TEXT)
-    if i >= 0:
-        j = i + len(_TEXT)
-    else:
-        i = payload.find(_CONTENT)
-        if i < 0:  # no text at all (e.g. a finish_reason-only chunk, or "content": null)
-            return EMPTY, payload
-        j = i + len(_CONTENT)
-    return (EMPTY if payload[j] == 0x22 else CONTENT), payload  # 0x22 == '"'
+    v = _value(payload, _TEXT)
+    if v < 0:
+        v = _value(payload, _CONTENT)
+    # text present as a string ('"') that does not close at once ('""' is empty)
+    if v >= 0 and payload[v] == 0x22 and payload[v + 1] != 0x22:
+        return CONTENT, payload
+    return EMPTY, payload
 
 
 @dataclass(slots=True)

@@ -1,0 +1,164 @@
+"""``prfaas-bench replay``: the Done-when command, bad flags, exit codes, and Ctrl-C keeping records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.loadgen.fakeserver import FakeServer, ServerThread
+from harness.records import iter_jsonl_records, read_meta, read_records
+
+
+def _mooncake_file(path, n: int, gap_ms: int = 100, n_in: int = 600, n_out: int = 8):
+    with open(path, "w") as fh:
+        for i in range(n):
+            blocks = list(range(i % 3, i % 3 + (n_in + 511) // 512))
+            fh.write(
+                json.dumps(
+                    {
+                        "timestamp": i * gap_ms,
+                        "input_length": n_in,
+                        "output_length": n_out,
+                        "hash_ids": blocks,
+                    }
+                )
+                + "\n"
+            )
+    return str(path)
+
+
+def test_done_when_command_on_the_real_trace(tmp_path, mooncake_path):
+    with ServerThread(FakeServer()) as srv:
+        args = ["replay", "--endpoint", srv.url, "--model", "m", "--trace", str(mooncake_path)]
+        args += ["--window", "0:60", "--speedup", "10", "--out", str(tmp_path / "run"), "--quiet"]
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    df = read_records(tmp_path / "run")
+    meta = read_meta(tmp_path / "run")
+    assert meta["complete"] is True and meta["topologies"] == ["default"]
+    assert len(df) == meta["schedule"]["requests"] > 100 and (df.status == "ok").all()
+    assert (df.topology == "default").all() and (df.source == "replay").all()
+    # 60 trace seconds at 10x: the schedule spans under 6 s
+    assert df.scheduled_s.max() < 6.0
+    assert (df.prompt_tokens_server == df.prompt_tokens_trace).all()  # word-per-token prompts
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--window", "5"], "--window must be START:END"),
+        (["--rate", "0"], "--rate values must be positive"),
+        (["--rate", "inf"], "--concurrency"),
+        (
+            ["--api", "chat", "--prefill-url", "http://127.0.0.1:1"],
+            "--prefill-url and --decode-url go together",
+        ),
+        (["--endpoint", "http://127.0.0.1:1", "--endpoint", "http://127.0.0.1:2"], "name each as NAME=URL"),
+        (["--endpoint", "a=http://127.0.0.1:1", "--endpoint", "a=http://127.0.0.1:2"], "unique"),
+        (["--workers", "0"], "--workers"),
+        (["--tokenizer", "/nonexistent/tokenizer.json"], "tokenizer file not found"),
+    ],
+)
+def test_bad_flags_give_one_clear_line(tmp_path, args, message):
+    trace = _mooncake_file(tmp_path / "t.jsonl", 3)
+    base = ["replay", "--model", "m", "--trace", trace, "--out", str(tmp_path / "o")]
+    if not any(a in ("--endpoint", "--prefill-url") for a in args):
+        base += ["--endpoint", "http://127.0.0.1:1"]
+    res = CliRunner().invoke(main, base + args)
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_missing_trace_file_is_a_clear_error(tmp_path):
+    res = CliRunner().invoke(
+        main,
+        [
+            "replay",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--model",
+            "m",
+            "--trace",
+            str(tmp_path / "no.jsonl"),
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert res.exit_code == 2 and "no.jsonl" in res.output
+
+
+def test_exit_code_is_nonzero_only_under_fail_on_error_rate(tmp_path):
+    trace = _mooncake_file(tmp_path / "t.jsonl", 4, gap_ms=10)
+    with ServerThread(FakeServer(mode_for=lambda i: "http_500" if i % 2 else "ok")) as srv:
+        base = ["replay", "--endpoint", srv.url, "--model", "m", "--trace", trace, "--quiet"]
+        plain = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "a")])
+        strict = CliRunner().invoke(
+            main, [*base, "--out", str(tmp_path / "b"), "--fail-on-error-rate", "0.25"]
+        )
+        lenient = CliRunner().invoke(
+            main, [*base, "--out", str(tmp_path / "c"), "--fail-on-error-rate", "0.5"]
+        )
+    assert plain.exit_code == 0 and lenient.exit_code == 0
+    assert strict.exit_code == 1 and "exceeds --fail-on-error-rate" in strict.output
+    assert "http_500=2" in plain.output  # the failure summary
+
+
+def test_rate_sweep_writes_one_run_per_rate(tmp_path):
+    trace = _mooncake_file(tmp_path / "t.jsonl", 5)
+    with ServerThread(FakeServer()) as srv:
+        res = CliRunner().invoke(
+            main,
+            ["replay", "--endpoint", srv.url, "--model", "m", "--trace", trace, "--rate", "50,100",
+             "--max-requests", "5", "--out", str(tmp_path / "sweep"), "--quiet"],
+        )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for tag in ("50", "100"):
+        meta = read_meta(tmp_path / "sweep" / f"rate-{tag}")
+        assert meta["config"]["load"]["rate_rps"] == float(tag) and meta["complete"] is True
+        assert len(read_records(tmp_path / "sweep" / f"rate-{tag}")) == 5
+
+
+def _wait_for_records(path, n: int, proc) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.is_file() and path.read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"replay never wrote {n} records (exit {proc.poll()})")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigint_keeps_every_record_and_marks_the_run_incomplete(tmp_path, workers):
+    trace = _mooncake_file(tmp_path / "t.jsonl", 40, gap_ms=50, n_out=40)
+    out = tmp_path / "run"
+    with ServerThread(FakeServer(itl_s=0.05)) as srv:  # 2 s per request: many in flight at Ctrl-C
+        cmd = [sys.executable, "-m", "harness", "replay", "--endpoint", srv.url, "--model", "m", "--trace", trace,
+               "--out", str(out), "--quiet", "--workers", str(workers)]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "CI": ""}
+        )
+        try:
+            _wait_for_records(out / "records.jsonl", 3, proc)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, err.decode()
+    meta = read_meta(out)
+    assert meta["complete"] is False and meta["incomplete_reason"] == "interrupted"
+    logged = list(iter_jsonl_records(out / "records.jsonl"))
+    df = read_records(out)
+    assert len(df) == len(logged) == meta["records"] >= 3
+    assert df.request_id.is_unique
+    cancelled = df[df.error_class == "cancelled"]
+    assert len(cancelled) >= 1 and (df.status[df.error_class.isna()] == "ok").all()
