@@ -16,6 +16,7 @@ the network.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import selectors
 import signal
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -267,6 +269,16 @@ class EmulatedClusters:
                 socket.send_fds(ours, [b"sockets"], [s.fileno() for s in group.values()])
         for site, proc in self._procs.items():
             self._wait_ready(site, proc)
+        self._check_peers()
+
+    def _check_peers(self) -> None:
+        """Ask the router site to reach every peer: fails early on a broken network, and opens the
+        router's connections so the first requests do not pay for them."""
+        with urllib.request.urlopen(self.host_urls[LOCAL] + "/health?peers=1", timeout=30) as resp:
+            peers = json.loads(resp.read()).get("peers", {})
+        bad = {url: state for url, state in peers.items() if state != "ok"}
+        if bad:
+            raise CapabilityError(f"the local site cannot reach its peers: {bad}")
 
     def _wait_ready(self, site: str, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None

@@ -87,9 +87,31 @@ class SiteServer:
 
     # ------------------------------------------------------------------ small endpoints
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "site": self.site, "topologies": list(self.nodes), "speedup": self.spec.speedup}
-        )
+        """Liveness; with ``?peers=1`` also reaches every peer site (opening the router's connections)."""
+        body: dict[str, Any] = {
+            "status": "ok",
+            "site": self.site,
+            "topologies": list(self.nodes),
+            "speedup": self.spec.speedup,
+        }
+        if request.query.get("peers"):
+            peers = {url.rsplit("/", 1)[0] for node in self.nodes.values() for url in node.peers.values()}
+            body["peers"] = {url: await self._ping(url) for url in sorted(peers)}
+        return web.json_response(body)
+
+    async def _ping(self, base_url: str) -> str:
+        try:
+            async with self._client().get(base_url + "/health") as resp:
+                return "ok" if resp.status == 200 else f"HTTP {resp.status}"
+        except aiohttp.ClientError as exc:
+            return f"unreachable: {exc}"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+            )
+        return self._session
 
     async def models(self, request: web.Request) -> web.Response:
         self._node(request)
@@ -297,12 +319,8 @@ class SiteServer:
         path = "/v1/chat/completions" if req.kind == api.CHAT else "/v1/completions"
         if node.forward_delay_s > 0:
             await asyncio.sleep(node.forward_delay_s)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
-            )
         try:
-            async with self._session.post(node.peers[site] + path, json=leg) as resp:
+            async with self._client().post(node.peers[site] + path, json=leg) as resp:
                 payload = await resp.json(content_type=None)
                 if resp.status != 200:
                     err = payload.get("error", {}) if isinstance(payload, dict) else {}
