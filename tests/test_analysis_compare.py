@@ -75,3 +75,22 @@ def test_cost_from_meta_and_plan():
     h200 = gpu_price("H200")
     assert cost_per_hour("prfaas", meta, plan) == pytest.approx(8 * 8 * h20 + 4 * 8 * h200)
     assert cost_per_hour("prfaas", {}, plan) is None  # no hardware named: unknown
+
+
+def test_cost_falls_back_to_the_planners_price():
+    plan = {"topologies": {"prfaas": {"cost_per_hour": 230.4}}}
+    assert cost_per_hour("prfaas", {}, plan) == 230.4
+
+
+def test_rank_bootstrap_of_a_quantile_matches_redrawing(monkeypatch):
+    # Large samples take the rank shortcut; its interval must match the plain bootstrap's.
+    import harness.analysis.stats as stats
+
+    x = np.random.default_rng(5).lognormal(0.0, 1.0, 6000)
+    fast = bootstrap(x, quantile_stat(0.9), n_boot=2000, seed=1)
+    monkeypatch.setattr(stats, "RANK_BOOTSTRAP_MIN", 10**9)
+    slow = bootstrap(x, quantile_stat(0.9), n_boot=2000, seed=1)
+    assert fast.value == slow.value
+    width = slow.high - slow.low
+    assert fast.low == pytest.approx(slow.low, abs=0.1 * width)
+    assert fast.high == pytest.approx(slow.high, abs=0.1 * width)

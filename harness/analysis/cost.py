@@ -89,7 +89,8 @@ def cost_per_hour(
 ) -> float | None:
     """USD per hour for ``topology``, or None when the hardware or a price is unknown."""
     f = fleet(topology, meta, plan)
-    if f is None:
-        return None
+    if f is None:  # the planner prices its topologies itself
+        planned = (plan or {}).get("topologies", {}).get(topology) or {}
+        return float(planned["cost_per_hour"]) if planned.get("cost_per_hour") else None
     prices = {g: p for g in {f.local_gpu, f.remote_gpu} if (p := gpu_price(g)) is not None}
     return f.cost_per_hour(prices)

@@ -14,7 +14,7 @@ from plotly.offline import get_plotlyjs
 from harness import __version__
 from harness.analysis.figures import all_figures
 from harness.analysis.runs import Bundle
-from harness.analysis.tables import BREAKDOWN_COLUMNS, MAIN_COLUMNS, fmt
+from harness.analysis.tables import BREAKDOWN_COLUMNS, MAIN_COLUMNS, fmt, show_side_by_side
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #f6f7f9; }
@@ -53,13 +53,18 @@ def _tables(result: Mapping[str, Any]) -> str:
         ["topology", "source", *(h for _, h, _ in MAIN_COLUMNS)],
         [[k, e["source"], *(fmt(e.get(c), kind) for c, _, kind in MAIN_COLUMNS)] for k, e in topo.items()],
     )
-    parts = [f"<section><h2>Per topology (latencies from the scheduled send)</h2>{main}</section>"]
+    parts = (
+        [f"<section><h2>Per topology (latencies from the scheduled send)</h2>{main}</section>"]
+        if topo
+        else []
+    )
     brk = _table(
         ["topology", *(f"{h} p50" for _, h in BREAKDOWN_COLUMNS), "TTFT p50"],
         [[k, *(fmt(e.get(f"{c}_p50_s"), "s") for c, _ in BREAKDOWN_COLUMNS), fmt(e.get("ttft_p50_s"), "s")]
          for k, e in topo.items()],
     )  # fmt: skip
-    parts.append(f"<section><h2>TTFT breakdown</h2>{brk}</section>")
+    if topo:
+        parts.append(f"<section><h2>TTFT breakdown</h2>{brk}</section>")
     for source, comp in result["comparison"].items():
         rows = [
             [name, _ratio(r["throughput_rps"]), _ratio(r["goodput_rps"]), _ratio(r["ttft_p50_s"]),
@@ -73,7 +78,7 @@ def _tables(result: Mapping[str, Any]) -> str:
         parts.append(f"<section><h2>{html.escape(source)}: vs {html.escape(comp['baseline'])} "
                      f"(ratio [95% bootstrap CI])</h2>{t}</section>")  # fmt: skip
     side = result["side_by_side"]
-    if len({s for per in side.values() for s in per}) > 1:
+    if show_side_by_side(side):
         rows = [
             [name, src, fmt(v.get("lambda_max_rps", v.get("throughput_rps")), "f3"), fmt(v.get("ttft_p90_s"), "s"),
              fmt(v.get("offload_share"), "pct"), fmt(v.get("egress_gbps"), "f2")]

@@ -131,11 +131,17 @@ def side_by_side_table(side: Mapping[str, Any]) -> Table:
     return t
 
 
+def show_side_by_side(side: Mapping[str, Any]) -> bool:
+    """Worth a table when plan results exist or more than one source measured the topologies."""
+    sources = {s for per in side.values() for s in per}
+    return len(sources) > 1 or "plan" in sources
+
+
 def render(result: Mapping[str, Any]) -> Group:
     """All tables for a terminal: per topology, breakdown, comparisons, side by side, notes."""
-    parts: list[Any] = [main_table(result), breakdown_table(result)]
+    parts: list[Any] = [main_table(result), breakdown_table(result)] if result["topologies"] else []
     parts += [comparison_table(src, comp) for src, comp in result["comparison"].items()]
-    if len({s for per in result["side_by_side"].values() for s in per}) > 1:
+    if show_side_by_side(result["side_by_side"]):
         parts.append(side_by_side_table(result["side_by_side"]))
     parts += [f"[yellow]note:[/] {n}" for n in result["notes"]]
     return Group(*parts)
