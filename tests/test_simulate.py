@@ -278,3 +278,35 @@ def test_colocated_prefill_stalls_decode_on_the_same_instance(paper):
     step = cost.decode_step_s(2, 21_000 + 400)
     assert t_b <= max(a.itl_s) <= t_b + 2 * step
     assert b.prefill_start_s == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- cache-aware routing
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_cache_aware_routing_counts_the_prefix_where_the_mode_says(paper, mode):
+    from harness.serving.build import TopologyPlan
+
+    # A (30,000 tokens) goes remote and leaves 59 blocks in the remote cache; B extends A's prompt.
+    a_ids, b_ids = list(range(59)), [*range(59), 100, 101]
+    trace = Trace(
+        arrival_s=np.array([0.0, 100.0]),
+        input_tokens=np.array([30_000, 31_000]),
+        output_tokens=np.array([2, 2]),
+        hash_values=np.array(a_ids + b_ids, dtype=np.int64),
+        hash_offsets=np.array([0, len(a_ids), len(a_ids) + len(b_ids)]),
+    )
+    topo = TopologyPlan("p", "prfaas", n_p=1, n_d=1, n_prfaas=1, threshold_tokens=10_000)
+    out: list = []
+    summary = run_topology(with_stack(paper, prfaas_cache=mode).stack, topo, trace, sink=out.append)
+    a, b = sorted(out, key=lambda r: r.request_id)
+    kv = paper.stack.local.kv_bytes
+    prefix = 59 * 512
+    assert a.route == "remote" and b.cached_tokens == prefix
+    if mode == "local":  # the local site holds nothing: 31,000 uncached tokens > t, so B goes remote too
+        assert b.route == "remote"
+        assert summary.link_bytes["remote->local"] == kv(30_000) + kv(31_000)
+    else:  # 792 uncached tokens: B prefills locally after pulling the prefix's KV across the link
+        assert b.route == "local"
+        assert summary.link_bytes["remote->local"] == kv(30_000) + kv(prefix)
+        assert b.prefill_end_s - b.prefill_start_s == pytest.approx(
+            paper.stack.local.prefill_time_s(31_000 - prefix, prefix), abs=1e-12
+        )

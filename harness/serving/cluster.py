@@ -75,8 +75,14 @@ class Cluster:
             if delay > 0:
                 await asyncio.sleep(delay)
             transport = None if route.route == "colocated" else self.transport
+            if route.prefix_site is not None and transport is not None:
+                # Cache-aware (global): pull the cached prefix's KV from the site holding it first.
+                pbytes = self.kv_cost.kv_bytes(route.prefix_tokens)
+                await transport.transfer(req, route.prefix_site, route.prefill_site, pbytes, loop.time(), 0.0)
             nbytes = self.kv_cost.kv_bytes(req.prompt_tokens)
-            out.prefill = await psite.prefill(req, route.decode_site, transport, nbytes)
+            out.prefill = await psite.prefill(
+                req, route.decode_site, transport, nbytes, fetched_tokens=route.prefix_tokens
+            )
             # Colocated: decode where the KV already is, on the instance that prefilled it.
             stay = out.prefill.times.instance if transport is None else None
             instance, stream = dsite.decode(req, stay)

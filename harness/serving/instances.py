@@ -78,8 +78,13 @@ class PrefillInstance:
         prompt_tokens: int,
         hash_ids: Sequence[int],
         on_start: Callable[[float, float, int], None] | None = None,
+        *,
+        fetched_tokens: int = 0,
     ) -> PrefillTimes:
-        """Queue, then prefill; ``on_start(start, duration, cached)`` fires as it starts (KV can leave)."""
+        """Queue, then prefill; ``on_start(start, duration, cached)`` fires as it starts (KV can leave).
+
+        ``fetched_tokens``: a prefix whose KV was pulled from another site; it counts as cached.
+        """
         loop = asyncio.get_running_loop()
         enqueued = loop.time()
         estimate = self.estimate_s(prompt_tokens, hash_ids)
@@ -94,6 +99,7 @@ class PrefillInstance:
             self.busy = True
             start = loop.time()
             cached = self.cache.lookup(hash_ids, prompt_tokens) if self.cache is not None else 0
+            cached = max(cached, min(fetched_tokens, prompt_tokens - 1))
             duration = self.cost.prefill_time_s(prompt_tokens - cached, cached)
             self._busy_until = start + duration
             if on_start is not None:

@@ -7,7 +7,8 @@ queue), so the same code routes in ``simulate`` and in ``serve``'s proxy.
     naive        every prefill in the remote site, every decode local; no length routing
     prfaas       uncached length l > t goes to the remote PrfaaS site, the rest prefill locally.
                  cache="local": l counts the local site's prefix (scarce bandwidth);
-                 cache="global": l counts the longest prefix held anywhere (plentiful bandwidth).
+                 cache="global": l counts the longest prefix held anywhere (plentiful bandwidth);
+                 a prefix held by the other site is pulled over the link before the prefill.
                  bandwidth-aware: t rises when the link or the remote queue nears its limit, and
                  falls when the link has room and the local prefill queue is the longer one.
     colocated    prefill and decode on the local site with no KV movement (a reference)
@@ -32,6 +33,9 @@ class Route:
     decode_site: str
     uncached_tokens: int
     threshold_tokens: float | None = None
+    # Cache-aware (global): fetch ``prefix_tokens`` of cached KV from ``prefix_site`` before prefilling.
+    prefix_site: str | None = None
+    prefix_tokens: int = 0
 
 
 class ClusterView:
@@ -123,13 +127,23 @@ class PrfaasRouter:
     def route(self, req: ServeRequest, view: ClusterView, now: float) -> Route:
         if self.bandwidth_aware is not None:
             self._tune(view, now)
-        local_hit = view.cached(self.local, req)
-        hit = max(local_hit, view.cached(self.remote, req)) if self.cache == "global" else local_hit
-        uncached = req.prompt_tokens - hit
+        hits = {self.local: view.cached(self.local, req)}
+        if self.cache == "global":
+            hits[self.remote] = view.cached(self.remote, req)
+        holder = max(hits, key=hits.__getitem__)  # ties: the local site (first)
+        uncached = req.prompt_tokens - hits[holder]
         t = self.threshold_tokens
-        if uncached > t:
-            return Route("remote", self.remote, self.local, uncached, t)
-        return Route("local", self.local, self.local, uncached, t)
+        site = self.remote if uncached > t else self.local
+        fetch = holder != site and hits[holder] > hits.get(site, 0)
+        return Route(
+            "remote" if site == self.remote else "local",
+            site,
+            self.local,
+            uncached,
+            t,
+            prefix_site=holder if fetch else None,
+            prefix_tokens=hits[holder] if fetch else 0,
+        )
 
     def _tune(self, view: ClusterView, now: float) -> None:
         ba = self.bandwidth_aware

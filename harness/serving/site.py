@@ -88,7 +88,13 @@ class Site:
 
     # ------------------------------------------------------------------ the two served coroutines
     async def prefill(
-        self, req: ServeRequest, dst_site: str, transport: KVTransport | None, kv_bytes: int
+        self,
+        req: ServeRequest,
+        dst_site: str,
+        transport: KVTransport | None,
+        kv_bytes: int,
+        *,
+        fetched_tokens: int = 0,
     ) -> PrefillResult:
         """Prefill ``req`` here and push ``kv_bytes`` of KV to ``dst_site`` as it is produced.
 
@@ -104,7 +110,9 @@ class Site:
                 coro = transport.transfer(req, self.name, dst_site, kv_bytes, start, duration)
                 transfer = loop.create_task(coro)
 
-        times = await instance.prefill(req.prompt_tokens, req.hash_ids, on_start)
+        times = await instance.prefill(
+            req.prompt_tokens, req.hash_ids, on_start, fetched_tokens=fetched_tokens
+        )
         if transfer is None:
             return PrefillResult(self.name, times, 0, times.end_s, times.end_s)
         start, end = await transfer
