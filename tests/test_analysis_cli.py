@@ -118,6 +118,27 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert res.exit_code == 2 and "records.jsonl" in res.output
 
 
+def test_bad_field_meta_and_parquet_name_the_place(tmp_path):
+    bad = tmp_path / "field"
+    bad.mkdir()
+    (bad / "meta.json").write_text("{}")
+    good = RequestRecord(run_id="r", topology="t", request_id="a", trace_row=0, scheduled_s=0.0).to_dict()
+    (bad / "records.jsonl").write_text(
+        json.dumps(good) + "\n" + json.dumps({**good, "kv_bytes": "many"}) + "\n"
+    )
+    res = _invoke("analyze", str(bad))
+    assert res.exit_code == 2 and "records.jsonl:2: field 'kv_bytes'" in res.output
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "meta.json").write_text("{oops")
+    res = _invoke("analyze", str(tmp_path / "meta"))
+    assert res.exit_code == 2 and "meta.json is not valid JSON" in res.output
+    (tmp_path / "pq").mkdir()
+    (tmp_path / "pq" / "meta.json").write_text("{}")
+    (tmp_path / "pq" / "records.parquet").write_text("not parquet")
+    res = _invoke("analyze", str(tmp_path / "pq"))
+    assert res.exit_code == 2 and "records.parquet" in res.output and "Traceback" not in res.output
+
+
 def test_report_writes_self_contained_page(tmp_path):
     run = write_synthetic_run(tmp_path / "r", {"homogeneous": SyntheticTopology()}, n=20)
     out = tmp_path / "x" / "report.html"

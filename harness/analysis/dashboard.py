@@ -14,7 +14,7 @@ from plotly.offline import get_plotlyjs
 from harness import __version__
 from harness.analysis.figures import all_figures
 from harness.analysis.runs import Bundle
-from harness.analysis.tables import BREAKDOWN_COLUMNS, MAIN_COLUMNS, fmt, show_side_by_side
+from harness.analysis.tables import BREAKDOWN_COLUMNS, MAIN_COLUMNS, fmt, ratio_text, show_side_by_side
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #f6f7f9; }
@@ -40,13 +40,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _ratio(est: Mapping[str, Any] | None) -> str:
-    if not est or est.get("value") is None:
-        return "–"
-    ci = "" if est.get("low") is None else f" [{est['low']:.2f}–{est['high']:.2f}]"
-    return f"{est['value']:.2f}×{ci}"
-
-
 def _tables(result: Mapping[str, Any]) -> str:
     topo = result["topologies"]
     main = _table(
@@ -67,9 +60,9 @@ def _tables(result: Mapping[str, Any]) -> str:
         parts.append(f"<section><h2>TTFT breakdown</h2>{brk}</section>")
     for source, comp in result["comparison"].items():
         rows = [
-            [name, _ratio(r["throughput_rps"]), _ratio(r["goodput_rps"]), _ratio(r["ttft_p50_s"]),
-             _ratio(r["ttft_p90_s"]), "–" if r["cost_per_hour"] is None else f"{r['cost_per_hour']:,.0f}",
-             _ratio(r["throughput_per_cost"])]
+            [name, ratio_text(r["throughput_rps"]), ratio_text(r["goodput_rps"]), ratio_text(r["ttft_p50_s"]),
+             ratio_text(r["ttft_p90_s"]), "–" if r["cost_per_hour"] is None else f"{r['cost_per_hour']:,.0f}",
+             ratio_text(r["throughput_per_cost"])]
             for name, r in comp["rows"].items()
         ]  # fmt: skip
         t = _table(

@@ -40,7 +40,7 @@ def missing(title: str, why: str) -> go.Figure:
 
 def _series(bundle: Bundle) -> Iterator[tuple[str, Run, pd.DataFrame]]:
     """(label, run, measured successful records) per run and topology."""
-    multi = len({r.source for r in bundle.runs}) > 1 or len(bundle.runs) > 1
+    multi = len(bundle.runs) > 1
     for run in sorted(bundle.runs, key=lambda r: source_order(r.source)):
         for name, df in run.records.groupby("topology", sort=True):
             df = m.measured(df)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from harness.errors import HarnessError, InputError
-from harness.records import read_meta, read_records
+from harness.records import RECORD_SCHEMA, iter_jsonl_records, read_meta, read_records
 
 DEFAULT_TOPOLOGY = "default"
 
@@ -78,8 +79,33 @@ class Bundle:
         return None
 
 
-def _records(path: Path, rename: str | None) -> pd.DataFrame:
-    df = read_records(path)
+def _bad_field(log: Path) -> str:
+    # Arrow names neither line nor field; find the first value that does not fit the schema.
+    for lineno, row in enumerate(iter_jsonl_records(log), 1):
+        for f in RECORD_SCHEMA:
+            try:
+                pa.array([row.get(f.name)], type=f.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return f"{log}:{lineno}: field {f.name!r} = {row.get(f.name)!r} is not {f.type}"
+    return str(log)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    try:
+        meta = read_meta(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"meta.json is not valid JSON ({exc})", where=str(path)) from None
+    try:
+        return meta, read_records(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        log = path / "records.jsonl"
+        where = _bad_field(log) if "convert" in str(exc) and log.is_file() else str(path)
+        raise InputError(
+            f"unreadable records ({exc.__class__.__name__}: {str(exc)[:200]})", where=where
+        ) from None
+
+
+def _records(path: Path, df: pd.DataFrame, rename: str | None) -> pd.DataFrame:
     if "topology" not in df.columns:
         df["topology"] = DEFAULT_TOPOLOGY
     df["topology"] = df["topology"].fillna(DEFAULT_TOPOLOGY).replace("", DEFAULT_TOPOLOGY)
@@ -181,8 +207,8 @@ def _computed_plan(runs: list[Run], notes: list[str]) -> Plan | None:
 def load_run(path: str | Path, *, name: str | None = None, notes: list[str] | None = None) -> Run:
     """Read one run directory; ``name`` renames its (single) topology."""
     p = Path(path)
-    meta = read_meta(p)
-    records = _records(p, name)
+    meta, records = _read(p)
+    records = _records(p, records, name)
     topologies = records["topology"].unique()
     ts = _timeseries(
         p, str(topologies[0]) if len(topologies) else DEFAULT_TOPOLOGY, notes if notes is not None else []

@@ -54,7 +54,8 @@ def source_order(source: str) -> tuple[int, str]:
     return (known.index(source) if source in known else len(known), source)
 
 
-def _ratio(est: Mapping[str, Any] | None) -> str:
+def ratio_text(est: Mapping[str, Any] | None) -> str:
+    """``1.23× [1.05–1.47]`` from a ``{value, low, high}`` estimate; an en dash when unknown."""
     if not est or est.get("value") is None:
         return "–"
     ci = "" if est.get("low") is None else f" [{est['low']:.2f}–{est['high']:.2f}]"
@@ -105,9 +106,9 @@ def comparison_table(source: str, comp: Mapping[str, Any]) -> Table:
     for name, row in comp["rows"].items():
         cost = row.get("cost_per_hour")
         t.add_row(
-            name, _ratio(row["throughput_rps"]), _ratio(row["goodput_rps"]), _ratio(row["ttft_p50_s"]),
-            _ratio(row["ttft_p90_s"]), _ratio(row["tpot_p50_s"]), "–" if cost is None else f"{cost:,.0f}",
-            _ratio(row.get("throughput_per_cost")),
+            name, ratio_text(row["throughput_rps"]), ratio_text(row["goodput_rps"]), ratio_text(row["ttft_p50_s"]),
+            ratio_text(row["ttft_p90_s"]), ratio_text(row["tpot_p50_s"]), "–" if cost is None else f"{cost:,.0f}",
+            ratio_text(row.get("throughput_per_cost")),
         )  # fmt: skip
     return t
 
