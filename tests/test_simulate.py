@@ -310,3 +310,17 @@ def test_cache_aware_routing_counts_the_prefix_where_the_mode_says(paper, mode):
         assert b.prefill_end_s - b.prefill_start_s == pytest.approx(
             paper.stack.local.prefill_time_s(31_000 - prefix, prefix), abs=1e-12
         )
+
+
+def test_bandwidth_aware_router_lowers_a_threshold_that_overloads_the_local_site(paper):
+    from harness.serving.build import TopologyPlan
+    from harness.serving.router import BandwidthAware
+
+    # t = 100K keeps almost every prompt on the 3 local prefill instances, far beyond their capacity.
+    topo = TopologyPlan("p", "prfaas", n_p=3, n_d=5, n_prfaas=4, threshold_tokens=100_000)
+    trace = synthetic_trace(paper, 400, 2.5, seed=2)
+    fixed = run_topology(paper.stack, topo, trace)
+    tuned = run_topology(with_stack(paper, bandwidth_aware=BandwidthAware()).stack, topo, trace)
+    assert fixed.offload_share < 0.05
+    assert tuned.offload_share > 0.3
+    assert tuned.ttft_p90_s < fixed.ttft_p90_s / 3

@@ -122,7 +122,7 @@ def command(
         return
     header = (
         f"{'topology':<18} {'Np/Nd/Nprf':>10} {'t':>7} {'rate':>6} {'thr/s':>6} {'attain':>6} "
-        f"{'TTFT50':>7} {'TTFT90':>7} {'TPOT50':>7} {'offload':>7}"
+        f"{'TTFT50 s':>8} {'TTFT90 s':>8} {'TPOT50 ms':>9} {'offload':>7}"
     )
     if find_max_rate:
         header += f" {'Λmax sim':>8} {'Λmax plan':>9}"
@@ -133,7 +133,7 @@ def command(
             f"{row['topology']:<18} {split:>10} {_fmt(row['threshold_tokens'], '.0f'):>7} {_fmt(row.get('rate_rps')):>6} "
             f"{_fmt(row.get('throughput_rps')):>6} {_fmt(row.get('attainment'), '.1%'):>6} "
             f"{_fmt(row.get('ttft_p50_s')):>7} {_fmt(row.get('ttft_p90_s')):>7} "
-            f"{_fmt((row.get('tpot_p50_s') or math.nan) * 1e3, '.1f'):>6}m {_fmt(row.get('offload_share'), '.0%'):>7}"
+            f"{_fmt((row.get('tpot_p50_s') or math.nan) * 1e3, '.1f'):>9} {_fmt(row.get('offload_share'), '.0%'):>7}"
         )
         if find_max_rate:
             line += f" {_fmt(row.get('lambda_max'), '.2f'):>8} {_fmt(row['planner_lambda_max'], '.2f'):>9}"
