@@ -14,6 +14,7 @@ top-level key ``"prfaas"`` with the fields of ``PRFAAS_FIELDS``. Absolute times 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,50 +46,38 @@ EPOCH_FIELDS = (
 # Line kinds
 CONTENT, EMPTY, DONE, FULL, SKIP, BAD = range(6)
 
-_KEYS_NEEDING_PARSE = (b'"prfaas"', b'"error"', b'"kv_transfer_params"')
-_TEXT, _CONTENT, _USAGE = b'"text":', b'"content":', b'"usage":'
-
-
-def _value(payload: bytes, key: bytes) -> int:
-    """Index of the value after ``key`` (spaces skipped), or -1 when the key is absent. ``"text":`` can
-    only be a key: inside a JSON string every quote is escaped, so ``t"`` never appears there."""
-    i = payload.find(key)
-    if i < 0:
-        return -1
-    i += len(key)
-    while payload[i] == 0x20:  # the payload ends with "}", so this stops
-        i += 1
-    return i
+# A key can be matched on raw bytes: inside a JSON string every quote is escaped, so ``t":`` never
+# occurs there. Lines that carry usage (not null), errors, routing or kv_transfer_params need a parse.
+_NEEDS_PARSE = re.compile(rb'"(?:prfaas|error|kv_transfer_params)"|"usage": *[^n ]')
+# the first byte of the text value: '"' means empty; anything else (after the opening quote) is text
+_TEXT = re.compile(rb'"(?:text|content)": *(")?(.)')
 
 
 def classify(line: bytes) -> tuple[int, bytes]:
-    """Kind of one SSE line and its data payload.
+    """Kind of one SSE line (without its newline) and its data payload.
 
     CONTENT: a chunk with non-empty text; EMPTY: a chunk without (role-only, empty text);
     DONE: ``[DONE]``; FULL: parse the payload with ``parse_chunk``; SKIP: blank line, comment,
     ``event:``/``id:``/``retry:`` field; BAD: not SSE.
     """
-    line = line.rstrip(b"\r\n")
+    if line.endswith(b"\r"):
+        line = line[:-1]
     if not line.startswith(b"data:"):
         if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
             return SKIP, b""
         return BAD, line
-    payload = line[5:].strip(b" ")
-    if payload == b"[DONE]":
-        return DONE, payload
-    if not (payload.startswith(b"{") and payload.endswith(b"}")):
-        return BAD, payload
-    u = _value(payload, _USAGE)
-    if u >= 0 and payload[u] != 0x6E:  # usage present and not null
+    payload = line[6:] if line[5:6] == b" " else line[5:]
+    if payload[:1] != b"{" or payload[-1:] != b"}":
+        payload = payload.strip(b" ")
+        if payload == b"[DONE]":
+            return DONE, payload
+        if payload[:1] != b"{" or payload[-1:] != b"}":
+            return BAD, payload
+    if _NEEDS_PARSE.search(payload):
         return FULL, payload
-    for key in _KEYS_NEEDING_PARSE:
-        if key in payload:
-            return FULL, payload
-    v = _value(payload, _TEXT)
-    if v < 0:
-        v = _value(payload, _CONTENT)
-    # text present as a string ('"') that does not close at once ('""' is empty)
-    if v >= 0 and payload[v] == 0x22 and payload[v + 1] != 0x22:
+    m = _TEXT.search(payload)
+    # a string value ('"' captured) whose next byte does not close it at once
+    if m is not None and m.group(1) and m.group(2) != b'"':
         return CONTENT, payload
     return EMPTY, payload
 

@@ -1,0 +1,196 @@
+"""How fast is the load generator itself? Prints figures; not a test.
+
+    .venv/bin/python benchmarks/bench_loadgen.py [--quick]
+
+Against ``harness.loadgen.fakeserver`` (streams every token at once) in separate processes:
+
+0. the endpoint alone: a raw aiohttp loop at concurrency 64 that reads whole bodies without parsing,
+   so the figures below say whether the client or the server was the limit;
+1. closed loop, concurrency 64, rate=inf: req/s with 32-token prompts and 16-token outputs; SSE token
+   events/s with 1024-token outputs (every token's timestamp recorded) — 1 and 2 worker processes;
+2. open loop: the highest Poisson rate whose send-lag p99 stays <= 5 ms — 1 and 2 workers;
+3. memory: peak RSS of a replay process after 10k and after 100k requests (records streamed, not held).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
+from harness.records import read_records
+from harness.traces.frame import Trace
+
+REFERENCE_REQ_S, REFERENCE_TOK_S = 1136.0, 94_000.0  # vLLM bench serve's client on this machine (issue 4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def fake_server():
+    port = _free_port()
+    cmd = [sys.executable, "-m", "harness.loadgen.fakeserver", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def synthetic_trace(n: int, n_in: int, n_out: int) -> Trace:
+    """``n`` requests of fixed lengths; prompts share 50 prefixes (a warm block cache, as in real traces)."""
+    blocks = (n_in + 511) // 512
+    return Trace(
+        arrival_s=np.zeros(n),
+        input_tokens=np.full(n, n_in),
+        output_tokens=np.full(n, n_out),
+        hash_values=np.repeat(np.arange(n) % 50, blocks).astype(np.int64),
+        hash_offsets=np.arange(n + 1, dtype=np.int64) * blocks,
+    )
+
+
+async def _raw_loop(url: str, n_in: int, n_out: int, requests: int, concurrency: int) -> float:
+    import aiohttp
+
+    body = json.dumps(
+        {"model": "m", "prompt": " the" * n_in, "max_tokens": n_out, "stream": True, "ignore_eos": True}
+    ).encode()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        left = 0
+
+        async def one() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with session.post(url + "/v1/completions", data=body) as r:
+                    await r.read()
+
+        left = 4 * concurrency  # open the connections first, as the harness's timed span does
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        left = requests
+        t = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - t)
+
+
+def endpoint_alone(url: str, n_out: int, requests: int) -> float:
+    """Requests/s the fake server delivers to a client that does nothing but read (no SSE parsing)."""
+    return asyncio.run(_raw_loop(url, 32, n_out, requests, 64))
+
+
+def closed_loop(url: str, n_out: int, requests: int, workers: int) -> dict:
+    trace = synthetic_trace(1000, 32, n_out)
+    load = LoadSpec(rate_rps=float("inf"), concurrency=64, max_requests=requests)
+    cfg = ReplayConfig(
+        endpoints=(Endpoint(name="b", url=url, model="m"),), load=load, workers=workers, progress=False
+    )
+    with tempfile.TemporaryDirectory() as out:
+        replay(trace, cfg, out, quiet=True)
+        df = read_records(out)
+    ok = df[df.status == "ok"]
+    span = float(ok.last_token_s.max() - ok.sent_s.min())
+    events = int(ok.itl_s.map(len).sum() + len(ok))  # every content event has a timestamp
+    return {"req_s": len(ok) / span, "events_s": events / span, "failed": int((df.status != "ok").sum())}
+
+
+def open_loop_max_rate(url: str, workers: int, rates: list[float], seconds: float) -> tuple[float, list]:
+    """Highest rate in ``rates`` with send-lag p99 <= 5 ms (and no failures), with every rate's p99."""
+    trace = synthetic_trace(1000, 32, 16)
+    best, rows = 0.0, []
+    for rate in rates:
+        load = LoadSpec(arrival="poisson", rate_rps=rate, max_requests=int(rate * seconds), seed=1)
+        cfg = ReplayConfig(
+            endpoints=(Endpoint(name="b", url=url, model="m"),), load=load, workers=workers, progress=False
+        )
+        with tempfile.TemporaryDirectory() as out:
+            res = replay(trace, cfg, out, quiet=True)
+        s = res.summaries["b"]
+        p99 = s["send_lag_s"]["p99"] * 1e3
+        rows.append((rate, p99, s["failed"]))
+        if p99 <= 5.0 and s["failed"] == 0:
+            best = rate
+        else:
+            break
+    return best, rows
+
+
+_MEM_CHILD = """
+import json, resource, sys, tempfile
+from benchmarks.bench_loadgen import synthetic_trace
+from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
+n, url = int(sys.argv[1]), sys.argv[2]
+cfg = ReplayConfig(endpoints=(Endpoint(name="m", url=url, model="m"),), progress=False,
+                   load=LoadSpec(rate_rps=float("inf"), concurrency=64, max_requests=n))
+with tempfile.TemporaryDirectory() as out:
+    replay(synthetic_trace(1000, 32, 16), cfg, out, quiet=True)
+print(json.dumps({"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def peak_rss_mib(url: str, requests: int) -> float:
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", _MEM_CHILD, str(requests), url],
+        capture_output=True, text=True, check=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mib"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller runs (a smoke check of the script)")
+    args = ap.parse_args()
+    q = args.quick
+    n_short, n_long = (3000, 300) if q else (20_000, 2_000)
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    with fake_server() as url:
+        endpoint_alone(url, 16, 500)  # warm up
+        raw_short = endpoint_alone(url, 16, n_short)
+        raw_long = endpoint_alone(url, 1024, n_long)
+        print(f"\n[0] endpoint alone (raw aiohttp loop, c=64, no parsing): {raw_short:,.0f} req/s (16-token outputs); "
+              f"{raw_long * 1024:,.0f} tok/s (1024-token outputs)")  # fmt: skip
+        print("\n[1] closed loop, concurrency 64, rate=inf")
+        for w in (1, 2):
+            short = closed_loop(url, 16, n_short, w)
+            long = closed_loop(url, 1024, n_long, w)
+            print(
+                f"  workers={w}: {short['req_s']:,.0f} req/s (32-in/16-out; {short['req_s'] / REFERENCE_REQ_S:.2f}x "
+                f"the 1,136 reference, {short['req_s'] / raw_short:.2f}x the endpoint alone); "
+                f"{long['events_s']:,.0f} SSE token events/s with timestamps (1024-out; "
+                f"{long['events_s'] / REFERENCE_TOK_S:.2f}x the 94,000 reference, "
+                f"{long['events_s'] / (raw_long * 1024):.2f}x the endpoint alone); failed={short['failed'] + long['failed']}"
+            )
+        print("\n[2] open loop, Poisson: highest rate with send-lag p99 <= 5 ms")
+        rates = [250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500]
+        for w in (1, 2):
+            best, rows = open_loop_max_rate(url, w, rates, 2.0 if q else 5.0)
+            detail = ", ".join(f"{r:g}:{p:.1f}ms" + (f"/{f} failed" if f else "") for r, p, f in rows)
+            print(f"  workers={w}: {best:,.0f} req/s   (rate: p99 send lag -> {detail})")
+        print("\n[3] memory (one worker, closed loop c=64, 32-in/16-out): peak RSS of the replay process")
+        for n in (10_000, 100_000) if not q else (2_000, 10_000):
+            print(f"  {n:>7,} requests: {peak_rss_mib(url, n):,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
