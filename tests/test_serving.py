@@ -197,3 +197,19 @@ def test_token_stream_yields_every_step_in_streaming_mode(h20):
     assert [len(c) for c in chunks] == [1] * 6
     assert np.concatenate(chunks).tolist() == times.tolist()
     assert math.isfinite(times[-1])
+
+
+def test_prefill_batching_shares_the_fixed_overhead(h20):
+    inst = PrefillInstance("p0", h20, None, max_batch_tokens=2500)
+
+    async def main():
+        jobs = [asyncio.ensure_future(inst.prefill(1000, [])) for _ in range(5)]
+        return [await j for j in jobs]
+
+    a, b, c, d, e = run_virtual(main())
+    t, overhead = h20.prefill_time_s(1000), h20.hardware.calibration.prefill_overhead_s
+    pair = 2 * t - overhead  # two prefills, one fixed overhead
+    # All five are queued when the instance starts; batches of at most 2,500 tokens: [a b] [c d] [e].
+    assert (a.start_s, b.start_s, a.end_s, b.end_s) == (0.0, 0.0, pair, pair)
+    assert (c.start_s, d.start_s) == (pair, pair) and c.end_s == d.end_s == pytest.approx(2 * pair, abs=1e-12)
+    assert (e.start_s, e.end_s) == (c.end_s, pytest.approx(c.end_s + t, abs=1e-12))

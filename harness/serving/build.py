@@ -60,6 +60,7 @@ class StackSpec:
     prfaas_cache: str = "local"
     bandwidth_aware: BandwidthAware | None = None
     max_segment_steps: float = math.inf
+    prefill_batch_tokens: int = 0
 
 
 def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
@@ -81,7 +82,12 @@ def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
     local_cache = cache()
     local = Site(
         LOCAL,
-        [PrefillInstance(f"{LOCAL}-p{i}", spec.local, local_cache) for i in range(topo.n_p)],
+        [
+            PrefillInstance(
+                f"{LOCAL}-p{i}", spec.local, local_cache, max_batch_tokens=spec.prefill_batch_tokens
+            )
+            for i in range(topo.n_p)
+        ],
         decoders(LOCAL, topo.n_d),
         local_cache,
     )
@@ -92,7 +98,10 @@ def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
         for i, d in enumerate(local.decode_instances):
             d.name = f"{LOCAL}-c{i}"
         local.prefill_instances = [
-            PrefillInstance(d.name, spec.local, local_cache, colocated=d) for d in local.decode_instances
+            PrefillInstance(
+                d.name, spec.local, local_cache, colocated=d, max_batch_tokens=spec.prefill_batch_tokens
+            )
+            for d in local.decode_instances
         ]
     if topo.n_prfaas > 0:
         if spec.remote is None:
@@ -100,7 +109,12 @@ def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
         remote_cache = cache()
         sites[REMOTE] = Site(
             REMOTE,
-            [PrefillInstance(f"{REMOTE}-p{i}", spec.remote, remote_cache) for i in range(topo.n_prfaas)],
+            [
+                PrefillInstance(
+                    f"{REMOTE}-p{i}", spec.remote, remote_cache, max_batch_tokens=spec.prefill_batch_tokens
+                )
+                for i in range(topo.n_prfaas)
+            ],
             (),
             remote_cache,
         )

@@ -6,6 +6,7 @@ seed = 0
 intra_site_gbps = 400        each site's RDMA fabric for PD-P -> PD-D KV (one shared fluid link)
 cache_capacity_gib = 1024    prefix cache per site ("unbounded", or 0 to disable)
 prfaas_cache = "local"       "local": a site's own prefix decides; "global": best prefix anywhere
+prefill_batch_tokens = 0     batch queued prefills up to this many uncached tokens (0: one at a time)
 bandwidth_aware = false      re-tune the PrfaaS threshold from link utilisation and queues
 decode_batch_max = 20        default: the planner's BS_max (TPOT SLO at the mean decode context)
 sample_interval_s = 1.0      time-series grid (virtual seconds)
@@ -33,6 +34,7 @@ _FIELDS = {
     "intra_site_gbps",
     "cache_capacity_gib",
     "prfaas_cache",
+    "prefill_batch_tokens",
     "bandwidth_aware",
     "decode_batch_max",
     "sample_interval_s",
@@ -49,6 +51,7 @@ class SimulateSpec:
     intra_site_gbps: float = 400.0
     cache_capacity_gib: float | None = 1024.0  # None = unbounded
     prfaas_cache: str = "local"
+    prefill_batch_tokens: int = 0
     bandwidth_aware: bool = False
     decode_batch_max: int | None = None
     sample_interval_s: float = 1.0
@@ -106,6 +109,7 @@ def simulate_spec(scenario: Scenario) -> SimulateSpec:
         intra_site_gbps=_num(table, "intra_site_gbps", where, d.intra_site_gbps),
         cache_capacity_gib=None if cap == "unbounded" else float(cap),
         prfaas_cache=mode,
+        prefill_batch_tokens=_num(table, "prefill_batch_tokens", where, 0, integer=True, zero_ok=True),
         bandwidth_aware=ba,
         decode_batch_max=None if bs is None else _num(table, "decode_batch_max", where, 1, integer=True),
         sample_interval_s=_num(table, "sample_interval_s", where, d.sample_interval_s),
@@ -139,6 +143,7 @@ class SimSetup:
             "decode_batch_max": self.stack.decode_batch_max,
             "cache_capacity_bytes": self.stack.cache_capacity_bytes,
             "prfaas_cache": self.stack.prfaas_cache,
+            "prefill_batch_tokens": self.stack.prefill_batch_tokens,
             "bandwidth_aware": self.stack.bandwidth_aware is not None,
             "topologies": {name: vars(t) for name, t in self.topologies.items()},
         }
@@ -193,6 +198,7 @@ def prepare(scenario: Scenario, *, topologies: list[str] | None = None) -> SimSe
         decode_batch_max=bs,
         cache_capacity_bytes=None if spec.cache_capacity_gib is None else spec.cache_capacity_gib * 2**30,
         prfaas_cache=spec.prfaas_cache,
+        prefill_batch_tokens=spec.prefill_batch_tokens,
         bandwidth_aware=BandwidthAware() if spec.bandwidth_aware else None,
     )
     return SimSetup(scenario, deployment, spec, stack, plans)

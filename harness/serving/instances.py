@@ -29,11 +29,24 @@ class PrefillTimes:
     cached_tokens: int
 
 
+class _Job:
+    __slots__ = ("enqueued", "estimate", "fetched", "future", "hash_ids", "on_start", "prompt")
+
+    def __init__(self, prompt, hash_ids, on_start, fetched, estimate, enqueued, future) -> None:
+        self.prompt, self.hash_ids, self.on_start, self.fetched = prompt, hash_ids, on_start, fetched
+        self.estimate, self.enqueued, self.future = estimate, enqueued, future
+
+
 class PrefillInstance:
-    """One prefill instance: requests run one at a time in arrival order (FIFO).
+    """One prefill instance: a FIFO queue served one prefill (or one batch) at a time.
 
     Prefill time is ``cost.prefill_time_s(uncached, cached)`` where ``cached`` is the site cache's
     prefix hit at the moment the prefill starts; the prompt's blocks enter the cache when it ends.
+
+    ``max_batch_tokens`` > 0 batches: the head of the queue plus the following requests while their
+    uncached tokens total at most that many. A batch costs the sum of its prefills minus all but one
+    fixed per-prefill overhead (the calibration's ``prefill_overhead_s``), and every request in it
+    starts and ends together. 0 (the default) runs one request at a time.
     """
 
     def __init__(
@@ -43,34 +56,47 @@ class PrefillInstance:
         cache: PrefixCache | None = None,
         *,
         colocated: DecodeInstance | None = None,
+        max_batch_tokens: int = 0,
     ) -> None:
         self.name = name
         self.cost = cost
         self.cache = cache
         # Colocated: the same GPUs also decode; that decode instance stalls while a prefill runs.
         self.colocated = colocated
-        self._lock = asyncio.Lock()  # FIFO: waiters are woken in arrival order
-        self.waiting = 0
+        self.max_batch_tokens = max_batch_tokens
+        self._queue: deque[_Job] = deque()
+        self._running = 0
         self._queued_work_s = 0.0
         self._busy_until = 0.0
-        self.busy = False
+        self._worker: asyncio.Task[None] | None = None
         self.completed = 0
 
     def __repr__(self) -> str:
         return f"<PrefillInstance {self.name} queue={self.queue_depth}>"
 
     @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return self._running > 0
+
+    @property
     def queue_depth(self) -> int:
         """Requests waiting or running here."""
-        return self.waiting + int(self.busy)
+        return len(self._queue) + self._running
 
     def load_s(self, now: float) -> float:
         """Estimated seconds of work ahead of a new arrival (for least-loaded balancing)."""
         return max(0.0, self._busy_until - now) * self.busy + self._queued_work_s
 
-    def estimate_s(self, prompt_tokens: int, hash_ids: Sequence[int]) -> float:
+    def _cached_now(self, prompt_tokens: int, hash_ids: Sequence[int]) -> int:
         cached = self.cache.peek(hash_ids, prompt_tokens) if self.cache is not None else 0
-        cached = min(cached, prompt_tokens - 1)
+        return min(cached, prompt_tokens - 1)
+
+    def estimate_s(self, prompt_tokens: int, hash_ids: Sequence[int]) -> float:
+        cached = self._cached_now(prompt_tokens, hash_ids)
         return self.cost.prefill_time_s(prompt_tokens - cached, cached)
 
     async def prefill(
@@ -86,38 +112,72 @@ class PrefillInstance:
         ``fetched_tokens``: a prefix whose KV was pulled from another site; it counts as cached.
         """
         loop = asyncio.get_running_loop()
-        enqueued = loop.time()
         estimate = self.estimate_s(prompt_tokens, hash_ids)
-        self.waiting += 1
+        job = _Job(
+            prompt_tokens, hash_ids, on_start, fetched_tokens, estimate, loop.time(), loop.create_future()
+        )
+        self._queue.append(job)
         self._queued_work_s += estimate
+        if self._worker is None:
+            self._worker = loop.create_task(self._work(), name=f"prefill-{self.name}")
+        return await job.future
+
+    def _take_batch(self) -> list[_Job]:
+        batch: list[_Job] = []
+        tokens = 0
+        while self._queue:
+            job = self._queue[0]
+            new = job.prompt - self._cached_now(job.prompt, job.hash_ids)
+            if batch and tokens + new > self.max_batch_tokens:
+                break
+            self._queue.popleft()
+            self._queued_work_s -= job.estimate
+            if job.future.done():  # the caller gave up (cancelled) while queued
+                continue
+            batch.append(job)
+            tokens += new
+        if not self._queue:
+            self._queued_work_s = 0.0  # no float residue from the running sum
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await self._lock.acquire()
-        finally:
-            self.waiting -= 1
-            self._queued_work_s -= estimate
-        try:
-            self.busy = True
-            start = loop.time()
-            cached = self.cache.lookup(hash_ids, prompt_tokens) if self.cache is not None else 0
-            cached = max(cached, min(fetched_tokens, prompt_tokens - 1))
-            duration = self.cost.prefill_time_s(prompt_tokens - cached, cached)
-            self._busy_until = start + duration
-            if on_start is not None:
-                on_start(start, duration, cached)
-            if self.colocated is not None:
-                self.colocated.pause()
-            try:
-                await asyncio.sleep(duration)
-            finally:
+            while self._queue:
+                batch = self._take_batch()
+                if not batch:
+                    continue
+                start = loop.time()
+                cached = []
+                for job in batch:
+                    hit = self.cache.lookup(job.hash_ids, job.prompt) if self.cache is not None else 0
+                    cached.append(max(hit, min(job.fetched, job.prompt - 1)))
+                times = [
+                    self.cost.prefill_time_s(j.prompt - c, c) for j, c in zip(batch, cached, strict=True)
+                ]
+                duration = sum(times) - (len(batch) - 1) * self.cost.hardware.calibration.prefill_overhead_s
+                self._busy_until = start + duration
+                self._running = len(batch)
+                for job, c in zip(batch, cached, strict=True):
+                    if job.on_start is not None:
+                        job.on_start(start, duration, c)
                 if self.colocated is not None:
-                    self.colocated.resume()
-            if self.cache is not None:
-                self.cache.insert(hash_ids)
-            self.completed += 1
-            return PrefillTimes(self.name, enqueued, start, loop.time(), cached)
+                    self.colocated.pause()
+                try:
+                    await asyncio.sleep(duration)
+                finally:
+                    self._running = 0
+                    if self.colocated is not None:
+                        self.colocated.resume()
+                end = loop.time()
+                for job, c in zip(batch, cached, strict=True):
+                    if self.cache is not None:
+                        self.cache.insert(job.hash_ids)
+                    self.completed += 1
+                    if not job.future.done():
+                        job.future.set_result(PrefillTimes(self.name, job.enqueued, start, end, c))
         finally:
-            self.busy = False
-            self._lock.release()
+            self._worker = None
 
 
 class DecodeRejected(Exception):
