@@ -162,3 +162,33 @@ def test_sigint_keeps_every_record_and_marks_the_run_incomplete(tmp_path, worker
     assert df.request_id.is_unique
     cancelled = df[df.error_class == "cancelled"]
     assert len(cancelled) >= 1 and (df.status[df.error_class.isna()] == "ok").all()
+
+
+def test_scenario_replay_table_names_endpoints_and_defaults(tmp_path):
+    _mooncake_file(tmp_path / "t.jsonl", 4, gap_ms=10)  # the scenario names it relative to itself
+    a, b = FakeServer(keep_bodies=True), FakeServer(keep_bodies=True)
+    with ServerThread(a) as sa, ServerThread(b) as sb:
+        scenario = tmp_path / "s.toml"
+        scenario.write_text(
+            f'name = "x"\n[replay]\nmodel = "scen-model"\ntrace = "t.jsonl"\nshaping_backend = "relay"\nseed = 3\n'
+            f'[replay.endpoints]\nprfaas = "{sa.url}/v1"\nhomogeneous = {{ url = "{sb.url}", api = "chat" }}\n'
+        )
+        res = CliRunner().invoke(
+            main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o"), "--quiet"]
+        )
+    assert res.exit_code == 0, res.output
+    meta = read_meta(tmp_path / "o")
+    assert meta["topologies"] == ["prfaas", "homogeneous"]
+    assert meta["shaping_backend"] == "relay" and meta["seed"] == 3
+    assert all(x["model"] == "scen-model" and "prompt" in x for x in a.bodies)
+    assert all("messages" in x for x in b.bodies) and len(b.bodies) == 4
+
+
+def test_scenario_errors_name_the_table(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[replay]\nmodel = "m"\nspeedup = "fast"\n')
+    res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "[replay]" in res.output and "speedup" in res.output
+    scenario.write_text('[replay]\nmodel = "m"\nendpoint = "http://x"\n')
+    res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "unknown keys ['endpoint']" in res.output

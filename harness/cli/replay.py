@@ -7,9 +7,12 @@ import math
 import sys
 
 import click
+from click.core import ParameterSource
 
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
+from harness.loadgen.scenario import ReplaySection, check_endpoints, parse_replay_section
+from harness.scenario import load_scenario
 from harness.traces.readers import read_trace
 from harness.traces.transforms import clip_lengths, rescale_rate, speedup, window
 
@@ -56,6 +59,28 @@ def _endpoints(specs: tuple[str, ...], name: str | None, model: str, api: str, p
     return tuple(out)
 
 
+# flag -> [replay] key; a flag given on the command line wins over the scenario
+_FROM_SCENARIO = {
+    "model": "model", "api": "api", "trace_path": "trace", "speedup": "speedup", "shaping_backend": "shaping_backend",
+    "warmup": "warmup_s", "cooldown": "cooldown_s", "seed": "seed",
+}  # fmt: skip
+
+
+def _apply_scenario(o: dict) -> ReplaySection | None:
+    """Fill flags left at their defaults from the scenario's [replay] table; returns it if it names endpoints."""
+    if not o["scenario_path"]:
+        return None
+    section = parse_replay_section(load_scenario(o["scenario_path"]))
+    ctx = click.get_current_context()
+    for flag, key in _FROM_SCENARIO.items():
+        value = getattr(section, key)
+        if value is not None and ctx.get_parameter_source(flag) in (None, ParameterSource.DEFAULT):
+            o[flag] = str(value) if flag == "trace_path" else value
+    if section.window_s is not None and o["window"] is None:
+        o["window"] = f"{section.window_s[0]}:{section.window_s[1]}"
+    return section if section.endpoints else None
+
+
 @click.command("replay")
 @click.option(
     "--endpoint",
@@ -64,13 +89,22 @@ def _endpoints(specs: tuple[str, ...], name: str | None, model: str, api: str, p
     metavar="[NAME=]URL",
     help="Server base URL; repeat as NAME=URL for several (one per topology, run in turn, paired).",
 )
-@click.option("--model", required=True, help="Model name sent in every request.")
+@click.option(
+    "--scenario",
+    "scenario_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Scenario file: its [replay] table gives endpoints and defaults (flags win).",
+)
+@click.option(
+    "--model", default=None, help="Model name sent in every request (required here or in [replay])."
+)
 @click.option("--name", default=None, help="Topology name of a single endpoint (default: 'default').")
 @click.option("--api", type=click.Choice(APIS), default="completions", show_default=True)
 @click.option(
     "--trace",
     "trace_path",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
     help="Trace file (format detected).",
 )
@@ -158,13 +192,23 @@ def _endpoints(specs: tuple[str, ...], name: str | None, model: str, api: str, p
 )
 def command(**o) -> None:
     """Replay a trace against OpenAI-compatible endpoints; records to --out (JSONL + Parquet + meta)."""
+    scenario_endpoints = _apply_scenario(o)
     win = _window(o["window"])
     rates = _rates(o["rate"])
     if o["speedup"] <= 0 or not math.isfinite(o["speedup"]):
         raise InputError(f"--speedup must be a positive number, got {o['speedup']}")
     if o["fail_on_error_rate"] is not None and not 0 <= o["fail_on_error_rate"] <= 1:
         raise InputError("--fail-on-error-rate must be in [0, 1]")
-    endpoints = _endpoints(o["endpoints"], o["name"], o["model"], o["api"], o["prefill_url"], o["decode_url"])
+    if not o["model"]:
+        raise InputError("--model is required (or model = ... in the scenario's [replay])")
+    if not o["trace_path"]:
+        raise InputError("--trace is required (or trace = ... in the scenario's [replay] or [workload])")
+    if scenario_endpoints is not None and not (o["endpoints"] or o["prefill_url"] or o["decode_url"]):
+        endpoints = check_endpoints(scenario_endpoints, o["model"], o["api"], o["scenario_path"])
+    else:
+        endpoints = _endpoints(
+            o["endpoints"], o["name"], o["model"], o["api"], o["prefill_url"], o["decode_url"]
+        )
     arrival = o["arrival"] or ("poisson" if rates and not math.isinf(rates[0]) else "trace")
     load = LoadSpec(
         arrival=arrival, rate_rps=rates[0] if rates else None, gamma_cv=o["burstiness"],
