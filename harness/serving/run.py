@@ -328,6 +328,7 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
                 "n_prfaas": topo.n_prfaas,
                 "threshold_tokens": topo.threshold_tokens,
                 "planner_lambda_max": topo.planner_lambda_max,
+                "lambda_max": None,  # filled in by --find-max-rate
             }
             if req.find_max_rate:
                 lam, _best, probes = find_max_rate(
