@@ -146,7 +146,8 @@ def test_report_writes_self_contained_page(tmp_path):
     assert res.exit_code == 0, res.output
     page = out.read_text()
     assert not re.search(r"<script[^>]*\bsrc=", page)  # no script fetched from anywhere: works offline
-    assert "Plotly.newPlot" in page and page.count('class="figure"') == 10
+    # issue 7's ten panels plus measured SLO attainment vs offered rate
+    assert "Plotly.newPlot" in page and page.count('class="figure"') == 11
     assert "synthetic-simulate-0" in page  # the header names the run
 
 
@@ -166,3 +167,21 @@ def test_long_timeseries_is_summed_per_site():
     assert wide["link_utilisation remote->local"] == 0.5
     assert wide["cache_hit_rate local"] == pytest.approx(0.3)  # rates average
     assert tidy_timeseries(pd.DataFrame({"x": [1.0]}), "t") is None
+
+
+def test_rate_sweep_gives_measured_lambda_max_and_per_rate_comparison(tmp_path):
+    # Per rate: homogeneous misses a 3 s TTFT bound once queueing builds (queue_s grows), prfaas does not.
+    topos = {}
+    for rate, queue in ((1.0, 0.1), (2.0, 0.5), (3.0, 4.0)):
+        topos[f"homogeneous@{rate:g}rps"] = SyntheticTopology(rate_rps=rate, queue_s=queue, jitter=0)
+        topos[f"prfaas@{rate:g}rps"] = SyntheticTopology(rate_rps=rate, queue_s=0.1, jitter=0)
+    run = write_synthetic_run(
+        tmp_path / "sweep", topos, n=40, meta={"slo": {"ttft_s": 3.0, "attainment": 0.99}}
+    )
+    out = json.loads(_invoke("analyze", str(run), "--json", "--bootstrap", "100").output)
+    # TTFT = queue + prefill 1.5 + transfer 0.2 + first token 0.025: 2.225 s at 2 req/s, 5.725 s at 3.
+    assert out["lambda_max"]["simulate"]["homogeneous"]["lambda_max_rps"] == 2.0
+    assert out["lambda_max"]["simulate"]["prfaas"]["lambda_max_rps"] == 3.0
+    assert set(out["comparison"]) == {"simulate@1rps", "simulate@2rps", "simulate@3rps"}
+    assert out["comparison"]["simulate@3rps"]["rows"]["prfaas"]["goodput_rps"]["value"] is None  # 0 baseline
+    assert out["side_by_side"]["prfaas"]["simulate"] == {"lambda_max_rps": 3.0}

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from harness.analysis.baseline import compare_to_baseline
+from harness.analysis.capacity import measured_lambda_max, offered_rate, split_label
 from harness.analysis.cost import Fleet, cost_per_hour, gpu_price
 from harness.analysis.stats import bootstrap, bootstrap_ratio, mean_stat, quantile_stat, rate_windows
 from harness.analysis.summary import Slo
@@ -94,3 +95,22 @@ def test_rank_bootstrap_of_a_quantile_matches_redrawing(monkeypatch):
     width = slow.high - slow.low
     assert fast.low == pytest.approx(slow.low, abs=0.1 * width)
     assert fast.high == pytest.approx(slow.high, abs=0.1 * width)
+
+
+def test_rate_labels_and_offered_rate():
+    assert split_label("prfaas@2.5rps") == ("prfaas", 2.5)
+    assert split_label("a@b@1e+01rps") == ("a@b", 10.0)
+    assert split_label("prfaas") == ("prfaas", None)
+    assert offered_rate({"config": {"load": {"rate_rps": 4.0}}}, "prfaas") == 4.0  # replay's meta
+    assert offered_rate({"rates_rps": [2.0]}, "prfaas") == 2.0  # simulate at one rate
+    assert offered_rate({"rates_rps": [1.0, 2.0]}, "prfaas@2rps") == 2.0
+    assert offered_rate({"config": {"load": {"rate_rps": None}}}, "x") is None  # trace timestamps
+
+
+def test_measured_lambda_max_per_source_and_topology():
+    points = [("simulate", "p", r, a) for r, a in ((1.0, 1.0), (2.0, 0.995), (3.0, 0.9))]
+    points += [("replay", "p", 1.0, 0.5), ("replay", "p", 2.0, 0.4), ("replay", "h", 1.0, 1.0)]
+    out = measured_lambda_max(points, 0.99)
+    assert out["simulate"]["p"]["lambda_max_rps"] == 2.0
+    assert out["replay"]["p"]["lambda_max_rps"] is None  # misses even at the lowest rate
+    assert "h" not in out["replay"]  # one rate is not a sweep

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,10 @@ def _report(tmp_path: Path, *, full: bool) -> tuple[Path, int]:
         }
         write_synthetic_run(tmp_path / "run" / "sim", topos, n=150)
         write_synthetic_run(tmp_path / "run" / "rep", topos, n=100, source="replay", seed=3, timeseries=False)
+        sweep = {f"{n}@{r:g}rps": replace(t, rate_rps=r) for n, t in topos.items() for r in (1.0, 2.0)}
+        write_synthetic_run(
+            tmp_path / "run" / "sweep", sweep, n=40, source="simulate", seed=7, timeseries=False
+        )
         write_synthetic_plan(tmp_path / "run")
     else:  # records only, no server-side timings, no time series, no plan: figures must say so
         write_synthetic_run(
@@ -148,7 +153,8 @@ def _report(tmp_path: Path, *, full: bool) -> tuple[Path, int]:
 def test_every_figure_renders_without_console_errors(chromium, tmp_path):
     page, n_figures = _report(tmp_path, full=True)
     state, errors = asyncio.run(_load(chromium, page, tmp_path / "profile"))
-    assert n_figures == 10  # issue 7's list: throughput, 2 CDFs, latency, link, queues, breakdown, 3 Λ_max
+    # issue 7's list (throughput, 2 CDFs, latency, link, queues, breakdown, 3 Λ_max) + attainment vs rate
+    assert n_figures == 11
     assert state["plots"] == n_figures
     assert state["rendered"] == n_figures
     assert all(n > 0 for n in state["traces"]), state["traces"]  # every panel has data here
@@ -160,6 +166,7 @@ def test_missing_data_figures_say_so(chromium, tmp_path):
     state, errors = asyncio.run(_load(chromium, page, tmp_path / "profile"))
     assert state["rendered"] == state["plots"] == n_figures
     assert sum("no plan_sweep_" in t for t in state["texts"]) == 3
+    assert any("no rate sweep" in t for t in state["texts"])
     assert errors == []
 
 

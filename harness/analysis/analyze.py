@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis.baseline import compare_to_baseline, rate_ci
+from harness.analysis.capacity import measured_lambda_max, offered_rate, split_label
 from harness.analysis.cost import cost_per_hour
 from harness.analysis.runs import Bundle, Run
 from harness.analysis.summary import Slo, summarize
@@ -74,7 +75,7 @@ def analyze(
 ) -> dict[str, Any]:
     """Analyse every topology of every run in ``bundle``.
 
-    Returns ``{"runs", "topologies", "comparison", "side_by_side", "plan", "notes"}``: see
+    Returns ``{"runs", "topologies", "comparison", "side_by_side", "lambda_max", "plan", "notes"}``: see
     docs/analysis.md for every key. SLO bounds given here override the ones runs recorded.
     """
     notes = list(bundle.notes)
@@ -82,22 +83,39 @@ def analyze(
     plan = next((p.result for p in bundle.plans if p.result is not None), None)
     topologies: dict[str, dict[str, Any]] = {}
     groups: dict[str, dict[str, tuple[Run, pd.DataFrame]]] = {}
+    points: list[tuple[str, str, float, float]] = []
+    members: list[tuple[Run, str, float | None, pd.DataFrame]] = []
+    target = Slo().attainment
     for key, (run, name, df) in zip(_keys(entries), entries, strict=True):
         slo = Slo.from_meta(run.meta).override(ttft_slo_s, tpot_slo_s)
         summary = summarize(df, slo)
         ci = rate_ci(df, "throughput_rps", slo, n_boot=n_boot, seed=seed)
         summary |= {"throughput_ci_low": ci.to_dict()["low"], "throughput_ci_high": ci.to_dict()["high"]}
         topologies[key] = {"topology": name, "source": run.source, "run_id": run.run_id, "slo": slo.to_dict()}
-        topologies[key] |= summary
-        if name in groups.setdefault(run.source, {}):
-            notes.append(f"{run.source}: topology {name!r} appears in several runs; compared using the first")
+        topologies[key] |= summary | {"offered_rps": offered_rate(run.meta, name)}
+        if (rate := topologies[key]["offered_rps"]) is not None and summary["slo_attainment"] is not None:
+            points.append((run.source, split_label(name)[0], rate, summary["slo_attainment"]))
+            target = slo.attainment
+        members.append((run, name, topologies[key]["offered_rps"], df))
+
+    # Compare topologies measured at the same offered rate: per source, and per rate within a sweep.
+    rates_by_source: dict[str, set[float]] = {}
+    for run, _, rate, _ in members:
+        if rate is not None:
+            rates_by_source.setdefault(run.source, set()).add(rate)
+    for run, name, rate, df in members:
+        sweep = rate is not None and len(rates_by_source[run.source]) > 1
+        group = f"{run.source}@{rate:g}rps" if sweep else run.source
+        base_name = split_label(name)[0]
+        if base_name in groups.setdefault(group, {}):
+            notes.append(f"{group}: topology {base_name!r} appears in several runs; compared using the first")
         else:
-            groups[run.source][name] = (run, df)
+            groups[group][base_name] = (run, df)
 
     comparison: dict[str, Any] = {}
-    for source, members in groups.items():
-        names = sorted(members)
-        kinds = {k: v for run, _ in members.values() for k, v in _kinds(run).items()}
+    for source, group_members in groups.items():
+        names = sorted(group_members)
+        kinds = {k: v for run, _ in group_members.values() for k, v in _kinds(run).items()}
         base = _baseline_name(kinds, names, baseline)
         if base is None:
             if len(names) > 1 or baseline:
@@ -105,11 +123,11 @@ def analyze(
                     f"{source}: no baseline topology {baseline or BASELINE_TOPOLOGY!r}; no comparison"
                 )
             continue
-        run0, _ = members[base]
+        run0, _ = group_members[base]
         slo = Slo.from_meta(run0.meta).override(ttft_slo_s, tpot_slo_s)
-        costs = {n: cost_per_hour(n, run.meta, plan) for n, (run, _) in members.items()}
+        costs = {n: cost_per_hour(n, run.meta, plan) for n, (run, _) in group_members.items()}
         rows = compare_to_baseline(
-            {n: df for n, (_, df) in members.items()}, base, slo, costs, n_boot=n_boot, seed=seed
+            {n: df for n, (_, df) in group_members.items()}, base, slo, costs, n_boot=n_boot, seed=seed
         )
         comparison[source] = {"baseline": base, "rows": rows}
 
@@ -119,6 +137,19 @@ def analyze(
             side.setdefault(name, {})["plan"] = {out: t.get(k) for k, out in PLAN_KEYS.items()}
     for entry in topologies.values():
         side.setdefault(entry["topology"], {})[entry["source"]] = {k: entry[k] for k in SIDE_BY_SIDE_KEYS}
+    # simulate --find-max-rate leaves its Λ_max in meta; a rate sweep gives a measured one.
+    for run in bundle.runs:
+        for name, found in (run.meta.get("summary") or {}).items():
+            if isinstance(found, dict) and found.get("lambda_max") is not None and name in side:
+                side[name].setdefault(run.source, {})["lambda_max_rps"] = found["lambda_max"]
+    capacity = measured_lambda_max(points, target)
+    for source, per in capacity.items():
+        for name, found in per.items():
+            for label in [k for k in side if split_label(k)[0] == name and k != name]:
+                side[label].pop(source, None)  # the per-rate rows are summarised by the sweep
+                if not side[label]:
+                    del side[label]
+            side.setdefault(name, {})[source] = {"lambda_max_rps": found["lambda_max_rps"]}
 
     runs = [
         {
@@ -136,6 +167,7 @@ def analyze(
         "topologies": topologies,
         "comparison": comparison,
         "side_by_side": side,
+        "lambda_max": capacity,
         "plan": plan,
         "notes": notes,
     }

@@ -14,7 +14,14 @@ from plotly.offline import get_plotlyjs
 from harness import __version__
 from harness.analysis.figures import all_figures
 from harness.analysis.runs import Bundle
-from harness.analysis.tables import BREAKDOWN_COLUMNS, MAIN_COLUMNS, fmt, ratio_text, show_side_by_side
+from harness.analysis.tables import (
+    BREAKDOWN_COLUMNS,
+    MAIN_COLUMNS,
+    fmt,
+    ratio_text,
+    show_side_by_side,
+    source_order,
+)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #f6f7f9; }
@@ -73,11 +80,14 @@ def _tables(result: Mapping[str, Any]) -> str:
     side = result["side_by_side"]
     if show_side_by_side(side):
         rows = [
-            [name, src, fmt(v.get("lambda_max_rps", v.get("throughput_rps")), "f3"), fmt(v.get("ttft_p90_s"), "s"),
-             fmt(v.get("offload_share"), "pct"), fmt(v.get("egress_gbps"), "f2")]
-            for name, per in side.items() for src, v in per.items()
+            [name, src, fmt(v.get("lambda_max_rps"), "f3"), fmt(v.get("throughput_rps"), "f3"),
+             fmt(v.get("ttft_p90_s"), "s"), fmt(v.get("offload_share"), "pct"), fmt(v.get("egress_gbps"), "f2")]
+            for name, per in side.items() for src, v in sorted(per.items(), key=lambda kv: source_order(kv[0]))
         ]  # fmt: skip
-        t = _table(["topology", "source", "req/s (plan: Λ_max)", "TTFT p90", "offload", "egress Gb/s"], rows)
+        t = _table(
+            ["topology", "source", "Λ_max req/s", "throughput req/s", "TTFT p90", "offload", "egress Gb/s"],
+            rows,
+        )
         parts.append(f"<section><h2>Plan, simulate and replay side by side</h2>{t}</section>")
     if result["notes"]:
         items = "".join(f"<li>{html.escape(n)}</li>" for n in result["notes"])

@@ -248,6 +248,23 @@ def sweep(bundle: Bundle, kind: str) -> go.Figure:
     return fig
 
 
+def attainment_vs_rate(result: Mapping[str, Any]) -> go.Figure:
+    """Measured SLO attainment against offered rate (rate sweeps), the target, and where Λ_max falls."""
+    title = "SLO attainment vs offered rate (measured Λ_max)"
+    fig = _fig(title, xaxis={"title": "offered rate (req/s)"}, yaxis={"title": "SLO attainment"})
+    target = None
+    for source, per in sorted(result.get("lambda_max", {}).items(), key=lambda kv: source_order(kv[0])):
+        for name, found in per.items():
+            lam = found["lambda_max_rps"]
+            label = f"{name} ({source}): Λ_max {'–' if lam is None else f'{lam:.3g}'} req/s"
+            fig.add_scatter(x=found["rates_rps"], y=found["attainment"], mode="lines+markers", name=label)
+            target = found["target"]
+    if target is None:
+        return missing(title, "no rate sweep in these runs (simulate --rate-sweep, replay --rate a,b,c)")
+    fig.add_hline(y=target, line={"dash": "dot", "color": "gray"}, annotation_text=f"target {target:g}")
+    return fig
+
+
 def all_figures(bundle: Bundle, result: Mapping[str, Any]) -> list[tuple[str, go.Figure]]:
     """Every dashboard panel, in page order, as (anchor id, figure)."""
     return [
@@ -259,4 +276,5 @@ def all_figures(bundle: Bundle, result: Mapping[str, Any]) -> list[tuple[str, go
         ("queues", queue_depths(bundle)),
         ("breakdown", breakdown_bars(bundle)),
         *((f"sweep-{k}", sweep(bundle, k)) for k in SWEEPS),
+        ("attainment", attainment_vs_rate(result)),
     ]

@@ -115,17 +115,20 @@ def comparison_table(source: str, comp: Mapping[str, Any]) -> Table:
 
 def side_by_side_table(side: Mapping[str, Any]) -> Table:
     sources = sorted({s for per in side.values() for s in per}, key=source_order)
-    t = Table(title="Side by side (plan: Λ_max; measured: throughput)", title_justify="left")
+    t = Table(
+        title="Side by side: Λ_max (plan, or measured by a sweep), throughput, TTFT p90", title_justify="left"
+    )
     t.add_column("topology", style="bold")
     for s in sources:
-        t.add_column(f"{s} req/s", justify="right")
-        t.add_column(f"{s} TTFT p90", justify="right")
+        for h in ("Λ_max", "req/s", "TTFT p90"):
+            t.add_column(f"{s} {h}", justify="right")
     for name, per in side.items():
         cells = []
         for s in sources:
             e = per.get(s, {})
             cells += [
-                fmt(e.get("lambda_max_rps", e.get("throughput_rps")), "f3"),
+                fmt(e.get("lambda_max_rps"), "f3"),
+                fmt(e.get("throughput_rps"), "f3"),
                 fmt(e.get("ttft_p90_s"), "s"),
             ]
         t.add_row(name, *cells)
