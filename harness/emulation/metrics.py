@@ -45,6 +45,7 @@ def collect(server: SiteServer) -> list[Metric]:
                 "KV transfers being sent (role=send) or received (role=recv)",
             ),
             ("link_utilisation", "gauge", "Received KV rate over the link's capacity, last second"),
+            ("loop_lag_seconds", "gauge", "Event-loop scheduling lag (wall seconds) over recent samples"),
         )
     }
     for node in server.nodes.values():
@@ -74,6 +75,8 @@ def collect(server: SiteServer) -> list[Metric]:
                 if isinstance(link, ReceivedLinkMeter):
                     m["link_utilisation"].add(link.utilisation(), src=src, dst=dst, topology=node.name)
     s = {"site": server.site}
+    for q, value in server.lag.quantiles().items():
+        m["loop_lag_seconds"].add(value, quantile=f"{q:g}", **s)
     m["kv_bytes_sent_total"].add(server.sender.bytes_sent, **s)
     model_bytes = sum(getattr(n.transport, "real_bytes_sent", 0) for n in server.nodes.values())
     m["kv_model_bytes_sent_total"].add(model_bytes, **s)

@@ -30,6 +30,8 @@ from harness.emulation import api
 from harness.emulation.api import ApiError, GenRequest
 from harness.emulation.glue import RemoteSiteView
 from harness.emulation.kvlink import KvReceiver, KvSender
+from harness.emulation.lag import LagProbe
+from harness.emulation.metrics import collect
 from harness.emulation.node import TopologyNode
 from harness.emulation.prometheus import CONTENT_TYPE, render
 from harness.emulation.spec import EmulationSpec
@@ -83,6 +85,8 @@ class SiteServer:
                 web.post("/{topology}/v1/chat/completions", self.chat),
             ]
         )
+        self.lag = LagProbe(speedup=spec.speedup)
+        self.app.on_startup.append(self._start_probe)
         self.app.on_cleanup.append(self._close_session)
 
     # ------------------------------------------------------------------ small endpoints
@@ -125,9 +129,10 @@ class SiteServer:
         return web.json_response({"object": "list", "data": [card]})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        from harness.emulation.metrics import collect
-
+        """Prometheus text; ``?reset_lag=1`` starts a fresh scheduling-lag window after reading."""
         text = render(collect(self))
+        if request.query.get("reset_lag"):
+            self.lag.reset()
         return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
     # ------------------------------------------------------------------ generation
@@ -338,7 +343,11 @@ class SiteServer:
             raise ApiError(502, f"prefill site {site} returned no kv_transfer_params")
         return params
 
+    async def _start_probe(self, _app: web.Application) -> None:
+        self.lag.start()
+
     async def _close_session(self, _app: web.Application) -> None:
+        await self.lag.stop()
         if self._session is not None:
             await self._session.close()
 
@@ -380,20 +389,22 @@ class SiteServer:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         n = 0
+        # Every token chunk but the last is the same bytes (OpenAI keeps id and created per completion).
+        token = api.sse(api.token_chunk(req, api.TOKEN_TEXT, None))
         try:
             if req.kind == api.CHAT:
                 await resp.write(api.sse(api.role_chunk(req)))
             async for chunk in stream:
                 self._note_decode_start(fields, stream)
-                out = []
-                for _ in range(len(chunk)):
-                    n += 1
-                    last = n == req.max_tokens
-                    obj = api.token_chunk(req, api.TOKEN_TEXT, "length" if last else None)
-                    if last and not req.include_usage:
-                        obj[PRFAAS_KEY] = fields
-                    out.append(api.sse(obj))
-                await resp.write(b"".join(out))
+                k = min(len(chunk), req.max_tokens - n)
+                n += k
+                if n < req.max_tokens:
+                    await resp.write(token * k)
+                    continue
+                last = api.token_chunk(req, api.TOKEN_TEXT, "length")
+                if not req.include_usage:
+                    last[PRFAAS_KEY] = fields
+                await resp.write(token * (k - 1) + api.sse(last))
             if req.include_usage:
                 usage = api.usage(req.prompt_tokens, n, cached)
                 await resp.write(api.sse(api.usage_chunk(req, usage, {PRFAAS_KEY: fields})))
