@@ -64,6 +64,76 @@ def _kinds(run: Run) -> dict[str, str]:
     return {name: str(t.get("kind")) for name, t in topos.items() if isinstance(t, dict)}
 
 
+Member = tuple[Run, str, float | None, pd.DataFrame]  # run, topology label, offered rate, records
+
+
+def _group_by_load(members: list[Member], notes: list[str]) -> dict[str, dict[str, tuple[Run, pd.DataFrame]]]:
+    # Compare topologies at equal offered load: per source, and per rate when a source swept rates.
+    rates_by_source: dict[str, set[float]] = {}
+    for run, _, rate, _ in members:
+        if rate is not None:
+            rates_by_source.setdefault(run.source, set()).add(rate)
+    groups: dict[str, dict[str, tuple[Run, pd.DataFrame]]] = {}
+    for run, name, rate, df in members:
+        sweep = rate is not None and len(rates_by_source[run.source]) > 1
+        group = f"{run.source}@{rate:g}rps" if sweep else run.source
+        base_name = split_label(name)[0]
+        if base_name in groups.setdefault(group, {}):
+            notes.append(f"{group}: topology {base_name!r} appears in several runs; compared using the first")
+        else:
+            groups[group][base_name] = (run, df)
+    return groups
+
+
+def _comparisons(
+    groups: dict[str, dict[str, tuple[Run, pd.DataFrame]]],
+    plan: dict[str, Any] | None,
+    slo_override: tuple[float | None, float | None],
+    baseline: str | None,
+    notes: list[str],
+    **boot: int,
+) -> dict[str, Any]:
+    comparison: dict[str, Any] = {}
+    for group, members in groups.items():
+        names = sorted(members)
+        kinds = {k: v for run, _ in members.values() for k, v in _kinds(run).items()}
+        base = _baseline_name(kinds, names, baseline)
+        if base is None:
+            if len(names) > 1 or baseline:
+                notes.append(
+                    f"{group}: no baseline topology {baseline or BASELINE_TOPOLOGY!r}; no comparison"
+                )
+            continue
+        slo = Slo.from_meta(members[base][0].meta).override(*slo_override)
+        costs = {n: cost_per_hour(n, run.meta, plan) for n, (run, _) in members.items()}
+        frames = {n: df for n, (_, df) in members.items()}
+        comparison[group] = {"baseline": base, "rows": compare_to_baseline(frames, base, slo, costs, **boot)}
+    return comparison
+
+
+def _side_by_side(
+    bundle: Bundle, topologies: dict[str, dict[str, Any]], plan: dict[str, Any] | None, capacity: dict
+) -> dict[str, dict[str, dict[str, Any]]]:
+    side: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, t in ((plan or {}).get("topologies") or {}).items():
+        side.setdefault(name, {})["plan"] = {out: t.get(k) for k, out in PLAN_KEYS.items()}
+    for entry in topologies.values():
+        side.setdefault(entry["topology"], {})[entry["source"]] = {k: entry[k] for k in SIDE_BY_SIDE_KEYS}
+    # simulate --find-max-rate leaves its Λ_max in meta; a rate sweep gives a measured one.
+    for run in bundle.runs:
+        for name, found in (run.meta.get("summary") or {}).items():
+            if isinstance(found, dict) and found.get("lambda_max") is not None and name in side:
+                side[name].setdefault(run.source, {})["lambda_max_rps"] = found["lambda_max"]
+    for source, per in capacity.items():
+        for name, found in per.items():
+            for label in [k for k in side if split_label(k)[0] == name and k != name]:
+                side[label].pop(source, None)  # the per-rate rows are summarised by the sweep
+                if not side[label]:
+                    del side[label]
+            side.setdefault(name, {})[source] = {"lambda_max_rps": found["lambda_max_rps"]}
+    return side
+
+
 def analyze(
     bundle: Bundle,
     *,
@@ -82,75 +152,27 @@ def analyze(
     entries = _entries(bundle)
     plan = next((p.result for p in bundle.plans if p.result is not None), None)
     topologies: dict[str, dict[str, Any]] = {}
-    groups: dict[str, dict[str, tuple[Run, pd.DataFrame]]] = {}
     points: list[tuple[str, str, float, float]] = []
-    members: list[tuple[Run, str, float | None, pd.DataFrame]] = []
+    members: list[Member] = []
     target = Slo().attainment
     for key, (run, name, df) in zip(_keys(entries), entries, strict=True):
         slo = Slo.from_meta(run.meta).override(ttft_slo_s, tpot_slo_s)
         summary = summarize(df, slo)
-        ci = rate_ci(df, "throughput_rps", slo, n_boot=n_boot, seed=seed)
-        summary |= {"throughput_ci_low": ci.to_dict()["low"], "throughput_ci_high": ci.to_dict()["high"]}
+        ci = rate_ci(df, "throughput_rps", slo, n_boot=n_boot, seed=seed).to_dict()
+        rate = offered_rate(run.meta, name)
         topologies[key] = {"topology": name, "source": run.source, "run_id": run.run_id, "slo": slo.to_dict()}
-        topologies[key] |= summary | {"offered_rps": offered_rate(run.meta, name)}
-        if (rate := topologies[key]["offered_rps"]) is not None and summary["slo_attainment"] is not None:
+        topologies[key] |= summary | {"throughput_ci_low": ci["low"], "throughput_ci_high": ci["high"]}
+        topologies[key]["offered_rps"] = rate
+        if rate is not None and summary["slo_attainment"] is not None:
             points.append((run.source, split_label(name)[0], rate, summary["slo_attainment"]))
             target = slo.attainment
-        members.append((run, name, topologies[key]["offered_rps"], df))
+        members.append((run, name, rate, df))
 
-    # Compare topologies measured at the same offered rate: per source, and per rate within a sweep.
-    rates_by_source: dict[str, set[float]] = {}
-    for run, _, rate, _ in members:
-        if rate is not None:
-            rates_by_source.setdefault(run.source, set()).add(rate)
-    for run, name, rate, df in members:
-        sweep = rate is not None and len(rates_by_source[run.source]) > 1
-        group = f"{run.source}@{rate:g}rps" if sweep else run.source
-        base_name = split_label(name)[0]
-        if base_name in groups.setdefault(group, {}):
-            notes.append(f"{group}: topology {base_name!r} appears in several runs; compared using the first")
-        else:
-            groups[group][base_name] = (run, df)
-
-    comparison: dict[str, Any] = {}
-    for source, group_members in groups.items():
-        names = sorted(group_members)
-        kinds = {k: v for run, _ in group_members.values() for k, v in _kinds(run).items()}
-        base = _baseline_name(kinds, names, baseline)
-        if base is None:
-            if len(names) > 1 or baseline:
-                notes.append(
-                    f"{source}: no baseline topology {baseline or BASELINE_TOPOLOGY!r}; no comparison"
-                )
-            continue
-        run0, _ = group_members[base]
-        slo = Slo.from_meta(run0.meta).override(ttft_slo_s, tpot_slo_s)
-        costs = {n: cost_per_hour(n, run.meta, plan) for n, (run, _) in group_members.items()}
-        rows = compare_to_baseline(
-            {n: df for n, (_, df) in group_members.items()}, base, slo, costs, n_boot=n_boot, seed=seed
-        )
-        comparison[source] = {"baseline": base, "rows": rows}
-
-    side: dict[str, dict[str, dict[str, Any]]] = {}
-    if plan:
-        for name, t in (plan.get("topologies") or {}).items():
-            side.setdefault(name, {})["plan"] = {out: t.get(k) for k, out in PLAN_KEYS.items()}
-    for entry in topologies.values():
-        side.setdefault(entry["topology"], {})[entry["source"]] = {k: entry[k] for k in SIDE_BY_SIDE_KEYS}
-    # simulate --find-max-rate leaves its Λ_max in meta; a rate sweep gives a measured one.
-    for run in bundle.runs:
-        for name, found in (run.meta.get("summary") or {}).items():
-            if isinstance(found, dict) and found.get("lambda_max") is not None and name in side:
-                side[name].setdefault(run.source, {})["lambda_max_rps"] = found["lambda_max"]
+    groups = _group_by_load(members, notes)
+    comparison = _comparisons(
+        groups, plan, (ttft_slo_s, tpot_slo_s), baseline, notes, n_boot=n_boot, seed=seed
+    )
     capacity = measured_lambda_max(points, target)
-    for source, per in capacity.items():
-        for name, found in per.items():
-            for label in [k for k in side if split_label(k)[0] == name and k != name]:
-                side[label].pop(source, None)  # the per-rate rows are summarised by the sweep
-                if not side[label]:
-                    del side[label]
-            side.setdefault(name, {})[source] = {"lambda_max_rps": found["lambda_max_rps"]}
-
     runs = [
         {
             "run_id": r.run_id,
@@ -166,7 +188,7 @@ def analyze(
         "runs": runs,
         "topologies": topologies,
         "comparison": comparison,
-        "side_by_side": side,
+        "side_by_side": _side_by_side(bundle, topologies, plan, capacity),
         "lambda_max": capacity,
         "plan": plan,
         "notes": notes,
