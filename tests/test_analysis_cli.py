@@ -185,3 +185,17 @@ def test_rate_sweep_gives_measured_lambda_max_and_per_rate_comparison(tmp_path):
     assert set(out["comparison"]) == {"simulate@1rps", "simulate@2rps", "simulate@3rps"}
     assert out["comparison"]["simulate@3rps"]["rows"]["prfaas"]["goodput_rps"]["value"] is None  # 0 baseline
     assert out["side_by_side"]["prfaas"]["simulate"] == {"lambda_max_rps": 3.0}
+
+
+def test_saturated_incomplete_runs_and_warnings_are_reported(tmp_path):
+    with pytest.raises(KeyboardInterrupt), RunWriter(tmp_path / "r", {"client_saturated": True}) as w:
+        for i in range(3):
+            w.write(RequestRecord(run_id="r", topology="t", request_id=str(i), trace_row=i, scheduled_s=float(i),
+                                  first_token_s=i + 0.1, last_token_s=i + 0.2,
+                                  warning="usage_mismatch:prompt=1030/1024" if i else None))  # fmt: skip
+        raise KeyboardInterrupt
+    out = json.loads(_invoke("analyze", str(tmp_path / "r"), "--json").output)
+    assert out["topologies"]["t"]["warnings"] == 2 and out["topologies"]["t"]["requests"] == 3
+    assert out["runs"][0]["complete"] is False and out["runs"][0]["client_saturated"] is True
+    assert any("fell behind its schedule" in n for n in out["notes"])
+    assert any("incomplete run (interrupted)" in n for n in out["notes"])

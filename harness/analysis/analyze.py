@@ -168,6 +168,13 @@ def analyze(
             target = slo.attainment
         members.append((run, name, rate, df))
 
+    for r in bundle.runs:
+        if r.meta.get("client_saturated"):
+            notes.append(f"{r.run_id}: the load generator fell behind its schedule (send-lag p99 over bound)")
+        if r.meta.get("complete") is False:
+            notes.append(
+                f"{r.run_id}: incomplete run ({r.meta.get('incomplete_reason', 'no reason recorded')})"
+            )
     groups = _group_by_load(members, notes)
     comparison = _comparisons(
         groups, plan, (ttft_slo_s, tpot_slo_s), baseline, notes, n_boot=n_boot, seed=seed
@@ -180,6 +187,7 @@ def analyze(
             "source": r.source,
             "backend": r.backend,
             "complete": r.meta.get("complete"),
+            "client_saturated": r.meta.get("client_saturated"),
             "topologies": sorted(map(str, r.records["topology"].unique())),
         }
         for r in bundle.runs

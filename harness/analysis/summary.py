@@ -94,6 +94,8 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
         "egress_gbps": m.egress_gbps(df),
         "cache_hit_rate": m.cache_hit_rate(df),
     }
+    if "warning" in df.columns:  # non-fatal findings (e.g. server usage ≠ trace lengths)
+        out["warnings"] = int(df["warning"].notna().sum())
     if "error_class" in df.columns:
         errors = df.loc[~ok, "error_class"].fillna("unknown").value_counts()
         out["errors"] = {str(k): int(v) for k, v in errors.items()}
