@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from harness.analysis.runs import tidy_timeseries
 from harness.analysis.synthetic import SyntheticTopology, write_synthetic_plan, write_synthetic_run
+from harness.analysis.tables import headline
 from harness.cli import main
 from harness.records import RequestRecord, RunWriter
 
@@ -93,6 +94,11 @@ def test_comparison_and_side_by_side(tmp_path):
         assert thr["low"] < thr["value"] < thr["high"] and thr["value"] > 1.2
     assert set(out["side_by_side"]["prfaas"]) == {"plan", "simulate", "replay"}
     assert out["side_by_side"]["prfaas"]["plan"]["lambda_max_rps"] == 3.24
+    lines = headline(out)
+    assert lines[0] == "plan (Λ_max): prfaas vs homogeneous 1.54×"
+    thr = out["comparison"]["replay"]["rows"]["prfaas"]["throughput_rps"]
+    assert f"prfaas throughput {thr['value']:.2f}× [{thr['low']:.2f}–{thr['high']:.2f}]" in lines[-1]
+    assert [line.split(" ")[0] for line in lines[1:]] == ["simulate", "replay"]
 
 
 def test_warmup_rows_are_excluded(tmp_path):

@@ -18,6 +18,7 @@ from harness.analysis.tables import (
     BREAKDOWN_COLUMNS,
     MAIN_COLUMNS,
     fmt,
+    headline,
     ratio_text,
     show_side_by_side,
     source_order,
@@ -53,11 +54,10 @@ def _tables(result: Mapping[str, Any]) -> str:
         ["topology", "source", *(h for _, h, _ in MAIN_COLUMNS)],
         [[k, e["source"], *(fmt(e.get(c), kind) for c, _, kind in MAIN_COLUMNS)] for k, e in topo.items()],
     )
-    parts = (
-        [f"<section><h2>Per topology (latencies from the scheduled send)</h2>{main}</section>"]
-        if topo
-        else []
-    )
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in headline(result))
+    parts = [f"<section><h2>Headline</h2><ul>{lines}</ul></section>"] if lines else []
+    if topo:
+        parts.append(f"<section><h2>Per topology (latencies from the scheduled send)</h2>{main}</section>")
     brk = _table(
         ["topology", *(f"{h} p50" for _, h in BREAKDOWN_COLUMNS), "TTFT p50"],
         [[k, *(fmt(e.get(f"{c}_p50_s"), "s") for c, _ in BREAKDOWN_COLUMNS), fmt(e.get("ttft_p50_s"), "s")]

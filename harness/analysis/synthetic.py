@@ -123,7 +123,9 @@ def write_synthetic_plan(run_dir: str | Path) -> Path:
         "naive": {"lambda_max": 2.45, "threshold_tokens": 0, "n_prfaas": 4, "n_p": 0, "n_d": 8,
                   "offload_share": 1.0, "egress_gbps": 26.0},
     }  # fmt: skip
-    (run_dir / "plan.json").write_text(json.dumps({"topologies": topologies, "ratios": {"prfaas": 1.54}}))
+    (run_dir / "plan.json").write_text(
+        json.dumps({"topologies": topologies, "ratios": {"prfaas_vs_homogeneous": 1.54}})
+    )
     t = np.linspace(2000, 60000, 30)
     pd.DataFrame({"threshold_tokens": t, "lambda_max": 3.24 - ((t - 19400) / 30000) ** 2}).to_csv(
         run_dir / "plan_sweep_threshold.csv", index=False

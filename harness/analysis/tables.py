@@ -54,6 +54,12 @@ def source_order(source: str) -> tuple[int, str]:
     return (known.index(source) if source in known else len(known), source)
 
 
+def group_order(group: str) -> tuple[tuple[int, str], float]:
+    """Sort key for comparison groups: by source, then by offered rate (``simulate@2.5rps``)."""
+    source, _, rate = group.partition("@")
+    return source_order(source), float(rate.removesuffix("rps") or 0)
+
+
 def ratio_text(est: Mapping[str, Any] | None) -> str:
     """``1.23× [1.05–1.47]`` from a ``{value, low, high}`` estimate; an en dash when unknown."""
     if not est or est.get("value") is None:
@@ -141,6 +147,29 @@ def show_side_by_side(side: Mapping[str, Any]) -> bool:
     return len(sources) > 1 or "plan" in sources
 
 
+def headline(result: Mapping[str, Any]) -> list[str]:
+    """One line per source with the gains over the baseline: the plan's Λ_max ratios, measured Λ_max
+    ratios from rate sweeps, and measured throughput / TTFT p90 ratios (what ``make bench`` ends with)."""
+    lines = []
+    plan_ratios = (result.get("plan") or {}).get("ratios") or {}
+    vs = [f"{k.replace('_vs_', ' vs ')} {v:.2f}×" for k, v in plan_ratios.items()
+          if "_vs_" in k and not k.endswith("_per_cost") and isinstance(v, int | float)]  # fmt: skip
+    if vs:
+        lines.append("plan (Λ_max): " + ", ".join(vs))
+    for source, per in sorted(result.get("lambda_max", {}).items(), key=lambda kv: source_order(kv[0])):
+        base = (per.get("homogeneous") or {}).get("lambda_max_rps")
+        parts = [f"{n} {found['lambda_max_rps'] / base:.2f}×" for n, found in per.items()
+                 if base and n != "homogeneous" and found["lambda_max_rps"] is not None]  # fmt: skip
+        if parts:
+            lines.append(f"{source} (measured Λ_max vs homogeneous): " + ", ".join(parts))
+    for group, comp in sorted(result.get("comparison", {}).items(), key=lambda kv: group_order(kv[0])):
+        parts = [f"{n} throughput {ratio_text(r['throughput_rps'])}, TTFT p90 {ratio_text(r['ttft_p90_s'])}"
+                 for n, r in comp["rows"].items() if n != comp["baseline"]]  # fmt: skip
+        if parts:
+            lines.append(f"{group} (vs {comp['baseline']}): " + "; ".join(parts))
+    return lines
+
+
 def render(result: Mapping[str, Any]) -> Group:
     """All tables for a terminal: per topology, breakdown, comparisons, side by side, notes."""
     parts: list[Any] = [main_table(result), breakdown_table(result)] if result["topologies"] else []
@@ -148,6 +177,7 @@ def render(result: Mapping[str, Any]) -> Group:
     if show_side_by_side(result["side_by_side"]):
         parts.append(side_by_side_table(result["side_by_side"]))
     parts += [f"[yellow]note:[/] {n}" for n in result["notes"]]
+    parts += [f"[bold]{line}[/]" for line in headline(result)]
     return Group(*parts)
 
 
