@@ -85,6 +85,7 @@ class EmulatedClusters:
         self._net: Any = None
         self._net_ctx: contextlib.AbstractContextManager | None = None
         self._procs: dict[str, subprocess.Popen] = {}
+        self._channels: list[socket.socket] = []
         self.host_urls: dict[str, str] = {}
         self.backend = "none"
         self.rate_mbit: float | None = None
@@ -140,22 +141,23 @@ class EmulatedClusters:
             raise
         return self
 
-    def _decide_netns(self) -> bool:
+    def _decide_backend(self) -> str | None:
+        """The kernel shaping backend to build the network with, or None for loopback sites."""
         if self._want_netns is False:
-            return False
+            return None
         root = os.geteuid() == 0
         if self._want_netns and not root:
             raise CapabilityError("serve --netns needs root for network namespaces; use --no-netns")
         if not root:
-            return False
+            return None
         from harness.network import backend_name
 
-        backend = backend_name()
+        backend = backend_name()  # probed once, and handed to the Network so it does not probe again
         if backend == "app-delay":
             if self._want_netns:
                 raise CapabilityError("no kernel shaping backend here (see `prfaas-bench net probe`)")
-            return False
-        return True
+            return None
+        return backend
 
     def _link_params(self, net_spec: Any | None) -> None:
         real = self.setup.stack.link
@@ -178,15 +180,14 @@ class EmulatedClusters:
     def _start(self) -> None:
         from harness.network import Network, parse_network
 
-        use_netns = self._decide_netns()
-        has_network = bool(self.scenario.section("network"))
-        if use_netns:
-            if has_network:
-                net = Network.from_scenario(self.scenario, prefix=self.prefix)
+        backend = self._decide_backend()
+        if backend is not None:
+            if self.scenario.section("network"):
+                net = Network.from_scenario(self.scenario, prefix=self.prefix, backend=backend)
             else:
                 self._link_params(None)
                 table = _network_table(self.scenario, self.sites, self.rate_mbit or 0.0, self.delay_ms)
-                net = Network(parse_network(table), prefix=self.prefix, table=table)
+                net = Network(parse_network(table), prefix=self.prefix, backend=backend, table=table)
             missing = [s for s in self.sites if s not in net.spec.sites]
             if missing:
                 raise ScenarioError(
@@ -258,15 +259,17 @@ class EmulatedClusters:
                 app_delay_ms=0.0 if self._net is not None else self.delay_ms,
             )
             argv = [sys.executable, "-m", "harness.emulation.siteproc", config.to_json()]
+            # The channel hands the sockets over, then stays open: closing it stops the site.
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            with ours, theirs:
+            self._channels.append(ours)
+            with theirs:
                 kwargs: dict[str, Any] = {"stdout": subprocess.PIPE, "stdin": theirs.fileno()}
                 if self._net is not None:
                     proc = self._net.spawn(site, argv, **kwargs)
                 else:
                     proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-                self._procs[site] = proc
-                socket.send_fds(ours, [b"sockets"], [s.fileno() for s in group.values()])
+            self._procs[site] = proc
+            socket.send_fds(ours, [b"sockets"], [s.fileno() for s in group.values()])
         for site, proc in self._procs.items():
             self._wait_ready(site, proc)
         self._check_peers()
@@ -303,18 +306,20 @@ class EmulatedClusters:
                 raise CapabilityError(f"site process {site!r} exited with status {proc.returncode}")
 
     def stop(self) -> None:
-        """Stop every site process (SIGTERM, then SIGKILL) and remove the network. Safe to call twice."""
+        """Stop every site process (channel closed, then SIGTERM, then SIGKILL) and remove the network.
+        Safe to call twice."""
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
         for proc in self._procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self._procs.values():
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    proc.wait(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, sig)
+            proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
         self._procs.clear()

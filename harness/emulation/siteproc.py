@@ -5,7 +5,8 @@ listening sockets already bound by the parent: the site's HTTP and KV sockets on
 an HTTP socket on the host's loopback so clients outside the namespaces reach it. They arrive as
 file descriptors over a Unix socket on stdin (SCM_RIGHTS), since a process spawned into a namespace
 inherits no other descriptors. It prints ``READY`` on stdout once serving, and stops cleanly on
-SIGTERM or SIGINT.
+SIGTERM, SIGINT, or when that Unix socket closes: the parent closes it to stop the site, and the
+kernel closes it when the parent dies, so no site process outlives its parent.
 """
 
 from __future__ import annotations
@@ -116,17 +117,32 @@ async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     config = SiteConfig.from_json(args[0])
-    with socket.socket(fileno=0) as channel:
-        socks = receive_sockets(config.sockets, channel)
+    channel = socket.socket(fileno=0)
+    socks = receive_sockets(config.sockets, channel)
+
+    def on_channel(stop: asyncio.Event) -> None:
+        try:
+            data = channel.recv(64)
+        except OSError:
+            data = b""
+        if not data:  # the parent closed it, or died
+            stop.set()
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve_site(config, socks, stop)
+        loop.add_reader(channel.fileno(), on_channel, stop)
+        try:
+            await serve_site(config, socks, stop)
+        finally:
+            loop.remove_reader(channel.fileno())
 
-    run_scaled(run(), speedup=float(config.emulation.get("speedup", 1.0)))
+    try:
+        run_scaled(run(), speedup=float(config.emulation.get("speedup", 1.0)))
+    finally:
+        channel.close()
 
 
 if __name__ == "__main__":

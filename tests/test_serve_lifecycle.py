@@ -1,0 +1,109 @@
+"""Nothing outlives ``serve``: Ctrl-C, SIGTERM and even SIGKILL of the parent leave no process or namespace."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIO = REPO / "workloads" / "paper-case-study.toml"
+
+
+def _site_pids(parent: int) -> list[int]:
+    """Site processes whose command line names harness.emulation.siteproc and whose parent is ``parent``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"harness.emulation.siteproc" in argv and ppid == parent:
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: list[int], limit_s: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def _start_serve(*flags: str, prefix: str) -> subprocess.Popen:
+    argv = [
+        sys.executable,
+        "-m",
+        "harness",
+        "serve",
+        str(SCENARIO),
+        "--speedup",
+        "20",
+        "--prefix",
+        prefix,
+        *flags,
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the URL lines come once every site serves
+        if "metrics:" in line:
+            return proc
+    proc.wait()
+    raise AssertionError(f"serve did not come up: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def _namespaces(prefix: str) -> list[str]:
+    netns = Path("/run/netns")
+    return sorted(p.name for p in netns.iterdir() if p.name.startswith(prefix)) if netns.is_dir() else []
+
+
+def test_parent_killed_with_sigkill_takes_its_site_processes_along():
+    # SIGKILL runs no cleanup in the parent; each site notices its control socket close and exits.
+    proc = _start_serve("--no-netns", prefix="pfbsv-")
+    try:
+        sites = _site_pids(proc.pid)
+        assert len(sites) == 2  # local and remote
+        proc.kill()
+        proc.wait()
+        assert _wait_gone(sites) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            f and f.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_removes_processes_and_namespaces(root, sig):
+    prefix = "pfbsvt-"
+    proc = _start_serve("--netns", prefix=prefix)
+    try:
+        sites = _site_pids(proc.pid)
+        assert len(sites) == 2 and len(_namespaces(prefix)) == 2
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=30) != 0
+        assert _wait_gone(sites) == []
+        assert _namespaces(prefix) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            f and f.close()
