@@ -10,6 +10,11 @@ are decoding, the site's own lag probe (a 5 ms timer, harness/emulation/lag.py) 
 point within the bound. The client shares the machine's two cores with the server.
 
     .venv/bin/python benchmarks/bench_serve.py [--instances 4,16,64] [--inflight 50,100,200,400]
+
+With ``--fidelity`` it instead prints serve-versus-simulate differences on the fidelity tests' trace
+(40 case-study requests at 1.5 req/s, 64 output tokens, rate-only link, namespaces; needs root):
+
+    .venv/bin/python benchmarks/bench_serve.py --fidelity [--speedup 2]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.emulation.clusters import EmulatedClusters
-from harness.loadgen.config import Endpoint, LoadSpec, ReplayConfig
+from harness.loadgen.config import Endpoint, LoadSpec, ReplayConfig, Timeouts
 from harness.loadgen.runner import replay
 from harness.traces.frame import Trace
 
@@ -94,7 +99,7 @@ def run_point(tmp: Path, instances: int, inflight: int, args) -> dict:
             instances=instances,
             n_p=n_p,
             n_d=n_d,
-            speedup=args.speedup,
+            speedup=args.speedup or 1.0,
         )
     )
     n = inflight * 4
@@ -116,7 +121,9 @@ def run_point(tmp: Path, instances: int, inflight: int, args) -> dict:
             concurrency=inflight,
             duration_s=ramp_s + args.window + 3,
         )
-        config = ReplayConfig(endpoints=(endpoint,), load=load, progress=False)
+        # Requests still decoding at the end are cut by the total timeout: the point is over.
+        timeouts = Timeouts(total_s=ramp_s + args.window + 3)
+        config = ReplayConfig(endpoints=(endpoint,), load=load, timeouts=timeouts, progress=False)
         sampler = threading.Thread(
             target=_measure, args=(clusters.host_urls["local"], inflight, ramp_s, args.window, result)
         )
@@ -126,15 +133,61 @@ def run_point(tmp: Path, instances: int, inflight: int, args) -> dict:
     return result
 
 
+def fidelity(args) -> None:
+    """Serve (replayed) versus simulate on one trace: throughput and TTFT quantiles, per topology."""
+    import pandas as pd
+
+    from harness.analysis import metrics as m
+    from harness.records import read_records
+    from harness.scenario import load_scenario
+    from harness.serving.config import prepare
+    from harness.serving.run import run_topology, synthetic_trace
+
+    s = args.speedup or 2.0
+    case = (REPO / "workloads" / "paper-case-study.toml").read_text().split("[emulation]")[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scenario.toml"
+        path.write_text(case.replace("delay_ms = 5 ", "delay_ms = 0 ") + f"[emulation]\nspeedup = {s}\n")
+        setup = prepare(load_scenario(path))
+        trace = synthetic_trace(setup, 40, 1.5, seed=1)
+        trace = trace.replace(output_tokens=np.full(len(trace), 64, dtype=np.int64))
+        with EmulatedClusters(path, netns=True) as clusters:
+            endpoints = tuple(Endpoint(name=t, model=clusters.model, url=u) for t, u in clusters.urls.items())
+            config = ReplayConfig(endpoints=endpoints, progress=False, shaping_backend=clusters.backend)
+            replay(trace.replace(arrival_s=trace.arrival_s / s), config, Path(tmp) / "run", quiet=True)
+            backend = clusters.backend
+        served = read_records(Path(tmp) / "run")
+        print(
+            f"speed-up {s:g}, backend {backend}; serve figures x{s:g} (model seconds); diff = serve/sim - 1"
+        )
+        print(f"{'topology':<12} {'metric':<10} {'simulate':>9} {'serve':>9} {'diff':>7}")
+        for name, plan in setup.topologies.items():
+            recs = []
+            run_topology(setup.stack, plan, trace, sink=recs.append)
+            sim = pd.DataFrame([r.to_dict() for r in recs])
+            emu = served[served.topology == name]
+            rows = {
+                "thr rps": (m.throughput_rps(sim), m.throughput_rps(emu) / s),
+                "TTFT p50": (np.percentile(m.ttft(sim), 50), np.percentile(m.ttft(emu), 50) * s),
+                "TTFT p90": (np.percentile(m.ttft(sim), 90), np.percentile(m.ttft(emu), 90) * s),
+            }
+            for metric, (a, b) in rows.items():
+                print(f"{name:<12} {metric:<10} {a:>9.3f} {b:>9.3f} {b / a - 1:>+7.1%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", default="4,16,64", help="instance counts (half prefill, half decode)")
     ap.add_argument("--inflight", default="50,100,200,400", help="closed-loop concurrency levels")
-    ap.add_argument("--speedup", type=float, default=1.0)
+    ap.add_argument("--speedup", type=float, default=None, help="default 1 (lag), 2 (--fidelity)")
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--output-tokens", type=int, default=4096)
     ap.add_argument("--window", type=float, default=8.0, help="seconds of lag sampling per point")
+    ap.add_argument("--fidelity", action="store_true", help="print serve-versus-simulate differences instead")
     args = ap.parse_args()
+    if args.fidelity:
+        fidelity(args)
+        return
     best = None
     print(f"{'instances':>9} {'in-flight':>9} {'decoding':>9} {'lag p99 ms':>11}  within 5 ms")
     with tempfile.TemporaryDirectory() as tmp:

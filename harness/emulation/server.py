@@ -63,13 +63,11 @@ class SiteServer:
         receiver: KvReceiver,
         sender: KvSender,
         kv_addr: tuple[str, int] | None = None,
-        metrics_extra: Any = None,
     ) -> None:
         if not nodes:
             raise ValueError("a site server needs at least one topology")
         self.site, self.nodes, self.spec, self.model, self.clock = site, dict(nodes), spec, model, clock
         self.receiver, self.sender, self.kv_addr = receiver, sender, kv_addr
-        self.metrics_extra = metrics_extra
         self.default = next(iter(self.nodes))
         self._session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
