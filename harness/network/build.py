@@ -38,7 +38,7 @@ from harness.network.topology import Direction, Topology, tcp_buffers
 from harness.scenario import Scenario, load_scenario
 
 DEFAULT_PREFIX = "pfb-"
-_TAP_WAIT_S = 5.0
+_RELAY_START_S = 10.0
 
 
 def _check_prefix(prefix: str) -> str:
@@ -140,6 +140,7 @@ class Network:
         if backend is not None and backend not in BACKENDS:
             raise ScenarioError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         self._backend = backend
+        self._explicit_backend = backend is not None
         self.topology = Topology(self.prefix, spec)
         self._table = dict(table or {})
         self._current: dict[tuple[str, str], LinkSpec] = {(s, d): ls for s, d, ls in spec.directions()}
@@ -260,8 +261,9 @@ class Network:
                 f"prefix {self.prefix!r} is in use by running process {st.owner_pid}; choose another --prefix"
             )
         if not self.kernel_backed:
-            self._built = True
-            self._save(owner_pid)
+            if not self._explicit_backend:  # never fall back to an unshaped network silently
+                raise CapabilityError(f"{probe().check('relay').reason}. {_ROOTLESS_MESSAGE}")
+            self._built = True  # nothing to create, nothing to record
             return
         if os.geteuid() != 0:
             raise CapabilityError(_ROOTLESS_MESSAGE)
@@ -353,17 +355,21 @@ class Network:
         _impairment(spec).write(ctl)
         argv = [sys.executable, "-m", "harness.network.relay", "--tap", d.tun, "--dev", d.dev]
         argv += ["--control", str(ctl), "--tag", self.prefix]
-        argv += ["--seed", str(zlib.crc32(d.name.encode()))]  # reproducible loss pattern
-        proc = kernel.spawn_in(ns_src, argv, start_new_session=True, stdin=subprocess.DEVNULL)
-        ticks = start_ticks(proc.pid)
-        self._relays[(d.src, d.dst)] = (proc.pid, ticks or 0)
-        self._procs.append(proc)  # reaped on teardown in this process
-        deadline = time.monotonic() + _TAP_WAIT_S
+        argv += ["--seed", str(zlib.crc32(d.name.encode())), "--daemon"]  # seed: reproducible loss
+        proc = kernel.spawn_in(
+            ns_src, argv, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            out, _ = proc.communicate(timeout=_RELAY_START_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise CapabilityError(f"relay for {d.name} did not start within {_RELAY_START_S} s") from None
+        if proc.returncode != 0 or not out.strip().isdigit():
+            raise CapabilityError(f"relay for {d.name} failed to start (exit status {proc.returncode})")
+        pid = int(out)
+        self._relays[(d.src, d.dst)] = (pid, start_ticks(pid) or 0)
         with kernel.rtnl(ns_src) as ipr:
-            while not ipr.link_lookup(ifname=d.tun):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise CapabilityError(f"relay for {d.name} did not start (exit status {proc.poll()})")
-                time.sleep(0.01)
             idx = kernel.ifindex(ipr, d.tun)
             ipr.link("set", index=idx, mtu=spec.mtu, txqlen=10000, state="up")
             peer = str(self.topology.address(d.dst))
@@ -383,10 +389,10 @@ class Network:
                 with contextlib.suppress(Exception):
                     proc.wait(timeout=2)
             self._procs.clear()
+            for pid, ticks in self._relays.values():
+                _kill(pid, ticks, group=False)
             if self.kernel_backed:
                 sweep(self.prefix)
-            else:
-                State(self.prefix, self.backend, {}).delete()
             self._relays.clear()
             self._built = False
 
@@ -428,6 +434,8 @@ class Network:
 
     # ---- state --------------------------------------------------------------------------------
     def _save(self, owner_pid: int | str | None = "keep") -> None:
+        if not self.kernel_backed:  # app-delay creates nothing a later process must clean up
+            return
         old = State.load(self.prefix)
         owner = (old.owner_pid if old else None) if owner_pid == "keep" else owner_pid
         spawned = [[p.pid, t] for p in self._procs if (t := start_ticks(p.pid)) is not None]
@@ -467,7 +475,7 @@ class Network:
 
 
 _ROOTLESS_MESSAGE = (
-    "building namespaces needs root. Without root these still work: `net probe`, `net up --dry-run`, "
+    "Building namespaces needs root. Without root these still work: `net probe`, `net up --dry-run`, "
     "and the app-delay backend (`--backend app-delay`: sites on 127.0.0.1, configured delays reported "
     "for the application to apply; no rate or loss shaping)"
 )

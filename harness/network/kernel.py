@@ -22,6 +22,7 @@ from harness.network.render import QdiscOp
 
 NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
+_TC_H_ROOT = 0xFFFFFFFF
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _setns = _libc.setns
 
@@ -71,6 +72,13 @@ def ifindex(ipr: IPRoute, name: str) -> int:
 def apply_ops(ipr: IPRoute, index: int, ops: Sequence[QdiscOp]) -> None:
     """Apply rendered operations to one interface, in order (``replace`` semantics, so re-applying a
     changed spec updates the live qdiscs)."""
+    roots = [q for q in ipr.get_qdiscs(index=index) if q["parent"] == _TC_H_ROOT]
+    first = ops[0] if ops else None
+    if roots and first is not None and first.parent == "root":
+        kw = first.pyroute2_kwargs()
+        if roots[0]["handle"] == kw.get("handle") and roots[0].get("kind") != first.kind:
+            # the kernel will not change a qdisc's kind in place (EINVAL): remove it first
+            ipr.tc("del", index=index, handle=roots[0]["handle"], parent=_TC_H_ROOT)
     for op in ops:
         ipr.tc(op.command, op.kind, index, **op.pyroute2_kwargs())
 

@@ -49,11 +49,10 @@ def _listener(net, site: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
 
 
 def goodput_mbit(net, src: str, dst: str, seconds: float = 1.5, warmup_s: float = 0.5) -> float:
-    """Bulk TCP from src to dst; payload bits received per second after ``warmup_s`` (slow start)."""
+    """Bulk TCP from src to dst; payload bits the receiver got per second, counted from ``warmup_s``
+    after the start (past slow start) for ``seconds``."""
     srv = _listener(net, dst)
     received = [0]
-    marks: list[tuple[float, int]] = []
-    done = threading.Event()
 
     def receive() -> None:
         conn, _ = srv.accept()
@@ -61,26 +60,32 @@ def goodput_mbit(net, src: str, dst: str, seconds: float = 1.5, warmup_s: float 
             buf = bytearray(1 << 20)
             while n := conn.recv_into(buf):
                 received[0] += n
-        done.set()
+
+    def send() -> None:
+        data = b"\0" * _CHUNK
+        with contextlib.suppress(OSError):  # shutdown() below ends a blocked sendall
+            while True:
+                cli.sendall(data)
 
     rx = threading.Thread(target=receive, daemon=True)
     rx.start()
     cli = net.socket(src, socket.AF_INET, socket.SOCK_STREAM)
+    tx = threading.Thread(target=send, daemon=True)
     try:
         cli.connect(srv.getsockname())
-        data = b"\0" * _CHUNK
-        start = time.monotonic()
-        end = start + warmup_s + seconds
-        while (now := time.monotonic()) < end:
-            if not marks and now >= start + warmup_s:
-                marks.append((now, received[0]))
-            cli.sendall(data)
-        marks.append((time.monotonic(), received[0]))
+        tx.start()
+        time.sleep(warmup_s)
+        t0, b0 = time.monotonic(), received[0]
+        time.sleep(seconds)
+        t1, b1 = time.monotonic(), received[0]
     finally:
+        with contextlib.suppress(OSError):
+            cli.shutdown(socket.SHUT_RDWR)
+        if tx.ident is not None:
+            tx.join(10)
         cli.close()
-        done.wait(10)
+        rx.join(10)
         srv.close()
-    (t0, b0), (t1, b1) = marks[0], marks[-1]
     return (b1 - b0) * 8 / (t1 - t0) / 1e6
 
 

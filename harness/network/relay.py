@@ -15,13 +15,14 @@ whole segment (the kernel then segments in software before the TAP).
 Parameters live in a small JSON control file; SIGUSR1 makes the relay re-read it (live link changes).
 SIGTERM ends it; the TAP device vanishes with it.
 
-Run as ``python -m harness.network.relay --tap NAME --dev VETH --control FILE --tag PREFIX`` inside
-the sending namespace (``Network`` does that and tracks the pid).
+Run as ``python -m harness.network.relay --tap NAME --dev VETH --control FILE --tag PREFIX --daemon``
+inside the sending namespace (``Network`` does that and records the pid it prints).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import random
@@ -58,9 +59,13 @@ def set_offload(fd: int, on: bool) -> None:
     fcntl.ioctl(fd, _TUNSETOFFLOAD, flags)
 
 
-def run(tap: str, dev: str, control: Path, seed: int) -> None:
-    """Relay frames from ``tap`` to ``dev`` until SIGTERM."""
+def run(tap: str, dev: str, control: Path, seed: int, *, daemon: bool = False) -> None:
+    """Relay frames from ``tap`` to ``dev`` until SIGTERM. With ``daemon``, fork once the TAP and
+    socket exist, print the relay's pid and let the parent exit: the relay then belongs to no
+    builder process, which can wait for the parent and read the pid (no polling for the TAP)."""
     imp = Impairment.read(control)
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, 0, -10)  # release times matter more than a busy host's batch jobs
     rng = random.Random(seed)
     fd = open_tap(tap)
     set_offload(fd, imp.loss_pct == 0)
@@ -68,6 +73,8 @@ def run(tap: str, dev: str, control: Path, seed: int) -> None:
     out.setsockopt(_SOL_PACKET, _PACKET_VNET_HDR, 1)  # frames keep the TAP's virtio-net header
     out.setsockopt(socket.SOL_SOCKET, 32, _SNDBUF)  # SO_SNDBUFFORCE: a burst must not block the loop
     out.bind((dev, 0))
+    if daemon:
+        _daemonize()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
     reload = [False]
@@ -115,6 +122,17 @@ def run(tap: str, dev: str, control: Path, seed: int) -> None:
                 pass
 
 
+def _daemonize() -> None:
+    pid = os.fork()
+    if pid:
+        print(pid, flush=True)
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):  # release the builder's pipe; stderr stays for errors
+        os.dup2(null, fd)
+    os.close(null)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="harness.network.relay")
     p.add_argument("--tap", required=True)
@@ -122,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--control", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", required=True, help="the network's prefix, so a sweep finds only its own relays")
+    p.add_argument("--daemon", action="store_true", help="fork when ready and print the relay's pid")
     a = p.parse_args(argv)
-    run(a.tap, a.dev, a.control, a.seed)
+    run(a.tap, a.dev, a.control, a.seed, daemon=a.daemon)
 
 
 if __name__ == "__main__":
