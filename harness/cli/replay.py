@@ -219,7 +219,8 @@ def command(**o) -> None:
         endpoints=endpoints, load=load, workers=o["workers"], api_key_env=o["api_key_env"],
         timeouts=Timeouts(connect_s=o["timeout_connect"], first_token_s=o["timeout_first_token"], total_s=o["timeout_total"]),
         tokenizer=o["tokenizer"], shaping_backend=o["shaping_backend"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
-        progress=not o["quiet"],
+        progress=not o["quiet"], meta_extra={"scenario": o["scenario_path"], "trace_args": {
+            k: o[k] for k in ("trace_path", "fmt", "skip_bad", "window", "speedup", "trace_rate", "max_input")}},
     )  # fmt: skip
     trace = read_trace(o["trace_path"], o["fmt"], skip_bad=o["skip_bad"])
     if win is not None:

@@ -155,6 +155,7 @@ class ReplayConfig:
     run_id: str | None = None
     progress: bool = True
     extra_body: dict[str, Any] = field(default_factory=dict)
+    meta_extra: dict[str, Any] = field(default_factory=dict)  # e.g. how the trace was cut, for meta.json
 
     def __post_init__(self) -> None:
         if not self.endpoints:

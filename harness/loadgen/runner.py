@@ -62,6 +62,7 @@ def replay(trace: Trace, config: ReplayConfig, out_dir: str | Path, *, quiet: bo
             "key": PRFAAS_KEY,
             "fields": {k: v.__name__ for k, v in PRFAAS_FIELDS.items()},
         },
+        **config.meta_extra,
     }
     summaries: dict[str, dict[str, Any]] = {}
     saturated: dict[str, bool] = {}

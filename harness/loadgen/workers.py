@@ -109,8 +109,8 @@ def run_workers(
             child.close()
             conns.append(parent)
             procs.append(p)
-        for c in conns:
-            _expect_ready(c)
+        for c, p in zip(conns, procs, strict=True):
+            _expect_ready(c, p)
         t0 = time.monotonic() + 0.1  # a common start slightly ahead, so no worker starts late
         setup = make_setup(t0, time.time() + 0.1)
         for c in conns:
@@ -126,8 +126,20 @@ def run_workers(
             c.close()
 
 
-def _expect_ready(conn: Connection) -> None:
-    msg = conn.recv()
+def _expect_ready(conn: Connection, proc) -> None:
+    # Poll, never block: a worker that dies before unpickling its pipe leaves the parent's duplicate of
+    # the fd open (multiprocessing's resource sharer), so recv() would wait for ever.
+    died = RuntimeError(
+        "replay worker exited during start-up; scripts that call replay() with workers > 1 need an "
+        "`if __name__ == '__main__':` guard (workers are spawned and re-import the main module)"
+    )
+    while not conn.poll(0.2):
+        if not proc.is_alive():
+            raise died
+    try:
+        msg = conn.recv()
+    except EOFError:
+        raise died from None
     if msg[0] == "failed":
         raise RuntimeError(f"replay worker failed to start: {msg[1]}")
 
@@ -153,6 +165,10 @@ def _collect(conns, procs, on_record, on_tick) -> None:
                 else:
                     if msg[0] == "failed":
                         failures.append(msg[1])
+                    del live[c]
+            for c, p in list(live.items()):
+                if not p.is_alive() and not c.poll():
+                    failures.append(f"a worker died (exit code {p.exitcode})")
                     del live[c]
             on_tick(sum(dispatched.values()))
         except KeyboardInterrupt:
