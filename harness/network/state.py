@@ -54,12 +54,15 @@ class State:
 
 def start_ticks(pid: int) -> int | None:
     """The process's start time (clock ticks since boot): with the pid it names one process, even
-    after the pid is reused. ``None`` when the process is gone."""
+    after the pid is reused. ``None`` when the process is gone or has exited (zombie)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # exited; a daemonized relay's zombie waits for init to reap it
+        return None
+    return int(fields[19])
 
 
 def is_alive(pid: int, ticks: int) -> bool:
