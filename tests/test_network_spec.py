@@ -144,7 +144,13 @@ def test_interface_rendering_is_htb_class_netem_leaf_and_u32_on_the_destination(
         flt["keys"] == ["0x0a010000/0xffff0000+16"] and flt["target"] == 0x10010 and flt["parent"] == 0x10000
     )
     assert "_dst" not in flt  # tc reads "1:10" as hex minor 0x10
-    assert ops[3].tc_command("eth1").endswith("u32 match ip dst 10.1.0.0/16 flowid 1:10")
+    assert ops[3].tc_command("eth1") == (
+        "tc filter replace dev eth1 parent 1: protocol ip prio 1 u32 match ip dst 10.1.0.0/16 flowid 1:10"
+    )
+    assert (
+        ops[1].tc_command("eth1")
+        == "tc class replace dev eth1 parent 1: classid 1:10 htb rate 50000kbit ceil 50000kbit"
+    )
 
 
 def test_routes_go_through_the_first_hop_and_addresses_come_from_the_subnet():

@@ -105,6 +105,8 @@ def sweep(prefix: str) -> list[str]:
         for pid, ticks in old.spawned:
             _kill(pid, ticks, group=True)
         for pid, ticks in old.relays.values():
+            if is_alive(pid, ticks):
+                removed.append(f"relay pid {pid}")
             _kill(pid, ticks, group=False)
         for iface in old.interfaces:
             with contextlib.suppress(OSError, LookupError):

@@ -47,7 +47,8 @@ class QdiscOp:
         words = ["tc", obj, "replace", "dev", dev, where]
         if self.handle and obj != "filter":
             words += ["classid" if obj == "class" else "handle", self.handle]
-        words.append(self.kind)
+        if obj != "filter":  # a filter's kind comes after its protocol and prio
+            words.append(self.kind)
         words += _tc_params(self)
         return " ".join(words)
 

@@ -1,0 +1,71 @@
+"""`prfaas-bench net`: dry-run output, one-line errors for bad input, and a real up/status/check/down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from conftest import REPO
+
+from harness.cli import main
+from harness.network import kernel
+from harness.network.build import _relay_pids
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["net", *args])
+
+
+def test_dry_run_prints_the_tc_commands_without_touching_anything():
+    res = run(
+        "up",
+        str(REPO / "workloads" / "two-site.toml"),
+        "--backend",
+        "netem",
+        "--dry-run",
+        "--prefix",
+        "pfbc-",
+    )
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("ip netns exec")]
+    assert lines == [
+        "ip netns exec pfbc-local tc qdisc replace dev pfb-to-remote root handle 1: netem limit 2000 delay 10000us",
+        "ip netns exec pfbc-local tc qdisc replace dev pfb-to-remote parent 1:1 handle 10: "
+        "tbf rate 1000000kbit burst 250000b limit 3028000b",
+        "ip netns exec pfbc-remote tc qdisc replace dev pfb-to-local root handle 1: netem limit 2000 delay 10000us",
+        "ip netns exec pfbc-remote tc qdisc replace dev pfb-to-local parent 1:1 handle 10: "
+        "tbf rate 1000000kbit burst 250000b limit 3028000b",
+    ]
+    assert kernel.list_namespaces("pfbc-") == []
+
+
+def test_bad_input_is_one_line_with_exit_code_2(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[network]\nsites = ["a", "b"]\n[[network.links]]\nbetween = ["a", "b"]\nloss_pct = 140\n')
+    res = run("up", str(bad))
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        f"error: {bad}:[network].links[0]: loss_pct=140 (0..100)"
+    ]
+    res = run("status", "--prefix", "pfbnone-")
+    assert res.exit_code == 2 and "no network with prefix 'pfbnone-' is up" in res.output
+    res = run("up", str(bad), "--prefix", "bogus")
+    assert res.exit_code == 2 and "must start with 'pfb'" in res.output
+
+
+def test_up_status_check_down_on_the_two_site_scenario(root):
+    scenario = str(REPO / "workloads" / "two-site.toml")
+    try:
+        res = run("up", scenario, "--prefix", "pfbc2-")
+        assert res.exit_code == 0, res.output
+        res = run("status", "--prefix", "pfbc2-")
+        assert res.exit_code == 0 and res.output.count(" ok ") == 2, res.output
+        res = run("exec", "--prefix", "pfbc2-", "remote", "--", "sh", "-c", "exit 7")
+        assert res.exit_code == 7
+        res = run("check", "--prefix", "pfbc2-", "--seconds", "0.6")
+        assert res.exit_code == 0, res.output
+        assert "backend:" in res.output and res.output.count(" yes") == 4  # goodput and RTT, both ways
+    finally:
+        res = run("down", "--prefix", "pfbc2-")
+    assert res.exit_code == 0 and "netns pfbc2-local" in res.output
+    assert kernel.list_namespaces("pfbc2-") == [] and _relay_pids("pfbc2-") == []
