@@ -37,7 +37,8 @@ def test_ttft_counts_from_the_scheduled_time_and_matches_a_known_server_delay(tm
     df = read_records(tmp_path)
     ttft = df.first_token_s - df.scheduled_s
     assert (ttft >= delay).all()
-    assert (ttft < delay + 0.15).all()  # loopback adds little; this is a correctness bound, not speed
+    assert ((df.first_token_s - df.first_byte_s) >= delay).all()  # headers first, then the delay
+    assert (ttft < delay + 1.0).all()  # a gross-error bound (wrong origin, lost time), not a speed check
     np.testing.assert_allclose(df.scheduled_s.sort_values(), np.arange(5) * 0.1)
     lag = df.sent_s - df.scheduled_s
     assert (lag >= 0).all()
