@@ -151,6 +151,7 @@ def test_pd_two_leg_protocol_against_a_prefill_and_a_decode_server(tmp_path):
     assert (df.status == "ok").all() and (df.route == "pd").all()
     assert (df.prefill_start_s <= df.prefill_end_s).all() and (df.prefill_end_s <= df.decode_start_s).all()
     assert (df.first_token_s >= df.decode_start_s).all() and (df.output_tokens_received == 6).all()
+    assert (df.kv_bytes == 4096 * 32).all()  # a breakdown field the prefill leg returned beside vLLM's keys
 
 
 def test_several_endpoints_get_the_same_schedule_and_prompts(tmp_path):

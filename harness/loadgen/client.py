@@ -258,6 +258,10 @@ class Client:
         if not isinstance(kv, dict):
             _warn(rec, "pd_no_kv_transfer_params")
             return None
+        # Breakdown fields a prefill server puts beside vLLM's keys (the emulated endpoints do); they
+        # replace the client's view of the leg. Fields of the decode stream's breakdown come later and win.
+        for k, v in prfaas_fields(kv, self.wall_offset_s).items():
+            setattr(rec, k, v)
         return kv
 
 

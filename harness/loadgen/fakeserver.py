@@ -89,6 +89,7 @@ class FakeServer:
                 out["kv_transfer_params"] = {
                     "do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": "fake-prefill",
                     "remote_block_ids": [1, 2, 3], "remote_host": "127.0.0.1", "remote_port": 5600,
+                    "kv_bytes": 4096 * n_prompt,
                 }  # fmt: skip
             await asyncio.sleep(self.first_token_delay_s)
             return web.json_response(out)
