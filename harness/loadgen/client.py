@@ -234,8 +234,14 @@ class Client:
         rec: RequestRecord,
     ) -> dict[str, Any] | None:
         """vLLM PD proxy, leg 1: max_tokens=1, not streamed; returns the server's kv_transfer_params."""
-        p = {k: v for k, v in body.items() if k not in ("stream_options", "min_tokens")}
+        p = {
+            k: v
+            for k, v in body.items()
+            if k not in ("stream_options", "min_tokens", "min_completion_tokens")
+        }
         p.update(stream=False, max_tokens=1, kv_transfer_params=dict(PD_PREFILL_KV_PARAMS))
+        if "max_completion_tokens" in p:
+            p["max_completion_tokens"] = 1
         rec.route = "pd"
         rec.prefill_instance = urlsplit(self.prefill_url).netloc
         rec.decode_instance = urlsplit(self.url).netloc
