@@ -135,13 +135,15 @@ def _wait_for_records(path, n: int, proc) -> None:
     raise AssertionError(f"replay never wrote {n} records (exit {proc.poll()})")
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_sigint_keeps_every_record_and_marks_the_run_incomplete(tmp_path, workers):
+@pytest.mark.parametrize(
+    ("workers", "mode"), [(1, []), (2, []), (1, ["--rate", "inf", "--concurrency", "4"])]
+)
+def test_sigint_keeps_every_record_and_marks_the_run_incomplete(tmp_path, workers, mode):
     trace = _mooncake_file(tmp_path / "t.jsonl", 40, gap_ms=50, n_out=40)
     out = tmp_path / "run"
     with ServerThread(FakeServer(itl_s=0.05)) as srv:  # 2 s per request: many in flight at Ctrl-C
         cmd = [sys.executable, "-m", "harness", "replay", "--endpoint", srv.url, "--model", "m", "--trace", trace,
-               "--out", str(out), "--quiet", "--workers", str(workers)]  # fmt: skip
+               "--out", str(out), "--quiet", "--workers", str(workers), *mode]  # fmt: skip
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "CI": ""}
         )
@@ -162,6 +164,8 @@ def test_sigint_keeps_every_record_and_marks_the_run_incomplete(tmp_path, worker
     assert df.request_id.is_unique
     cancelled = df[df.error_class == "cancelled"]
     assert len(cancelled) >= 1 and (df.status[df.error_class.isna()] == "ok").all()
+    if mode:  # closed loop: nothing new is sent after Ctrl-C (the open loop had sent all 40 by then)
+        assert len(df) < 40
 
 
 def test_scenario_replay_table_names_endpoints_and_defaults(tmp_path):

@@ -162,7 +162,10 @@ async def _closed(client, session, jobs: Jobs, schedule: Schedule, t0: float, si
             job = client.prepare(jobs.make(i, now - t0, closed_loop_phase(schedule, now - t0)))
             job.scheduled_s = mono() - t0  # the slot freed now; prompt synthesis is not send lag here
             counters["dispatched"] += 1
-            sink(await client.execute(session, job))
+            rec = await client.execute(session, job)
+            sink(rec)
+            if rec.error_class == "cancelled":  # execute absorbed our cancellation: stop here
+                return
 
     tasks = [asyncio.create_task(loop()) for _ in range(schedule.concurrency or 1)]
     try:
