@@ -9,7 +9,7 @@ from conftest import REPO
 
 from harness.cli import main
 from harness.network import kernel
-from harness.network.build import _relay_pids
+from harness.network.sweep import relay_pids
 
 
 def run(*args: str):
@@ -66,4 +66,4 @@ def test_up_status_check_down_on_the_two_site_scenario(root):
     finally:
         res = run("down", "--prefix", "pfbc2-")
     assert res.exit_code == 0 and "netns pfbc2-local" in res.output
-    assert kernel.list_namespaces("pfbc2-") == [] and _relay_pids("pfbc2-") == []
+    assert kernel.list_namespaces("pfbc2-") == [] and relay_pids("pfbc2-") == []

@@ -19,11 +19,11 @@ import pytest
 from conftest import REPO, need
 
 from harness.errors import CapabilityError
-from harness.network import LinkSpec, Network, kernel, parse_network, probe
-from harness.network.build import _relay_pids
+from harness.network import LinkSpec, Network, kernel, owned_namespaces, parse_network, probe
 from harness.network.host import interface_ops, shape_interface, unshape_interface
 from harness.network.measure import expected_goodput_mbit, goodput_mbit, loss_pct, rtt_ms
 from harness.network.state import State
+from harness.network.sweep import relay_pids
 
 pytestmark = pytest.mark.root
 
@@ -46,8 +46,8 @@ def _net(table: dict, prefix: str, **kw) -> Network:
 
 
 def _leftovers(prefix: str) -> list[str]:
-    ns = [n for n in kernel.list_namespaces(prefix) if n[len(prefix) :].isalnum()]
-    relays = [f"relay {pid}" for pid, _ in _relay_pids(prefix)]
+    ns = owned_namespaces(prefix)
+    relays = [f"relay {pid}" for pid, _ in relay_pids(prefix)]
     state = [str(State.path(prefix))] if State.path(prefix).exists() else []
     return ns + relays + state
 
@@ -77,7 +77,7 @@ def test_three_sites_build_route_and_leave_nothing_behind(relay_ok):
         assert all(r.ok for r in net.status()), [r.problems for r in net.status()]
         assert kernel.read_sysctl("pfbt1-local", "net.ipv4.tcp_rmem").split()[-1] == "6291456"
         if net.backend == "relay":
-            assert len(_relay_pids("pfbt1-")) == 2  # one per impaired direction
+            assert len(relay_pids("pfbt1-")) == 2  # one per impaired direction
         proc = net.spawn("local", [sys.executable, "-c", "import time; time.sleep(60)"])
     assert proc.poll() is not None  # killed on teardown
     assert _leftovers("pfbt1-") == []
@@ -182,9 +182,9 @@ def test_a_stale_network_is_swept_by_the_next_build(relay_ok):
     table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "delay_ms": 1}]}
     first = _net(table, "pfbt8-")
     first.build()  # persistent, as `net up` leaves it
-    stale_relays = _relay_pids("pfbt8-")
+    stale_relays = relay_pids("pfbt8-")
     with _net(table, "pfbt8-").up():
-        assert not any(pid in {p for p, _ in _relay_pids("pfbt8-")} for pid, _ in stale_relays)
+        assert not any(pid in {p for p, _ in relay_pids("pfbt8-")} for pid, _ in stale_relays)
     assert _leftovers("pfbt8-") == []
 
 

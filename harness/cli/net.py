@@ -73,7 +73,7 @@ def up_cmd(scenario, prefix, backend, dry_run, interface, to_subnet, link_dir, h
                 click.echo(op.tc_command(interface))
             return
         shape_interface(interface, ops)
-        record_interface(prefix, interface, "netem", dict(net._table))
+        record_interface(prefix, interface, "netem", net.table)
         click.echo(f"shaped {interface} toward {to_subnet} as {src}->{dst}: {net.link_spec(src, dst)}")
         return
     if dry_run:
@@ -138,11 +138,10 @@ def status_cmd(prefix) -> None:
 @_prefix_option
 def down_cmd(prefix) -> None:
     """Remove every object the harness created with this prefix (relays, processes, namespaces)."""
-    from harness.network import sweep
-    from harness.network.kernel import list_namespaces
+    from harness.network import owned_namespaces, sweep
 
     removed = sweep(prefix)
-    left = [n for n in list_namespaces(prefix) if n[len(prefix) :].isalnum()]
+    left = owned_namespaces(prefix)
     click.echo("removed: " + (", ".join(removed) if removed else "nothing (no network with this prefix)"))
     if left:
         raise CapabilityError(f"could not remove {left}")

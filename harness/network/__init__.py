@@ -9,11 +9,12 @@ Public API::
     LinkSpec, NetworkSpec, parse_network(table), render_egress(spec, backend)
 """
 
-from harness.network.build import DEFAULT_PREFIX, Network, sweep
+from harness.network.build import DEFAULT_PREFIX, Network
 from harness.network.probe import BACKENDS, ProbeReport, backend_name, probe
 from harness.network.render import QdiscOp, render_egress, render_interface
 from harness.network.schedule import Change, EventScheduler, timeline
 from harness.network.spec import Link, LinkEvent, LinkSpec, NetworkSpec, parse_network
+from harness.network.sweep import owned_namespaces, sweep
 from harness.network.topology import Topology, tcp_buffers
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "QdiscOp",
     "Topology",
     "backend_name",
+    "owned_namespaces",
     "parse_network",
     "probe",
     "render_egress",

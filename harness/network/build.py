@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,12 +27,12 @@ from typing import Any
 from harness.errors import CapabilityError, ScenarioError
 from harness.network import kernel
 from harness.network.control import Impairment
-from harness.network.host import unshape_interface
 from harness.network.probe import BACKENDS, backend_name, probe
 from harness.network.render import render_egress
 from harness.network.schedule import Change, EventScheduler, timeline
 from harness.network.spec import SITE_NAME, LinkSpec, NetworkSpec, parse_network
 from harness.network.state import STATE_DIR, State, is_alive, start_ticks
+from harness.network.sweep import kill_process, owned_namespaces, pid_exists, sweep
 from harness.network.topology import Direction, Topology, tcp_buffers
 from harness.scenario import Scenario, load_scenario
 
@@ -49,81 +48,6 @@ def _check_prefix(prefix: str) -> str:
     if len(prefix) > 12:
         raise ScenarioError(f"prefix {prefix!r} is longer than 12 characters")
     return prefix
-
-
-def _is_ours(name: str, prefix: str) -> bool:
-    """A namespace is ours only if it is exactly prefix + a valid site name (so "pfb-" never sweeps
-    another instance's "pfb-t1-local" or the probe's "pfb-probe-123")."""
-    return name.startswith(prefix) and bool(SITE_NAME.match(name[len(prefix) :]))
-
-
-def _kill(pid: int, ticks: int, *, group: bool) -> None:
-    """SIGTERM, then SIGKILL after 2 s, one process (or its whole session) identified by pid+start."""
-    if not is_alive(pid, ticks):
-        return
-    send = os.killpg if group else os.kill
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        send(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap if it is our child, so it does not linger as a zombie
-        if not is_alive(pid, ticks):
-            return
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        send(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-def _relay_pids(prefix: str) -> list[tuple[int, int]]:
-    """Relay processes started for exactly this prefix (found by their command line)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"harness.network.relay" in argv and b"--tag" in argv:
-            i = argv.index(b"--tag")
-            if i + 1 < len(argv) and argv[i + 1] == prefix.encode():
-                ticks = start_ticks(int(entry.name))
-                if ticks is not None:
-                    out.append((int(entry.name), ticks))
-    return out
-
-
-def sweep(prefix: str) -> list[str]:
-    """Remove everything a previous run with this exact prefix left: processes, relays, namespaces,
-    the state file. Returns what was removed (for messages)."""
-    removed = []
-    old = State.load(prefix)
-    if old is not None:
-        for pid, ticks in old.spawned:
-            _kill(pid, ticks, group=True)
-        for pid, ticks in old.relays.values():
-            if is_alive(pid, ticks):
-                removed.append(f"relay pid {pid}")
-            _kill(pid, ticks, group=False)
-        for iface in old.interfaces:
-            with contextlib.suppress(OSError, LookupError):
-                unshape_interface(iface)
-            removed.append(f"qdisc on {iface}")
-    for pid, ticks in _relay_pids(prefix):
-        _kill(pid, ticks, group=False)
-        removed.append(f"relay pid {pid}")
-    for ns in kernel.list_namespaces(prefix):
-        if _is_ours(ns, prefix):
-            kernel.remove_namespace(ns)
-            removed.append(f"netns {ns}")
-    for f in STATE_DIR.glob(f"{prefix}*.ctl.json"):
-        f.unlink(missing_ok=True)
-    if old is not None:
-        old.delete()
-    return removed
 
 
 class Network:
@@ -258,7 +182,7 @@ class Network:
         """Sweep stale objects with this prefix, then create everything. On failure, remove what was
         made and re-raise. ``owner_pid=None`` leaves the network up for later processes."""
         st = State.load(self.prefix)
-        if st is not None and st.owner_pid not in (None, os.getpid()) and _pid_exists(st.owner_pid):
+        if st is not None and st.owner_pid not in (None, os.getpid()) and pid_exists(st.owner_pid):
             raise CapabilityError(
                 f"prefix {self.prefix!r} is in use by running process {st.owner_pid}; choose another --prefix"
             )
@@ -387,12 +311,12 @@ class Network:
             if self._scheduler is not None:
                 self._scheduler.stop(raise_error=False)
             for proc in self._procs:
-                _kill(proc.pid, start_ticks(proc.pid) or 0, group=True)
+                kill_process(proc.pid, start_ticks(proc.pid) or 0, group=True)
                 with contextlib.suppress(Exception):
                     proc.wait(timeout=2)
             self._procs.clear()
             for pid, ticks in self._relays.values():
-                _kill(pid, ticks, group=False)
+                kill_process(pid, ticks, group=False)
             if self.kernel_backed:
                 sweep(self.prefix)
             self._relays.clear()
@@ -475,6 +399,19 @@ class Network:
         v = self._relays.get((src, dst))
         return None if v is None else is_alive(*v)
 
+    def relay_pid(self, src: str, dst: str) -> int | None:
+        v = self._relays.get((src, dst))
+        return None if v is None else v[0]
+
+    def control_path(self, src: str, dst: str) -> Path:
+        """The relay control file of a direction (JSON ``Impairment``)."""
+        return self._control_path(self.topology.direction(src, dst))
+
+    @property
+    def table(self) -> dict[str, Any]:
+        """The ``[network]`` table this network was made from (what the state file records)."""
+        return dict(self._table)
+
 
 _ROOTLESS_MESSAGE = (
     "Building namespaces needs root. Without root these still work: `net probe`, `net up --dry-run`, "
@@ -495,16 +432,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _exit_on_signal_in(pid: int):
     """A SIGTERM/SIGHUP handler that unwinds (so ``finally`` tears down) only in process ``pid``.
     A forked child (pyroute2 forks helpers) inherits the handler and a copy of our stack: there it
@@ -518,4 +445,4 @@ def _exit_on_signal_in(pid: int):
     return handler
 
 
-__all__ = ["DEFAULT_PREFIX", "Network", "probe", "sweep"]
+__all__ = ["DEFAULT_PREFIX", "Network", "owned_namespaces", "sweep"]  # re-exported for callers

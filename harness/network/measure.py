@@ -13,10 +13,12 @@ import threading
 import time
 from dataclasses import dataclass
 
+from harness.errors import CapabilityError
 from harness.network.render import ETH_HEADER
 
 TCP_IP_HEADERS = 52  # IPv4 20 + TCP 20 + timestamps option 12
 _CHUNK = 256 << 10
+_TIMEOUT_S = 10.0  # a connect or a round trip that takes longer means the path is broken
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def goodput_mbit(net, src: str, dst: str, seconds: float = 1.5, warmup_s: float 
     cli = net.socket(src, socket.AF_INET, socket.SOCK_STREAM)
     tx = threading.Thread(target=send, daemon=True)
     try:
+        cli.settimeout(_TIMEOUT_S)
         cli.connect(srv.getsockname())
         tx.start()
         time.sleep(warmup_s)
@@ -105,7 +108,7 @@ def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
     cli = net.socket(src, socket.AF_INET, socket.SOCK_STREAM)
     out = []
     try:
-        cli.settimeout(10)
+        cli.settimeout(_TIMEOUT_S)
         cli.connect(srv.getsockname())
         cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(samples + 2):
@@ -161,6 +164,15 @@ def loss_pct(
 def check_direction(net, src: str, dst: str, *, seconds: float = 1.5) -> list[Measurement]:
     """Measure one direction against its spec: goodput (rate-limited, loss-free directions), RTT,
     and loss (lossy directions). Tolerances: goodput 5%, RTT 1 ms, loss 0.3 points."""
+    try:
+        return _check(net, src, dst, seconds)
+    except TimeoutError:
+        raise CapabilityError(
+            f"{src}->{dst}: no answer within {_TIMEOUT_S:g} s, the path is down or stalled (see `net status`)"
+        ) from None
+
+
+def _check(net, src: str, dst: str, seconds: float) -> list[Measurement]:
     spec, back = net.link_spec(src, dst), net.link_spec(dst, src)
     name = f"{src}->{dst}"
     out = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import os
 import random
@@ -43,8 +44,22 @@ _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
 _TUN_F_CSUM, _TUN_F_TSO4, _TUN_F_TSO6 = 0x01, 0x02, 0x04
 _SOL_PACKET, _PACKET_VNET_HDR = 263, 15
+_PR_SET_TIMERSLACK = 29
 _BATCH = 256  # packets read per wake-up before releasing due ones
 _SNDBUF = 16 << 20
+
+
+def _prioritise() -> None:
+    """Release times matter more than a busy host's other work: lowest real-time priority (the
+    relay sleeps in select between packets, and the kernel's RT throttling bounds it anyway), 1 µs
+    timer slack instead of 50 µs; nice -10 where real-time is not allowed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)
 
 
 def open_tap(name: str) -> int:
@@ -64,8 +79,7 @@ def run(tap: str, dev: str, control: Path, seed: int, *, daemon: bool = False) -
     socket exist, print the relay's pid and let the parent exit: the relay then belongs to no
     builder process, which can wait for the parent and read the pid (no polling for the TAP)."""
     imp = Impairment.read(control)
-    with contextlib.suppress(PermissionError):
-        os.setpriority(os.PRIO_PROCESS, 0, -10)  # release times matter more than a busy host's batch jobs
+    _prioritise()
     rng = random.Random(seed)
     fd = open_tap(tap)
     set_offload(fd, imp.loss_pct == 0)

@@ -90,11 +90,16 @@ def read_status(net) -> list[DirectionStatus]:
                 problems.append("relay process is not running")
                 relay = "DEAD"
             else:
-                imp = Impairment.read(net._control_path(d))
                 want = Impairment(round(spec.delay_ms * 1000), round(spec.jitter_ms * 1000), spec.loss_pct)
-                if imp != want:
+                try:
+                    imp = Impairment.read(net.control_path(d.src, d.dst))
+                except (OSError, ValueError, KeyError) as exc:
+                    problems.append(f"relay control file unreadable: {exc}")
+                    imp = None
+                if imp is not None and imp != want:
                     problems.append(f"relay runs {imp}, expected {want}")
-                relay = f"pid {net._relays[(d.src, d.dst)][0]}: {imp.delay_us}us ±{imp.jitter_us}us loss {imp.loss_pct:g}%"
+                shown = imp or want
+                relay = f"pid {net.relay_pid(d.src, d.dst)}: {shown.delay_us}us ±{shown.jitter_us}us loss {shown.loss_pct:g}%"
         elif net.backend == "relay" and spec.impaired:
             problems.append("impaired direction has no relay")
         out.append(DirectionStatus(d.name, str(spec), described, relay, tuple(problems)))
