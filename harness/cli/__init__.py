@@ -15,7 +15,9 @@ from harness import __version__
 from harness.errors import HarnessError
 
 # Sub-command modules, in --help order. Each defines ``command`` (a click command or group).
-_COMMANDS = ("trace", "plan", "simulate", "replay", "serve", "net", "analyze", "report", "compare")
+_COMMANDS = (
+    "bench", "trace", "plan", "simulate", "replay", "serve", "net", "analyze", "report", "compare",
+)  # fmt: skip
 
 
 class _Root(click.Group):
@@ -36,6 +38,7 @@ def main() -> None:
     """Benchmark cross-datacenter prefill/decode disaggregation (Prefill-as-a-Service, PrfaaS).
 
     \b
+    bench      the main job: plan, simulate, replay, analyse, report
     plan       analytic throughput model (the PrfaaS paper's equations), grid search, sweeps
     simulate   discrete-event simulation of the serving stack in virtual time
     serve      emulated clusters over real HTTP on a shaped inter-site link

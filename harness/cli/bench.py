@@ -1,0 +1,40 @@
+"""``prfaas-bench bench SCENARIO``: the main job — plan, simulate, serve + replay, analyse, report."""
+
+from __future__ import annotations
+
+import click
+
+from harness.bench import run_bench
+
+
+@click.command("bench")
+@click.argument("scenario", type=click.Path(dir_okay=False), default="workloads/paper-case-study.toml")
+@click.option("--quick", is_flag=True, help="Small stages (the scenario's [bench.quick]); about 3 minutes.")
+@click.option("--out", "out_root", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--netns/--no-netns",
+    default=None,
+    help="Sites in network namespaces on a shaped link (default when root), or loopback (labelled).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars (stage lines still print).")
+def command(scenario: str, quick: bool, out_root: str, netns: bool | None, quiet: bool) -> None:
+    """Plan, simulate and replay SCENARIO's topologies, then print the comparison and write report.html.
+
+    \b
+    1. plan      the paper's analytic model: Λ_max, t, N_p/N_d, sweeps
+    2. simulate  Λ_max search in virtual time (queues, batching, caches, link contention)
+    3. simulate  the replay's exact workload, for a paired comparison
+    4. replay    the same requests over HTTP against emulated clusters, KV across a shaped link
+    5. analyze   tables, headline ratios and a self-contained dashboard
+    """
+    from harness.analysis.tables import print_tables
+
+    result = run_bench(
+        scenario, out_root=out_root, quick=quick, netns=netns, say=click.echo, progress=not quiet
+    )
+    print_tables(result.analysis)
+    click.echo("")
+    click.echo(f"shaping backend: {result.backend}; finished in {result.seconds:.0f} s")
+    click.echo(f"report: {result.report}")
+    for line in result.headline:
+        click.echo(line)
