@@ -71,12 +71,15 @@ def _group_by_load(members: list[Member], notes: list[str]) -> dict[str, dict[st
     # Compare topologies at equal offered load: per source, and per rate when a source swept rates.
     rates_by_source: dict[str, set[float]] = {}
     for run, _, rate, _ in members:
-        if rate is not None:
+        if rate is not None and not run.meta.get("find_max_rate"):
             rates_by_source.setdefault(run.source, set()).add(rate)
     groups: dict[str, dict[str, tuple[Run, pd.DataFrame]]] = {}
     for run, name, rate, df in members:
         sweep = rate is not None and len(rates_by_source[run.source]) > 1
         group = f"{run.source}@{rate:g}rps" if sweep else run.source
+        if run.meta.get("find_max_rate"):
+            # Each topology ran at its own Λ_max: compared among themselves, never with a paired run.
+            group = f"{run.source} at Λ_max"
         base_name = split_label(name)[0]
         if base_name in groups.setdefault(group, {}):
             notes.append(f"{group}: topology {base_name!r} appears in several runs; compared using the first")

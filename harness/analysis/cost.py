@@ -67,7 +67,9 @@ def fleet(topology: str, meta: Mapping[str, Any], plan: Mapping[str, Any] | None
     """The topology's hardware, from meta (inline, or the scenario it names) or else ``plan.json``."""
     scen = _scenario_raw(meta)
     hw = meta.get("hardware") or scen.get("hardware") or {}
-    topo = (meta.get("topologies") or scen.get("topologies") or {}).get(topology) or {}
+    # simulate's meta maps names to topologies; replay's lists names only (its scenario has the rest).
+    tables = [t for t in (meta.get("topologies"), scen.get("topologies")) if isinstance(t, Mapping)]
+    topo = (tables[0] if tables else {}).get(topology) or {}
     local_gpu, remote_gpu = hw.get("local"), hw.get("remote")
     if not isinstance(local_gpu, str):
         return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -204,11 +205,35 @@ def _computed_plan(runs: list[Run], notes: list[str]) -> Plan | None:
     return None
 
 
+_TIME_COLUMNS = tuple(f.name for f in RECORD_SCHEMA if f.name.endswith("_s") and f.type == pa.float64())
+
+
+def to_model_units(records: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
+    """Records of a replay against a sped-up emulator, in the modelled deployment's seconds.
+
+    ``serve --speedup s`` runs ``s`` times faster than the deployment it models (design.md's scaling);
+    a replay against it records ``time_scale = s`` in its meta, and every time here becomes ``s`` times
+    longer, so replay, simulate and plan read in the same units. (KV byte counts need no scaling: the
+    emulator reports the modelled bytes, and moves the scaled ones.) Other runs are returned unchanged.
+    """
+    scale = float(meta.get("time_scale") or 1.0)
+    if scale == 1.0:
+        return records
+    out = records.copy()
+    for col in _TIME_COLUMNS:
+        if col in out.columns:
+            out[col] = out[col] * scale
+    if "itl_s" in out.columns:
+        out["itl_s"] = [None if v is None else np.asarray(v, dtype=float) * scale for v in out["itl_s"]]
+    return out
+
+
 def load_run(path: str | Path, *, name: str | None = None, notes: list[str] | None = None) -> Run:
-    """Read one run directory; ``name`` renames its (single) topology."""
+    """Read one run directory; ``name`` renames its (single) topology. Emulated runs are read in model
+    units (``to_model_units``)."""
     p = Path(path)
     meta, records = _read(p)
-    records = _records(p, records, name)
+    records = to_model_units(_records(p, records, name), meta)
     topologies = records["topology"].unique()
     ts = _timeseries(
         p, str(topologies[0]) if len(topologies) else DEFAULT_TOPOLOGY, notes if notes is not None else []

@@ -185,6 +185,14 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
     show_default=True,
     help="Send-lag p99 above this: 'client saturated'.",
 )
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Against `serve --speedup S`, give S: analysis then reads every time S times longer (the "
+    "modelled deployment's seconds).",
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only problems.")
 @click.option(
@@ -219,7 +227,7 @@ def command(**o) -> None:
         endpoints=endpoints, load=load, workers=o["workers"], api_key_env=o["api_key_env"],
         timeouts=Timeouts(connect_s=o["timeout_connect"], first_token_s=o["timeout_first_token"], total_s=o["timeout_total"]),
         tokenizer=o["tokenizer"], shaping_backend=o["shaping_backend"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
-        progress=not o["quiet"], meta_extra={"scenario": o["scenario_path"], "trace_args": {
+        progress=not o["quiet"], meta_extra={"scenario": o["scenario_path"], "time_scale": o["time_scale"], "trace_args": {
             k: o[k] for k in ("trace_path", "fmt", "skip_bad", "window", "speedup", "trace_rate", "max_input")}},
     )  # fmt: skip
     trace = read_trace(o["trace_path"], o["fmt"], skip_bad=o["skip_bad"])
