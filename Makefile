@@ -28,11 +28,11 @@ lint: install-test
 plan: install
 	$(PB) plan $(SCENARIO)
 
-bench: install  ## the README's main command
-	$(PB) plan $(SCENARIO)
+bench: install  ## the README's main command: plan, simulate, serve + replay, analyse, report
+	$(PB) bench $(SCENARIO)
 
-bench-quick: install
-	$(PB) plan $(SCENARIO)
+bench-quick: install  ## the same, small (about a minute)
+	$(PB) bench --quick $(SCENARIO)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

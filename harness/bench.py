@@ -63,7 +63,7 @@ class BenchSpec:
             )
         spec = cls(**merged) if merged else cls()
         if quick and not chosen:
-            spec = replace(spec, replay_requests=60, capacity_requests=400)
+            spec = replace(spec, replay_requests=60, capacity_requests=1000)
         for key in ("replay_requests", "capacity_requests"):
             if not (isinstance(getattr(spec, key), int) and getattr(spec, key) > 0):
                 raise ScenarioError(f"{key} must be a positive integer", where=scenario.where("bench"))
@@ -158,7 +158,8 @@ def run_bench(
 
     # 4. The same requests over HTTP against the emulated clusters, KV across the shaped link.
     t = _stage(say, 4, total, "serve + replay: emulated clusters over real HTTP and a shaped link")
-    with EmulatedClusters(scenario, speedup=spec.speedup, netns=netns) as clusters:
+    # Its own namespace prefix, so a bench never sweeps (or trips over) a `serve` the user left running.
+    with EmulatedClusters(scenario, speedup=spec.speedup, netns=netns, prefix="pfbbn-") as clusters:
         s = clusters.spec.speedup
         emu = clusters.describe()
         say(

@@ -1,0 +1,120 @@
+"""`bench`, the main job: its options, the units it compares in, and one quick run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.analysis import analyze, load_bundle
+from harness.analysis.synthetic import SyntheticTopology, write_synthetic_run
+from harness.bench import BenchSpec
+from harness.cli import main
+from harness.errors import ScenarioError
+from harness.records import RequestRecord, RunWriter
+from harness.scenario import Scenario
+
+REPO = Path(__file__).resolve().parent.parent
+CASE_STUDY = REPO / "workloads" / "paper-case-study.toml"
+
+
+def _scenario(tmp_path: Path, bench_table: str) -> Scenario:
+    from harness.scenario import load_scenario
+
+    path = tmp_path / "s.toml"
+    path.write_text(CASE_STUDY.read_text().split("[bench]")[0] + bench_table)
+    return load_scenario(path)
+
+
+def test_bench_spec_reads_its_table_and_the_quick_variant(tmp_path):
+    sc = _scenario(tmp_path, "[bench]\nreplay_requests = 100\n[bench.quick]\nreplay_requests = 7\n")
+    assert BenchSpec.from_scenario(sc, quick=False).replay_requests == 100
+    assert BenchSpec.from_scenario(sc, quick=True).replay_requests == 7
+    # No [bench.quick]: the quick run shrinks on its own.
+    sc = _scenario(tmp_path, "[bench]\nreplay_requests = 100\n")
+    assert BenchSpec.from_scenario(sc, quick=True).replay_requests < 100
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[bench]\nreplay_request = 5\n", "unknown key(s) replay_request"),
+        ("[bench]\nreplay_requests = 0\n", "replay_requests must be a positive integer"),
+        ("[bench]\nspeedup = -2\n", "speedup must be a positive number"),
+    ],
+)
+def test_bad_bench_table_names_the_table(tmp_path, table, message):
+    with pytest.raises(ScenarioError, match=r"\[bench\]") as err:
+        BenchSpec.from_scenario(_scenario(tmp_path, table), quick=False)
+    assert message in str(err.value)
+
+
+def test_replay_against_a_sped_up_emulator_reads_in_model_seconds(tmp_path):
+    # 10 requests 1 s apart (wall), TTFT 0.5 s, 4 tokens 0.1 s apart, against an emulator 4x faster.
+    run = tmp_path / "replay"
+    with RunWriter(run, {"source": "replay", "time_scale": 4.0}) as w:
+        for i in range(10):
+            w.write(RequestRecord(
+                run_id="r", topology="t", request_id=str(i), trace_row=i, scheduled_s=float(i),
+                sent_s=float(i), first_token_s=i + 0.5, last_token_s=i + 0.8, itl_s=[0.1] * 3,
+                output_tokens_received=4, prefill_start_s=i + 0.1, prefill_end_s=i + 0.4, kv_bytes=1000,
+                source="replay",
+            ))  # fmt: skip
+    t = analyze(load_bundle([run]))["topologies"]["t"]
+    assert t["ttft_p50_s"] == pytest.approx(2.0)  # 0.5 wall s x 4
+    assert t["tpot_p50_s"] == pytest.approx(0.4)
+    assert t["itl_p50_s"] == pytest.approx(0.4)
+    assert t["ttft_prefill_p50_s"] == pytest.approx(1.2)
+    assert t["throughput_rps"] == pytest.approx(10 / (9.8 * 4))
+    assert t["kv_bytes_total"] == 10_000  # the emulator reports modelled bytes: unscaled
+
+
+def test_a_lambda_max_search_never_shadows_the_paired_run(tmp_path):
+    # Two simulate runs of the same topologies: a Λ_max search (each at its own rate) and a paired run.
+    fast, slow = SyntheticTopology(prefill_s=0.5), SyntheticTopology(prefill_s=3.0)
+    write_synthetic_run(
+        tmp_path / "a-capacity", {"homogeneous": slow, "prfaas": slow}, meta={"find_max_rate": True}
+    )
+    write_synthetic_run(tmp_path / "b-paired", {"homogeneous": slow, "prfaas": fast})
+    result = analyze(load_bundle([tmp_path]))
+    assert set(result["comparison"]) == {"simulate", "simulate at Λ_max"}
+    paired = result["comparison"]["simulate"]["rows"]["prfaas"]["ttft_p50_s"]["value"]
+    assert paired < 0.6  # the paired run's faster prefill, not the search's equal one
+    capacity = result["comparison"]["simulate at Λ_max"]["rows"]["prfaas"]["ttft_p50_s"]["value"]
+    assert capacity == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.root
+def test_quick_bench_end_to_end(root, tmp_path):
+    """The README's main job, small: every stage runs, the report is written, plan/simulate/replay agree."""
+    scenario = tmp_path / "bench.toml"
+    scenario.write_text(
+        CASE_STUDY.read_text().split("[bench]")[0]
+        + "[bench]\nspeedup = 4\nreplay_requests = 30\ncapacity_requests = 300\n"
+    )
+    res = CliRunner().invoke(main, ["bench", str(scenario), "--out", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    (out,) = (tmp_path / "out").iterdir()
+    assert (out / "report.html").stat().st_size > 1_000_000  # plotly.js is inlined
+    for f in ("plan.json", "plan_sweep_bandwidth.csv", "plan_sweep_threshold.csv", "plan_sweep_split.csv"):
+        assert (out / f).is_file(), f
+    assert f"report: {out / 'report.html'}" in res.output
+    assert "plan (Λ_max): prfaas vs homogeneous 1.56×" in res.output  # the headline closes the output
+
+    result = json.loads((out / "analysis.json").read_text())
+    side = result["side_by_side"]
+    for name in ("prfaas", "homogeneous", "naive"):
+        sim, rep = side[name]["simulate"], side[name]["replay"]
+        # The same router decides on the same requests in both: the same share goes remote.
+        assert rep["offload_share"] == pytest.approx(sim["offload_share"])
+        assert rep["ttft_p50_s"] == pytest.approx(sim["ttft_p50_s"], rel=0.25), name
+    meta = json.loads((out / "replay" / "meta.json").read_text())
+    assert meta["complete"] and meta["time_scale"] == 4 and meta["shaping_backend"] != "loopback"
+    # Nothing left behind: the bench's namespaces are gone.
+    leftover = (
+        [n for n in os.listdir("/run/netns") if n.startswith("pfbbn-")] if Path("/run/netns").is_dir() else []
+    )
+    assert leftover == []
