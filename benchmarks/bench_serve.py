@@ -102,7 +102,7 @@ def run_point(tmp: Path, instances: int, inflight: int, args) -> dict:
             speedup=args.speedup or 1.0,
         )
     )
-    n = inflight * 4
+    n = inflight
     trace = Trace(
         arrival_s=np.zeros(n),
         input_tokens=np.full(n, args.prompt_tokens, dtype=np.int64),

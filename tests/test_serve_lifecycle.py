@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+from harness.emulation.clusters import EmulatedClusters
+from harness.errors import CapabilityError
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO = REPO / "workloads" / "paper-case-study.toml"
@@ -107,3 +113,23 @@ def test_ctrl_c_or_sigterm_removes_processes_and_namespaces(root, sig):
         proc.wait()
         for f in (proc.stdout, proc.stderr):
             f and f.close()
+
+
+def test_a_dead_prefill_site_gives_an_error_answer_not_a_hang():
+    with EmulatedClusters(SCENARIO, netns=False, topologies=["naive"], speedup=20) as clusters:
+        remote = clusters._procs["remote"]
+        remote.kill()  # a real fault: the PrfaaS site's process dies
+        remote.wait()
+        body = {"model": clusters.model, "prompt": "w " * 1000, "max_tokens": 2}
+        req = urllib.request.Request(
+            clusters.urls["naive"] + "/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=60)
+        with err.value:
+            assert err.value.code == 502
+            assert "prefill site remote" in json.loads(err.value.read())["error"]["message"]
+        with pytest.raises(CapabilityError, match="remote"):
+            clusters.check()

@@ -182,6 +182,11 @@ class SiteServer:
             return await self._routed(request, node, req, body)
         except ApiError as err:
             return web.json_response(err.body(), status=err.status, headers=err.headers())
+        except (ConnectionError, OSError, RuntimeError, DecodeRejected) as exc:
+            # A peer or KV connection failed mid-request: an error answer, never a dropped connection.
+            node.failed += 1
+            err = ApiError(502 if isinstance(exc, OSError) else 500, f"{type(exc).__name__}: {exc}")
+            return web.json_response(err.body(), status=err.status)
 
     def _serve_request(self, req: GenRequest, request_id: str, output_tokens: int) -> ServeRequest:
         return ServeRequest(
