@@ -22,9 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from harness.errors import ScenarioError
+from harness.jsonsafe import json_safe
 from harness.scenario import Scenario, load_scenario
 
 Say = Callable[[str], None]
@@ -125,7 +124,7 @@ def run_bench(
     # 1. The analytic plan and its sweeps.
     t = _stage(say, 1, total, "plan: the paper's throughput model, grid search and sweeps")
     plan = plan_deployment(deployment)
-    (out_dir / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2, default=_json_default) + "\n")
+    (out_dir / "plan.json").write_text(json.dumps(json_safe(plan.as_dict()), indent=2) + "\n")
     sweep_bandwidth(deployment).to_csv(out_dir / "plan_sweep_bandwidth.csv", index=False)
     sweep_split(deployment).to_csv(out_dir / "plan_sweep_split.csv", index=False)
     if any(tp.kind == "prfaas" for tp in deployment.topologies.values()):
@@ -181,7 +180,7 @@ def run_bench(
     t = _stage(say, 5, total, "analyze + report")
     bundle = load_bundle([out_dir])
     result = analyze(bundle, seed=spec.seed)
-    (out_dir / "analysis.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    (out_dir / "analysis.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     report = write_report(bundle, result, out_dir / "report.html", title=f"prfaas-bench: {scenario.name}")
     say(f"      done ({_since(t)})")
     return BenchResult(
@@ -204,13 +203,3 @@ def _flatten(parent: Path) -> None:
 
 def _since(t: float) -> str:
     return f"{time.monotonic() - t:.0f} s"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 
 import click
 
+from harness.cli._options import parse_floats
 from harness.errors import ScenarioError
+from harness.jsonsafe import json_safe
 from harness.model.calibration import calibration_frame
 from harness.model.deployment import deployment_from_scenario, with_overrides
 from harness.model.render import render_frame, render_plan
@@ -20,29 +21,6 @@ from harness.model.study import (
     sweep_threshold,
 )
 from harness.scenario import load_scenario
-
-
-def _floats(text: str | None, option: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ScenarioError(f"{option}: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
-        raise ScenarioError(f"{option}: values must be positive numbers, got {text!r}")
-    return values
-
-
-def _clean(value):
-    """JSON without NaN/inf: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 @click.command("plan")
@@ -76,8 +54,8 @@ def command(
         return
     if scenario is None:
         raise ScenarioError("plan needs a SCENARIO file (e.g. workloads/paper-case-study.toml)")
-    gbps_values = _floats(bandwidths, "--bandwidths")
-    t_values = _floats(thresholds, "--thresholds")
+    gbps_values = parse_floats(bandwidths, "--bandwidths") if bandwidths else None
+    t_values = parse_floats(thresholds, "--thresholds") if thresholds else None
     deployment = with_overrides(
         deployment_from_scenario(load_scenario(scenario)), model=model, bandwidth_gbps=bandwidth_gbps
     )
@@ -90,7 +68,7 @@ def command(
                 csv_path, index=False
             )
         if as_json:
-            click.echo(json.dumps(_clean(report.as_dict()), indent=2))
+            click.echo(json.dumps(json_safe(report.as_dict()), indent=2))
         else:
             click.echo(render_plan(report))
         return
@@ -113,7 +91,7 @@ def _emit(frame, as_json: bool, csv_path: str | None, title: str, extra: dict | 
         frame.to_csv(csv_path, index=False)
     if as_json:
         rows = json.loads(frame.to_json(orient="records"))
-        click.echo(json.dumps(_clean({**extra, "rows": rows}), indent=2))
+        click.echo(json.dumps(json_safe({**extra, "rows": rows}), indent=2))
         return
     click.echo(f"{title}\n")
     click.echo(render_frame(frame))

@@ -8,30 +8,12 @@ from pathlib import Path
 
 import click
 
+from harness.cli._options import parse_floats
 from harness.errors import ScenarioError
+from harness.jsonsafe import json_safe
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
 from harness.serving.run import SimulateRequest, simulate, topology_rows
-
-
-def _floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ScenarioError(f"{option}: expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ScenarioError(f"{option}: no values given")
-    return values
-
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _fmt(value, spec: str = ".3g") -> str:
@@ -90,7 +72,7 @@ def command(
         raise ScenarioError("--trace-timestamps keeps the trace's arrival times; drop --rate/--rate-sweep")
     if duration is not None and not (duration > 0 and math.isfinite(duration)):
         raise ScenarioError(f"--duration must be > 0 s, got {duration:g}")
-    rates = _floats(rate_sweep, "--rate-sweep") if rate_sweep else ((rate,) if rate is not None else ())
+    rates = parse_floats(rate_sweep, "--rate-sweep") if rate_sweep else ((rate,) if rate is not None else ())
     setup = prepare(
         load_scenario(scenario), topologies=[t.strip() for t in topologies.split(",")] if topologies else None
     )
@@ -118,7 +100,7 @@ def command(
         ),
     )
     if as_json:
-        click.echo(json.dumps(_clean(result), indent=2, sort_keys=True))
+        click.echo(json.dumps(json_safe(result), indent=2, sort_keys=True))
         return
     header = (
         f"{'topology':<18} {'Np/Nd/Nprf':>10} {'t':>7} {'rate':>6} {'thr/s':>6} {'attain':>6} "

@@ -1,0 +1,18 @@
+"""Option parsing shared by the sub-commands."""
+
+from __future__ import annotations
+
+import math
+
+from harness.errors import ScenarioError
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    """Comma-separated positive numbers (``"1,2.5,10"``); a ScenarioError naming ``option`` otherwise."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ScenarioError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
+        raise ScenarioError(f"{option}: values must be positive numbers, got {text!r}")
+    return values
