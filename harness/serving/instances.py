@@ -354,10 +354,14 @@ class DecodeInstance:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # While busy, a step starts where the previous one ended on the plan, not when the loop woke:
+        # identical in virtual time, and on a real clock wake-up lag does not accumulate step by step.
+        anchor: float | None = None
         while True:
-            now = loop.time()
+            now = loop.time() if anchor is None else anchor
             self._admit(now)
             if self.paused or not self.active:
+                anchor = None
                 self._wake = fut = loop.create_future()
                 await fut
                 self._wake = None
@@ -375,6 +379,7 @@ class DecodeInstance:
                 await self._sleep_until_boundary(float(ends[k]))
                 done = k + 1
             self._commit(ends[:done])
+            anchor = float(ends[done - 1])
 
     async def _sleep_until_boundary(self, when: float) -> None:
         loop = asyncio.get_running_loop()
