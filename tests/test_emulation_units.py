@@ -88,3 +88,27 @@ def test_serve_cli_rejects_bad_input_in_one_line(tmp_path):
     bad.write_text('[model]\npreset = "kimi-1t-hybrid"\n[emulation]\nspeedup = -1\n')
     out = runner.invoke(cli, ["serve", str(bad), "--no-netns"])
     assert out.exit_code == 2 and "speedup must be > 0" in out.output and "Traceback" not in out.output
+
+
+def test_a_scenario_network_gets_the_delay_of_the_speedup_in_force():
+    from harness.emulation.clusters import _with_link_delay
+
+    table = {
+        "sites": ["local", "remote", "client"],
+        "links": [
+            {
+                "between": ["remote", "local"],
+                "rate_mbit": 800,
+                "delay_ms": 0.5,
+                "jitter_ms": 0.1,
+                "reverse": {"delay_ms": 2},
+            },
+            {"between": ["client", "local"], "delay_ms": 3},
+        ],
+    }
+    out = _with_link_delay(table, 1.25)  # 5 ms real / speed-up 4
+    inter, client = out["links"]
+    assert (inter["delay_ms"], inter["reverse"]["delay_ms"], inter["rate_mbit"]) == (1.25, 1.25, 800)
+    assert inter["jitter_ms"] == pytest.approx(0.25)  # scaled with the delay
+    assert client["delay_ms"] == 3  # other links are the user's
+    assert table["links"][0]["delay_ms"] == 0.5  # the scenario itself is untouched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -16,8 +17,20 @@ REPO = Path(__file__).resolve().parent.parent
 CASE_STUDY = (REPO / "workloads" / "paper-case-study.toml").read_text()
 
 
+def drop_tables(text: str, *names: str) -> str:
+    """``text`` without the TOML tables ``[name]`` (and their ``[name.sub]`` / ``[[name.sub]]`` parts)."""
+    out, skip = [], False
+    for line in text.splitlines(keepends=True):
+        header = re.match(r"^\[\[?([A-Za-z0-9_.-]+)\]\]?", line)
+        if header:
+            skip = header.group(1).split(".")[0] in names
+        if not skip:
+            out.append(line)
+    return "".join(out)
+
+
 def _scenario(tmp: Path, emulation: str) -> Path:
-    text = CASE_STUDY.split("[emulation]")[0] + "[emulation]\n" + emulation
+    text = drop_tables(CASE_STUDY, "emulation") + "\n[emulation]\n" + emulation
     path = tmp / "scenario.toml"
     path.write_text(text)
     return path
@@ -199,3 +212,52 @@ def test_full_queues_answer_429_with_retry_after(tmp_path):
     assert len(codes) == 4 and codes.count(200) >= 2 and 429 in codes
     rejected = next(r for r in results if r[0] == 429)
     assert rejected[1]["Retry-After"] == "3" and rejected[2]["error"]["type"] == "rate_limit_error"
+
+
+def test_colocated_decodes_where_it_prefilled_and_global_cache_pulls_the_prefix(tmp_path):
+    text = drop_tables(CASE_STUDY, "emulation").replace('prfaas_cache = "local"', 'prfaas_cache = "global"')
+    assert 'prfaas_cache = "global"' in text
+    text += '\n[topologies.colo]\nkind = "colocated"\nlocal_instances = 2\n'
+    path = tmp_path / "scenario.toml"
+    path.write_text(text + "\n[emulation]\nspeedup = 50\n")
+    with EmulatedClusters(path, netns=False, topologies=["colo", "prfaas"]) as c:
+        status, _, colo = _post(
+            c.urls["colo"] + "/completions", {"model": c.model, "prompt": _words(900, "c")}
+        )
+        assert status == 200
+        b = colo["prfaas"]
+        assert b["route"] == "colocated" and b["decode_instance"] == b["prefill_instance"]
+        assert "kv_bytes" not in b  # nothing moved
+        # 30K fresh tokens go to the PrfaaS site, whose cache then holds 58 full blocks (29,696 tokens).
+        first = _words(30_000, "g")
+        _, _, a = _post(
+            c.urls["prfaas"] + "/completions", {"model": c.model, "prompt": first, "max_tokens": 1}
+        )
+        assert a["prfaas"]["route"] == "remote"
+        # The same prefix plus 2,000 new tokens: 2,304 uncached anywhere, below the threshold, so it
+        # prefills locally after pulling the remote site's 29,696 cached tokens over the link.
+        longer = first + " " + _words(2000, "h")
+        _, _, b2 = _post(
+            c.urls["prfaas"] + "/completions", {"model": c.model, "prompt": longer, "max_tokens": 1}
+        )
+        assert b2["prfaas"]["route"] == "local" and b2["prfaas"]["prefill_site"] == "local"
+        assert b2["usage"]["prompt_tokens_details"]["cached_tokens"] == 29_696
+        with urllib.request.urlopen(c.host_urls["remote"] + "/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+    sent = [ln for ln in metrics.splitlines() if ln.startswith("prfaas_kv_model_bytes_sent_total")]
+    from harness.model.presets import load_model
+
+    model = load_model("kimi-1t-hybrid")
+    kv = [model.state_bytes_per_seq + n * model.kv_bytes_per_token for n in (30_000, 29_696)]
+    assert float(sent[0].rsplit(" ", 1)[1]) == sum(kv)  # the first prompt's KV, then the pulled prefix
+
+
+def test_the_case_study_network_is_rescaled_to_the_speedup():
+    # workloads/paper-case-study.toml's [network] link says 800 Mbit/s and 0.5 ms (5 ms at s = 10);
+    # served at s = 4 the delay must be 5 / 4 ms, and KV bytes scale by (800 Mbit / 100 Gbit) / 4.
+    with EmulatedClusters(
+        REPO / "workloads" / "paper-case-study.toml", netns=False, speedup=4, topologies=["naive"]
+    ) as c:
+        info = c.describe()
+    assert info["delay_ms"] == pytest.approx(1.25) and info["kv_rate_mbit"] == 800
+    assert info["byte_scale"] == pytest.approx(0.008 / 4)

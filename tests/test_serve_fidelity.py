@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_serve_api import drop_tables  # tests/ is on sys.path (no package)
 
 from harness.analysis import metrics as m
 from harness.emulation.clusters import EmulatedClusters
@@ -31,7 +32,10 @@ from harness.serving.run import run_topology, synthetic_trace
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parent.parent
-CASE_STUDY = (REPO / "workloads" / "paper-case-study.toml").read_text().split("[emulation]")[0]
+# serve builds its own rate-only link from [link] when the scenario has no [network]
+CASE_STUDY = drop_tables(
+    (REPO / "workloads" / "paper-case-study.toml").read_text(), "emulation", "network", "bench"
+)
 SPEEDUP = 2.0
 REQUESTS, RATE_RPS, OUTPUT_TOKENS = 40, 1.5, 64
 
@@ -41,7 +45,7 @@ def _scenario(tmp: Path, *, link_gbps: float, emulation: str) -> Path:
     text = text.replace("delay_ms = 5 ", "delay_ms = 0 ")  # a link shaped only by rate
     assert f"bandwidth_gbps = {link_gbps}" in text and "delay_ms = 0 " in text
     path = tmp / "scenario.toml"
-    path.write_text(text + "[emulation]\n" + emulation)
+    path.write_text(text + "\n[emulation]\n" + emulation)
     return path
 
 

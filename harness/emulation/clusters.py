@@ -16,6 +16,7 @@ the network.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import selectors
@@ -48,6 +49,23 @@ def _network_table(scenario: Scenario, sites: list[str], rate_mbit: float, delay
     if len(sites) > 1:
         table["links"].append({"between": [LOCAL, REMOTE], "rate_mbit": rate_mbit, "delay_ms": delay_ms})
     return table
+
+
+def _with_link_delay(table: Mapping[str, Any], delay_ms: float) -> dict[str, Any]:
+    """A copy of a ``[network]`` table whose local-remote link has one-way ``delay_ms`` in both
+    directions (jitter scaled by the same factor), so the delay follows the speed-up in force."""
+    out = copy.deepcopy(dict(table))
+    for link in out.get("links", []):
+        if sorted(link.get("between", [])) != sorted([LOCAL, REMOTE]):
+            continue
+        for part in (link, link.get("forward", {}), link.get("reverse", {})):
+            old = part.get("delay_ms")
+            if old is None and part is not link:
+                continue
+            if old and part.get("jitter_ms"):
+                part["jitter_ms"] = part["jitter_ms"] * delay_ms / old
+            part["delay_ms"] = delay_ms
+    return out
 
 
 class EmulatedClusters:
@@ -162,7 +180,12 @@ class EmulatedClusters:
     def _link_params(self, net_spec: Any | None) -> None:
         real = self.setup.stack.link
         if net_spec is not None and len(self.sites) > 1:
-            ls = net_spec.link(LOCAL, REMOTE).spec(REMOTE, LOCAL)  # the KV direction
+            try:
+                ls = net_spec.link(LOCAL, REMOTE).spec(REMOTE, LOCAL)  # the KV direction
+            except KeyError:
+                raise ScenarioError(
+                    "serve needs a direct link between local and remote", where=self.scenario.where("network")
+                ) from None
             self.rate_mbit, self.delay_ms = ls.rate_mbit, ls.delay_ms
         else:
             self.rate_mbit = self.spec.kv_rate_mbit
@@ -181,25 +204,26 @@ class EmulatedClusters:
         from harness.network import Network, parse_network
 
         backend = self._decide_backend()
-        if backend is not None:
-            if self.scenario.section("network"):
-                net = Network.from_scenario(self.scenario, prefix=self.prefix, backend=backend)
-            else:
-                self._link_params(None)
-                table = _network_table(self.scenario, self.sites, self.rate_mbit or 0.0, self.delay_ms)
-                net = Network(parse_network(table), prefix=self.prefix, backend=backend, table=table)
-            missing = [s for s in self.sites if s not in net.spec.sites]
+        where = self.scenario.where("network")
+        table: dict[str, Any] | None = None
+        net_spec = None
+        if self.scenario.section("network"):  # the scenario's own network, its delay scaled to s
+            delay = emulated_delay_ms(self.setup.stack.link.delay_ms, self.spec.speedup)
+            table = _with_link_delay(self.scenario.section("network"), delay)
+            net_spec = parse_network(table, where=where)
+            missing = [s for s in self.sites if s not in net_spec.sites]
             if missing:
-                raise ScenarioError(
-                    f"[network] lacks site(s) {missing}", where=self.scenario.where("network")
-                )
-            self._link_params(net.spec)
-            self._net_ctx = net.up()
+                raise ScenarioError(f"lacks site(s) {missing} that serve needs", where=where)
+        self._link_params(net_spec)
+        if backend is None:
+            self.backend = LOOPBACK
+        else:
+            if table is None or net_spec is None:
+                table = _network_table(self.scenario, self.sites, self.rate_mbit or 0.0, self.delay_ms)
+                net_spec = parse_network(table)
+            self._net_ctx = Network(net_spec, prefix=self.prefix, backend=backend, table=table).up()
             self._net = self._net_ctx.__enter__()
             self.backend = self._net.backend
-        else:
-            self._link_params(None)
-            self.backend = LOOPBACK
         socks = self._bind_sockets()
         try:
             self._spawn_all(socks)

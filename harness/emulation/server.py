@@ -16,6 +16,7 @@ usage, else the last token chunk; non-streamed responses carry it at top level.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -81,6 +82,7 @@ class SiteServer:
                 web.post("/v1/chat/completions", self.chat),
                 web.post("/{topology}/v1/completions", self.completions),
                 web.post("/{topology}/v1/chat/completions", self.chat),
+                web.post("/{topology}/internal/kv_push", self.kv_push),
             ]
         )
         self.lag = LagProbe(speedup=spec.speedup)
@@ -198,13 +200,13 @@ class SiteServer:
         )
 
     async def _prefill_here(
-        self, node: TopologyNode, sreq: ServeRequest, dst: str, colocated: bool
+        self, node: TopologyNode, sreq: ServeRequest, dst: str, colocated: bool, fetched_tokens: int = 0
     ) -> dict[str, Any]:
         if node.site is None or not node.site.prefill_instances:
             raise ApiError(400, f"topology {node.name!r} has no prefill instances in site {self.site}")
         transport = None if colocated else node.transport
         nbytes = node.kv_cost.kv_bytes(sreq.prompt_tokens)
-        result = await node.site.prefill(sreq, dst, transport, nbytes)
+        result = await node.site.prefill(sreq, dst, transport, nbytes, fetched_tokens=fetched_tokens)
         fields = prefill_fields(result, self.clock)
         if colocated:
             for key in ("kv_bytes", "kv_transfer_start_s", "kv_transfer_end_s"):
@@ -223,9 +225,18 @@ class SiteServer:
         dst = params.get("decode_site") or node.home
         if dst != self.site and dst not in node.peers:
             raise ApiError(400, f"unknown decode site {dst!r}", param="kv_transfer_params")
+        fetched = params.get("fetched_tokens", 0)
+        if isinstance(fetched, bool) or not isinstance(fetched, int) or not 0 <= fetched < req.prompt_tokens:
+            raise ApiError(
+                400, "kv_transfer_params.fetched_tokens must be an integer below the prompt length"
+            )
         node.waiting += 1
         try:
-            fields = await self._prefill_here(node, self._serve_request(req, tid, 1), dst, colocated=False)
+            prefix_tid = params.get("prefix_transfer_id")
+            if isinstance(prefix_tid, str):  # a cached prefix pushed here first (cache-aware global mode)
+                await self._await_kv(prefix_tid, {})
+            sreq = self._serve_request(req, tid, 1)
+            fields = await self._prefill_here(node, sreq, dst, colocated=False, fetched_tokens=fetched)
         finally:
             node.waiting -= 1
         assert node.site is not None
@@ -286,12 +297,20 @@ class SiteServer:
                 500, f"router chose decode site {route.decode_site!r}; only {self.site!r} decodes here"
             )
         node.routes[route.route] = node.routes.get(route.route, 0) + 1
+        colocated = route.route == "colocated"
         node.waiting += 1
         try:
+            extra: dict[str, Any] = {}
+            if route.prefix_site is not None and not colocated:
+                extra = await self._pull_prefix(
+                    node, sreq, route.prefix_site, route.prefill_site, route.prefix_tokens
+                )
             if route.prefill_site == self.site:
-                fields = await self._prefill_here(node, sreq, self.site, colocated=route.route == "colocated")
+                fields = await self._prefill_here(
+                    node, sreq, self.site, colocated=colocated, fetched_tokens=route.prefix_tokens
+                )
             else:
-                params = await self._remote_prefill(node, route.prefill_site, req, body, sreq)
+                params = await self._remote_prefill(node, route.prefill_site, req, body, sreq, extra)
                 fields = breakdown_from_params(params)
                 view = node.view.sites.get(route.prefill_site)
                 if isinstance(view, RemoteSiteView):
@@ -300,10 +319,64 @@ class SiteServer:
         finally:
             node.waiting -= 1
         fields["route"] = route.route
-        return await self._decode_and_respond(request, node, req, sreq.request_id, fields)
+        # Colocated: decode on the instance that prefilled (the KV never left its GPUs).
+        stay = fields["prefill_instance"] if colocated else None
+        return await self._decode_and_respond(request, node, req, sreq.request_id, fields, stay)
+
+    async def _pull_prefix(
+        self, node: TopologyNode, sreq: ServeRequest, holder: str, prefill_site: str, tokens: int
+    ) -> dict[str, Any]:
+        """Cache-aware (global) routing: move a cached prefix's KV from ``holder`` to ``prefill_site``
+        before the prefill, as simulate's cluster does. Returns prefill-leg params naming the transfer."""
+        nbytes = node.kv_cost.kv_bytes(tokens)
+        tid = uuid.uuid4().hex
+        if holder == self.site:  # push it from here; the remote prefill leg claims it
+            assert node.transport is not None
+            pull = dataclasses.replace(sreq, request_id=tid)
+            await node.transport.transfer(
+                pull, holder, prefill_site, nbytes, asyncio.get_running_loop().time(), 0.0
+            )
+            return {"prefix_transfer_id": tid, "fetched_tokens": tokens}
+        push = {"transfer_id": tid, "nbytes": nbytes, "dst_site": prefill_site}
+        try:
+            async with self._client().post(node.peers[holder] + "/internal/kv_push", json=push) as resp:
+                if resp.status != 200:
+                    raise ApiError(502, f"prefix holder {holder}: HTTP {resp.status} {await resp.text()}")
+        except aiohttp.ClientError as exc:
+            raise ApiError(502, f"prefix holder {holder} unreachable: {exc}") from None
+        if prefill_site == self.site:
+            await self._await_kv(tid, {})
+        return {"fetched_tokens": tokens}
+
+    async def kv_push(self, request: web.Request) -> web.Response:
+        """Internal: push ``nbytes`` (modelled) of KV to ``dst_site`` now, as ``transfer_id``."""
+        node = self._node(request)
+        try:
+            body = await request.json()
+            tid, nbytes, dst = body["transfer_id"], body["nbytes"], body["dst_site"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return web.json_response(
+                ApiError(400, "need transfer_id, nbytes and dst_site").body(), status=400
+            )
+        if not (isinstance(tid, str) and _HEX32.match(tid) and isinstance(nbytes, int) and nbytes > 0):
+            return web.json_response(ApiError(400, "bad transfer_id or nbytes").body(), status=400)
+        if node.transport is None or dst not in node.peers:
+            return web.json_response(ApiError(400, f"cannot push KV to {dst!r} from here").body(), status=400)
+        now = asyncio.get_running_loop().time()
+        req = ServeRequest(request_id=tid, arrival_s=now, prompt_tokens=1, output_tokens=1)
+        start, end = await node.transport.transfer(req, self.site, dst, nbytes, now, 0.0)
+        return web.json_response(
+            {"kv_transfer_start_s": self.clock.epoch(start), "kv_transfer_end_s": self.clock.epoch(end)}
+        )
 
     async def _remote_prefill(
-        self, node: TopologyNode, site: str, req: GenRequest, body: Mapping[str, Any], sreq: ServeRequest
+        self,
+        node: TopologyNode,
+        site: str,
+        req: GenRequest,
+        body: Mapping[str, Any],
+        sreq: ServeRequest,
+        extra: Mapping[str, Any],
     ) -> Mapping[str, Any]:
         """Send the prefill leg (max_tokens 1, do_remote_decode) to ``site``'s process; its kv_transfer_params."""
         leg = {
@@ -323,6 +396,7 @@ class SiteServer:
             "remote_port": None,
             "transfer_id": sreq.request_id,
             "decode_site": self.site,
+            **extra,
         }
         path = "/v1/chat/completions" if req.kind == api.CHAT else "/v1/completions"
         if node.forward_delay_s > 0:
@@ -356,11 +430,17 @@ class SiteServer:
 
     # ------------------------------------------------------------------ decode and stream
     async def _decode_and_respond(
-        self, request: web.Request, node: TopologyNode, req: GenRequest, rid: str, fields: dict[str, Any]
+        self,
+        request: web.Request,
+        node: TopologyNode,
+        req: GenRequest,
+        rid: str,
+        fields: dict[str, Any],
+        stay: str | None = None,
     ) -> web.StreamResponse:
         if node.site is None or not node.site.decode_instances:
             raise ApiError(400, f"topology {node.name!r} has no decode instances in site {self.site}")
-        instance, stream = node.site.decode(self._serve_request(req, rid, req.max_tokens))
+        instance, stream = node.site.decode(self._serve_request(req, rid, req.max_tokens), stay)
         fields.update(decode_site=self.site, decode_instance=instance.name)
         cached = int(fields.get("cached_tokens", 0))
         if req.stream:
