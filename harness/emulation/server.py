@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from harness.emulation import api
@@ -34,16 +33,18 @@ from harness.emulation.kvlink import KvReceiver, KvSender
 from harness.emulation.lag import LagProbe
 from harness.emulation.metrics import collect
 from harness.emulation.node import TopologyNode
+from harness.emulation.peers import Peers
 from harness.emulation.prometheus import CONTENT_TYPE, render
+from harness.emulation.respond import respond_json, respond_sse
 from harness.emulation.spec import EmulationSpec
 from harness.emulation.wire import (
-    PRFAAS_KEY,
     WallClock,
     breakdown_from_params,
     prefill_fields,
+    prefill_leg_body,
     prefill_leg_params,
 )
-from harness.serving.instances import DecodeInstance, DecodeRejected, TokenStream
+from harness.serving.instances import DecodeRejected
 from harness.serving.site import ServeRequest
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -70,7 +71,7 @@ class SiteServer:
         self.site, self.nodes, self.spec, self.model, self.clock = site, dict(nodes), spec, model, clock
         self.receiver, self.sender, self.kv_addr = receiver, sender, kv_addr
         self.default = next(iter(self.nodes))
-        self._session: aiohttp.ClientSession | None = None
+        self.peers = Peers()
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.add_routes(
             [
@@ -100,22 +101,8 @@ class SiteServer:
         }
         if request.query.get("peers"):
             peers = {url.rsplit("/", 1)[0] for node in self.nodes.values() for url in node.peers.values()}
-            body["peers"] = {url: await self._ping(url) for url in sorted(peers)}
+            body["peers"] = {url: await self.peers.ping(url) for url in sorted(peers)}
         return web.json_response(body)
-
-    async def _ping(self, base_url: str) -> str:
-        try:
-            async with self._client().get(base_url + "/health") as resp:
-                return "ok" if resp.status == 200 else f"HTTP {resp.status}"
-        except aiohttp.ClientError as exc:
-            return f"unreachable: {exc}"
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
-            )
-        return self._session
 
     async def models(self, request: web.Request) -> web.Response:
         self._node(request)
@@ -184,7 +171,10 @@ class SiteServer:
             return await self._routed(request, node, req, body)
         except ApiError as err:
             return web.json_response(err.body(), status=err.status, headers=err.headers())
-        except (ConnectionError, OSError, RuntimeError, DecodeRejected) as exc:
+        except DecodeRejected as exc:  # the sequence's KV can never fit a decode instance
+            node.failed += 1
+            return web.json_response(ApiError(400, str(exc)).body(), status=400)
+        except (OSError, RuntimeError) as exc:
             # A peer or KV connection failed mid-request: an error answer, never a dropped connection.
             node.failed += 1
             err = ApiError(502 if isinstance(exc, OSError) else 500, f"{type(exc).__name__}: {exc}")
@@ -338,12 +328,7 @@ class SiteServer:
             )
             return {"prefix_transfer_id": tid, "fetched_tokens": tokens}
         push = {"transfer_id": tid, "nbytes": nbytes, "dst_site": prefill_site}
-        try:
-            async with self._client().post(node.peers[holder] + "/internal/kv_push", json=push) as resp:
-                if resp.status != 200:
-                    raise ApiError(502, f"prefix holder {holder}: HTTP {resp.status} {await resp.text()}")
-        except aiohttp.ClientError as exc:
-            raise ApiError(502, f"prefix holder {holder} unreachable: {exc}") from None
+        await self.peers.kv_push(holder, node.peers[holder] + "/internal/kv_push", push)
         if prefill_site == self.site:
             await self._await_kv(tid, {})
         return {"fetched_tokens": tokens}
@@ -378,55 +363,19 @@ class SiteServer:
         sreq: ServeRequest,
         extra: Mapping[str, Any],
     ) -> Mapping[str, Any]:
-        """Send the prefill leg (max_tokens 1, do_remote_decode) to ``site``'s process; its kv_transfer_params."""
-        leg = {
-            k: v
-            for k, v in body.items()
-            if k not in ("stream_options", "min_tokens", "min_completion_tokens")
-        }
-        leg.update(stream=False, max_tokens=1)
-        if "max_completion_tokens" in leg:
-            leg["max_completion_tokens"] = 1
-        leg["kv_transfer_params"] = {
-            "do_remote_decode": True,
-            "do_remote_prefill": False,
-            "remote_engine_id": None,
-            "remote_block_ids": None,
-            "remote_host": None,
-            "remote_port": None,
-            "transfer_id": sreq.request_id,
-            "decode_site": self.site,
-            **extra,
-        }
+        """Send the prefill leg to ``site``'s process; the kv_transfer_params it returns."""
+        leg = prefill_leg_body(body, transfer_id=sreq.request_id, decode_site=self.site, extra=extra)
         path = "/v1/chat/completions" if req.kind == api.CHAT else "/v1/completions"
         if node.forward_delay_s > 0:
             await asyncio.sleep(node.forward_delay_s)
-        try:
-            async with self._client().post(node.peers[site] + path, json=leg) as resp:
-                payload = await resp.json(content_type=None)
-                if resp.status != 200:
-                    err = payload.get("error", {}) if isinstance(payload, dict) else {}
-                    raise ApiError(
-                        resp.status,
-                        f"prefill site {site}: {err.get('message', payload)}",
-                        retry_after_s=int(resp.headers["Retry-After"])
-                        if "Retry-After" in resp.headers
-                        else None,
-                    )
-        except (aiohttp.ClientError, json.JSONDecodeError) as exc:
-            raise ApiError(502, f"prefill site {site} unreachable: {exc}") from None
-        params = payload.get("kv_transfer_params") if isinstance(payload, dict) else None
-        if not isinstance(params, dict):
-            raise ApiError(502, f"prefill site {site} returned no kv_transfer_params")
-        return params
+        return await self.peers.prefill_leg(site, node.peers[site] + path, leg)
 
     async def _start_probe(self, _app: web.Application) -> None:
         self.lag.start()
 
     async def _close_session(self, _app: web.Application) -> None:
         await self.lag.stop()
-        if self._session is not None:
-            await self._session.close()
+        await self.peers.close()
 
     # ------------------------------------------------------------------ decode and stream
     async def _decode_and_respond(
@@ -438,64 +387,13 @@ class SiteServer:
         fields: dict[str, Any],
         stay: str | None = None,
     ) -> web.StreamResponse:
+        """Decode here (on ``stay``, or the least-loaded instance) and answer as the client asked."""
         if node.site is None or not node.site.decode_instances:
             raise ApiError(400, f"topology {node.name!r} has no decode instances in site {self.site}")
         instance, stream = node.site.decode(self._serve_request(req, rid, req.max_tokens), stay)
         fields.update(decode_site=self.site, decode_instance=instance.name)
-        cached = int(fields.get("cached_tokens", 0))
-        if req.stream:
-            return await self._stream(request, node, req, instance, stream, fields, cached)
-        try:
-            times = await stream.wait()
-        except DecodeRejected as exc:
-            node.failed += 1
-            raise ApiError(400, str(exc)) from None
-        self._note_decode_start(fields, stream)
-        usage = api.usage(req.prompt_tokens, len(times), cached)
-        body = api.full_response(req, api.TOKEN_TEXT * len(times), usage, {PRFAAS_KEY: fields})
-        return web.json_response(body)
-
-    def _note_decode_start(self, fields: dict[str, Any], stream: TokenStream) -> None:
-        if stream.admitted_s is not None:
-            fields["decode_start_s"] = self.clock.epoch(stream.admitted_s)
-
-    async def _stream(
-        self,
-        request: web.Request,
-        node: TopologyNode,
-        req: GenRequest,
-        instance: DecodeInstance,
-        stream: TokenStream,
-        fields: dict[str, Any],
-        cached: int,
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        n = 0
-        # Every token chunk but the last is the same bytes (OpenAI keeps id and created per completion).
-        token = api.sse(api.token_chunk(req, api.TOKEN_TEXT, None))
-        try:
-            if req.kind == api.CHAT:
-                await resp.write(api.sse(api.role_chunk(req)))
-            async for chunk in stream:
-                self._note_decode_start(fields, stream)
-                k = min(len(chunk), req.max_tokens - n)
-                n += k
-                if n < req.max_tokens:
-                    await resp.write(token * k)
-                    continue
-                last = api.token_chunk(req, api.TOKEN_TEXT, "length")
-                if not req.include_usage:
-                    last[PRFAAS_KEY] = fields
-                await resp.write(token * (k - 1) + api.sse(last))
-            if req.include_usage:
-                usage = api.usage(req.prompt_tokens, n, cached)
-                await resp.write(api.sse(api.usage_chunk(req, usage, {PRFAAS_KEY: fields})))
-            await resp.write(api.SSE_DONE)
-        except DecodeRejected as exc:
-            node.failed += 1
-            await resp.write(api.sse(ApiError(400, str(exc)).body()))
-        except ConnectionResetError:
-            return resp  # the client left; the sequence still runs to its end in the decode batch
-        await resp.write_eof()
+        if not req.stream:
+            return await respond_json(req, stream, fields, self.clock)
+        resp, failed = await respond_sse(request, req, stream, fields, self.clock)
+        node.failed += failed
         return resp
