@@ -12,9 +12,9 @@ point within the bound. The client shares the machine's two cores with the serve
     .venv/bin/python benchmarks/bench_serve.py [--instances 4,16,64] [--inflight 50,100,200,400]
 
 With ``--fidelity`` it instead prints serve-versus-simulate differences on the fidelity tests' trace
-(40 case-study requests at 1.5 req/s, 64 output tokens, rate-only link, namespaces; needs root):
+(by default 40 case-study requests at 1.5 req/s, 64 output tokens, rate-only link, namespaces; root):
 
-    .venv/bin/python benchmarks/bench_serve.py --fidelity [--speedup 2]
+    .venv/bin/python benchmarks/bench_serve.py --fidelity [--speedup 2] [--requests 40 --rate 1.5 --output-tokens 64]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def run_point(tmp: Path, instances: int, inflight: int, args) -> dict:
         SCENARIO.format(
             hardware=hardware,
             prompt=args.prompt_tokens,
-            output=args.output_tokens,
+            output=args.output_tokens or 4096,
             batch=max(20, -(-inflight // n_d)),
             instances=instances,
             n_p=n_p,
@@ -106,7 +106,7 @@ def run_point(tmp: Path, instances: int, inflight: int, args) -> dict:
     trace = Trace(
         arrival_s=np.zeros(n),
         input_tokens=np.full(n, args.prompt_tokens, dtype=np.int64),
-        output_tokens=np.full(n, args.output_tokens, dtype=np.int64),
+        output_tokens=np.full(n, args.output_tokens or 4096, dtype=np.int64),
         hash_values=np.zeros(0, dtype=np.int64),
         hash_offsets=np.zeros(n + 1, dtype=np.int64),
         source="bench",
@@ -149,8 +149,12 @@ def fidelity(args) -> None:
         path = Path(tmp) / "scenario.toml"
         path.write_text(case.replace("delay_ms = 5 ", "delay_ms = 0 ") + f"[emulation]\nspeedup = {s}\n")
         setup = prepare(load_scenario(path))
-        trace = synthetic_trace(setup, 40, 1.5, seed=1)
-        trace = trace.replace(output_tokens=np.full(len(trace), 64, dtype=np.int64))
+        trace = synthetic_trace(setup, args.requests, args.rate, seed=1)
+        out = args.output_tokens or 64
+        trace = trace.replace(
+            output_tokens=np.full(len(trace), out, dtype=np.int64),
+            input_tokens=np.minimum(trace.input_tokens, 131072 - out),  # prompt + output within context
+        )
         with EmulatedClusters(path, netns=True) as clusters:
             endpoints = tuple(Endpoint(name=t, model=clusters.model, url=u) for t, u in clusters.urls.items())
             config = ReplayConfig(endpoints=endpoints, progress=False, shaping_backend=clusters.backend)
@@ -181,7 +185,9 @@ def main() -> None:
     ap.add_argument("--inflight", default="50,100,200,400", help="closed-loop concurrency levels")
     ap.add_argument("--speedup", type=float, default=None, help="default 1 (lag), 2 (--fidelity)")
     ap.add_argument("--prompt-tokens", type=int, default=256)
-    ap.add_argument("--output-tokens", type=int, default=4096)
+    ap.add_argument("--output-tokens", type=int, default=None, help="default 4096 (lag), 64 (--fidelity)")
+    ap.add_argument("--requests", type=int, default=40, help="--fidelity: requests in the trace")
+    ap.add_argument("--rate", type=float, default=1.5, help="--fidelity: Poisson rate (model req/s)")
     ap.add_argument("--window", type=float, default=8.0, help="seconds of lag sampling per point")
     ap.add_argument("--fidelity", action="store_true", help="print serve-versus-simulate differences instead")
     args = ap.parse_args()
