@@ -137,3 +137,28 @@ def test_synth_bad_specs_exit_2(run, tmp_path, args, message):
     assert res.exit_code == 2
     assert message in res.output, res.output
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_output_never_overwrites_a_raw_trace(run, mooncake_path, tmp_path):
+    # Regression: `trace convert T.jsonl T.jsonl` replaced the source trace with Parquet.
+    src = tmp_path / "t.jsonl"
+    src.write_bytes(mooncake_path.read_bytes()[:100_000].rsplit(b"\n", 1)[0] + b"\n")
+    before = src.read_bytes()
+    res = run("trace", "convert", str(src), str(src))
+    assert res.exit_code == 2 and str(src) in res.output and "refusing to overwrite" in res.output
+    res = run("trace", "synth", str(src), "-n", "5", "--arrival", "poisson:1")
+    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    assert src.read_bytes() == before
+    # A Parquet output is still replaced on a second run.
+    out = tmp_path / "o.parquet"
+    for n in ("5", "7"):
+        assert run("trace", "synth", str(out), "-n", n, "--arrival", "poisson:1").exit_code == 0
+    assert len(read_trace(out)) == 7
+
+
+def test_unwritable_output_is_one_line(run, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run("trace", "synth", str(blocker / "sub" / "o.parquet"), "-n", "5", "--arrival", "poisson:1")
+    assert res.exit_code == 2 and "o.parquet: cannot" in res.output and "Traceback" not in res.output
+    assert blocker.read_text() == "x"

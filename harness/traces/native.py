@@ -32,8 +32,13 @@ _COLUMNS = ("arrival_s", "input_tokens", "output_tokens", "hash_ids")
 
 
 def write_native(trace: Trace, path: str | os.PathLike) -> Path:
-    """Write ``trace`` as native Parquet (atomically: a partial file never has the final name)."""
+    """Write ``trace`` as native Parquet (atomically: a partial file never has the final name).
+
+    An existing file is replaced only if it is Parquet: a raw trace (JSONL, CSV) given as the
+    output by mistake is kept, not overwritten.
+    """
     path = Path(path)
+    _refuse_non_parquet(path)
     hash_ids = pa.LargeListArray.from_arrays(
         pa.array(trace.hash_offsets, pa.int64()), pa.array(trace.hash_values, pa.int64())
     )
@@ -52,11 +57,33 @@ def write_native(trace: Trace, path: str | os.PathLike) -> Path:
             "session_id": sessions,
         }
     ).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TraceError(f"cannot write ({exc.strerror or exc})", where=str(path)) from None
     return path
+
+
+def _refuse_non_parquet(path: Path) -> None:
+    """Raise if ``path`` exists and is not Parquet or empty (so it is not ours to replace)."""
+    if path.is_dir():
+        raise TraceError("is a directory; give a file name for the Parquet trace", where=str(path))
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TraceError(f"cannot check the existing file ({exc.strerror})", where=str(path)) from None
+    if head and head != MAGIC:  # an empty file (from mktemp, say) holds nothing to lose
+        raise TraceError(
+            "exists and is not a Parquet trace; refusing to overwrite it (choose a new name)",
+            where=str(path),
+        )
 
 
 def read_native(path: Path, *, skip_bad: bool = False) -> tuple[Trace, ReadReport]:
