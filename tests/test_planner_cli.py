@@ -210,3 +210,14 @@ def test_trace_workload(tmp_path):
     share = out["topologies"]["prfaas"]["offload_share"]
     # The offloaded share is exactly the trace's fraction of requests longer than t.
     assert share == pytest.approx(sum(n > t for n in [2_000, 5_000, 12_000, 30_000, 60_000, 90_000]) / 6)
+
+
+@pytest.mark.parametrize("sweep", [[], ["--sweep", "split"]])
+def test_unwritable_csv_is_one_line(tmp_path, sweep):
+    # Regression: an unwritable --csv path ended in a pandas FileNotFoundError traceback.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    target = blocker / "plan.csv"
+    out = run(str(CASE_STUDY), *sweep, "--csv", str(target))
+    assert out.exit_code == 2 and out.output.startswith(f"error: --csv {target}: cannot write")
+    assert len(out.output.strip().splitlines()) == 1

@@ -64,8 +64,9 @@ def command(
         if csv_path:
             import pandas as pd
 
-            pd.DataFrame([tp.as_dict() for tp in report.topologies.values()]).drop(columns="extra").to_csv(
-                csv_path, index=False
+            _write_csv(
+                pd.DataFrame([tp.as_dict() for tp in report.topologies.values()]).drop(columns="extra"),
+                csv_path,
             )
         if as_json:
             click.echo(json.dumps(json_safe(report.as_dict()), indent=2))
@@ -88,7 +89,7 @@ def _emit(frame, as_json: bool, csv_path: str | None, title: str, extra: dict | 
     """Write ``frame`` as CSV if asked, then print it as JSON (``rows`` plus ``extra``) or a table."""
     extra = extra or {}
     if csv_path:
-        frame.to_csv(csv_path, index=False)
+        _write_csv(frame, csv_path)
     if as_json:
         rows = json.loads(frame.to_json(orient="records"))
         click.echo(json.dumps(json_safe({**extra, "rows": rows}), indent=2))
@@ -98,3 +99,11 @@ def _emit(frame, as_json: bool, csv_path: str | None, title: str, extra: dict | 
     for key, value in extra.items():
         if key.endswith("_gbps"):
             click.echo(f"{key}: {'-' if value is None else f'{value:.1f}'}")
+
+
+def _write_csv(frame, path: str) -> None:
+    """Write ``frame`` to ``path``; an unwritable path is the user's to fix, so name it in one line."""
+    try:
+        frame.to_csv(path, index=False)
+    except OSError as exc:
+        raise ScenarioError(f"cannot write ({exc.strerror or exc})", where=f"--csv {path}") from None
