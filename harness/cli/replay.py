@@ -173,6 +173,12 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
     "--tokenizer", default=None, type=click.Path(dir_okay=False), help="tokenizer.json: token-exact prompts."
 )
 @click.option(
+    "--tokenize-url",
+    default=None,
+    metavar="URL",
+    help="Server whose POST /tokenize (vLLM, SGLang) counts tokens: token-exact prompts, fitted before the run.",
+)
+@click.option(
     "--shaping-backend",
     default="none",
     show_default=True,
@@ -226,7 +232,7 @@ def command(**o) -> None:
     config = ReplayConfig(
         endpoints=endpoints, load=load, workers=o["workers"], api_key_env=o["api_key_env"],
         timeouts=Timeouts(connect_s=o["timeout_connect"], first_token_s=o["timeout_first_token"], total_s=o["timeout_total"]),
-        tokenizer=o["tokenizer"], shaping_backend=o["shaping_backend"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
+        tokenizer=o["tokenizer"], tokenize_url=o["tokenize_url"], shaping_backend=o["shaping_backend"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
         progress=not o["quiet"], meta_extra={"scenario": o["scenario_path"], "time_scale": o["time_scale"], "trace_args": {
             k: o[k] for k in ("trace_path", "fmt", "skip_bad", "window", "speedup", "trace_rate", "max_input")}},
     )  # fmt: skip

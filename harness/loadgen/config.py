@@ -150,6 +150,7 @@ class ReplayConfig:
     workers: int = 1
     api_key_env: str = "OPENAI_API_KEY"
     tokenizer: str | None = None
+    tokenize_url: str | None = None  # a server whose POST /tokenize fits the prompts before the run
     shaping_backend: str = "none"
     max_send_lag_s: float = 0.010  # p99 above this: "client saturated"
     run_id: str | None = None
@@ -165,6 +166,10 @@ class ReplayConfig:
             raise InputError(f"endpoint names must be unique, got {names}")
         if self.workers < 1:
             raise InputError(f"--workers must be >= 1, got {self.workers}")
+        if self.tokenizer and self.tokenize_url:
+            raise InputError("use either --tokenizer FILE or --tokenize-url URL, not both")
+        if self.tokenize_url:
+            object.__setattr__(self, "tokenize_url", _base_url(self.tokenize_url, "--tokenize-url"))
 
     def describe(self) -> dict[str, Any]:
         """Configuration for meta.json: no API key, no URL credentials."""
@@ -175,6 +180,7 @@ class ReplayConfig:
             "workers": self.workers,
             "api_key_env": self.api_key_env,
             "tokenizer": self.tokenizer,
+            "tokenize_url": redact_url(self.tokenize_url) if self.tokenize_url else None,
             "shaping_backend": self.shaping_backend,
             "max_send_lag_s": self.max_send_lag_s,
             "extra_body": self.extra_body,

@@ -23,7 +23,7 @@ from harness.loadgen.config import Endpoint, Timeouts
 from harness.loadgen.schedule import Schedule, closed_loop_phase
 from harness.records import RequestRecord
 from harness.traces.frame import Trace
-from harness.traces.prompts import PromptSynth
+from harness.traces.prompts import PromptFits, PromptSynth
 
 _LOOKAHEAD = 64  # prepared requests held ahead of their send time (bounded memory)
 _PREP_SLACK_S = 0.002  # stop preparing this close to a send time
@@ -41,6 +41,7 @@ class WorkerSetup:
     extra_body: dict[str, Any]
     tokenizer: str | None
     seed: int
+    prompt_fits: PromptFits | None = None  # prompts fitted to a server's /tokenize before the run
 
 
 class Jobs:

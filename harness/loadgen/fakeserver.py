@@ -1,7 +1,8 @@
 """A minimal OpenAI-compatible streaming server that can misbehave on demand (tests, benchmarks).
 
 Not a model: it answers ``/v1/completions`` and ``/v1/chat/completions`` with ``max_tokens`` chunks of
-one word each, usage (prompt tokens = words in the prompt) and optional ``prfaas`` breakdown, and it
+one word each, usage (prompt tokens = words in the prompt) and optional ``prfaas`` breakdown, ``/tokenize``
+as vLLM does (with ``FakeServer.tokenizer`` if set, else one token per word), and it
 honours vLLM's PD-proxy fields (a prefill leg with ``kv_transfer_params.do_remote_decode`` gets
 ``kv_transfer_params`` back; a decode leg records what it received).
 
@@ -40,6 +41,8 @@ class FakeServer:
     prfaas: dict[str, Any] | None = None
     role_chunk_delay_s: float = 0.0  # chat: the role-only chunk goes out first, this long before content
     keep_bodies: bool = False
+    tokenizer: Any = None  # a tokenizers.Tokenizer for /tokenize; None: a token is a whitespace word
+    tokenize_calls: int = 0
     requests: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -48,8 +51,20 @@ class FakeServer:
         app = web.Application()
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/health", _health)
         return app
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``POST /tokenize`` for a completion prompt: count, max_model_len, token ids."""
+        self.tokenize_calls += 1
+        body = await request.json(loads=json.loads)
+        text = body["prompt"]
+        if self.tokenizer is None:
+            ids = list(range(len(text.split())))
+        else:
+            ids = self.tokenizer.encode(text, add_special_tokens=body.get("add_special_tokens", True)).ids
+        return web.json_response({"count": len(ids), "max_model_len": 1 << 20, "tokens": ids})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:

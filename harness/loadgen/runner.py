@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from harness.loadgen.config import Endpoint, ReplayConfig
 from harness.loadgen.driver import WorkerSetup, drive
@@ -17,10 +20,11 @@ from harness.loadgen.progress import Progress, print_summary
 from harness.loadgen.schedule import Schedule, build_schedule
 from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
 from harness.loadgen.stats import RunStats
+from harness.loadgen.tokenize import prepare_prompts
 from harness.loadgen.workers import run_workers
 from harness.records import RunWriter, new_run_id
 from harness.traces.frame import Trace
-from harness.traces.prompts import PromptSynth, load_tokenizer
+from harness.traces.prompts import PromptFits, PromptSynth, load_tokenizer
 
 _LEAD_S = 0.05
 
@@ -40,12 +44,26 @@ class ReplayResult:
         return sum(s["failed"] for s in self.summaries.values()) / n if n else 0.0
 
 
-def replay(trace: Trace, config: ReplayConfig, out_dir: str | Path, *, quiet: bool = False) -> ReplayResult:
+def replay(
+    trace: Trace,
+    config: ReplayConfig,
+    out_dir: str | Path,
+    *,
+    quiet: bool = False,
+    prompt_fits: PromptFits | None = None,
+) -> ReplayResult:
     """Replay ``trace`` (already windowed/sped up) against every endpoint of ``config``, one after another,
     with the same schedule and prompts (paired). Records go to ``out_dir`` as they finish; Ctrl-C keeps
-    them and marks the run incomplete (KeyboardInterrupt is re-raised)."""
+    them and marks the run incomplete (KeyboardInterrupt is re-raised).
+
+    With ``config.tokenize_url`` the prompts are fitted to that server's tokenizer before the schedule
+    starts (``prompt_fits`` reuses an earlier fitting of the same trace rows, as a sweep does).
+    """
     schedule = build_schedule(trace, config.load)
     tok = load_tokenizer(config.tokenizer) if config.tokenizer else None  # fail early on a bad file
+    preparation = None
+    if config.tokenize_url and prompt_fits is None:
+        prompt_fits, preparation = _fit_prompts(trace, _rows(schedule), config, quiet)
     run_id = config.run_id or new_run_id("replay")
     meta = {
         "command": "replay",
@@ -57,7 +75,12 @@ def replay(trace: Trace, config: ReplayConfig, out_dir: str | Path, *, quiet: bo
         "shaping_backend": config.shaping_backend,
         "trace": {"source": trace.source, "requests": len(trace), "span_s": trace.duration_s},
         "schedule": {"requests": len(schedule), "closed_loop": schedule.closed_loop},
-        "prompts": {"tokenizer": config.tokenizer, "token_exact": tok is not None},
+        "prompts": {
+            "tokenizer": config.tokenizer,
+            "tokenize_url": config.describe()["tokenize_url"],
+            "token_exact": tok is not None or prompt_fits is not None,
+            "preparation": preparation.describe() if preparation else None,
+        },
         "breakdown_wire_format": {
             "key": PRFAAS_KEY,
             "fields": {k: v.__name__ for k, v in PRFAAS_FIELDS.items()},
@@ -70,7 +93,7 @@ def replay(trace: Trace, config: ReplayConfig, out_dir: str | Path, *, quiet: bo
         for ep in config.endpoints:
             stats = RunStats()
             try:
-                _run_endpoint(ep, trace, schedule, config, writer, stats, tok, run_id, quiet)
+                _run_endpoint(ep, trace, schedule, config, writer, stats, tok, prompt_fits, run_id, quiet)
             finally:
                 summary = stats.summary()
                 p99 = summary["send_lag_s"]["p99"]
@@ -88,20 +111,48 @@ def replay_sweep(
     trace: Trace, config: ReplayConfig, rates: list[float], out_dir: str | Path, *, quiet: bool = False
 ) -> list[ReplayResult]:
     """One run per offered rate, each in ``out_dir/rate-<r>``; same trace rows, same prompts."""
+    subs = [replace(config, load=_rate_load(config, rate), run_id=None) for rate in rates]
+    fits = None
+    if config.tokenize_url:  # fit once, for every row any rate's schedule uses
+        rows = np.unique(np.concatenate([_rows(build_schedule(trace, sub.load)) for sub in subs]))
+        fits, _ = _fit_prompts(trace, rows, config, quiet)
     results = []
-    for rate in rates:
-        load = replace(
-            config.load,
-            rate_rps=rate,
-            arrival="poisson" if config.load.arrival == "trace" else config.load.arrival,
-        )
-        sub = replace(config, load=load, run_id=None)
+    for rate, sub in zip(rates, subs, strict=True):
         tag = "inf" if math.isinf(rate) else f"{rate:g}"
-        results.append(replay(trace, sub, Path(out_dir) / f"rate-{tag}", quiet=quiet))
+        results.append(replay(trace, sub, Path(out_dir) / f"rate-{tag}", quiet=quiet, prompt_fits=fits))
     return results
 
 
-def _run_endpoint(ep: Endpoint, trace, schedule: Schedule, config, writer, stats, tok, run_id, quiet) -> None:
+def _rate_load(config: ReplayConfig, rate: float):
+    arrival = "poisson" if config.load.arrival == "trace" else config.load.arrival
+    return replace(config.load, rate_rps=rate, arrival=arrival)
+
+
+def _rows(schedule: Schedule) -> np.ndarray:
+    """Trace rows a schedule can send (a closed loop cycles through the trace)."""
+    if schedule.row is not None:
+        return np.unique(schedule.row)
+    return np.arange(min(schedule.count, schedule.trace_len))
+
+
+def _fit_prompts(trace: Trace, rows: np.ndarray, config: ReplayConfig, quiet: bool):
+    assert config.tokenize_url is not None
+    fits, prep = prepare_prompts(
+        trace, rows, url=config.tokenize_url, model=config.endpoints[0].model, salt=config.load.seed,
+        api_key=os.environ.get(config.api_key_env) or None,
+    )  # fmt: skip
+    if not quiet:
+        print(
+            f"prompts: {prep.rows} fitted to {config.describe()['tokenize_url']}/tokenize with "
+            f"{prep.calls} calls in {prep.seconds:.1f}s",
+            file=sys.stderr,
+        )
+    return fits, prep
+
+
+def _run_endpoint(
+    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, tok, fits, run_id, quiet
+) -> None:
     api_key = os.environ.get(config.api_key_env) or None
 
     def setup(t0: float, wall_offset_s: float) -> WorkerSetup:
@@ -114,6 +165,7 @@ def _run_endpoint(ep: Endpoint, trace, schedule: Schedule, config, writer, stats
             extra_body=config.extra_body,
             tokenizer=config.tokenizer,
             seed=config.load.seed,
+            prompt_fits=fits,
         )
 
     def on_record(rec) -> None:
@@ -128,7 +180,7 @@ def _run_endpoint(ep: Endpoint, trace, schedule: Schedule, config, writer, stats
                 lambda d: progress.update(stats, d - stats.completed), config.tokenizer,
             )  # fmt: skip
             return
-        synth = PromptSynth(tok, block_tokens=trace.block_tokens, salt=config.load.seed)
+        synth = PromptSynth(tok, fits=fits, block_tokens=trace.block_tokens, salt=config.load.seed)
         counters = {"dispatched": 0}
 
         async def main() -> None:

@@ -40,7 +40,7 @@ def _worker_main(
         tok = load_tokenizer(tokenizer) if tokenizer else None
         conn.send(("ready",))
         setup: WorkerSetup = conn.recv()
-        synth = PromptSynth(tok, block_tokens=trace.block_tokens, salt=setup.seed)
+        synth = PromptSynth(tok, fits=setup.prompt_fits, block_tokens=trace.block_tokens, salt=setup.seed)
         counters = {"dispatched": 0}
         asyncio.run(_worker_async(conn, endpoint, trace, schedule, setup, synth, counters))
         conn.send(("done", counters["dispatched"]))

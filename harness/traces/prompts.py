@@ -9,6 +9,9 @@ Token exactness:
 * with a tokenizer (``tokenizers.Tokenizer``, e.g. a model's ``tokenizer.json``) a prompt encodes to
   exactly ``input_tokens`` tokens (no special tokens counted): the text is trimmed or extended at its
   tail, and only the tail block differs from the block cache;
+* with only a tokenizer's counts (a server's ``/tokenize``, see ``harness.loadgen.tokenize``) a prompt is
+  the first ``words`` words of the same word stream plus ``pad`` single-token filler words, a
+  ``PromptFits`` entry fitted before the run from the server's counts of each vocabulary word;
 * without one, a prompt has exactly ``input_tokens`` words from ``VOCABULARY``: common English words that
   are one token each (with their leading space) in byte-level BPE tokenizers. Measured against a
   65k-entry byte-level BPE tokenizer, prompts came out at exactly the requested length plus at most
@@ -18,7 +21,8 @@ Token exactness:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,6 +104,24 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise InputError(f"not a tokenizer.json: {exc}", where=str(p)) from None
 
 
+@dataclass(frozen=True)
+class PromptFits:
+    """Prompts fitted to a tokenizer known only through token counts (a server's ``/tokenize``).
+
+    ``rows[row] = (input_tokens, words, pad)``: the row's prompt is the first ``words`` words of its
+    word stream (the same block text as always) and then ``pad`` words drawn from ``filler``, words
+    that are one token each for that tokenizer. Small and picklable, so worker processes get a copy.
+    """
+
+    filler: tuple[str, ...]
+    rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+
+def _filler_block(row: int) -> int:
+    """Block id whose word draws pick a row's pad words (never a trace id: those are >= 0)."""
+    return -(row * 4096) - 4095
+
+
 class PromptSynth:
     """Builds prompts from hash ids; caches block text (LRU, ``cache_blocks`` entries).
 
@@ -111,13 +133,17 @@ class PromptSynth:
         self,
         tokenizer: Tokenizer | None = None,
         *,
+        fits: PromptFits | None = None,
         block_tokens: int = DEFAULT_BLOCK_TOKENS,
         salt: int = 0,
         cache_blocks: int = 4096,
     ) -> None:
         if block_tokens <= 0:
             raise InputError(f"block_tokens must be positive, got {block_tokens}")
+        if tokenizer is not None and fits is not None:
+            raise InputError("give a tokenizer or fitted prompts, not both")
         self.tokenizer = tokenizer
+        self.fits = fits
         self.block_tokens = block_tokens
         self.salt = salt
         self._cache: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()
@@ -125,8 +151,8 @@ class PromptSynth:
 
     @property
     def exact(self) -> bool:
-        """True when prompts are token-exact (a tokenizer is loaded)."""
-        return self.tokenizer is not None
+        """True when prompts are token-exact (a tokenizer is loaded, or prompts were fitted)."""
+        return self.tokenizer is not None or self.fits is not None
 
     def _block(self, block_id: int) -> tuple[str, np.ndarray]:
         hit = self._cache.get(block_id)
@@ -144,18 +170,31 @@ class PromptSynth:
         """The full text of one block (``block_tokens`` words)."""
         return self._block(int(block_id))[0]
 
-    def _words(self, hash_ids: Sequence[int], n_words: int, row: int) -> str:
-        parts: list[str] = []
+    def _blocks(self, hash_ids: Sequence[int], n_words: int, row: int) -> Iterator[tuple[int, int]]:
+        """(block id, words taken from it) for the first ``n_words`` words of a row's word stream."""
         remaining, k = n_words, 0
         while remaining > 0:
             # Past the trace's own ids (or with none), use per-request ids so tails never collide.
             block_id = int(hash_ids[k]) if k < len(hash_ids) else -(row * 4096 + k) - 1
-            text, ends = self._block(block_id)
             take = min(remaining, self.block_tokens)
-            parts.append(text if take == self.block_tokens else text[: ends[take - 1]])
+            yield block_id, take
             remaining -= take
             k += 1
+
+    def _words(self, hash_ids: Sequence[int], n_words: int, row: int) -> str:
+        parts: list[str] = []
+        for block_id, take in self._blocks(hash_ids, n_words, row):
+            text, ends = self._block(block_id)
+            parts.append(text if take == self.block_tokens else text[: ends[take - 1]])
         return "".join(parts)
+
+    def word_stream(self, hash_ids: Sequence[int], n_words: int, row: int = 0) -> np.ndarray:
+        """Vocabulary indices of the first ``n_words`` words of a row's prompt text."""
+        parts = [
+            _word_indices(self.salt, block_id, self.block_tokens)[:take]
+            for block_id, take in self._blocks(hash_ids, n_words, row)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
 
     def prompt(self, hash_ids: Sequence[int], input_tokens: int, row: int = 0) -> str:
         """Prompt text for one request: ``input_tokens`` tokens (exact with a tokenizer, else words).
@@ -164,10 +203,57 @@ class PromptSynth:
         """
         if input_tokens <= 0:
             raise InputError(f"input_tokens must be positive, got {input_tokens}")
+        if self.fits is not None:
+            fit = self.fits.rows.get(int(row))
+            if fit is None or fit[0] != input_tokens:
+                raise InputError(f"no fitted prompt of {input_tokens} tokens for trace row {row}")
+            return self.fitted_text(hash_ids, row, fit[1], fit[2], self.fits.filler)
         text = self._words(hash_ids, input_tokens, row)
         if self.tokenizer is None:
             return text
         return self._fit(text, input_tokens, row)
+
+    def fitted_text(
+        self, hash_ids: Sequence[int], row: int, words: int, pad: int, filler: Sequence[str]
+    ) -> str:
+        """The first ``words`` words of the row's stream, then ``pad`` words drawn from ``filler``."""
+        pick = _word_indices(self.salt, _filler_block(row), pad) % len(filler) if pad else []
+        return self._words(hash_ids, words, row) + "".join(" " + filler[i] for i in pick)
+
+    def plan_fit(
+        self, hash_ids: Sequence[int], target: int, row: int, word_tokens: np.ndarray
+    ) -> tuple[int, int]:
+        """(words, pad) predicted to make ``target`` tokens if counts add up word by word.
+
+        ``word_tokens[v]`` is the token count of vocabulary word v (with its leading space), >= 1. Keeps
+        the longest prefix of the word stream that fits, then pads with single-token words; when every
+        word is one token this is the plain ``target``-word prompt.
+        """
+        cum = np.cumsum(word_tokens[self.word_stream(hash_ids, target, row)])
+        words = int(np.searchsorted(cum, target, side="right"))
+        return words, target - (int(cum[words - 1]) if words else 0)
+
+    def refit(
+        self,
+        hash_ids: Sequence[int],
+        row: int,
+        fit: tuple[int, int],
+        measured: int,
+        target: int,
+        word_tokens: np.ndarray,
+    ) -> tuple[int, int]:
+        """Correct ``fit`` after a count of ``measured`` tokens (counts did not add up word by word)."""
+        words, pad = fit
+        excess = measured - target
+        if excess <= 0:
+            return words, pad - excess
+        cut = min(pad, excess)
+        pad, excess = pad - cut, excess - cut
+        if excess:
+            tail = np.cumsum(word_tokens[self.word_stream(hash_ids, words, row)][::-1])
+            drop = min(int(np.searchsorted(tail, excess)), len(tail) - 1)
+            words, pad = words - drop - 1, pad + int(tail[drop]) - excess
+        return max(words, 0), max(pad, 0)
 
     def count(self, text: str) -> int:
         """Tokens in ``text`` (tokenizer if loaded, else words)."""
@@ -179,7 +265,7 @@ class PromptSynth:
         """Trim or extend the tail until the text encodes to exactly ``target`` tokens."""
         tok = self.tokenizer
         assert tok is not None
-        filler = self._block(-(row * 4096) - 4095)[0].split(" ")[1:]
+        filler = self._block(_filler_block(row))[0].split(" ")[1:]
         extra = 0
         for _ in range(64):
             enc = tok.encode(text, add_special_tokens=False)
