@@ -161,10 +161,15 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path, meta: Mapping[str, Any]) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.meta: dict[str, Any] = {"started_at": time.time(), **machine_info(), **meta, "complete": False}
-        self._write_meta()
-        self._log = open(self.run_dir / "records.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        try:  # an unusable --out is the user's to fix: one line naming it, before any work starts
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_meta()
+            self._log = open(self.run_dir / "records.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the run directory ({exc.strerror or exc})", where=str(run_dir)
+            ) from None
         self.count = 0
         self._closed = False
 

@@ -46,3 +46,13 @@ def test_torn_last_line_is_tolerated(tmp_path):
         assert len(read_records(tmp_path)) == 3
     finally:
         w._log.close()
+
+
+def test_unwritable_run_dir_names_it(tmp_path):
+    from harness.errors import InputError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="cannot write the run directory") as info:
+        RunWriter(blocker / "run", {"source": "test"})
+    assert info.value.where == str(blocker / "run") and blocker.read_text() == "x"

@@ -341,3 +341,45 @@ def test_bandwidth_aware_router_lowers_a_threshold_that_overloads_the_local_site
     assert fixed.offload_share < 0.05
     assert tuned.offload_share > 0.3
     assert tuned.ttft_p90_s < fixed.ttft_p90_s / 3
+
+
+def test_cli_unusable_out_is_one_line(tmp_path):
+    # Regression: --out under a regular file ended in a mkdir FileNotFoundError traceback.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = _run(str(PAPER), "--rate", "2", "--requests", "5", "--out", str(blocker / "sub"))
+    assert res.exit_code == 2 and "cannot write the run directory" in res.output
+    assert str(blocker / "sub") in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_ctrl_c_keeps_records_and_marks_run_incomplete(tmp_path):
+    """SIGINT mid-run: exit 130, one line, every streamed record kept, meta says interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "harness", "simulate", str(PAPER), "--rate", "2", "--requests", "100000"]
+    proc = subprocess.Popen(
+        [*cmd, "--topology", "prfaas", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background shell ignores it
+    )
+    try:
+        log = None
+        while proc.poll() is None and (log is None or log.stat().st_size == 0):
+            log = next(tmp_path.glob("*/records.jsonl"), None)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().strip() == "interrupted"
+    run_dir = log.parent
+    meta = json.loads((run_dir / "meta.json").read_text())
+    lines = (run_dir / "records.jsonl").read_text().splitlines()
+    assert meta["complete"] is False and meta["incomplete_reason"] == "interrupted"
+    assert 0 < meta["records"] == len(lines) < 100000
+    assert len(read_records(run_dir)) == len(lines)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import signal
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -53,16 +55,40 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
 
 def run_virtual(main: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
-    """Run ``main`` to completion on a fresh virtual-time loop and close it (like ``asyncio.run``)."""
+    """Run ``main`` to completion on a fresh virtual-time loop and close it (like ``asyncio.run``).
+
+    Ctrl-C cancels ``main`` (as ``asyncio.run`` does) and then raises KeyboardInterrupt, so every task
+    unwinds quietly instead of one of them dying with the interrupt and being logged as a traceback.
+    """
     loop = VirtualTimeLoop(start)
+    task = loop.create_task(main)
+    interrupted = False
+
+    def on_sigint(signum, frame) -> None:
+        nonlocal interrupted
+        interrupted = True
+        loop.call_soon_threadsafe(task.cancel)
+
+    ours = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if ours:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main)
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         try:
             _cancel_all(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
+            if ours:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             asyncio.set_event_loop(None)
             loop.close()
 

@@ -150,6 +150,8 @@ async def drive(
     def finished(task: asyncio.Task[Outcome]) -> None:
         nonlocal remaining
         tasks.discard(task)
+        if task.cancelled():  # the run is being torn down (Ctrl-C): no outcome, and no traceback
+            return
         on_outcome(task.result())
         remaining -= 1
         if remaining == 0 and not all_done.done():
