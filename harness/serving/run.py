@@ -221,6 +221,11 @@ def find_max_rate(
         if s.attainment < attainment:
             break
         lo, lo_sum, hi = hi, s, hi * 2
+    else:  # never failed: the requests all fit in the SLO even arriving at once; Λ_max is not measured
+        raise ScenarioError(
+            f"--find-max-rate: the SLO is still met at {lo:.3g} req/s, so {len(make_trace(lo))} "
+            "requests are too few to load the system; give more (--requests or [simulate] requests)"
+        )
     while probes < max_probes and hi - lo > rel_tol * hi:
         mid = (lo + hi) / 2
         s = probe(mid)
