@@ -218,8 +218,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8100)
     ap.add_argument("--first-token-delay", type=float, default=0.0)
+    ap.add_argument("--tokenizer", default=None, help="tokenizer.json that /tokenize counts with")
     args = ap.parse_args()
     server = FakeServer(first_token_delay_s=args.first_token_delay)
+    if args.tokenizer:
+        from harness.traces.prompts import load_tokenizer
+
+        server.tokenizer = load_tokenizer(args.tokenizer)
 
     async def report() -> None:
         last, t = 0, time.monotonic()
