@@ -161,6 +161,9 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path, meta: Mapping[str, Any]) -> None:
         self.run_dir = Path(run_dir)
+        if (self.run_dir / "meta.json").exists() or (self.run_dir / "records.jsonl").exists():
+            # Appending would mix two runs' records under the second run's meta.json.
+            raise InputError("already holds a run; give a new directory or remove it", where=str(run_dir))
         self.meta: dict[str, Any] = {"started_at": time.time(), **machine_info(), **meta, "complete": False}
         try:  # an unusable --out is the user's to fix: one line naming it, before any work starts
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -196,3 +196,29 @@ def test_scenario_errors_name_the_table(tmp_path):
     scenario.write_text('[replay]\nmodel = "m"\nendpoint = "http://x"\n')
     res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "unknown keys ['endpoint']" in res.output
+
+
+def test_out_holding_a_run_is_refused_and_left_intact(tmp_path):
+    # Regression: a second replay into the same --out appended its records to the first run's
+    # records.jsonl and overwrote meta.json, mixing two runs under one run_id.
+    trace = _mooncake_file(tmp_path / "t.jsonl", 3, gap_ms=10)
+    out = tmp_path / "run"
+    with ServerThread(FakeServer()) as srv:
+        base = [
+            "replay",
+            "--endpoint",
+            srv.url,
+            "--model",
+            "m",
+            "--trace",
+            trace,
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+        assert CliRunner().invoke(main, base).exit_code == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        again = CliRunner().invoke(main, base)
+    assert again.exit_code == 2 and f"{out}: already holds a run" in again.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert len(read_records(out)) == 3

@@ -56,3 +56,13 @@ def test_unwritable_run_dir_names_it(tmp_path):
     with pytest.raises(InputError, match="cannot write the run directory") as info:
         RunWriter(blocker / "run", {"source": "test"})
     assert info.value.where == str(blocker / "run") and blocker.read_text() == "x"
+
+
+def test_second_writer_on_a_run_dir_is_refused(tmp_path):
+    from harness.errors import InputError
+
+    with RunWriter(tmp_path, {"run_id": "a"}) as w:
+        w.write(_rec(0))
+    with pytest.raises(InputError, match="already holds a run"):
+        RunWriter(tmp_path, {"run_id": "b"})
+    assert read_meta(tmp_path)["run_id"] == "a" and len(read_records(tmp_path)) == 1
