@@ -223,13 +223,16 @@ class RunWriter:
 def iter_jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
     """Read a records.jsonl log, tolerating a torn last line (a run killed mid-write)."""
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError:
                 if line.endswith("\n"):
-                    raise InputError("corrupt record line", where=str(path)) from None
+                    raise InputError(f"line {number}: corrupt record line", where=str(path)) from None
                 return  # torn final line: everything before it is intact
+            if not isinstance(row, dict):
+                raise InputError(f"line {number}: a record must be a JSON object", where=str(path))
+            yield row
 
 
 def _records_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -258,7 +261,13 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "meta.json"
     if not path.is_file():
         raise InputError("not a run directory (no meta.json)", where=str(run_dir))
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"meta.json is not valid JSON ({exc})", where=str(run_dir)) from None
+    if not isinstance(meta, dict):
+        raise InputError(f"meta.json must be a JSON object, got {type(meta).__name__}", where=str(run_dir))
+    return meta
 
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:

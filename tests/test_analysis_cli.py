@@ -205,3 +205,22 @@ def test_saturated_incomplete_runs_and_warnings_are_reported(tmp_path):
     assert out["runs"][0]["complete"] is False and out["runs"][0]["client_saturated"] is True
     assert any("fell behind its schedule" in n for n in out["notes"])
     assert any("incomplete run (interrupted)" in n for n in out["notes"])
+
+
+def test_json_of_the_wrong_shape_is_one_line_naming_the_place(tmp_path):
+    # Regression: a meta.json or records.jsonl line that is valid JSON but not an object, and a
+    # plan.json that is a list, ended in AttributeError tracebacks.
+    run = _one_endpoint_run(tmp_path / "r")
+    (run / "records.parquet").unlink()
+    with open(run / "records.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("[1, 2]\n")
+    res = _invoke("analyze", str(run))
+    assert res.exit_code == 2 and "records.jsonl: line 11: a record must be a JSON object" in res.output
+    (run / "meta.json").write_text("[1, 2]")
+    res = _invoke("analyze", str(run))
+    assert res.exit_code == 2 and "meta.json must be a JSON object, got list" in res.output
+    good = _one_endpoint_run(tmp_path / "g")
+    (good / "plan.json").write_text("[1]")
+    res = _invoke("analyze", str(good), "--json")
+    assert res.exit_code == 0 and "Traceback" not in res.output
+    assert json.loads(res.output)["topologies"]["default"]["requests"] == 10

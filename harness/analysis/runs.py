@@ -171,6 +171,9 @@ def _plan(path: Path, notes: list[str]) -> Plan | None:
             result = json.loads(pj.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             notes.append(f"{pj}: not valid JSON ({exc}); plan results skipped")
+        if result is not None and not isinstance(result, dict):
+            notes.append(f"{pj}: not a JSON object; plan results skipped")
+            result = None
     sweeps = {}
     for csv in sorted(path.glob("plan_sweep_*.csv")):
         try:
