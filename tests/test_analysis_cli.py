@@ -224,3 +224,15 @@ def test_json_of_the_wrong_shape_is_one_line_naming_the_place(tmp_path):
     res = _invoke("analyze", str(good), "--json")
     assert res.exit_code == 0 and "Traceback" not in res.output
     assert json.loads(res.output)["topologies"]["default"]["requests"] == 10
+
+
+def test_unwritable_csv_and_report_are_one_line(tmp_path):
+    # Regression: analyze --csv and report -o under a regular file ended in tracebacks.
+    run = _one_endpoint_run(tmp_path / "r")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for args in (["analyze", str(run), "--csv"], ["report", str(run), "-o"]):
+        target = blocker / "out"
+        res = _invoke(*args, str(target))
+        assert res.exit_code == 2 and res.output.startswith(f"error: {target}: cannot write"), res.output
+        assert len(res.output.strip().splitlines()) == 1

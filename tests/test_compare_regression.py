@@ -106,3 +106,13 @@ def test_bound_parsing_and_bad_input(tmp_path):
     junk.write_text("{not json")
     res = _compare(str(junk), str(junk))
     assert res.exit_code == 2 and "junk.json" in res.output
+
+
+def test_unwritable_markdown_is_one_line(tmp_path):
+    # Regression: --markdown under a regular file ended in a FileNotFoundError traceback.
+    a, b = _run(tmp_path / "a"), _run(tmp_path / "b")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = _compare(str(a), str(b), "--markdown", str(blocker / "check.md"))
+    assert res.exit_code == 2 and f"{blocker / 'check.md'}: cannot write" in res.output
+    assert "Traceback" not in res.output and blocker.read_text() == "x"

@@ -22,6 +22,7 @@ from harness.analysis.tables import (
     ratio_text,
     show_side_by_side,
     source_order,
+    write_output,
 )
 
 _CSS = """
@@ -134,7 +135,4 @@ def render_html(bundle: Bundle, result: Mapping[str, Any], *, title: str = "prfa
 
 def write_report(bundle: Bundle, result: Mapping[str, Any], out: str | Path, **kwargs: Any) -> Path:
     """Write the dashboard to ``out`` (parent directories created) and return its path."""
-    p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(render_html(bundle, result, **kwargs), encoding="utf-8")
-    return p
+    return write_output(out, render_html(bundle, result, **kwargs))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
+
+from harness.errors import InputError
 
 # (summary key, header, format kind)
 MAIN_COLUMNS = (
@@ -192,9 +195,20 @@ def write_csv(result: Mapping[str, Any], path: str | Path) -> Path:
         for key, e in result["topologies"].items()
     ]
     fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return write_output(path, buf.getvalue())
+
+
+def write_output(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` (parents created); a path that cannot be written is named in one line."""
     p = Path(path)
-    with open(p, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "w", newline="", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise InputError(f"cannot write ({exc.strerror or exc})", where=str(p)) from None
     return p

@@ -11,6 +11,7 @@ import click
 
 from harness.analysis import analyze, load_bundle
 from harness.analysis.regression import check_regression, parse_bound, to_markdown
+from harness.analysis.tables import write_output
 from harness.errors import InputError
 
 
@@ -45,7 +46,7 @@ def command(baseline, current, bound, as_json, md_path, seed) -> None:
     report = check_regression(_result(baseline, seed), _result(current, seed), max_regression)
     md = to_markdown(report, baseline_label=baseline, current_label=current)
     if md_path:
-        Path(md_path).write_text(md, encoding="utf-8")
+        write_output(md_path, md)
     if as_json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
