@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ScenarioError
+from harness.errors import InputError, ScenarioError
 from harness.jsonsafe import json_safe
 from harness.scenario import Scenario, load_scenario
 
@@ -50,8 +50,14 @@ class BenchSpec:
     @classmethod
     def from_scenario(cls, scenario: Scenario, *, quick: bool) -> BenchSpec:
         table = dict(scenario.section("bench"))
+        if not isinstance(table.get("quick", {}), Mapping):
+            raise ScenarioError("must be a table", where=scenario.where("bench", "quick"))
         chosen = dict(table.pop("quick", {})) if quick else {}
         table.pop("quick", None)
+
+        def where(key: str) -> str:  # a bad value is reported in the table it came from
+            return scenario.where("bench", "quick") if key in chosen else scenario.where("bench")
+
         merged = {**table, **chosen}
         known = {"replay_rate_rps", "replay_requests", "capacity_requests", "speedup", "seed"}
         unknown = sorted(set(merged) - known)
@@ -65,13 +71,15 @@ class BenchSpec:
             spec = replace(spec, replay_requests=60, capacity_requests=1000)
         for key in ("replay_requests", "capacity_requests"):
             if not (isinstance(getattr(spec, key), int) and getattr(spec, key) > 0):
-                raise ScenarioError(f"{key} must be a positive integer", where=scenario.where("bench"))
+                raise ScenarioError(f"{key} must be a positive integer", where=where(key))
         for key in ("replay_rate_rps", "speedup"):
             value = getattr(spec, key)
             if value is not None and not (
                 isinstance(value, int | float) and value > 0 and math.isfinite(value)
             ):
-                raise ScenarioError(f"{key} must be a positive number", where=scenario.where("bench"))
+                raise ScenarioError(f"{key} must be a positive number", where=where(key))
+        if not (isinstance(spec.seed, int) and not isinstance(spec.seed, bool)):
+            raise ScenarioError(f"seed must be an integer, got {spec.seed!r}", where=where("seed"))
         return spec
 
 
@@ -90,6 +98,20 @@ class BenchResult:
 def _stage(say: Say, n: int, total: int, text: str) -> float:
     say(f"[{n}/{total}] {text}")
     return time.monotonic()
+
+
+def _validate_late_tables(scenario: Scenario, spec: BenchSpec, quick: bool) -> None:
+    """Parse the tables only stage 4 reads (and the other [bench] variant), so a typo there stops the
+    bench at once instead of after minutes of planning and simulation."""
+    from harness.emulation.spec import EmulationSpec
+    from harness.network.spec import parse_network
+
+    BenchSpec.from_scenario(scenario, quick=not quick)
+    EmulationSpec.from_table(
+        scenario.section("emulation"), where=scenario.where("emulation"), speedup=spec.speedup
+    )
+    if scenario.section("network"):
+        parse_network(scenario.section("network"), where=scenario.where("network"))
 
 
 def run_bench(
@@ -117,8 +139,14 @@ def run_bench(
     spec = BenchSpec.from_scenario(scenario, quick=quick)
     deployment = deployment_from_scenario(scenario)  # validates the scenario before anything runs
     setup = prepare(scenario)
+    _validate_late_tables(scenario, spec, quick)
     out_dir = Path(out_root) / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}"
-    out_dir.mkdir(parents=True, exist_ok=False)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise InputError(
+            f"cannot create the run directory ({exc.strerror or exc})", where=str(out_dir)
+        ) from None
     total = 5
 
     # 1. The analytic plan and its sweeps.

@@ -118,3 +118,32 @@ def test_quick_bench_end_to_end(root, tmp_path):
         [n for n in os.listdir("/run/netns") if n.startswith("pfbbn-")] if Path("/run/netns").is_dir() else []
     )
     assert leftover == []
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        # A bad [bench.quick] stopped only a --quick bench (and was blamed on [bench]).
+        ("[bench]\n[bench.quick]\nspeedup = -1\n", "[bench.quick]: speedup must be a positive number"),
+        ("[bench]\nquick = 5\n", "[bench.quick]: must be a table"),
+        ("[bench]\nseed = 'x'\n", "[bench]: seed must be an integer"),
+        # [network] is read only by stage 4: it used to fail after minutes of planning and simulation.
+        ("[bench]\n[network]\nsites = 'local'\n", "[network]"),
+    ],
+)
+def test_bench_cli_rejects_bad_tables_before_any_work(tmp_path, table, message):
+    path = tmp_path / "s.toml"
+    path.write_text(CASE_STUDY.read_text().split("[network]")[0] + table)
+    out = tmp_path / "results"
+    res = CliRunner().invoke(main, ["bench", str(path), "--out", str(out)])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bench_cli_unusable_out_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(main, ["bench", str(CASE_STUDY), "--out", str(blocker / "sub")])
+    assert res.exit_code == 2 and "cannot create the run directory" in res.output
+    assert str(blocker / "sub") in res.output and len(res.output.strip().splitlines()) == 1
