@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from harness import pdproxy
 from harness.serving.site import PrefillResult
 
 PRFAAS_KEY = "prfaas"
@@ -95,24 +96,6 @@ def breakdown_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def prefill_leg_body(
     body: Mapping[str, Any], *, transfer_id: str, decode_site: str, extra: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """A PD prefill leg from a client's request body, as vLLM's proxy builds it: not streamed,
-    ``max_tokens`` 1, no ``min_tokens``/``stream_options``, ``kv_transfer_params`` asking for remote
-    decode; the emulator adds the transfer id and decode site (and ``extra``, e.g. a pulled prefix)."""
-    leg = {
-        k: v for k, v in body.items() if k not in ("stream_options", "min_tokens", "min_completion_tokens")
-    }
-    leg.update(stream=False, max_tokens=1)
-    if "max_completion_tokens" in leg:
-        leg["max_completion_tokens"] = 1
-    leg["kv_transfer_params"] = {
-        "do_remote_decode": True,
-        "do_remote_prefill": False,
-        "remote_engine_id": None,
-        "remote_block_ids": None,
-        "remote_host": None,
-        "remote_port": None,
-        "transfer_id": transfer_id,
-        "decode_site": decode_site,
-        **extra,
-    }
-    return leg
+    """A PD prefill leg as vLLM's proxy builds it (``harness.pdproxy``); the emulator adds the transfer
+    id and decode site (and ``extra``, e.g. a pulled prefix)."""
+    return pdproxy.prefill_leg_body(body, transfer_id=transfer_id, decode_site=decode_site, **extra)

@@ -10,11 +10,12 @@ the ``prfaas`` breakdown wire format), ``client`` (one request -> one record), `
 dispatch), ``workers`` (processes sharing one schedule), ``runner`` (run directory, progress, summary).
 """
 
-from harness.loadgen.client import ERROR_CLASSES, PD_PREFILL_KV_PARAMS, Client, Job
+from harness.loadgen.client import ERROR_CLASSES, Client, Job
 from harness.loadgen.config import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts
 from harness.loadgen.runner import ReplayResult, replay, replay_sweep
 from harness.loadgen.schedule import Schedule, build_schedule
 from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
+from harness.pdproxy import PD_PREFILL_KV_PARAMS
 
 __all__ = [
     "APIS",

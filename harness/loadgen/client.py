@@ -18,6 +18,7 @@ import aiohttp
 from harness.loadgen.config import Endpoint, Timeouts
 from harness.loadgen.schedule import PHASES
 from harness.loadgen.sse import BAD, CONTENT, DONE, FULL, classify, parse_chunk, prfaas_fields
+from harness.pdproxy import prefill_leg_body
 from harness.records import STATUS_ERROR, RequestRecord
 
 ERROR_CLASSES = (
@@ -32,16 +33,6 @@ ERROR_CLASSES = (
     "stream_error",  # the server sent an error object inside the stream
     "cancelled",  # the run was interrupted while this request was in flight
 )
-
-# vLLM's PD proxy: the prefill leg asks the prefill instance to keep the KV for a remote decode.
-PD_PREFILL_KV_PARAMS: dict[str, Any] = {
-    "do_remote_decode": True,
-    "do_remote_prefill": False,
-    "remote_engine_id": None,
-    "remote_block_ids": None,
-    "remote_host": None,
-    "remote_port": None,
-}
 
 
 @dataclass(slots=True)
@@ -234,14 +225,7 @@ class Client:
         rec: RequestRecord,
     ) -> dict[str, Any] | None:
         """vLLM PD proxy, leg 1: max_tokens=1, not streamed; returns the server's kv_transfer_params."""
-        p = {
-            k: v
-            for k, v in body.items()
-            if k not in ("stream_options", "min_tokens", "min_completion_tokens")
-        }
-        p.update(stream=False, max_tokens=1, kv_transfer_params=dict(PD_PREFILL_KV_PARAMS))
-        if "max_completion_tokens" in p:
-            p["max_completion_tokens"] = 1
+        p = prefill_leg_body(body)
         rec.route = "pd"
         rec.prefill_instance = urlsplit(self.prefill_url).netloc
         rec.decode_instance = urlsplit(self.url).netloc
