@@ -18,44 +18,20 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
+from harness.loadgen.fakeserver import fake_server_process
 from harness.records import read_records
 from harness.traces.frame import Trace
 
 REFERENCE_REQ_S, REFERENCE_TOK_S = 1136.0, 94_000.0  # vLLM bench serve's client on this machine (issue 4)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def fake_server():
-    port = _free_port()
-    cmd = [sys.executable, "-m", "harness.loadgen.fakeserver", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def synthetic_trace(n: int, n_in: int, n_out: int) -> Trace:
@@ -140,6 +116,7 @@ def open_loop_max_rate(url: str, workers: int, rates: list[float], seconds: floa
 _MEM_CHILD = """
 import json, resource, sys, tempfile
 from benchmarks.bench_loadgen import synthetic_trace
+from harness.loadgen.fakeserver import fake_server_process
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
 n, url = int(sys.argv[1]), sys.argv[2]
 cfg = ReplayConfig(endpoints=(Endpoint(name="m", url=url, model="m"),), progress=False,
@@ -169,7 +146,7 @@ def main() -> None:
     print(
         f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; load average {load:.1f} at start"
     )
-    with fake_server() as url:
+    with fake_server_process() as url:
         endpoint_alone(url, 16, 500)  # warm up
         raw_short = endpoint_alone(url, 16, n_short)
         raw_long = endpoint_alone(url, 1024, n_long)

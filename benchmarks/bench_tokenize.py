@@ -17,17 +17,13 @@ tokenizing rate, and checks every fitted prompt with the same tokenizer locally.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from harness.loadgen.fakeserver import fake_server_process
 from harness.loadgen.tokenize import prepare_prompts
 from harness.traces.prompts import VOCABULARY, PromptSynth
 from harness.traces.readers import read_trace
@@ -46,33 +42,6 @@ def _bpe(vocab_size: int, path: Path) -> Tokenizer:
     return tok
 
 
-@contextmanager
-def _server(tokenizer: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness.loadgen.fakeserver",
-        "--port",
-        str(port),
-        "--tokenizer",
-        str(tokenizer),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="100,1000", help="comma-separated numbers of trace rows to fit")
@@ -87,7 +56,7 @@ def main() -> None:
             tok = _bpe(size, path)
             one = sum(len(tok.encode(" " + w).ids) == 1 for w in VOCABULARY)
             print(f"\n{name}: {one} of {len(VOCABULARY)} vocabulary words are one token")
-            with _server(path) as url:
+            with fake_server_process("--tokenizer", str(path)) as url:
                 for n in (int(x) for x in args.rows.split(",")):
                     rows = range(min(n, len(trace)))
                     fits, prep = prepare_prompts(trace, rows, url=url, model="m")
