@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
 from harness.cli import main
 from harness.network import kernel
+from harness.network.probe import probe
 from harness.network.sweep import relay_pids
 
 
@@ -67,3 +69,22 @@ def test_up_status_check_down_on_the_two_site_scenario(root):
         res = run("down", "--prefix", "pfbc2-")
     assert res.exit_code == 0 and "netns pfbc2-local" in res.output
     assert kernel.list_namespaces("pfbc2-") == [] and relay_pids("pfbc2-") == []
+
+
+def test_up_with_a_backend_this_kernel_lacks_is_one_line_and_builds_nothing(root):
+    # Regression: `net up --backend netem` on a kernel without netem died in pyroute2 with a bare
+    # NetlinkError traceback.
+    broken = [c for c in probe().checks if not c.works]
+    if not broken:
+        pytest.skip("every shaping backend works on this machine; none to refuse")
+    res = run(
+        "up",
+        str(REPO / "workloads" / "two-site.toml"),
+        "--prefix",
+        "pfbqa-",
+        "--backend",
+        broken[0].name,
+    )
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: backend {broken[0].name} does not work on this machine")
+    assert kernel.list_namespaces("pfbqa-") == []

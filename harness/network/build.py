@@ -193,6 +193,9 @@ class Network:
             return
         if os.geteuid() != 0:
             raise CapabilityError(_ROOTLESS_MESSAGE)
+        if self._explicit_backend and not (chk := probe().check(self.backend)).works:
+            # Else the first tc call fails deep in pyroute2 with a bare NetlinkError traceback.
+            raise CapabilityError(f"backend {self.backend} does not work on this machine: {chk.reason}")
         sweep(self.prefix)
         self._built = True
         self._builder_pid = os.getpid()
