@@ -122,8 +122,11 @@ def run_bench(
     netns: bool | None = None,
     say: Say = print,
     progress: bool = True,
+    prefix: str = "pfbbn-",
 ) -> BenchResult:
-    """Plan, simulate, serve + replay, analyse and report one scenario; returns where it all went."""
+    """Plan, simulate, serve + replay, analyse and report one scenario; returns where it all went.
+
+    ``prefix`` names the network namespaces of the replay stage (two benches at once need two)."""
     from harness.analysis import analyze, load_bundle, write_report
     from harness.analysis.tables import headline
     from harness.emulation.clusters import EmulatedClusters
@@ -186,7 +189,7 @@ def run_bench(
     # 4. The same requests over HTTP against the emulated clusters, KV across the shaped link.
     t = _stage(say, 4, total, "serve + replay: emulated clusters over real HTTP and a shaped link")
     # Its own namespace prefix, so a bench never sweeps (or trips over) a `serve` the user left running.
-    with EmulatedClusters(scenario, speedup=spec.speedup, netns=netns, prefix="pfbbn-") as clusters:
+    with EmulatedClusters(scenario, speedup=spec.speedup, netns=netns, prefix=prefix) as clusters:
         s = clusters.spec.speedup
         emu = clusters.describe()
         say(

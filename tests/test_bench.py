@@ -95,7 +95,9 @@ def test_quick_bench_end_to_end(root, tmp_path):
         CASE_STUDY.read_text().split("[bench]")[0]
         + "[bench]\nspeedup = 4\nreplay_requests = 30\ncapacity_requests = 300\n"
     )
-    res = CliRunner().invoke(main, ["bench", str(scenario), "--out", str(tmp_path / "out"), "--quiet"])
+    res = CliRunner().invoke(
+        main, ["bench", str(scenario), "--out", str(tmp_path / "out"), "--quiet", "--prefix", "pfbbt-"]
+    )
     assert res.exit_code == 0, res.output
     (out,) = (tmp_path / "out").iterdir()
     assert (out / "report.html").stat().st_size > 1_000_000  # plotly.js is inlined
@@ -115,7 +117,7 @@ def test_quick_bench_end_to_end(root, tmp_path):
     assert meta["complete"] and meta["time_scale"] == 4 and meta["shaping_backend"] != "loopback"
     # Nothing left behind: the bench's namespaces are gone.
     leftover = (
-        [n for n in os.listdir("/run/netns") if n.startswith("pfbbn-")] if Path("/run/netns").is_dir() else []
+        [n for n in os.listdir("/run/netns") if n.startswith("pfbbt-")] if Path("/run/netns").is_dir() else []
     )
     assert leftover == []
 

@@ -16,8 +16,14 @@ from harness.bench import run_bench
     default=None,
     help="Sites in network namespaces on a shaped link (default when root), or loopback (labelled).",
 )
+@click.option(
+    "--prefix",
+    default="pfbbn-",
+    show_default=True,
+    help="Namespace prefix of the emulated sites (distinct from serve's, so neither sweeps the other).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars (stage lines still print).")
-def command(scenario: str, quick: bool, out_root: str, netns: bool | None, quiet: bool) -> None:
+def command(scenario: str, quick: bool, out_root: str, netns: bool | None, prefix: str, quiet: bool) -> None:
     """Plan, simulate and replay SCENARIO's topologies, then print the comparison and write report.html.
 
     \b
@@ -30,7 +36,13 @@ def command(scenario: str, quick: bool, out_root: str, netns: bool | None, quiet
     from harness.analysis.tables import print_tables
 
     result = run_bench(
-        scenario, out_root=out_root, quick=quick, netns=netns, say=click.echo, progress=not quiet
+        scenario,
+        out_root=out_root,
+        quick=quick,
+        netns=netns,
+        say=click.echo,
+        progress=not quiet,
+        prefix=prefix,
     )
     print_tables(result.analysis)
     click.echo("")
