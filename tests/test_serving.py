@@ -16,6 +16,7 @@ from harness.serving import (
     PrefillInstance,
     PrefixCache,
     VirtualTimeDeadlock,
+    VirtualTimeLoop,
     run_virtual,
 )
 
@@ -213,3 +214,45 @@ def test_prefill_batching_shares_the_fixed_overhead(h20):
     assert (a.start_s, b.start_s, a.end_s, b.end_s) == (0.0, 0.0, pair, pair)
     assert (c.start_s, d.start_s) == (pair, pair) and c.end_s == d.end_s == pytest.approx(2 * pair, abs=1e-12)
     assert (e.start_s, e.end_s) == (c.end_s, pytest.approx(c.end_s + t, abs=1e-12))
+
+
+class _BusyClockLoop(VirtualTimeLoop):
+    """A clock that moves while code runs, as a real one does: every reading is 1 ms later."""
+
+    def time(self) -> float:
+        self._now += 1e-3
+        return self._now
+
+
+def test_decode_survives_a_clock_that_moves_between_wake_up_and_replanning(h20):
+    # On serve's real clock a sequence arriving mid-step wakes the step loop, and by the time it
+    # re-plans the last planned step may already have ended; every sequence must still finish.
+    async def main():
+        d = DecodeInstance("d0", h20, batch_max=8, max_segment_steps=1)
+        streams = []
+        for i in range(40):
+            streams.append(d.submit(1000 + i, 20))
+            await asyncio.sleep(0.003 * (i % 5))
+        return [len(await s.wait()) for s in streams]
+
+    loop = _BusyClockLoop()
+    try:
+        assert loop.run_until_complete(main()) == [20] * 40
+    finally:
+        loop.close()
+
+
+def test_a_failing_decode_loop_fails_its_sequences_instead_of_hanging(h20):
+    class BrokenCost:  # a fault that cannot be caused for real: the cost model raising mid-run
+        def __getattr__(self, name):
+            return getattr(h20, name)
+
+        def decode_step_s(self, batch, contexts):
+            raise RuntimeError("cost model failed")
+
+    async def main():
+        d = DecodeInstance("d0", BrokenCost(), batch_max=4, kv_capacity_bytes=h20.kv_capacity_bytes())
+        with pytest.raises(RuntimeError, match="cost model failed"):
+            await d.submit(100, 5).wait()
+
+    run_virtual(main())

@@ -304,9 +304,22 @@ class DecodeInstance:
         self.pending.append(_Seq(stream, prompt_tokens, output_tokens, need))
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"decode-{self.name}")
+            self._runner.add_done_callback(self._runner_ended)
         elif self._wake is not None and not self._wake.done() and self._can_admit():
             self._wake.set_result(None)
         return stream
+
+    def _runner_ended(self, task: asyncio.Task[None]) -> None:
+        # The step loop never returns; if it raised, fail every sequence it held rather than leave their
+        # clients waiting for tokens that will never come.
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        for seq in [*self.active, *self.pending]:
+            seq.stream._finish(exc)
+        self.active, self._runner = [], None
+        self.pending.clear()
+        self.kv_used = 0
 
     def pause(self) -> None:
         """Stop stepping at the next step boundary until ``resume`` (a colocated prefill has the GPUs)."""
@@ -375,7 +388,9 @@ class DecodeInstance:
             done = n
             if await self._sleep_until(float(ends[-1])):
                 # A sequence can join (or a pause begins): finish the step in progress, then re-plan.
-                k = int(np.searchsorted(ends, loop.time(), side="left"))
+                # On a real clock time moves on after the wake-up, possibly past the last planned end:
+                # the step in progress is then the last one, never one beyond the plan.
+                k = min(int(np.searchsorted(ends, loop.time(), side="left")), n - 1)
                 await self._sleep_until_boundary(float(ends[k]))
                 done = k + 1
             self._commit(ends[:done])
