@@ -130,7 +130,7 @@ def run_bench(
     from harness.analysis import analyze, load_bundle, write_report
     from harness.analysis.tables import headline
     from harness.emulation.clusters import EmulatedClusters
-    from harness.loadgen.config import Endpoint, LoadSpec, ReplayConfig
+    from harness.loadgen.config import Endpoint, LoadSpec, ReplayConfig, Timeouts
     from harness.loadgen.runner import replay
     from harness.model.deployment import deployment_from_scenario
     from harness.model.study import plan_deployment, sweep_bandwidth, sweep_split, sweep_threshold
@@ -200,6 +200,9 @@ def run_bench(
         config = ReplayConfig(
             endpoints=endpoints,
             load=LoadSpec(seed=spec.seed),
+            # Wall seconds; generous next to the workload's own TTFT and E2E (tens of model seconds, / s),
+            # but a request the emulator lost fails in minutes instead of holding the bench for an hour.
+            timeouts=Timeouts(first_token_s=120.0, total_s=600.0),
             shaping_backend=clusters.backend,
             progress=progress,
             meta_extra={"time_scale": s, "emulation": emu, "scenario": str(scenario.path)},
