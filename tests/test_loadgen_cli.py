@@ -54,7 +54,7 @@ def test_done_when_command_on_the_real_trace(tmp_path, mooncake_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--window", "5"], "--window must be START:END"),
+        (["--window", "5"], "--window must be START:DUR"),
         (["--rate", "0"], "--rate values must be positive"),
         (["--rate", "inf"], "--concurrency"),
         (
@@ -222,3 +222,10 @@ def test_out_holding_a_run_is_refused_and_left_intact(tmp_path):
     assert again.exit_code == 2 and f"{out}: already holds a run" in again.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert len(read_records(out)) == 3
+
+
+def test_window_is_start_and_duration_like_trace_convert():
+    from harness.cli.replay import _window
+
+    assert _window("600:300") == (600.0, 900.0)
+    assert _window("0:60") == (0.0, 60.0)

@@ -18,15 +18,16 @@ from harness.traces.transforms import clip_lengths, rescale_rate, speedup, windo
 
 
 def _window(text: str | None) -> tuple[float, float] | None:
+    """START:DUR in trace seconds (as ``trace convert --window``) -> (start, end)."""
     if text is None:
         return None
     try:
-        start, end = (float(x) for x in text.split(":"))
+        start, dur = (float(x) for x in text.split(":"))
     except ValueError:
-        raise InputError(f"--window must be START:END in trace seconds, got {text!r}") from None
-    if not end > start >= 0:
-        raise InputError(f"--window needs 0 <= START < END, got {text!r}")
-    return start, end
+        raise InputError(f"--window must be START:DUR in trace seconds, got {text!r}") from None
+    if not (start >= 0 and dur > 0):
+        raise InputError(f"--window needs START >= 0 and DUR > 0, got {text!r}")
+    return start, start + dur
 
 
 def _rates(text: str | None) -> list[float]:
@@ -77,7 +78,8 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
         if value is not None and ctx.get_parameter_source(flag) in (None, ParameterSource.DEFAULT):
             o[flag] = str(value) if flag == "trace_path" else value
     if section.window_s is not None and o["window"] is None:
-        o["window"] = f"{section.window_s[0]}:{section.window_s[1]}"
+        start, end = section.window_s  # the table gives [start, end); the flag is START:DUR
+        o["window"] = f"{start}:{end - start}"
     return section if section.endpoints else None
 
 
@@ -113,8 +115,8 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
 @click.option(
     "--window",
     default=None,
-    metavar="START:END",
-    help="Keep requests arriving in [START, END) trace seconds.",
+    metavar="START:DUR",
+    help="Keep requests arriving in [START, START+DUR) trace seconds (as `trace convert --window`).",
 )
 @click.option(
     "--speedup", type=float, default=1.0, show_default=True, help="Compress trace time by this factor."
