@@ -6,18 +6,12 @@ nothing the user did wrong ends in a traceback.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import click
 
 from harness import __version__
 from harness.errors import HarnessError
-
-# Sub-command modules, in --help order. Each defines ``command`` (a click command or group).
-_COMMANDS = (
-    "bench", "trace", "plan", "simulate", "replay", "serve", "net", "analyze", "report", "compare",
-)  # fmt: skip
 
 
 class _Root(click.Group):
@@ -47,11 +41,9 @@ def main() -> None:
     """
 
 
-for _name in _COMMANDS:
-    try:
-        _mod = importlib.import_module(f"harness.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # sub-command not built yet
-        if _exc.name != f"harness.cli.{_name}":
-            raise
-        continue
+# Sub-commands (click lists them alphabetically in --help); each module defines ``command``. Plain
+# imports, so a missing or broken module is an ImportError, not a silently absent command.
+from harness.cli import analyze, bench, compare, net, plan, replay, report, serve, simulate, trace  # noqa: E402
+
+for _mod in (analyze, bench, compare, net, plan, replay, report, serve, simulate, trace):
     main.add_command(_mod.command)
