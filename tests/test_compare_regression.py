@@ -72,6 +72,24 @@ def test_saved_analyze_json_is_accepted(tmp_path):
     assert _compare(str(saved), str(_run(tmp_path / "same")), "--max-regression", "1%").exit_code == 0
 
 
+def _strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_standard_json_for_a_change_from_zero(tmp_path):
+    # Regression: a metric rising from 0 has worse_by = inf, which --json printed as `Infinity`.
+    base, cur = tmp_path / "base.json", tmp_path / "cur.json"
+    base.write_text(json.dumps(_result(e2e_p50_s=0.0)))
+    cur.write_text(json.dumps(_result(e2e_p50_s=0.1)))
+    res = _compare(str(base), str(cur), "--json")
+    assert res.exit_code == 1, res.output
+    check = next(c for c in _strict_json(res.output)["checks"] if c["metric"] == "e2e_p50_s")
+    assert check["worse_by"] is None and check["regressed"] is True
+
+
 def _result(**metrics):
     return {"topologies": {"t": {"requests": 100, "failed": 0, **metrics}}}
 

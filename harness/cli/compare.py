@@ -13,6 +13,7 @@ from harness.analysis import analyze, load_bundle
 from harness.analysis.regression import check_regression, parse_bound, to_markdown
 from harness.analysis.tables import write_output
 from harness.errors import InputError
+from harness.jsonsafe import json_safe
 
 
 def _result(path: str, seed: int) -> dict[str, Any]:
@@ -48,7 +49,8 @@ def command(baseline, current, bound, as_json, md_path, seed) -> None:
     if md_path:
         write_output(md_path, md)
     if as_json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
+        # worse_by is ±inf for a change from 0: null in JSON (the verdict stays in `regressed`).
+        json.dump(json_safe(report.to_dict()), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         click.echo(md, nl=False)
