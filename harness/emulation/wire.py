@@ -37,9 +37,6 @@ class WallClock:
     def epoch(self, loop_t: float) -> float:
         return loop_t / self.speedup + self.epoch_offset_s
 
-    def loop(self, epoch_s: float) -> float:
-        return (epoch_s - self.epoch_offset_s) * self.speedup
-
     def seconds(self, loop_dt: float) -> float:
         """A loop-clock duration in wall seconds."""
         return loop_dt / self.speedup

@@ -75,10 +75,6 @@ class PrefillInstance:
         return f"<PrefillInstance {self.name} queue={self.queue_depth}>"
 
     @property
-    def waiting(self) -> int:
-        return len(self._queue)
-
-    @property
     def busy(self) -> bool:
         return self._running > 0
 

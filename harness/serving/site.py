@@ -39,10 +39,6 @@ class PrefillResult:
     transfer_start_s: float
     transfer_end_s: float
 
-    @property
-    def kv_ready_s(self) -> float:
-        return max(self.times.end_s, self.transfer_end_s)
-
 
 class Site:
     """Prefill and decode instances of one datacenter, sharing one prefix cache."""
@@ -70,9 +66,6 @@ class Site:
     def prefill_load_s(self, now: float) -> float:
         """Least estimated backlog (seconds) over this site's prefill instances."""
         return min((p.load_s(now) for p in self.prefill_instances), default=float("inf"))
-
-    def prefill_queue_depth(self) -> int:
-        return sum(p.queue_depth for p in self.prefill_instances)
 
     def pick_prefill(self, now: float) -> PrefillInstance:
         """Least estimated backlog; ties go to the lowest index (deterministic)."""
