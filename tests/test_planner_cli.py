@@ -149,6 +149,11 @@ def scenario(tmp_path):
             'kind = "homogeneous"\nn_p = 9\nn_d = 4\n',
             r"n_p \+ n_d must equal local_instances \(9 \+ 4 != 12\)",
         ),
+        (  # regression: the split search over no splits ended in a max() traceback
+            "local_instances = 12  # all 96 H20",
+            "local_instances = 1",
+            r"\[topologies.homogeneous\]: local_instances: .*at least 2 \(prefill \+ decode\), got 1",
+        ),
         (
             'kind = "naive"\n',
             'kind = "naive"\nthreshold_tokens = 1000\n',

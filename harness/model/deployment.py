@@ -252,6 +252,10 @@ def _topology(scenario: Scenario, name: str) -> TopologySpec:
             n_p = local - n_d
     if n_p is not None and n_d is not None and (n_p + n_d != local or n_d < 1):
         raise t._err("n_p", f"n_p + n_d must equal local_instances ({n_p} + {n_d} != {local}) with n_d >= 1")
+    if kind == "homogeneous" and local < 2:  # at least one prefill and one decode instance
+        raise t._err(
+            "local_instances", f"a homogeneous topology needs at least 2 (prefill + decode), got {local}"
+        )
     if kind == "homogeneous" and n_p is not None and n_p < 1:
         raise t._err("n_p", "a homogeneous topology needs at least 1 prefill instance")
     if kind in _REMOTE_KINDS:
