@@ -22,8 +22,8 @@ from harness.errors import CapabilityError
 from harness.network import LinkSpec, Network, kernel, owned_namespaces, parse_network, probe
 from harness.network.host import interface_ops, shape_interface, unshape_interface
 from harness.network.measure import expected_goodput_mbit, goodput_mbit, loss_pct, rtt_ms
-from harness.network.state import State
-from harness.network.sweep import relay_pids
+from harness.network.state import STATE_DIR, State
+from harness.network.sweep import relay_pids, sweep
 
 pytestmark = pytest.mark.root
 
@@ -186,6 +186,23 @@ def test_a_stale_network_is_swept_by_the_next_build(relay_ok):
     with _net(table, "pfbt8-").up():
         assert not any(pid in {p for p, _ in relay_pids("pfbt8-")} for pid, _ in stale_relays)
     assert _leftovers("pfbt8-") == []
+
+
+def test_a_sweep_leaves_the_control_files_of_a_longer_prefix_alone(root):
+    # Regression: sweeping "pfbt11-" globbed "pfbt11-*.ctl.json" and so also deleted the relay control
+    # files of a running "pfbt11-x-" network.
+    ours, theirs = STATE_DIR / "pfbt11-a-b.ctl.json", STATE_DIR / "pfbt11-x-a-b.ctl.json"
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        for f in (ours, theirs):
+            f.write_text("{}", encoding="utf-8")
+        sweep("pfbt11-")
+        assert (ours.exists(), theirs.exists()) == (False, True)
+        sweep("pfbt11-x-")
+        assert not theirs.exists()
+    finally:
+        ours.unlink(missing_ok=True)
+        theirs.unlink(missing_ok=True)
 
 
 def test_interface_shaping_touches_only_the_named_interface(root):

@@ -25,6 +25,13 @@ def _is_ours(name: str, prefix: str) -> bool:
     return name.startswith(prefix) and bool(SITE_NAME.match(name[len(prefix) :]))
 
 
+def _is_ours_control(name: str, prefix: str) -> bool:
+    """A relay control file is ours only if it is exactly prefix + ``<site>-<site>.ctl.json`` (the
+    glob ``pfb-*`` alone would also match ``pfb-t1-a-b.ctl.json`` of a running "pfb-t1-" network)."""
+    src, sep, dst = name[len(prefix) : -len(".ctl.json")].partition("-")
+    return bool(sep and SITE_NAME.match(src) and SITE_NAME.match(dst))
+
+
 def kill_process(pid: int, ticks: int, *, group: bool) -> None:
     """SIGTERM, then SIGKILL after 2 s, one process (or its whole session) identified by pid+start."""
     if not is_alive(pid, ticks):
@@ -92,7 +99,8 @@ def sweep(prefix: str) -> list[str]:
         kernel.remove_namespace(ns)
         removed.append(f"netns {ns}")
     for f in STATE_DIR.glob(f"{prefix}*.ctl.json"):
-        f.unlink(missing_ok=True)
+        if _is_ours_control(f.name, prefix):
+            f.unlink(missing_ok=True)
     if old is not None:
         old.delete()
     return removed
