@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import socket
+import time
 
 import numpy as np
 import pytest
 
 from harness.loadgen import Endpoint, ReplayConfig, Timeouts, replay
+from harness.loadgen.config import LoadSpec
+from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.fakeserver import FakeServer, ServerThread
+from harness.loadgen.schedule import build_schedule
 from harness.records import read_meta, read_records
 from harness.traces.frame import Trace
+from harness.traces.prompts import PromptSynth
 
 
 def _trace(n: int, gap_s: float = 0.01, n_in: int = 32, n_out: int = 8) -> Trace:
@@ -101,3 +108,26 @@ def test_connect_timeout_when_the_accept_queue_is_full(tmp_path):
             for c in fillers:
                 c.close()
     assert df.iloc[0].error_class == "connect_timeout"
+
+
+@pytest.mark.parametrize("load", [LoadSpec(), LoadSpec(arrival="poisson", rate_rps=math.inf, concurrency=2)])
+def test_a_sink_that_fails_stops_the_run_with_its_error(load):
+    # A record the sink cannot keep (say a full disk) must end the run loudly, open loop or closed.
+    trace = _trace(4)
+    kept = []
+
+    def sink(rec) -> None:
+        if kept:
+            raise OSError(28, "No space left on device")
+        kept.append(rec)
+
+    with ServerThread(FakeServer(itl_s=0.001)) as srv:
+        ep = Endpoint(name="t", url=srv.url, model="m")
+        setup = WorkerSetup(
+            run_id="r", t0=time.monotonic(), wall_offset_s=time.time(), timeouts=FAST,
+            api_key=None, extra_body={}, tokenizer=None, seed=0,
+        )  # fmt: skip
+        synth = PromptSynth(None, block_tokens=trace.block_tokens, salt=0)
+        with pytest.raises(OSError, match="No space left"):
+            asyncio.run(drive(ep, trace, build_schedule(trace, load), setup, sink, synth))
+    assert len(kept) == 1

@@ -101,6 +101,12 @@ async def drive(
 async def _open(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink, counters) -> None:
     sem = asyncio.Semaphore(schedule.concurrency) if schedule.concurrency else None
     pending: set[asyncio.Task] = set()
+    failed: list[BaseException] = []  # a sink that raised (say a full disk): stop, never drop records
+
+    def done(task: asyncio.Task) -> None:
+        pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failed.append(task.exception())
 
     async def one(job: Job) -> None:
         try:
@@ -124,7 +130,7 @@ async def _open(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink
         return True
 
     try:
-        while ready or prepare_next():
+        while not failed and (ready or prepare_next()):
             job = ready.popleft()
             # Idle time before this send builds the next prompts, so a burst finds them ready; yield
             # between them so requests already started are sent first.
@@ -139,10 +145,12 @@ async def _open(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink
                 await sem.acquire()
             task = asyncio.create_task(one(job))
             pending.add(task)
-            task.add_done_callback(pending.discard)
+            task.add_done_callback(done)
             counters["dispatched"] += 1
         while pending:
             await asyncio.wait(set(pending))
+        if failed:
+            raise failed[0]
     finally:
         for task in pending:
             task.cancel()
