@@ -54,6 +54,24 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self._now
 
 
+async def sleep_until(when: float) -> None:
+    """Sleep until the loop clock reads ``when`` (a deadline, not ``when - now`` seconds: no float drift)."""
+    loop = asyncio.get_running_loop()
+    if loop.time() < when:
+        fut = loop.create_future()
+        handle = loop.call_at(when, wake, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+
+
+def wake(fut: asyncio.Future) -> None:
+    """Resolve ``fut`` unless it already is (a timer and an early wake-up can both reach it)."""
+    if not fut.done():
+        fut.set_result(None)
+
+
 def run_virtual(main: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
     """Run ``main`` to completion on a fresh virtual-time loop and close it (like ``asyncio.run``).
 

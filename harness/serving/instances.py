@@ -16,6 +16,7 @@ import numpy as np
 
 from harness.model.cost import InstanceCost
 from harness.serving.cache import PrefixCache
+from harness.serving.clock import sleep_until, wake
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +354,7 @@ class DecodeInstance:
         """Sleep until ``when``; True if woken early (an admissible arrival, or a pause)."""
         loop = asyncio.get_running_loop()
         self._wake = fut = loop.create_future()
-        handle = loop.call_at(when, _resolve, fut)
+        handle = loop.call_at(when, wake, fut)
         try:
             await fut
         finally:
@@ -387,20 +388,10 @@ class DecodeInstance:
                 # On a real clock time moves on after the wake-up, possibly past the last planned end:
                 # the step in progress is then the last one, never one beyond the plan.
                 k = min(int(np.searchsorted(ends, loop.time(), side="left")), n - 1)
-                await self._sleep_until_boundary(float(ends[k]))
+                await sleep_until(float(ends[k]))
                 done = k + 1
             self._commit(ends[:done])
             anchor = float(ends[done - 1])
-
-    async def _sleep_until_boundary(self, when: float) -> None:
-        loop = asyncio.get_running_loop()
-        if loop.time() < when:
-            fut = loop.create_future()
-            handle = loop.call_at(when, _resolve, fut)
-            try:
-                await fut
-            finally:
-                handle.cancel()
 
     def _commit(self, ends: np.ndarray) -> None:
         steps = len(ends)
@@ -417,8 +408,3 @@ class DecodeInstance:
                 self.completed += 1
                 s.stream._finish()
         self.active = still
-
-
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)

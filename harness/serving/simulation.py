@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.records import STATUS_ERROR, RequestRecord
-from harness.serving.clock import run_virtual
+from harness.serving.clock import run_virtual, sleep_until
 from harness.serving.cluster import Cluster, Outcome
 from harness.serving.site import ServeRequest
 from harness.serving.transport import FluidTransport
@@ -124,14 +124,6 @@ class _Sampler:
         self._last_t = now
 
 
-async def _sleep_until(when: float) -> None:
-    loop = asyncio.get_running_loop()
-    if when > loop.time():
-        fut = loop.create_future()
-        loop.call_at(when, lambda: fut.done() or fut.set_result(None))
-        await fut
-
-
 async def drive(
     cluster: Cluster,
     requests: Iterator[ServeRequest],
@@ -159,7 +151,7 @@ async def drive(
 
     async def feed() -> None:
         for req in requests:
-            await _sleep_until(req.arrival_s)
+            await sleep_until(req.arrival_s)
             task = loop.create_task(cluster.handle(req))
             tasks.add(task)
             task.add_done_callback(finished)
@@ -171,7 +163,7 @@ async def drive(
         while True:
             sampler.sample(loop.time())
             k += 1
-            await _sleep_until(k * sample_interval_s)
+            await sleep_until(k * sample_interval_s)
 
     if n == 0:
         return
