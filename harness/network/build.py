@@ -281,7 +281,7 @@ class Network:
             peer_mac = ipr.get_links(kernel.ifindex(ipr, d.peer_dev))[0].get("address")
         ctl = self._control_path(d)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        _impairment(spec).write(ctl)
+        Impairment.of(spec).write(ctl)
         argv = [sys.executable, "-m", "harness.network.relay", "--tap", d.tun, "--dev", d.dev]
         argv += ["--control", str(ctl), "--tag", self.prefix]
         argv += ["--seed", str(zlib.crc32(d.name.encode())), "--daemon"]  # seed: reproducible loss
@@ -341,7 +341,7 @@ class Network:
                     kernel.apply_ops(ipr, idx, render_egress(new, self.backend))
                 if self.backend == "relay":
                     if key in self._relays:
-                        _impairment(new).write(self._control_path(d))
+                        Impairment.of(new).write(self._control_path(d))
                         os.kill(self._relays[key][0], signal.SIGUSR1)
                     elif new.impaired:
                         self._current[key] = new
@@ -421,10 +421,6 @@ _ROOTLESS_MESSAGE = (
     "and the app-delay backend (`--backend app-delay`: sites on 127.0.0.1, configured delays reported "
     "for the application to apply; no rate or loss shaping)"
 )
-
-
-def _impairment(spec: LinkSpec) -> Impairment:
-    return Impairment(round(spec.delay_ms * 1000), round(spec.jitter_ms * 1000), spec.loss_pct)
 
 
 def _plain(value: Any) -> Any:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.network.spec import LinkSpec
+
 
 @dataclass(frozen=True)
 class Impairment:
@@ -15,6 +17,11 @@ class Impairment:
     delay_us: int = 0
     jitter_us: int = 0
     loss_pct: float = 0.0
+
+    @classmethod
+    def of(cls, spec: LinkSpec) -> Impairment:
+        """What a relay must do for a direction's spec (ms and % in the spec, µs here)."""
+        return cls(round(spec.delay_ms * 1000), round(spec.jitter_ms * 1000), spec.loss_pct)
 
     @classmethod
     def read(cls, path: Path) -> Impairment:

@@ -90,7 +90,7 @@ def read_status(net) -> list[DirectionStatus]:
                 problems.append("relay process is not running")
                 relay = "DEAD"
             else:
-                want = Impairment(round(spec.delay_ms * 1000), round(spec.jitter_ms * 1000), spec.loss_pct)
+                want = Impairment.of(spec)
                 try:
                     imp = Impairment.read(net.control_path(d.src, d.dst))
                 except (OSError, ValueError, KeyError) as exc:
