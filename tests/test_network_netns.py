@@ -205,6 +205,17 @@ def test_a_sweep_leaves_the_control_files_of_a_longer_prefix_alone(root):
         theirs.unlink(missing_ok=True)
 
 
+def test_net_down_claims_only_the_interface_qdiscs_it_removed(root):
+    # Regression: the sweep reported "qdisc on IFACE" for every recorded interface, even one that
+    # no longer exists (nothing was removed).
+    State("pfbt12-", "netem", {}, interfaces=["pfbt12-gone"]).save()
+    try:
+        assert sweep("pfbt12-") == []
+        assert not State.path("pfbt12-").exists()  # the record goes all the same
+    finally:
+        State.path("pfbt12-").unlink(missing_ok=True)
+
+
 def test_interface_shaping_touches_only_the_named_interface(root):
     ns = "pfbt9-host"
     kernel.create_namespace(ns)

@@ -90,8 +90,8 @@ def sweep(prefix: str) -> list[str]:
             kill_process(pid, ticks, group=False)
         for iface in old.interfaces:
             with contextlib.suppress(OSError, LookupError):
-                unshape_interface(iface)
-            removed.append(f"qdisc on {iface}")
+                if unshape_interface(iface):  # False: gone, or its root is no longer ours
+                    removed.append(f"qdisc on {iface}")
     for pid, ticks in relay_pids(prefix):
         kill_process(pid, ticks, group=False)
         removed.append(f"relay pid {pid}")
