@@ -119,7 +119,8 @@ def test_live_changes_take_effect_and_scheduled_events_restore(relay_ok):
         "sites": ["a", "b"],
         "links": [{"between": ["a", "b"], "rate_mbit": 100}],
         "events": [
-            {"at_s": 0.0, "duration_s": 1.8, "link": ["a", "b"], "direction": "forward", "rate_factor": 0.2}
+            # 3 s: the slow measurement (about 1.3 s) must end inside the event even on a loaded CPU
+            {"at_s": 0.0, "duration_s": 3.0, "link": ["a", "b"], "direction": "forward", "rate_factor": 0.2}
         ],
     }
     with _net(table, "pfbt5-").up() as net:
