@@ -133,7 +133,7 @@ def run_bench(
     from harness.loadgen.config import Endpoint, LoadSpec, ReplayConfig, Timeouts
     from harness.loadgen.runner import replay
     from harness.model.deployment import deployment_from_scenario
-    from harness.model.study import plan_deployment, sweep_bandwidth, sweep_split, sweep_threshold
+    from harness.model.study import plan_deployment, standard_sweeps
     from harness.serving.config import prepare
     from harness.serving.run import SimulateRequest, simulate, synthetic_trace
 
@@ -156,10 +156,8 @@ def run_bench(
     t = _stage(say, 1, total, "plan: the paper's throughput model, grid search and sweeps")
     plan = plan_deployment(deployment)
     (out_dir / "plan.json").write_text(json.dumps(json_safe(plan.as_dict()), indent=2) + "\n")
-    sweep_bandwidth(deployment).to_csv(out_dir / "plan_sweep_bandwidth.csv", index=False)
-    sweep_split(deployment).to_csv(out_dir / "plan_sweep_split.csv", index=False)
-    if any(tp.kind == "prfaas" for tp in deployment.topologies.values()):
-        sweep_threshold(deployment).to_csv(out_dir / "plan_sweep_threshold.csv", index=False)
+    for kind, frame in standard_sweeps(deployment).items():
+        frame.to_csv(out_dir / f"plan_sweep_{kind}.csv", index=False)
     lambdas = {name: tp.result.lambda_max for name, tp in plan.topologies.items()}
     say("      Λ_max " + ", ".join(f"{n} {v:.2f}" for n, v in lambdas.items()) + f" req/s ({_since(t)})")
 

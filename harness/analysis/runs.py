@@ -186,14 +186,10 @@ def _plan(path: Path, notes: list[str]) -> Plan | None:
 def planner_sweeps(scenario_path: str | Path) -> dict[str, pd.DataFrame]:
     """Λ_max sweeps (threshold, split, bandwidth) computed by the planner for a scenario file."""
     from harness.model.deployment import deployment_from_scenario
-    from harness.model.study import sweep_bandwidth, sweep_split, sweep_threshold
+    from harness.model.study import standard_sweeps
     from harness.scenario import load_scenario
 
-    deployment = deployment_from_scenario(load_scenario(scenario_path))
-    sweeps = {"split": sweep_split(deployment), "bandwidth": sweep_bandwidth(deployment)}
-    if any(t.kind == "prfaas" for t in deployment.topologies.values()):
-        sweeps["threshold"] = sweep_threshold(deployment)
-    return sweeps
+    return standard_sweeps(deployment_from_scenario(load_scenario(scenario_path)))
 
 
 def _computed_plan(runs: list[Run], notes: list[str]) -> Plan | None:

@@ -228,6 +228,15 @@ def sweep_split(deployment: Deployment) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def standard_sweeps(deployment: Deployment) -> dict[str, pd.DataFrame]:
+    """The sweeps a bench writes and the dashboard draws, by kind: ``split``, ``bandwidth`` and, when the
+    deployment has a prfaas topology, ``threshold`` (each with its defaults)."""
+    sweeps = {"split": sweep_split(deployment), "bandwidth": sweep_bandwidth(deployment)}
+    if any(t.kind == "prfaas" for t in deployment.topologies.values()):
+        sweeps["threshold"] = sweep_threshold(deployment)
+    return sweeps
+
+
 def bandwidth_breakpoints(
     deployment: Deployment, *, lo_gbps: float = 0.01, hi_gbps: float = 10_000.0
 ) -> dict:
