@@ -225,7 +225,7 @@ def test_out_holding_a_run_is_refused_and_left_intact(tmp_path):
 
 
 def test_window_is_start_and_duration_like_trace_convert():
-    from harness.cli.replay import _window
+    from harness.traces.specs import parse_window
 
-    assert _window("600:300") == (600.0, 900.0)
-    assert _window("0:60") == (0.0, 60.0)
+    assert parse_window("600:300") == (600.0, 300.0)  # one parser for both commands
+    assert parse_window("0:60") == (0.0, 60.0)

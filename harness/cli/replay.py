@@ -14,20 +14,8 @@ from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Ti
 from harness.loadgen.scenario import ReplaySection, check_endpoints, parse_replay_section
 from harness.scenario import load_scenario
 from harness.traces.readers import read_trace
+from harness.traces.specs import parse_window
 from harness.traces.transforms import clip_lengths, rescale_rate, speedup, window
-
-
-def _window(text: str | None) -> tuple[float, float] | None:
-    """START:DUR in trace seconds (as ``trace convert --window``) -> (start, end)."""
-    if text is None:
-        return None
-    try:
-        start, dur = (float(x) for x in text.split(":"))
-    except ValueError:
-        raise InputError(f"--window must be START:DUR in trace seconds, got {text!r}") from None
-    if not (start >= 0 and dur > 0):
-        raise InputError(f"--window needs START >= 0 and DUR > 0, got {text!r}")
-    return start, start + dur
 
 
 def _rates(text: str | None) -> list[float]:
@@ -209,7 +197,7 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
 def command(**o) -> None:
     """Replay a trace against OpenAI-compatible endpoints; records to --out (JSONL + Parquet + meta)."""
     scenario_endpoints = _apply_scenario(o)
-    win = _window(o["window"])
+    win = parse_window(o["window"]) if o["window"] is not None else None
     rates = _rates(o["rate"])
     if o["speedup"] <= 0 or not math.isfinite(o["speedup"]):
         raise InputError(f"--speedup must be a positive number, got {o['speedup']}")
@@ -240,7 +228,7 @@ def command(**o) -> None:
     )  # fmt: skip
     trace = read_trace(o["trace_path"], o["fmt"], skip_bad=o["skip_bad"])
     if win is not None:
-        trace = window(trace, win[0], win[1] - win[0])
+        trace = window(trace, *win)
     if o["max_input"] is not None:
         trace, _ = clip_lengths(trace, o["max_input"])
     if o["trace_rate"] is not None:

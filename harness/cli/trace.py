@@ -19,6 +19,7 @@ from harness.traces.specs import (
     parse_lengths,
     parse_sessions,
     parse_system_prompts,
+    parse_window,
 )
 from harness.traces.stats import DEFAULT_ABOVE, TraceStats, trace_stats
 from harness.traces.synth import SynthSpec, synthesize
@@ -137,18 +138,6 @@ def _table(s: TraceStats, report: ReadReport) -> str:
     return "\n".join(lines)
 
 
-def _window(text: str) -> tuple[float, float]:
-    start, sep, dur = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        return float(start), float(dur)
-    except ValueError:
-        raise InputError(
-            f"--window: expected START:DURATION in seconds, e.g. 600:300, got {text!r}"
-        ) from None
-
-
 def _sample_size(text: str) -> dict:
     try:
         value = float(text)
@@ -217,10 +206,11 @@ def convert_cmd(
     """
     if speedup is not None and rate is not None:
         raise InputError("--speedup and --rate both set the time scale; give only one")
+    win = parse_window(window) if window else None  # a typo fails before a long read
     trace, _ = _read(src, fmt, skip_bad, keep_failed)
-    if window:
+    if win is not None:
         span = trace.duration_s
-        trace = transforms.window(trace, *_window(window))
+        trace = transforms.window(trace, *win)
         if len(trace) == 0:
             raise InputError(
                 f"--window {window} selects no requests from {src} (arrivals span 0 to {span:.1f} s)"

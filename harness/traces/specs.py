@@ -1,9 +1,10 @@
-"""Parse the compact command-line specs of ``trace synth`` into generator objects.
+"""Parse the compact command-line specs of ``trace synth`` (and the ``--window`` of convert/replay).
 
     lengths   lognormal:mu=9.9,sigma=1,lo=128,hi=131072 | fixed:N | uniform:A,B | empirical:FILE
     arrivals  poisson:RATE | gamma:RATE,CV | constant:RATE
     prompts   count=K,tokens=L[,share=F][,zipf=S]
     sessions  turns=T[,concurrent=C][,max=N]
+    window    START:DUR (trace seconds)
 
 Mistakes raise ``InputError`` naming the option and the expected form.
 """
@@ -46,6 +47,22 @@ def _keyvalues(text: str, option: str, allowed: dict[str, type], required: tuple
     if missing:
         raise InputError(f"{option}: missing {', '.join(missing)} (in {text!r})")
     return out
+
+
+def parse_window(text: str, option: str = "--window") -> tuple[float, float]:
+    """``START:DUR`` in trace seconds -> ``(start, duration)``, checked before any trace is read."""
+    start, sep, dur = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        start_s, dur_s = float(start), float(dur)
+    except ValueError:
+        raise InputError(
+            f"{option} must be START:DURATION in trace seconds, e.g. 600:300, got {text!r}"
+        ) from None
+    if not (start_s >= 0 and dur_s > 0):
+        raise InputError(f"{option} needs START >= 0 and DURATION > 0, got {text!r}")
+    return start_s, dur_s
 
 
 def parse_lengths(spec: str, option: str = "--lengths", *, column: str = "input") -> LengthDistribution:
