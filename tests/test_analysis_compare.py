@@ -76,6 +76,7 @@ def test_cost_from_meta_and_plan():
     h200 = gpu_price("H200")
     assert cost_per_hour("prfaas", meta, plan) == pytest.approx(8 * 8 * h20 + 4 * 8 * h200)
     assert cost_per_hour("prfaas", {}, plan) is None  # no hardware named: unknown
+    assert gpu_price("A100") is None  # no preset: no price rather than an error
 
 
 def test_cost_falls_back_to_the_planners_price():

@@ -11,11 +11,11 @@ import contextlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.model.presets import load_hardware
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +40,12 @@ class Fleet:
 
 
 def gpu_price(name: str) -> float | None:
-    """Price per GPU-hour from the hardware presets (``harness/presets/hardware/<name>.toml``)."""
-    with contextlib.suppress(ImportError, HarnessError, AttributeError, KeyError):
-        from harness.model.presets import load_hardware
-
+    """Price per GPU-hour from the hardware presets (``harness/presets/hardware/<name>.toml``); None for a
+    GPU with no preset."""
+    try:
         return float(load_hardware(name).price_per_gpu_hour)
-    with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
-        text = resources.files("harness").joinpath(f"presets/hardware/{name.lower()}.toml").read_text()
-        return float(tomllib.loads(text)["price_per_gpu_hour"])
-    return None
+    except HarnessError:
+        return None
 
 
 def _scenario_raw(meta: Mapping[str, Any]) -> Mapping[str, Any]:
