@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from harness.analysis.tables import print_tables
 from harness.bench import run_bench
 
 
@@ -33,8 +34,6 @@ def command(scenario: str, quick: bool, out_root: str, netns: bool | None, prefi
     4. replay    the same requests over HTTP against emulated clusters, KV across a shaped link
     5. analyze   tables, headline ratios and a self-contained dashboard
     """
-    from harness.analysis.tables import print_tables
-
     result = run_bench(
         scenario,
         out_root=out_root,
