@@ -50,10 +50,10 @@ class BenchSpec:
     @classmethod
     def from_scenario(cls, scenario: Scenario, *, quick: bool) -> BenchSpec:
         table = dict(scenario.section("bench"))
-        if not isinstance(table.get("quick", {}), Mapping):
+        quick_table = table.pop("quick", {})
+        if not isinstance(quick_table, Mapping):
             raise ScenarioError("must be a table", where=scenario.where("bench", "quick"))
-        chosen = dict(table.pop("quick", {})) if quick else {}
-        table.pop("quick", None)
+        chosen = dict(quick_table) if quick else {}
 
         def where(key: str) -> str:  # a bad value is reported in the table it came from
             return scenario.where("bench", "quick") if key in chosen else scenario.where("bench")
@@ -66,7 +66,7 @@ class BenchSpec:
                 f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
                 where=scenario.where("bench"),
             )
-        spec = cls(**merged) if merged else cls()
+        spec = cls(**merged)
         if quick and not chosen:
             spec = replace(spec, replay_requests=60, capacity_requests=1000)
         for key in ("replay_requests", "capacity_requests"):
