@@ -65,9 +65,7 @@ class Trace:
         """A new trace holding the requests at ``index`` (an int array or boolean mask), in that order."""
         idx = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, dtype=np.int64)
         starts, ends = self.hash_offsets[idx], self.hash_offsets[idx + 1]
-        lengths = ends - starts
-        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = offsets_from_lengths(ends - starts)
         values = (
             np.concatenate([self.hash_values[s:e] for s, e in zip(starts, ends, strict=True)])
             if len(idx)
@@ -91,10 +89,15 @@ class Trace:
         return replace(self, **changes)
 
 
+def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
+    """CSR offsets (``len + 1`` entries, starting at 0) for per-request list lengths."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
 def offsets_from_lists(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Build (values, offsets) CSR arrays from per-request id lists."""
-    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = offsets_from_lengths(np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists)))
     values = np.fromiter((v for x in lists for v in x), dtype=np.int64, count=int(offsets[-1]))
     return values, offsets

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import TraceError
-from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace, offsets_from_lists
+from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace, offsets_from_lengths, offsets_from_lists
 
 _MAX_TOKENS = 2**40  # far above any context; keeps sums of lengths inside int64
 _MAX_EXAMPLES = 5  # skipped-line messages kept for the report; the count is always exact
@@ -173,8 +173,7 @@ class RowCollector:
 def unique_block_ids(input_tokens: np.ndarray, block_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """ceil(input/block) fresh ids per request, never repeated: explicit "no prefix sharing"."""
     counts = -(-np.asarray(input_tokens, dtype=np.int64) // block_tokens)
-    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = offsets_from_lengths(counts)
     return np.arange(offsets[-1], dtype=np.int64), offsets
 
 

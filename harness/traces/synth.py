@@ -22,7 +22,7 @@ import numpy as np
 from harness.errors import InputError
 from harness.traces.arrivals import ArrivalProcess
 from harness.traces.distributions import Fixed, LengthDistribution, Uniform
-from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace, offsets_from_lists
+from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace, offsets_from_lengths, offsets_from_lists
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,7 @@ def _independent_blocks(
     """CSR block ids when requests share at most a system prompt (vectorised)."""
     per_prompt = _prompt_blocks(prompts, block)
     counts = -(-inputs // block)
-    offsets = np.zeros(len(inputs) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = offsets_from_lengths(counts)
     row = np.repeat(np.arange(len(inputs)), counts)
     pos = np.arange(offsets[-1]) - offsets[row]
     shared_n = np.where(prompt_of >= 0, np.minimum(per_prompt, inputs // block), 0)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from harness.errors import InputError
-from harness.traces.frame import Trace
+from harness.traces.frame import Trace, offsets_from_lengths
 
 
 def mean_rate(trace: Trace) -> float:
@@ -64,8 +64,7 @@ def clip_lengths(trace: Trace, max_input: int | None, max_output: int | None = N
     keep_n = np.minimum(lengths, -(-inputs // trace.block_tokens))
     position = np.arange(len(trace.hash_values)) - np.repeat(trace.hash_offsets[:-1], lengths)
     values = trace.hash_values[position < np.repeat(keep_n, lengths)]
-    offsets = np.zeros(len(trace) + 1, dtype=np.int64)
-    np.cumsum(keep_n, out=offsets[1:])
+    offsets = offsets_from_lengths(keep_n)
     out = trace.replace(input_tokens=inputs, output_tokens=outputs, hash_values=values, hash_offsets=offsets)
     return out, int(changed.sum())
 
