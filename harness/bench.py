@@ -143,6 +143,13 @@ def run_bench(
     deployment = deployment_from_scenario(scenario)  # validates the scenario before anything runs
     setup = prepare(scenario)
     _validate_late_tables(scenario, spec, quick)
+    if spec.replay_rate_rps is None and all(t.kind == "colocated" for t in deployment.topologies.values()):
+        # The default rate is a share of the planner's Λ_max, and the planner has no colocated model.
+        raise ScenarioError(
+            "replay_rate_rps must be set: its default is 75% of the planner's smallest Λ_max, "
+            "and the planner does not model colocated topologies",
+            where=scenario.where("bench"),
+        )
     out_dir = Path(out_root) / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}"
     try:
         out_dir.mkdir(parents=True, exist_ok=False)

@@ -143,6 +143,19 @@ def test_bench_cli_rejects_bad_tables_before_any_work(tmp_path, table, message):
     assert not out.exists()
 
 
+def test_bench_without_a_planned_topology_needs_a_rate(tmp_path):
+    # Regression: with only colocated topologies the default rate was min() of no Λ_max, a traceback
+    # after minutes of simulation.
+    head, rest = CASE_STUDY.read_text().split("[topologies.prfaas]")
+    path = tmp_path / "colo.toml"
+    colo = '[topologies.colo]\nkind = "colocated"\nlocal_instances = 2\n\n'
+    path.write_text(head + colo + rest[rest.index("[emulation]") :])
+    out = tmp_path / "results"
+    res = CliRunner().invoke(main, ["bench", str(path), "--quick", "--out", str(out)])
+    assert res.exit_code == 2 and "[bench]: replay_rate_rps must be set" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_bench_cli_unusable_out_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
