@@ -196,6 +196,10 @@ def test_scenario_errors_name_the_table(tmp_path):
     scenario.write_text('[replay]\nmodel = "m"\nendpoint = "http://x"\n')
     res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "unknown keys ['endpoint']" in res.output
+    for window in ('["a", 5]', "[10, 5]", "[-1, 5]"):  # once a ValueError traceback, or blamed on --window
+        scenario.write_text(f'[replay]\nmodel = "m"\nwindow_s = {window}\n')
+        res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2 and "[replay]" in res.output and "window_s" in res.output, window
 
 
 def test_out_holding_a_run_is_refused_and_left_intact(tmp_path):

@@ -109,8 +109,15 @@ def parse_replay_section(scenario: Scenario) -> ReplaySection:
         endpoints[str(name)] = spec
     trace = raw.get("trace") or scenario.section("workload").get("trace")
     window = raw.get("window_s")
-    if window is not None and (not isinstance(window, list) or len(window) != 2):
-        raise ScenarioError(f"window_s must be [start, end], got {window!r}", where=where)
+    if window is not None and not (
+        isinstance(window, list)
+        and len(window) == 2
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in window)
+        and 0 <= window[0] < window[1]
+    ):
+        raise ScenarioError(
+            f"window_s must be [start, end] seconds, 0 <= start < end, got {window!r}", where=where
+        )
     return ReplaySection(
         model=raw.get("model"),
         api=raw.get("api"),
