@@ -22,7 +22,7 @@ from harness.errors import CapabilityError
 from harness.network import LinkSpec, Network, kernel, owned_namespaces, parse_network, probe
 from harness.network.host import interface_ops, shape_interface, unshape_interface
 from harness.network.measure import expected_goodput_mbit, goodput_mbit, loss_pct, rtt_ms
-from harness.network.state import STATE_DIR, State
+from harness.network.state import STATE_DIR, State, is_alive, start_ticks
 from harness.network.sweep import relay_pids, sweep
 
 pytestmark = pytest.mark.root
@@ -81,6 +81,25 @@ def test_three_sites_build_route_and_leave_nothing_behind(relay_ok):
         proc = net.spawn("local", [sys.executable, "-c", "import time; time.sleep(60)"])
     assert proc.poll() is not None  # killed on teardown
     assert _leftovers("pfbt1-") == []
+
+
+def test_teardown_ends_what_a_spawned_process_left_in_its_session(relay_ok, tmp_path: Path):
+    # Regression: a spawned process that had already exited was skipped, so the background child it
+    # left in its session kept running after teardown.
+    pid_file = tmp_path / "child.pid"
+    table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "rate_mbit": 10}]}
+    with _net(table, "pfbt13-").up() as net:
+        leader = net.spawn("a", ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; exit 0"])
+        deadline = time.monotonic() + 10
+        while start_ticks(leader.pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the leader has written the child's pid and exited (a zombie)
+        child = int(pid_file.read_text())
+        child_ticks = start_ticks(child)
+        assert child_ticks is not None
+    deadline = time.monotonic() + 5
+    while is_alive(child, child_ticks) and time.monotonic() < deadline:
+        time.sleep(0.01)  # SIGKILL is asynchronous; the orphan is reaped by init
+    assert not is_alive(child, child_ticks)
 
 
 def test_tbf_rate_holds_for_a_real_tcp_flow(relay_ok):

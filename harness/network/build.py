@@ -314,7 +314,13 @@ class Network:
             if self._scheduler is not None:
                 self._scheduler.stop(raise_error=False)
             for proc in self._procs:
-                kill_process(proc.pid, start_ticks(proc.pid) or 0, group=True)
+                ticks = start_ticks(proc.pid)
+                if ticks is None and proc.returncode is None:
+                    # The leader exited but is not reaped, so its session id is still ours: end what
+                    # it left running there, which would otherwise outlive the namespace.
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                kill_process(proc.pid, ticks or 0, group=True)
                 with contextlib.suppress(Exception):
                     proc.wait(timeout=2)
             self._procs.clear()
