@@ -200,6 +200,12 @@ def test_scenario_errors_name_the_table(tmp_path):
         scenario.write_text(f'[replay]\nmodel = "m"\nwindow_s = {window}\n')
         res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
         assert res.exit_code == 2 and "[replay]" in res.output and "window_s" in res.output, window
+    scenario.write_text(
+        '[replay]\nmodel = "m"\ntrace = "t.jsonl"\n[replay.endpoints]\n'
+        'pd = { prefill_url = 5, decode_url = "http://127.0.0.1:2" }\n'
+    )
+    res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and f"{scenario}: --prefill-url must be an http(s) URL" in res.output
 
 
 def test_out_holding_a_run_is_refused_and_left_intact(tmp_path):

@@ -62,14 +62,16 @@ class ReplaySection:
         """Endpoints with the given model and API unless an endpoint table names its own."""
         out = []
         for name, spec in self.endpoints.items():
+            # str(): a non-string URL then fails Endpoint's URL check in one line, not with a traceback
+            prefill, decode = spec.get("prefill_url"), spec.get("decode_url")
             out.append(
                 Endpoint(
                     name=name,
                     model=str(spec.get("model", model)),
                     api=str(spec.get("api", api)),
                     url=str(spec.get("url", "")),
-                    prefill_url=spec.get("prefill_url"),
-                    decode_url=spec.get("decode_url"),
+                    prefill_url=None if prefill is None else str(prefill),
+                    decode_url=None if decode is None else str(decode),
                 )
             )
         return tuple(out)
