@@ -31,7 +31,6 @@ class EmulationSpec:
     retry_after_s: int = 1
     context_tokens: int = 131072  # longest prompt + max_tokens accepted (400 beyond)
     block_tokens: int = 512  # prefix-cache block size, in tokens
-    port_base: int = 18000  # loopback mode: site i listens on port_base + 10·i (+1 for KV)
     model_name: str = ""  # served model name; "" means the scenario's [model] preset
 
     def __post_init__(self) -> None:
@@ -42,8 +41,6 @@ class EmulationSpec:
         for name in ("layers", "connections", "max_waiting", "context_tokens", "block_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if not 1024 <= self.port_base <= 65000:
-            raise ValueError("port_base must be in 1024..65000")
 
     @classmethod
     def from_table(
