@@ -198,6 +198,36 @@ def test_sigterm_mid_run_still_cleans_up(relay_ok):
     assert _leftovers("pfbt7-") == []
 
 
+INUSE = textwrap.dedent(
+    """
+    import time
+    from harness.network import Network, parse_network
+    table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "rate_mbit": 10}]}
+    with Network(parse_network(table), prefix="pfbt14-", table=table).up():
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_a_refused_up_leaves_the_running_owners_network_alone(relay_ok):
+    # Regression: up() refused a prefix held by a running process, then its finally-teardown swept
+    # that process's namespaces away.
+    table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "rate_mbit": 10}]}
+    holder = subprocess.Popen([sys.executable, "-c", INUSE], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        refused = _net(table, "pfbt14-")
+        with pytest.raises(CapabilityError, match=f"in use by running process {holder.pid}"), refused.up():
+            pass
+        assert kernel.list_namespaces("pfbt14-") == ["pfbt14-a", "pfbt14-b"]
+    finally:
+        holder.terminate()
+        holder.wait(timeout=20)
+        holder.stdout.close()
+    assert _leftovers("pfbt14-") == []
+
+
 def test_a_stale_network_is_swept_by_the_next_build(relay_ok):
     table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "delay_ms": 1}]}
     first = _net(table, "pfbt8-")

@@ -307,8 +307,9 @@ class Network:
     def teardown(self) -> None:
         """Stop events, kill every process started for this network, remove its namespaces and state.
         Safe to call twice and from a later process (``Network.attach(prefix).teardown()``); a no-op
-        in a forked copy of the process that built it."""
-        if self._builder_pid not in (None, os.getpid()):
+        in a forked copy of the process that built it, and before a build (one refused because the
+        prefix is in use must not sweep away its owner's network)."""
+        if not self._built or self._builder_pid not in (None, os.getpid()):
             return
         with self._lock:
             if self._scheduler is not None:
