@@ -74,7 +74,8 @@ def command(
         raise ScenarioError(f"--duration must be > 0 s, got {duration:g}")
     rates = parse_floats(rate_sweep, "--rate-sweep") if rate_sweep else ((rate,) if rate is not None else ())
     setup = prepare(
-        load_scenario(scenario), topologies=[t.strip() for t in topologies.split(",")] if topologies else None
+        load_scenario(scenario),
+        topologies=[t.strip() for t in topologies.split(",") if t.strip()] if topologies else None,
     )
     trace = None
     if trace_path is not None or setup.deployment.workload.trace_path is not None:
