@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.errors import HarnessError, ScenarioError
 from harness.model.cost import InstanceCost
-from harness.model.planner import PlanContext, best_homogeneous, best_prfaas
+from harness.model.planner import PlanContext, evaluate_topology
 from harness.model.presets import Hardware, ModelSpec, load_hardware, load_model
 from harness.scenario import Scenario
 from harness.traces.distributions import Empirical, Fixed, LengthDistribution, TruncatedLogNormal, Uniform
@@ -364,22 +364,10 @@ def with_overrides(
 
 def resolve_topology(deployment: Deployment, topology: TopologySpec) -> TopologySpec:
     """Fill in a topology's open choices with the planner's optimum (fixed fields are kept)."""
-    if topology.resolved:
+    if topology.resolved:  # naive (set by its instance counts) and colocated always are
         return topology
-    ctx = deployment.context()
-    if topology.kind == "homogeneous":
-        r = best_homogeneous(ctx, topology.local_instances, n_p=topology.n_p)
-        return replace(topology, n_p=r.n_p, n_d=r.n_d)
-    if topology.kind == "prfaas":
-        r = best_prfaas(
-            ctx,
-            topology.local_instances,
-            topology.n_prfaas,
-            n_p=topology.n_p,
-            threshold=topology.threshold_tokens,
-        )
-        return replace(topology, n_p=r.n_p, n_d=r.n_d, threshold_tokens=r.threshold_tokens)
-    return topology  # naive is always fully determined by its instance counts
+    r = evaluate_topology(deployment.context(), topology)
+    return replace(topology, n_p=r.n_p, n_d=r.n_d, threshold_tokens=r.threshold_tokens)
 
 
 def resolve_topologies(deployment: Deployment) -> dict[str, TopologySpec]:

@@ -16,11 +16,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.model.cost import InstanceCost
 from harness.traces.distributions import LengthDistribution
+
+if TYPE_CHECKING:
+    from harness.model.deployment import TopologySpec
 
 # Threshold grid step for the coarse search, then the fine step around the best coarse point.
 COARSE_STEP_TOKENS = 100
@@ -281,3 +285,20 @@ def best_homogeneous(ctx: PlanContext, local_instances: int, *, n_p: int | None 
     return max(
         (evaluate_homogeneous(ctx, k, local_instances - k) for k in splits), key=lambda r: r.lambda_max
     )
+
+
+def evaluate_topology(ctx: PlanContext, topology: TopologySpec) -> PlanResult:
+    """Best result for one topology, keeping whatever the scenario fixed (split, threshold)."""
+    if topology.kind == "homogeneous":
+        return best_homogeneous(ctx, topology.local_instances, n_p=topology.n_p)
+    if topology.kind == "naive":
+        return evaluate_naive(ctx, topology.n_prfaas, topology.n_d)
+    if topology.kind == "prfaas":
+        return best_prfaas(
+            ctx,
+            topology.local_instances,
+            topology.n_prfaas,
+            n_p=topology.n_p,
+            threshold=topology.threshold_tokens,
+        )
+    raise ValueError(f"the analytic model has no equations for a {topology.kind} topology")

@@ -11,13 +11,10 @@ import pandas as pd
 from harness.errors import ScenarioError
 from harness.model.deployment import Deployment, TopologySpec, with_overrides
 from harness.model.planner import (
-    PlanContext,
     PlanResult,
-    best_homogeneous,
-    best_prfaas,
     best_threshold,
-    evaluate_naive,
     evaluate_prfaas,
+    evaluate_topology,
 )
 
 # Λ_max versus link bandwidth: 1 to 400 Gbps, denser where PrfaaS starts to be link-bound.
@@ -87,23 +84,6 @@ class PlanReport:
             "ratios": self.ratios,
             "skipped": list(self.skipped),
         }
-
-
-def evaluate_topology(ctx: PlanContext, topology: TopologySpec) -> PlanResult:
-    """Best result for one topology, keeping whatever the scenario fixed (split, threshold)."""
-    if topology.kind == "homogeneous":
-        return best_homogeneous(ctx, topology.local_instances, n_p=topology.n_p)
-    if topology.kind == "naive":
-        return evaluate_naive(ctx, topology.n_prfaas, topology.n_d)
-    if topology.kind == "prfaas":
-        return best_prfaas(
-            ctx,
-            topology.local_instances,
-            topology.n_prfaas,
-            n_p=topology.n_p,
-            threshold=topology.threshold_tokens,
-        )
-    raise ValueError(f"the analytic model has no equations for a {topology.kind} topology")
 
 
 def plan_deployment(deployment: Deployment) -> PlanReport:
