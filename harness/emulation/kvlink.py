@@ -42,10 +42,6 @@ class TransferObs:
     first_byte_s: float
     last_byte_s: float
 
-    @property
-    def duration_s(self) -> float:
-        return self.last_byte_s - self.first_byte_s
-
 
 def new_transfer_id() -> str:
     return uuid.uuid4().hex
@@ -222,7 +218,6 @@ class KvSender:
         # Ack futures by destination, then transfer id.
         self._pending: dict[tuple[str, int], dict[str, asyncio.Future[tuple[float, float]]]] = {}
         self.bytes_sent = 0
-        self.transfers_sent = 0
         self.in_flight = 0
 
     async def _pool(self, dest: tuple[str, int]) -> list[_Connection]:
@@ -278,7 +273,6 @@ class KvSender:
                     size -= n
                     await conn.writer.drain()
             first, last = await ack
-            self.transfers_sent += 1
             return TransferObs(transfer_id, nbytes, first, last)
         finally:
             self.in_flight -= 1
