@@ -87,8 +87,6 @@ def run(tap: str, dev: str, control: Path, seed: int, *, daemon: bool = False) -
     out.setsockopt(_SOL_PACKET, _PACKET_VNET_HDR, 1)  # frames keep the TAP's virtio-net header
     out.setsockopt(socket.SOL_SOCKET, 32, _SNDBUF)  # SO_SNDBUFFORCE: a burst must not block the loop
     out.bind((dev, 0))
-    if daemon:
-        _daemonize()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
     reload = [False]
@@ -97,6 +95,8 @@ def run(tap: str, dev: str, control: Path, seed: int, *, daemon: bool = False) -
         reload[0] = True
 
     signal.signal(signal.SIGUSR1, _on_usr1)
+    if daemon:  # only now: a live change may SIGUSR1 the printed pid at once, and its default kills
+        _daemonize()
     queue: deque[tuple[float, bytes]] = deque()
     last_release = 0.0
     clock, read, send, rand = time.monotonic, os.read, out.send, rng.random
