@@ -43,7 +43,7 @@ _READY_TIMEOUT_S = 60.0
 LOOPBACK = "loopback"
 
 
-def _network_table(scenario: Scenario, sites: list[str], rate_mbit: float, delay_ms: float) -> dict[str, Any]:
+def _network_table(sites: list[str], rate_mbit: float, delay_ms: float) -> dict[str, Any]:
     """The network ``serve`` builds when the scenario has no ``[network]``: one link, rate and delay only."""
     table: dict[str, Any] = {"sites": sites, "links": []}
     if len(sites) > 1:
@@ -219,7 +219,7 @@ class EmulatedClusters:
             self.backend = LOOPBACK
         else:
             if table is None or net_spec is None:
-                table = _network_table(self.scenario, self.sites, self.rate_mbit or 0.0, self.delay_ms)
+                table = _network_table(self.sites, self.rate_mbit or 0.0, self.delay_ms)
                 net_spec = parse_network(table)
             self._net_ctx = Network(net_spec, prefix=self.prefix, backend=backend, table=table).up()
             self._net = self._net_ctx.__enter__()
