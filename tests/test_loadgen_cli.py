@@ -64,6 +64,7 @@ def test_done_when_command_on_the_real_trace(tmp_path, mooncake_path):
         (["--endpoint", "http://127.0.0.1:1", "--endpoint", "http://127.0.0.1:2"], "name each as NAME=URL"),
         (["--endpoint", "a=http://127.0.0.1:1", "--endpoint", "a=http://127.0.0.1:2"], "unique"),
         (["--workers", "0"], "--workers"),
+        (["--workers", "4", "--concurrency", "2"], "--workers 4 exceeds --concurrency 2"),
         (["--tokenizer", "/nonexistent/tokenizer.json"], "tokenizer file not found"),
     ],
 )

@@ -166,6 +166,11 @@ class ReplayConfig:
             raise InputError(f"endpoint names must be unique, got {names}")
         if self.workers < 1:
             raise InputError(f"--workers must be >= 1, got {self.workers}")
+        if self.load.concurrency is not None and self.workers > self.load.concurrency:
+            # each worker keeps at least one request in flight, so the cap would be exceeded
+            raise InputError(
+                f"--workers {self.workers} exceeds --concurrency {self.load.concurrency}; use at most that many"
+            )
         if self.tokenizer and self.tokenize_url:
             raise InputError("use either --tokenizer FILE or --tokenize-url URL, not both")
         if self.tokenize_url:
