@@ -49,6 +49,8 @@ def test_parse_applies_common_fields_and_per_direction_overrides():
         ({"subnet": "8.8.0.0/16"}, "[network].subnet", "private /16"),
         ({"links": [{"between": ["client", "mars"]}]}, "[network].links[0].between", "unknown site 'mars'"),
         ({"links": [{"between": ["client", "local"], "rate": 5}]}, "[network].links[0]", "unknown field"),
+        ({"links": [1]}, "[network].links", "must be a list of tables"),  # was an AttributeError traceback
+        ({"events": 3}, "[network].events", "must be a list of tables"),  # was a TypeError traceback
         (
             {"links": [{"between": ["client", "local"], "delay_ms": 1, "jitter_ms": 2}]},
             "links[0]",

@@ -210,6 +210,16 @@ def _event(raw: Mapping[str, Any], spec: NetworkSpec, where: str) -> LinkEvent:
     return event
 
 
+def _tables(table: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, Any]]:
+    """``table[key]`` as a list of tables (``[[network.links]]``), or an error naming the field."""
+    value = table.get(key, [])
+    if not (isinstance(value, list) and all(isinstance(v, Mapping) for v in value)):
+        raise ScenarioError(
+            f"must be a list of tables ([[network.{key}]]), got {value!r}", where=f"{where}.{key}"
+        )
+    return value
+
+
 def parse_network(table: Mapping[str, Any], where: str = "[network]") -> NetworkSpec:
     """Parse and validate a ``[network]`` table; errors name the field (``where`` prefixes them)."""
     sites = table.get("sites")
@@ -227,7 +237,7 @@ def parse_network(table: Mapping[str, Any], where: str = "[network]") -> Network
     if subnet.prefixlen != 16 or not subnet.is_private:
         raise ScenarioError(f"{subnet} must be a private /16", where=f"{where}.subnet")
     links, seen = [], set()
-    for i, raw in enumerate(table.get("links", [])):
+    for i, raw in enumerate(_tables(table, "links", where)):
         w = f"{where}.links[{i}]"
         a, b = _pair(raw.get("between"), tuple(sites), f"{w}.between")
         if frozenset((a, b)) in seen:
@@ -239,5 +249,7 @@ def parse_network(table: Mapping[str, Any], where: str = "[network]") -> Network
         rev = _link_spec(raw.get("reverse", {}), common, f"{w}.reverse")
         links.append(Link(a, b, fwd, rev))
     spec = NetworkSpec(tuple(sites), tuple(links), subnet)
-    events = tuple(_event(raw, spec, f"{where}.events[{i}]") for i, raw in enumerate(table.get("events", [])))
+    events = tuple(
+        _event(raw, spec, f"{where}.events[{i}]") for i, raw in enumerate(_tables(table, "events", where))
+    )
     return dataclasses.replace(spec, events=tuple(sorted(events, key=lambda e: e.at_s)))
