@@ -13,6 +13,7 @@ import numpy as np
 
 from harness.errors import InputError
 from harness.loadgen.config import LoadSpec
+from harness.traces.arrivals import ArrivalProcess, Constant, Gamma, Poisson
 from harness.traces.frame import Trace
 
 WARMUP, MEASURE, COOLDOWN = 0, 1, 2
@@ -59,12 +60,14 @@ class Schedule:
         return range(self.first, self.count, self.stride)
 
 
-def _gaps(spec: LoadSpec, n: int, rng: np.random.Generator) -> np.ndarray:
+def _process(spec: LoadSpec) -> ArrivalProcess:
+    """The same arrival processes ``trace synth`` draws from."""
     rate = float(spec.rate_rps or 0.0)
     if spec.arrival == "poisson":
-        return rng.exponential(1.0 / rate, n)
-    shape = 1.0 / spec.gamma_cv**2  # mean = shape * scale = 1 / rate
-    return rng.gamma(shape, 1.0 / (rate * shape), n)
+        return Poisson(rate)
+    if spec.arrival == "gamma":
+        return Gamma(rate, spec.gamma_cv)
+    return Constant(rate)  # i / rate exactly, no cumulative rounding
 
 
 def build_schedule(trace: Trace, spec: LoadSpec) -> Schedule:
@@ -96,11 +99,7 @@ def build_schedule(trace: Trace, spec: LoadSpec) -> Schedule:
                 if spec.duration_s is None
                 else math.ceil(spec.duration_s * float(spec.rate_rps or 0))
             )
-        if spec.arrival == "constant":  # i / rate exactly, no cumulative rounding
-            offset = np.arange(max(n, 1)) / float(spec.rate_rps or 1.0)
-        else:
-            gaps = _gaps(spec, max(n, 1) - 1, np.random.default_rng(spec.seed))
-            offset = np.concatenate([[0.0], np.cumsum(gaps)])
+        offset = _process(spec).times(max(n, 1), np.random.default_rng(spec.seed))
         row = np.arange(len(offset), dtype=np.int64) % len(trace)
     keep = np.ones(len(offset), dtype=bool)
     if spec.duration_s is not None:
