@@ -239,7 +239,11 @@ def fake_server_process(*args: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # never leave a server behind
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:
