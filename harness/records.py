@@ -235,9 +235,12 @@ def iter_jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def _records_table(rows: list[dict[str, Any]]) -> pa.Table:
+def _records_table(rows: list[dict[str, Any]], log: Path) -> pa.Table:
     cols = {name: [row.get(name) for row in rows] for name in RECORD_FIELDS}
-    return pa.table(cols, schema=RECORD_SCHEMA)
+    try:
+        return pa.table(cols, schema=RECORD_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # a hand-edited or foreign log: no traceback
+        raise InputError(f"a record field has the wrong type ({exc})", where=str(log)) from None
 
 
 def write_parquet(run_dir: str | Path) -> Path:
@@ -250,9 +253,9 @@ def write_parquet(run_dir: str | Path) -> Path:
         for row in iter_jsonl_records(src) if src.exists() else ():
             batch.append(row)
             if len(batch) >= 5000:
-                writer.write_table(_records_table(batch))
+                writer.write_table(_records_table(batch, src))
                 batch.clear()
-        writer.write_table(_records_table(batch))
+        writer.write_table(_records_table(batch, src))
     tmp.replace(dst)
     return dst
 
@@ -277,5 +280,5 @@ def read_records(run_dir: str | Path) -> pd.DataFrame:
     if pq_path.is_file() and (not log.exists() or pq_path.stat().st_mtime >= log.stat().st_mtime):
         return pq.read_table(pq_path).to_pandas()
     if log.is_file():
-        return _records_table(list(iter_jsonl_records(log))).to_pandas()
+        return _records_table(list(iter_jsonl_records(log)), log).to_pandas()
     raise InputError("no records.parquet or records.jsonl", where=str(run_dir))
