@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from conftest import REPO, need
 from harness.errors import CapabilityError
 from harness.network import LinkSpec, Network, kernel, owned_namespaces, parse_network, probe
 from harness.network.host import interface_ops, shape_interface, unshape_interface
-from harness.network.measure import expected_goodput_mbit, goodput_mbit, loss_pct, rtt_ms
+from harness.network.measure import check_direction, expected_goodput_mbit, goodput_mbit, loss_pct, rtt_ms
 from harness.network.state import STATE_DIR, State, is_alive, start_ticks
 from harness.network.sweep import relay_pids, sweep
 
@@ -156,6 +157,19 @@ def test_live_changes_take_effect_and_scheduled_events_restore(relay_ok):
     assert slow == pytest.approx(expected_goodput_mbit(20, 1500), rel=0.08)
     assert fast == pytest.approx(expected_goodput_mbit(100, 1500), rel=0.05)
     assert 4.0 <= rtt <= 5.0
+
+
+def test_a_check_on_a_dead_link_says_so_and_leaves_no_thread_behind(relay_ok):
+    # Regression: a failed connect (EHOSTUNREACH: the down link drops ARP) was a bare OSError
+    # traceback, and the receiving thread stayed blocked in accept() for good, holding a socket in
+    # the site's namespace.
+    table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "rate_mbit": 50}]}
+    with _net(table, "pfbt15-").up() as net:
+        net.set_link("a", "b", up=False)
+        threads = threading.active_count()
+        with pytest.raises(CapabilityError, match=r"^a->b: (no answer|No route to host)"):
+            check_direction(net, "a", "b", seconds=0.2)
+        assert threading.active_count() == threads
 
 
 def test_status_notices_a_qdisc_someone_replaced(relay_ok):

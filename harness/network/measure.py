@@ -57,7 +57,10 @@ def goodput_mbit(net, src: str, dst: str, seconds: float = 1.5, warmup_s: float 
     received = [0]
 
     def receive() -> None:
-        conn, _ = srv.accept()
+        try:
+            conn, _ = srv.accept()
+        except OSError:  # shut down below: the sender never connected
+            return
         with conn:
             buf = bytearray(1 << 20)
             while n := conn.recv_into(buf):
@@ -87,9 +90,17 @@ def goodput_mbit(net, src: str, dst: str, seconds: float = 1.5, warmup_s: float 
         if tx.ident is not None:
             tx.join(10)
         cli.close()
+        _end_accept(srv)
         rx.join(10)
         srv.close()
     return (b1 - b0) * 8 / (t1 - t0) / 1e6
+
+
+def _end_accept(srv: socket.socket) -> None:
+    """Wake a thread still blocked in ``srv.accept()`` (close alone does not): after a failed
+    connect it would otherwise wait forever, holding the site's namespace alive."""
+    with contextlib.suppress(OSError):
+        srv.shutdown(socket.SHUT_RDWR)
 
 
 def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
@@ -97,7 +108,10 @@ def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
     srv = _listener(net, dst)
 
     def echo() -> None:
-        conn, _ = srv.accept()
+        try:
+            conn, _ = srv.accept()
+        except OSError:  # shut down below: the client never connected
+            return
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             while b := conn.recv(1):
@@ -119,6 +133,7 @@ def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
             out.append((time.perf_counter() - t) * 1e3)
     finally:
         cli.close()
+        _end_accept(srv)
         th.join(10)
         srv.close()
     return out[2:]  # the first exchanges pay for ARP and cold caches
@@ -169,6 +184,10 @@ def check_direction(net, src: str, dst: str, *, seconds: float = 1.5) -> list[Me
     except TimeoutError:
         raise CapabilityError(
             f"{src}->{dst}: no answer within {_TIMEOUT_S:g} s, the path is down or stalled (see `net status`)"
+        ) from None
+    except OSError as exc:  # e.g. EHOSTUNREACH: a down link drops ARP too
+        raise CapabilityError(
+            f"{src}->{dst}: {exc.strerror or exc}, the path is down (see `net status`)"
         ) from None
 
 
