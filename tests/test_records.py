@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from harness.errors import InputError
 from harness.records import RECORD_FIELDS, RequestRecord, RunWriter, read_meta, read_records
 
 
@@ -67,10 +66,3 @@ def test_second_writer_on_a_run_dir_is_refused(tmp_path):
     with pytest.raises(InputError, match="already holds a run"):
         RunWriter(tmp_path, {"run_id": "b"})
     assert read_meta(tmp_path)["run_id"] == "a" and len(read_records(tmp_path)) == 1
-
-
-def test_a_record_field_of_the_wrong_type_names_the_log(tmp_path):
-    # Was a bare pyarrow ArrowInvalid traceback from read_records (and so from analyze).
-    (tmp_path / "records.jsonl").write_text('{"run_id": "r", "trace_row": "x"}\n')
-    with pytest.raises(InputError, match=r"records\.jsonl.*wrong type"):
-        read_records(tmp_path)
