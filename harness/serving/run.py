@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import ScenarioError
-from harness.records import RequestRecord, RunWriter, new_run_id
+from harness.records import STATUS_OK, RequestRecord, RunWriter, new_run_id
 from harness.serving.build import StackSpec, TopologyPlan, build_cluster
 from harness.serving.cluster import Outcome
 from harness.serving.config import SimSetup
@@ -121,7 +121,7 @@ class _Collector:
         rec = to_record(out, run_id=self.run_id, topology=self.topology)
         self.n += 1
         self.first_arrival = min(self.first_arrival, rec.scheduled_s)
-        if rec.status != "ok" or rec.first_token_s is None or rec.last_token_s is None:
+        if rec.status != STATUS_OK or rec.first_token_s is None or rec.last_token_s is None:
             self.errors += 1
         else:
             ttft = rec.first_token_s - rec.scheduled_s
