@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from harness.serving.site import ServeRequest, Site
 from harness.serving.transport import FluidLink
@@ -65,17 +65,16 @@ class Router(Protocol):
 class HomogeneousRouter:
     local: str = "local"
     name: str = "homogeneous"
+    label: ClassVar[str] = "local"  # the Route's label
 
     def route(self, req: ServeRequest, view: ClusterView, now: float) -> Route:
-        return Route("local", self.local, self.local, req.prompt_tokens - view.cached(self.local, req))
+        return Route(self.label, self.local, self.local, req.prompt_tokens - view.cached(self.local, req))
 
 
 @dataclass
 class ColocatedRouter(HomogeneousRouter):
     name: str = "colocated"
-
-    def route(self, req: ServeRequest, view: ClusterView, now: float) -> Route:
-        return Route("colocated", self.local, self.local, req.prompt_tokens - view.cached(self.local, req))
+    label: ClassVar[str] = "colocated"
 
 
 @dataclass
