@@ -86,11 +86,12 @@ class RemoteSiteView:
     def __init__(self, shadow: Site) -> None:
         self.name = shadow.name
         self.cache = shadow.cache
+        self._shadow = shadow
         self._load_s = 0.0
         self._load_at = 0.0
 
     def cached_prefix(self, req: ServeRequest) -> int:
-        return self.cache.peek(req.hash_ids, req.prompt_tokens) if self.cache else 0
+        return self._shadow.cached_prefix(req)  # the shadow's cache is the mirror
 
     def prefill_load_s(self, now: float) -> float:
         return max(0.0, self._load_s - (now - self._load_at))
