@@ -39,14 +39,13 @@ class KVTransport(Protocol):
 
 
 class _Flow:
-    __slots__ = ("backlogged", "done", "last_byte", "nbytes", "p_end", "p_rate", "rate", "sent", "start")
+    __slots__ = ("backlogged", "done", "nbytes", "p_end", "p_rate", "rate", "sent", "start")
 
     def __init__(self, nbytes: int, start: float, p_end: float, p_rate: float, done: asyncio.Future) -> None:
         self.nbytes, self.start, self.p_end, self.p_rate, self.done = nbytes, start, p_end, p_rate, done
         self.sent = 0.0
         self.rate = 0.0
         self.backlogged = False  # sent < produced: may go faster than production until caught up
-        self.last_byte = start
 
 
 class FluidLink:
@@ -74,10 +73,6 @@ class FluidLink:
         return f"<FluidLink {self.name} {self.bandwidth_gbps:g}Gbps {len(self._flows)} active>"
 
     # ------------------------------------------------------------------ read-only views (router, sampler)
-    @property
-    def active(self) -> int:
-        return len(self._flows)
-
     def utilisation(self) -> float:
         """Fraction of the bandwidth in use right now."""
         return sum(f.rate for f in self._flows) / self.capacity
@@ -101,9 +96,9 @@ class FluidLink:
         now = loop.time()
         p_end = prefill_start + max(prefill_duration, 0.0)
         p_rate = nbytes / prefill_duration if prefill_duration > 0 else math.inf
-        done = loop.create_future()
         if nbytes <= 0:
             return now, now + self.delay_s
+        done = loop.create_future()
         self._advance(now)
         flow = _Flow(int(nbytes), now, p_end, p_rate, done)
         # Starting late (queued behind the call), the bytes produced so far are already waiting.
@@ -134,7 +129,6 @@ class FluidLink:
         finished = [f for f in self._flows if f.nbytes - f.sent <= _tol(f.nbytes) and now >= f.p_end]
         for f in finished:
             self._flows.remove(f)
-            f.last_byte = now
             self._moved_done += f.nbytes
             self.bytes_total += f.nbytes
             self.transfers += 1
