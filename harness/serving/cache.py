@@ -23,7 +23,6 @@ class PrefixCache:
         if block_bytes <= 0 or block_tokens <= 0:
             raise ValueError("block_bytes and block_tokens must be positive")
         self.capacity_blocks = None if capacity_bytes is None else int(capacity_bytes // block_bytes)
-        self.block_bytes = float(block_bytes)
         self.block_tokens = int(block_tokens)
         self._blocks: OrderedDict[int, None] = OrderedDict()
         self.lookup_tokens = 0
@@ -37,10 +36,6 @@ class PrefixCache:
     def __repr__(self) -> str:
         cap = "∞" if self.capacity_blocks is None else self.capacity_blocks
         return f"<PrefixCache {len(self._blocks)}/{cap} blocks x {self.block_tokens} tok>"
-
-    @property
-    def used_bytes(self) -> float:
-        return len(self._blocks) * self.block_bytes
 
     def _leading(self, hash_ids: Sequence[int]) -> int:
         blocks = self._blocks
