@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 
 import click
 
 from harness.errors import InputError
+from harness.jsonsafe import json_safe
 from harness.traces import transforms
 from harness.traces.native import write_native
 from harness.traces.readers import FORMATS, read_trace_report
@@ -101,18 +101,9 @@ def inspect_cmd(
             "failed_dropped": report.failed_dropped,
             "failed_kept": report.failed_kept,
         }
-        click.echo(json.dumps(_json_safe(out), indent=2, allow_nan=False))
+        click.echo(json.dumps(json_safe(out), indent=2, allow_nan=False))
     else:
         click.echo(_table(stats, report))
-
-
-def _json_safe(obj):
-    """NaN (e.g. the rate of a one-request trace) becomes null: strict JSON has no NaN."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    return obj
 
 
 def _table(s: TraceStats, report: ReadReport) -> str:
