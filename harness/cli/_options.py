@@ -16,3 +16,8 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
     if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise ScenarioError(f"{option}: values must be positive numbers, got {text!r}")
     return values
+
+
+def parse_names(text: str | None) -> list[str] | None:
+    """Comma-separated names (``"prfaas, naive,"`` -> ``["prfaas", "naive"]``); None when not given."""
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None

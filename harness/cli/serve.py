@@ -8,6 +8,7 @@ import time
 
 import click
 
+from harness.cli._options import parse_names
 from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
 from harness.errors import ScenarioError
 
@@ -44,7 +45,7 @@ def command(
     """
     if port_base is not None and not 1024 <= port_base <= 65000:
         raise ScenarioError(f"--port-base must be in 1024..65000, got {port_base}")
-    names = [t.strip() for t in topologies.split(",") if t.strip()] if topologies else None
+    names = parse_names(topologies)
     previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
         with EmulatedClusters(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli._options import parse_floats
+from harness.cli._options import parse_floats, parse_names
 from harness.errors import ScenarioError
 from harness.jsonsafe import json_safe
 from harness.scenario import load_scenario
@@ -75,7 +75,7 @@ def command(
     rates = parse_floats(rate_sweep, "--rate-sweep") if rate_sweep else ((rate,) if rate is not None else ())
     setup = prepare(
         load_scenario(scenario),
-        topologies=[t.strip() for t in topologies.split(",") if t.strip()] if topologies else None,
+        topologies=parse_names(topologies),
     )
     trace = None
     if trace_path is not None or setup.deployment.workload.trace_path is not None:
