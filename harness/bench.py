@@ -15,72 +15,22 @@ chooses the workload both time-based stages share and wires the stages together.
 from __future__ import annotations
 
 import json
-import math
+import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError, ScenarioError
 from harness.jsonsafe import json_safe
-from harness.scenario import Scenario, load_scenario
+from harness.scenario import load_scenario
 
 Say = Callable[[str], None]
 
 
-@dataclass(frozen=True, kw_only=True)
-class BenchSpec:
-    """How big each stage is. The scenario's ``[bench]`` table sets these; ``quick`` picks the small set.
-
-    replay_rate_rps   offered rate of the paired simulate/replay workload, in the modelled deployment's
-                      requests per second (default: 75% of the smallest planner Λ_max, so every
-                      topology is loaded but stable and TTFT differences come from the topology)
-    replay_requests   requests in that workload (the same requests go to every topology)
-    capacity_requests requests per --find-max-rate probe
-    speedup           emulator speed-up (default: the scenario's [emulation] speedup)
-    """
-
-    replay_rate_rps: float | None = None
-    replay_requests: int = 240
-    capacity_requests: int = 2000
-    speedup: float | None = None
-    seed: int = 0
-
-    @classmethod
-    def from_scenario(cls, scenario: Scenario, *, quick: bool) -> BenchSpec:
-        table = dict(scenario.section("bench"))
-        quick_table = table.pop("quick", {})
-        if not isinstance(quick_table, Mapping):
-            raise ScenarioError("must be a table", where=scenario.where("bench", "quick"))
-        chosen = dict(quick_table) if quick else {}
-
-        def where(key: str) -> str:  # a bad value is reported in the table it came from
-            return scenario.where("bench", "quick") if key in chosen else scenario.where("bench")
-
-        merged = {**table, **chosen}
-        known = {"replay_rate_rps", "replay_requests", "capacity_requests", "speedup", "seed"}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise ScenarioError(
-                f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-                where=scenario.where("bench"),
-            )
-        spec = cls(**merged)
-        if quick and not chosen:
-            spec = replace(spec, replay_requests=60, capacity_requests=1000)
-        for key in ("replay_requests", "capacity_requests"):
-            if not (isinstance(getattr(spec, key), int) and getattr(spec, key) > 0):
-                raise ScenarioError(f"{key} must be a positive integer", where=where(key))
-        for key in ("replay_rate_rps", "speedup"):
-            value = getattr(spec, key)
-            if value is not None and not (
-                isinstance(value, int | float) and value > 0 and math.isfinite(value)
-            ):
-                raise ScenarioError(f"{key} must be a positive number", where=where(key))
-        if not (isinstance(spec.seed, int) and not isinstance(spec.seed, bool)):
-            raise ScenarioError(f"seed must be an integer, got {spec.seed!r}", where=where("seed"))
-        return spec
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -100,20 +50,6 @@ def _stage(say: Say, n: int, total: int, text: str) -> float:
     return time.monotonic()
 
 
-def _validate_late_tables(scenario: Scenario, spec: BenchSpec, quick: bool) -> None:
-    """Parse the tables only stage 4 reads (and the other [bench] variant), so a typo there stops the
-    bench at once instead of after minutes of planning and simulation."""
-    from harness.emulation.spec import EmulationSpec
-    from harness.network.spec import parse_network
-
-    BenchSpec.from_scenario(scenario, quick=not quick)
-    EmulationSpec.from_table(
-        scenario.section("emulation"), where=scenario.where("emulation"), speedup=spec.speedup
-    )
-    if scenario.section("network"):
-        parse_network(scenario.section("network"), where=scenario.where("network"))
-
-
 def run_bench(
     scenario_path: str | Path,
     *,
@@ -121,12 +57,15 @@ def run_bench(
     quick: bool = False,
     netns: bool | None = None,
     say: Say = print,
+    warn: Say = _to_stderr,
     progress: bool = True,
     prefix: str = "pfbbn-",
 ) -> BenchResult:
     """Plan, simulate, serve + replay, analyse and report one scenario; returns where it all went.
 
-    ``prefix`` names the network namespaces of the replay stage (two benches at once need two)."""
+    ``warn`` gets one line per knob the bench overrides or ignores (also written to every stage's
+    meta.json); ``prefix`` names the network namespaces of the replay stage (two benches at once need
+    two)."""
     from harness.analysis import analyze, load_bundle, write_report
     from harness.analysis.tables import headline
     from harness.emulation.clusters import EmulatedClusters
@@ -138,18 +77,20 @@ def run_bench(
     from harness.serving.run import SimulateRequest, simulate, synthetic_trace
 
     started = time.monotonic()
-    scenario = load_scenario(scenario_path)
-    spec = BenchSpec.from_scenario(scenario, quick=quick)
-    deployment = deployment_from_scenario(scenario)  # validates the scenario before anything runs
-    setup = prepare(scenario)
-    _validate_late_tables(scenario, spec, quick)
+    scenario = load_scenario(scenario_path)  # every table is validated before anything runs
+    spec = scenario.config.bench.resolve(quick=quick)
+    warnings = scenario.warnings("bench", quick=quick)
+    deployment = deployment_from_scenario(scenario)
+    setup = prepare(scenario, warnings=warnings)
     if spec.replay_rate_rps is None and all(t.kind == "colocated" for t in deployment.topologies.values()):
         # The default rate is a share of the planner's Λ_max, and the planner has no colocated model.
         raise ScenarioError(
-            "replay_rate_rps must be set: its default is 75% of the planner's smallest Λ_max, "
+            "must be set: its default is 75% of the planner's smallest Λ_max, "
             "and the planner does not model colocated topologies",
-            where=scenario.where("bench"),
+            where=f"{scenario.where('bench')} replay_rate_rps",
         )
+    for line in warnings:  # after every check, so a bad scenario's error is the only line
+        warn(f"warning: {line}")
     out_dir = Path(out_root) / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}"
     try:
         out_dir.mkdir(parents=True, exist_ok=False)
@@ -210,7 +151,12 @@ def run_bench(
             timeouts=Timeouts(first_token_s=120.0, total_s=600.0),
             shaping_backend=clusters.backend,
             progress=progress,
-            meta_extra={"time_scale": s, "emulation": emu, "scenario": str(scenario.path)},
+            meta_extra={
+                "time_scale": s,
+                "emulation": emu,
+                "scenario": str(scenario.path),
+                "config_warnings": warnings,
+            },
         )
         replay(trace.replace(arrival_s=trace.arrival_s / s), config, out_dir / "replay", quiet=not progress)
     say(f"      done ({_since(t)})")

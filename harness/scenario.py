@@ -1,57 +1,59 @@
 """Scenario files: one TOML document that names the model, hardware, workload, topologies, SLO and network.
 
-Each subsystem parses its own section (``Scenario.section("network")``) into its own frozen spec, so
-this module knows nothing about their fields; it only finds the file, parses it and reports where a
-problem is.
+``load_scenario`` reads the file and validates *every* table of it (``harness.config``) before any
+command does work, so a typo in a table the command does not read still stops it, in one line.
 """
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config import ScenarioConfig, overrides, parse, where
+from harness.config.base import read_toml
 from harness.errors import ScenarioError
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """A parsed scenario file. ``raw`` is the TOML document; ``path`` is where it came from."""
+    """A scenario file: ``config`` is the typed document, ``raw`` the TOML it came from."""
 
     path: Path
     raw: Mapping[str, Any] = field(repr=False)
+    config: ScenarioConfig = field(repr=False)
 
     @property
     def name(self) -> str:
-        return str(self.raw.get("name", self.path.stem))
+        return self.config.name or self.path.stem
 
     def section(self, key: str, *, required: bool = False) -> Mapping[str, Any]:
-        """Return one top-level table (``{}`` when absent and not required)."""
-        value = self.raw.get(key)
-        if value is None:
-            if required:
-                raise ScenarioError(f"missing required table [{key}]", where=str(self.path))
-            return {}
-        if not isinstance(value, Mapping):
-            raise ScenarioError(f"[{key}] must be a table", where=str(self.path))
-        return value
+        """One top-level table as written (``{}`` when absent and not required); already validated."""
+        if required:
+            self.require(key)
+        return self.raw.get(key) or {}
 
-    def where(self, *keys: str) -> str:
-        """A location string for error messages: ``file.toml:[a.b]``."""
-        return f"{self.path}:[{'.'.join(keys)}]"
+    def require(self, *tables: str) -> None:
+        """Raise, naming the first of ``tables`` the file lacks."""
+        for key in tables:
+            if key not in self.raw:
+                raise ScenarioError("missing (required)", where=self.where(key))
+
+    def where(self, *keys: str | int) -> str:
+        """The location of a table in error messages: ``file.toml: [a.b]``."""
+        return where(str(self.path), keys)
+
+    def warnings(self, command: str, *, speedup: float | None = None, quick: bool = False) -> list[str]:
+        """Knobs that ``command`` overrides or ignores, one line each (see ``harness.config.overrides``)."""
+        found = overrides(self.config, self.raw, command=command, speedup=speedup, quick=quick)
+        return [f"{self.path}: {w}" for w in found]
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and parse a scenario TOML file, with a clear error for a missing or malformed file."""
+    """Read a scenario TOML file and validate all of it; a ``ScenarioError`` names what is wrong."""
     p = Path(path)
     if not p.is_file():
         raise ScenarioError("no such scenario file", where=str(p))
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(f"not UTF-8 text ({exc.reason})", where=str(p)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"invalid TOML: {exc}", where=str(p)) from None
-    return Scenario(path=p, raw=raw)
+    raw = read_toml(p.read_bytes(), source=str(p))
+    return Scenario(path=p, raw=raw, config=parse(ScenarioConfig, raw, source=str(p)))

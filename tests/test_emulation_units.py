@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main as cli
+from harness.config.base import override
 from harness.emulation import api
 from harness.emulation.spec import EmulationSpec, byte_scale, emulated_delay_ms
 from harness.emulation.tokens import block_ids, count_tokens
@@ -23,15 +24,14 @@ def test_byte_scale_follows_design_md():
     assert emulated_delay_ms(5.0, 10) == 0.5
 
 
-def test_emulation_table_names_bad_keys_and_values():
-    spec = EmulationSpec.from_table({"speedup": 4, "layers": 16}, connections=3)
+def test_command_line_flags_override_the_emulation_table_and_are_named_when_bad():
+    table = EmulationSpec(speedup=4, layers=16)
+    spec = override(table, {"connections": 3, "speedup": None})  # None: the flag was not given
     assert (spec.speedup, spec.layers, spec.connections) == (4, 16, 3)
-    with pytest.raises(ScenarioError, match="unknown key 'sped'"):
-        EmulationSpec.from_table({"sped": 2}, where="s.toml:[emulation]")
-    with pytest.raises(ScenarioError, match="speedup must be > 0"):
-        EmulationSpec.from_table({"speedup": 0})
-    with pytest.raises(ScenarioError, match="layers = 'eight'"):
-        EmulationSpec.from_table({"layers": "eight"})
+    with pytest.raises(ScenarioError, match=r"^--kv-rate-mbit: must be >= 0.001, got 0$"):
+        override(table, {"kv_rate_mbit": 0})
+    with pytest.raises(ScenarioError, match=r"^--connections: must be <= 64, got 1000$"):
+        override(table, {"connections": 1000})
 
 
 def test_prompts_from_shared_hash_ids_share_exactly_those_block_ids():
@@ -87,7 +87,8 @@ def test_serve_cli_rejects_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[model]\npreset = "kimi-1t-hybrid"\n[emulation]\nspeedup = -1\n')
     out = runner.invoke(cli, ["serve", str(bad), "--no-netns"])
-    assert out.exit_code == 2 and "speedup must be > 0" in out.output and "Traceback" not in out.output
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert out.output == f"error: {bad}: [emulation] speedup: must be >= 0.01, got -1\n"
 
 
 def test_a_scenario_network_gets_the_delay_of_the_speedup_in_force():

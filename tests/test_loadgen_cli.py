@@ -196,7 +196,7 @@ def test_scenario_errors_name_the_table(tmp_path):
     assert res.exit_code == 2 and "[replay]" in res.output and "speedup" in res.output
     scenario.write_text('[replay]\nmodel = "m"\nendpoint = "http://x"\n')
     res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "unknown keys ['endpoint']" in res.output
+    assert res.exit_code == 2 and f"{scenario}: [replay] endpoint: unknown key (known: model" in res.output
     for window in ('["a", 5]', "[10, 5]", "[-1, 5]"):  # once a ValueError traceback, or blamed on --window
         scenario.write_text(f'[replay]\nmodel = "m"\nwindow_s = {window}\n')
         res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
@@ -206,7 +206,19 @@ def test_scenario_errors_name_the_table(tmp_path):
         'pd = { prefill_url = 5, decode_url = "http://127.0.0.1:2" }\n'
     )
     res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and f"{scenario}: --prefill-url must be an http(s) URL" in res.output
+    assert (
+        res.exit_code == 2
+        and f"{scenario}: [replay.endpoints.pd] prefill_url: must be a string, got 5" in res.output
+    )
+    scenario.write_text(
+        '[replay]\nmodel = "m"\ntrace = "t.jsonl"\n[replay.endpoints]\n'
+        'pd = { prefill_url = "ftp://x", decode_url = "http://127.0.0.1:2" }\n'
+    )
+    res = CliRunner().invoke(main, ["replay", "--scenario", str(scenario), "--out", str(tmp_path / "o")])
+    assert (
+        res.exit_code == 2
+        and f"{scenario}: [replay.endpoints] pd: --prefill-url must be an http(s) URL" in res.output
+    )
 
 
 def test_out_holding_a_run_is_refused_and_left_intact(tmp_path):

@@ -43,36 +43,61 @@ def test_parse_applies_common_fields_and_per_direction_overrides():
 
 
 @pytest.mark.parametrize(
-    ("patch", "where", "words"),
+    ("patch", "message"),
     [
-        ({"sites": ["client", "Local!"]}, "[network].sites", "must match"),
-        ({"subnet": "8.8.0.0/16"}, "[network].subnet", "private /16"),
-        ({"links": [{"between": ["client", "mars"]}]}, "[network].links[0].between", "unknown site 'mars'"),
-        ({"links": [{"between": ["client", "local"], "rate": 5}]}, "[network].links[0]", "unknown field"),
-        ({"links": [1]}, "[network].links", "must be a list of tables"),  # was an AttributeError traceback
-        ({"events": 3}, "[network].events", "must be a list of tables"),  # was a TypeError traceback
+        (
+            {"sites": ["client", "Local!"]},
+            "[network] sites[1]: must match ^[a-z][a-z0-9]{0,7}$, got 'Local!'",
+        ),
+        ({"subnet": "8.8.0.0/16"}, "[network] subnet: must be a private /16, got 8.8.0.0/16"),
+        (
+            {"links": [{"between": ["client", "mars"]}]},
+            "[network.links[0]] between: unknown site 'mars'; sites are client, local, remote",
+        ),
+        (
+            {"links": [{"between": ["client", "local"], "rate": 5}]},
+            "[network.links[0]] rate: unknown key (known: rate_mbit, delay_ms",
+        ),
+        ({"links": [1]}, "[network.links[0]]: must be a table, got 1"),  # was an AttributeError traceback
+        ({"events": 3}, "[network] events: must be a list, got 3"),  # was a TypeError traceback
         (
             {"links": [{"between": ["client", "local"], "delay_ms": 1, "jitter_ms": 2}]},
-            "links[0]",
-            "jitter_ms=2",
+            "[network.links[0]] jitter_ms: must be <= delay_ms (1), got 2",
         ),
-        ({"links": [{"between": ["client", "local"], "mtu": "9000"}]}, "links[0]", "mtu must be a number"),
+        (
+            {"links": [{"between": ["client", "local"], "mtu": "9000"}]},
+            "[network.links[0]] mtu: must be an integer, got '9000'",
+        ),
+        (
+            {"links": [{"between": ["client", "local"], "reverse": {"rate_mbit": -5}}]},
+            "[network.links[0].reverse] rate_mbit: must be >= 0.001, got -5",
+        ),
         (
             {"events": [{"at_s": 1, "link": ["client", "remote"], "loss_pct": 1}]},
-            "events[0]",
-            "no link between",
+            "[network.events[0]] link: no link between client and remote",
         ),
         (
             {"events": [{"at_s": 1, "link": ["client", "local"], "rate_factor": 0.5}]},
-            "events[0]",
-            "rate_mbit set",
+            "[network.events[0]] rate_factor: needs a direction with rate_mbit set",
+        ),
+        (
+            {"events": [{"at_s": -1, "link": ["local", "remote"], "down": True}]},
+            "[network.events[0]] at_s: must be >= 0, got -1",
+        ),
+        (
+            {"events": [{"at_s": 1, "link": ["local", "mars"], "down": True}]},
+            "[network.events[0]] link: unknown site 'mars'; sites are client, local, remote",
+        ),
+        (
+            {"events": [{"at_s": 1, "link": ["local", "remote"]}]},
+            "[network.events[0]]: an event needs one of rate_mbit, rate_factor, delay_ms",
         ),
     ],
 )
-def test_bad_tables_name_the_field(patch, where, words):
+def test_bad_tables_name_the_field(patch, message):
     with pytest.raises(ScenarioError) as err:
-        parse_network({**TABLE, **patch}, where="s.toml:[network]")
-    assert where in str(err.value) and words in str(err.value) and str(err.value).startswith("s.toml:")
+        parse_network({**TABLE, **patch}, source="s.toml")
+    assert str(err.value).startswith(f"s.toml: {message}"), str(err.value)
 
 
 def test_netem_backend_renders_netem_root_with_tbf_child_and_no_rate_on_netem():

@@ -116,34 +116,34 @@ def scenario(tmp_path):
         (
             "local_instances = 8   # PD-P",
             "local_instances = 0   # PD-P",
-            r"\[topologies.prfaas\]: local_instances: must be >= 1",
+            r"\[topologies.prfaas\] local_instances: must be >= 1",
         ),
         (
             "remote_instances = 4  # PrfaaS",
             "remote_instances = 0  # PrfaaS",
-            r"\[topologies.prfaas\]: remote_instances: .*at least 1",
+            r"\[topologies.prfaas\] remote_instances: .*at least 1",
         ),
-        ("min_tokens = 128", "min_tokens = 200000", r"\[workload\]: min_tokens: must be below max_tokens"),
-        ("bandwidth_gbps = 100", "bandwidth_gbps = -100", r"\[link\]: bandwidth_gbps: must be > 0, got -100"),
+        ("min_tokens = 128", "min_tokens = 200000", r"\[workload\] min_tokens: must be below max_tokens"),
+        ("bandwidth_gbps = 100", "bandwidth_gbps = -100", r"\[link\] bandwidth_gbps: must be > 0, got -100"),
         (
             'local = "H20"',
             'local = "A100"',
-            r"\[hardware\]: local: unknown hardware preset 'A100'; known: b200, h100, h20, h200",
+            r"\[hardware\] local: unknown hardware preset 'A100'; known: b200, h100, h20, h200",
         ),
         (
             'preset = "kimi-1t-hybrid"',
             'preset = "llama"',
-            r"\[model\]: preset: unknown model preset 'llama'; known: .*deepseek-v3",
+            r"\[model\] preset: unknown model preset 'llama'; known: .*deepseek-v3",
         ),
-        ("tpot_ms = 25", "tpot_ms = 0", r"\[slo\]: tpot_ms: must be > 0"),
+        ("tpot_ms = 25", "tpot_ms = 0", r"\[slo\] tpot_ms: must be > 0"),
         ("tpot_ms = 25", "tpot_ms = 1", r"cannot decode even one"),
         ("gpus_per_instance = 8", "gpus_per_instance = 2", r"does not fit 2xH20"),
         (
             'kind = "lognormal"',
             'kind = "zipf"',
-            r"\[workload\]: kind: must be one of lognormal, fixed, uniform, trace",
+            r"\[workload\] kind: must be one of lognormal, fixed, uniform, trace",
         ),
-        ("sigma = 1.00", "sigma = -1.0", r"\[workload\]: sigma: must be > 0"),
+        ("sigma = 1.00", "sigma = -1.0", r"\[workload\] sigma: must be > 0"),
         (
             'kind = "homogeneous"\n',
             'kind = "homogeneous"\nn_p = 9\nn_d = 4\n',
@@ -152,12 +152,12 @@ def scenario(tmp_path):
         (  # regression: the split search over no splits ended in a max() traceback
             "local_instances = 12  # all 96 H20",
             "local_instances = 1",
-            r"\[topologies.homogeneous\]: local_instances: .*at least 2 \(prefill \+ decode\), got 1",
+            r"\[topologies.homogeneous\] local_instances: .*at least 2 \(prefill \+ decode\), got 1",
         ),
         (
             'kind = "naive"\n',
             'kind = "naive"\nthreshold_tokens = 1000\n',
-            r"\[topologies.naive\]: threshold_tokens: only a prfaas",
+            r"\[topologies.naive\] threshold_tokens: only a prfaas",
         ),
     ],
 )
@@ -179,12 +179,14 @@ def test_bad_flags_are_rejected():
     assert out.exit_code == 2 and "missing.toml: no such scenario file" in out.output
 
 
-def test_unknown_tables_of_other_subsystems_are_ignored(scenario):
-    """Other owners' tables (and tables added later) do not disturb the planner."""
-    path = scenario("[slo]", '[future_tool]\noption = 1\n[future_tool.sub]\nx = "y"\n\n[slo]')
+def test_unknown_tables_are_refused_with_the_known_ones(scenario):
+    """The whole file is one schema: a table nobody reads is a typo, not a future tool's."""
+    path = scenario("[slo]", "[future_tool]\noption = 1\n\n[slo]")
     result = run(str(path), "--json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["topologies"]["prfaas"]["n_p"] == 3
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        f"error: {path}: [future_tool]: unknown table (known: name, description, model"
+    )
 
 
 def test_trace_workload(tmp_path):

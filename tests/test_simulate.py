@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
+from harness.config.links import ModelledLink
 from harness.records import read_records
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
 from harness.serving.run import SimulateRequest, run_topology, simulate, synthetic_trace, with_stack
-from harness.serving.transport import LinkSpec
 from harness.traces.arrivals import Poisson
 from harness.traces.frame import Trace
 from harness.traces.readers import read_trace
@@ -70,7 +70,7 @@ def test_single_request_local_ttft_is_prefill_plus_one_decode_step(paper):
 
 def test_single_request_remote_ttft_includes_forwarding_and_the_exposed_transfer(paper):
     # A 1 Gbps link is slower than KV production: the transfer runs the whole time at link rate.
-    slow = with_stack(paper, link=LinkSpec(1.0, 5.0))
+    slow = with_stack(paper, link=ModelledLink(bandwidth_gbps=1.0, delay_ms=5.0))
     (rec,), _ = _records(slow, "naive", _trace([10_000], [2]))
     nbytes = paper.stack.remote.kv_bytes(10_000)
     prefill = paper.stack.remote.prefill_time_s(10_000)

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+
+import click
 
 from harness.errors import ScenarioError
+
+
+def warn(lines: Iterable[str]) -> None:
+    """Print each line on stderr as ``warning: LINE`` (e.g. ``Scenario.warnings``)."""
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
 
 
 def parse_floats(text: str, option: str) -> tuple[float, ...]:

@@ -40,6 +40,7 @@ def command(scenario: str, quick: bool, out_root: str, netns: bool | None, prefi
         quick=quick,
         netns=netns,
         say=click.echo,
+        warn=lambda line: click.echo(line, err=True),
         progress=not quiet,
         prefix=prefix,
     )

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from harness.cli._options import parse_floats
+from harness.cli._options import parse_floats, warn
 from harness.errors import ScenarioError
 from harness.jsonsafe import json_safe
 from harness.model.calibration import calibration_frame
@@ -56,9 +56,9 @@ def command(
         raise ScenarioError("plan needs a SCENARIO file (e.g. workloads/paper-case-study.toml)")
     gbps_values = parse_floats(bandwidths, "--bandwidths") if bandwidths else None
     t_values = parse_floats(thresholds, "--thresholds") if thresholds else None
-    deployment = with_overrides(
-        deployment_from_scenario(load_scenario(scenario)), model=model, bandwidth_gbps=bandwidth_gbps
-    )
+    loaded = load_scenario(scenario)
+    deployment = with_overrides(deployment_from_scenario(loaded), model=model, bandwidth_gbps=bandwidth_gbps)
+    warn(loaded.warnings("plan"))
     if sweep is None:
         report = plan_deployment(deployment)
         if csv_path:

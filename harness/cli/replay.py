@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
-from harness.loadgen.scenario import ReplaySection, check_endpoints, parse_replay_section
+from harness.loadgen.scenario import ReplaySection, parse_replay_section
 from harness.scenario import load_scenario
 from harness.traces.readers import read_trace
 from harness.traces.specs import parse_window
@@ -208,7 +208,7 @@ def command(**o) -> None:
     if not o["trace_path"]:
         raise InputError("--trace is required (or trace = ... in the scenario's [replay] or [workload])")
     if scenario_endpoints is not None and not (o["endpoints"] or o["prefill_url"] or o["decode_url"]):
-        endpoints = check_endpoints(scenario_endpoints, o["model"], o["api"], o["scenario_path"])
+        endpoints = scenario_endpoints.build_endpoints(o["model"], o["api"])
     else:
         endpoints = _endpoints(
             o["endpoints"], o["name"], o["model"], o["api"], o["prefill_url"], o["decode_url"]

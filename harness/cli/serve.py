@@ -8,7 +8,7 @@ import time
 
 import click
 
-from harness.cli._options import parse_names
+from harness.cli._options import parse_names, warn
 from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
 from harness.errors import ScenarioError
 
@@ -46,18 +46,20 @@ def command(
     if port_base is not None and not 1024 <= port_base <= 65000:
         raise ScenarioError(f"--port-base must be in 1024..65000, got {port_base}")
     names = parse_names(topologies)
+    clusters = EmulatedClusters(  # validates the scenario and the flags; starts nothing yet
+        scenario,
+        topologies=names,
+        speedup=speedup,
+        netns=netns,
+        port_base=port_base,
+        kv_rate_mbit=kv_rate_mbit,
+        connections=connections,
+        prefix=prefix,
+    )
+    warn(clusters.scenario.warnings("serve", speedup=clusters.spec.speedup))
     previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
-        with EmulatedClusters(
-            scenario,
-            topologies=names,
-            speedup=speedup,
-            netns=netns,
-            port_base=port_base,
-            kv_rate_mbit=kv_rate_mbit,
-            connections=connections,
-            prefix=prefix,
-        ) as clusters:
+        with clusters:
             info = clusters.describe()
             if as_json:
                 click.echo(json.dumps(info, default=str))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli._options import parse_floats, parse_names
+from harness.cli._options import parse_floats, parse_names, warn
 from harness.errors import ScenarioError
 from harness.jsonsafe import json_safe
 from harness.scenario import load_scenario
@@ -73,10 +73,10 @@ def command(
     if duration is not None and not (duration > 0 and math.isfinite(duration)):
         raise ScenarioError(f"--duration must be > 0 s, got {duration:g}")
     rates = parse_floats(rate_sweep, "--rate-sweep") if rate_sweep else ((rate,) if rate is not None else ())
-    setup = prepare(
-        load_scenario(scenario),
-        topologies=parse_names(topologies),
-    )
+    loaded = load_scenario(scenario)
+    warnings = loaded.warnings("simulate")
+    setup = prepare(loaded, topologies=parse_names(topologies), warnings=warnings)
+    warn(warnings)
     trace = None
     if trace_path is not None or setup.deployment.workload.trace_path is not None:
         from harness.traces.readers import read_trace

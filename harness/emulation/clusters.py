@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from harness.config.base import override
 from harness.emulation.siteproc import READY, SiteConfig
 from harness.emulation.spec import EmulationSpec, byte_scale, emulated_delay_ms
 from harness.errors import CapabilityError, ScenarioError
@@ -84,13 +85,8 @@ class EmulatedClusters:
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-        self.spec = EmulationSpec.from_table(
-            self.scenario.section("emulation"),
-            where=self.scenario.where("emulation"),
-            speedup=speedup,
-            kv_rate_mbit=kv_rate_mbit,
-            connections=connections,
-        )
+        flags = {"speedup": speedup, "kv_rate_mbit": kv_rate_mbit, "connections": connections}
+        self.spec: EmulationSpec = override(self.scenario.config.emulation, flags)
         self.setup: SimSetup = prepare(self.scenario, topologies=topologies)
         self.topologies = list(self.setup.topologies)
         self.model = self.spec.model_name or self.setup.deployment.model.name
@@ -210,7 +206,7 @@ class EmulatedClusters:
         if self.scenario.section("network"):  # the scenario's own network, its delay scaled to s
             delay = emulated_delay_ms(self.setup.stack.link.delay_ms, self.spec.speedup)
             table = _with_link_delay(self.scenario.section("network"), delay)
-            net_spec = parse_network(table, where=where)
+            net_spec = parse_network(table, source=str(self.scenario.path))
             missing = [s for s in self.sites if s not in net_spec.sites]
             if missing:
                 raise ScenarioError(f"lacks site(s) {missing} that serve needs", where=where)

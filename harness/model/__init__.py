@@ -10,7 +10,6 @@ study.py       plan_deployment and the bandwidth / threshold / split sweeps (Dat
 from harness.model.cost import InstanceCost
 from harness.model.deployment import (
     Deployment,
-    Link,
     Slo,
     TopologySpec,
     Workload,
@@ -34,7 +33,6 @@ __all__ = [
     "Deployment",
     "Hardware",
     "InstanceCost",
-    "Link",
     "ModelSpec",
     "PlanContext",
     "PlanReport",

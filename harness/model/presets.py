@@ -8,19 +8,35 @@ the linear-attention layers.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, model_validator
+
+from harness.config.base import (
+    MAX_TOKENS,
+    FieldError,
+    Fraction,
+    Int,
+    NonNegative,
+    Positive,
+    Str,
+    parse,
+    read_toml,
+    table,
+)
 from harness.errors import ScenarioError
 
 _PRESETS = "presets"
+Layers = Annotated[Int, Field(ge=1, le=1000)]
+Dim = Annotated[Int, Field(ge=1, le=1_000_000)]
+KindDim = Annotated[Int, Field(ge=0, le=1_000_000)]  # 0: a field of the other attention kind
+DtypeBytes = Annotated[Int, Field(ge=1, le=8)]
 
 
-@dataclass(frozen=True)
+@table
 class Calibration:
     """Effective-throughput factors fitted to the PrfaaS paper (docs/planner.md has the fit).
 
@@ -33,47 +49,64 @@ class Calibration:
     memory_utilization    fraction of HBM the server may fill with weights plus KVCache
     """
 
-    prefill_overhead_s: float
-    gemm_efficiency: float
-    attention_efficiency: float
-    decode_overhead_s: float
-    decode_efficiency: float
-    hbm_efficiency: float
-    memory_utilization: float
+    prefill_overhead_s: NonNegative
+    gemm_efficiency: Fraction
+    attention_efficiency: Fraction
+    decode_overhead_s: NonNegative
+    decode_efficiency: Fraction
+    hbm_efficiency: Fraction
+    memory_utilization: Fraction
 
 
-@dataclass(frozen=True)
+@table
 class Hardware:
     """One GPU type (figures are per GPU). ``price_per_gpu_hour`` is the user's own number (USD)."""
 
-    name: str
-    bf16_tflops: float
-    fp8_tflops: float
-    hbm_tbps: float
-    hbm_gb: float
-    price_per_gpu_hour: float
+    name: Str
+    bf16_tflops: Positive
+    fp8_tflops: Positive
+    hbm_tbps: Positive
+    hbm_gb: Positive
+    price_per_gpu_hour: NonNegative
     calibration: Calibration
-    description: str = ""
+    description: Str = ""
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s of one GPU for ``"bf16"`` or ``"fp8"``."""
         return (self.fp8_tflops if dtype == "fp8" else self.bf16_tflops) * 1e12
 
 
-@dataclass(frozen=True)
-class Attention:
-    """The full-attention layers (the only ones holding per-token KV). ``kind`` is ``mla`` or ``gqa``."""
+_KIND_FIELDS = {
+    "gqa": ("kv_heads", "head_dim"),
+    "mla": ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"),
+}
 
-    kind: str
-    layers: int
-    heads: int
-    kv_dtype_bytes: int
-    kv_heads: int = 0
-    head_dim: int = 0
-    kv_lora_rank: int = 0
-    qk_rope_head_dim: int = 0
-    qk_nope_head_dim: int = 0
-    v_head_dim: int = 0
+
+@table
+class Attention:
+    """The full-attention layers (the only ones holding per-token KV). ``kind`` is ``mla`` or ``gqa``;
+    the fields of the other kind stay 0."""
+
+    kind: Literal["mla", "gqa"]
+    layers: Layers
+    heads: Dim
+    kv_dtype_bytes: DtypeBytes
+    kv_heads: KindDim = 0
+    head_dim: KindDim = 0
+    kv_lora_rank: KindDim = 0
+    qk_rope_head_dim: KindDim = 0
+    qk_nope_head_dim: KindDim = 0
+    v_head_dim: KindDim = 0
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> Attention:
+        for kind, names in _KIND_FIELDS.items():
+            for name in names:
+                if kind == self.kind and not getattr(self, name):
+                    raise FieldError(name, f"missing (required for {kind} attention)")
+                if kind != self.kind and getattr(self, name):
+                    raise FieldError(name, f"is a {kind} field; this attention is {self.kind}")
+        return self
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -98,15 +131,15 @@ class Attention:
         return 2 * self.layers * self.heads * (self.qk_dim + self.v_dim)
 
 
-@dataclass(frozen=True)
+@table
 class LinearAttention:
     """Linear-attention (e.g. KDA) layers: a fixed ``heads x head_dim_k x head_dim_v`` state each."""
 
-    layers: int
-    heads: int
-    head_dim_k: int
-    head_dim_v: int
-    state_dtype_bytes: int
+    layers: Layers
+    heads: Dim
+    head_dim_k: Dim
+    head_dim_v: Dim
+    state_dtype_bytes: DtypeBytes
 
     @property
     def state_bytes(self) -> int:
@@ -118,28 +151,40 @@ class LinearAttention:
         return 4 * self.layers * self.heads * self.head_dim_k * self.head_dim_v
 
 
-@dataclass(frozen=True)
+@table
 class Moe:
     """Mixture-of-experts routing: ``experts_per_token`` of ``experts`` per layer."""
 
-    experts: int
-    experts_per_token: int
+    experts: Dim
+    experts_per_token: Dim
+
+    @model_validator(mode="after")
+    def _fewer_per_token(self) -> Moe:
+        if self.experts_per_token >= self.experts:
+            raise FieldError("experts_per_token", f"must be below experts ({self.experts})")
+        return self
 
 
-@dataclass(frozen=True)
+@table
 class ModelSpec:
     """A model's architecture, from which the cost model derives FLOPs and KV bytes."""
 
-    name: str
-    params_total: float
-    params_active: float
-    context_length: int
-    weight_bytes_per_param: float
-    compute_dtype: str
+    name: Str
+    params_total: Positive
+    params_active: Positive
+    context_length: Annotated[Int, Field(ge=1, le=MAX_TOKENS)]
+    weight_bytes_per_param: Positive
     attention: Attention
+    compute_dtype: Literal["bf16", "fp8"] = "bf16"
     linear_attention: LinearAttention | None = None
     moe: Moe | None = None
-    description: str = ""
+    description: Str = ""
+
+    @model_validator(mode="after")
+    def _active_within_total(self) -> ModelSpec:
+        if self.params_active > self.params_total:
+            raise FieldError("params_active", f"exceeds params_total ({self.params_total:g})")
+        return self
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -208,171 +253,16 @@ def _read_preset(kind: str, name_or_path: str | Path, base: Path | None) -> tupl
             )
         res = resources.files("harness").joinpath(_PRESETS, kind, f"{match}.toml")
         data, where = res.read_bytes(), f"{label} preset {match}"
-    try:
-        return tomllib.loads(data.decode("utf-8")), where
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(f"not UTF-8 text ({exc.reason})", where=where) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"invalid TOML: {exc}", where=where) from None
-
-
-class _Fields:
-    """Typed field access on one TOML table, with errors naming the file and field; rejects unknown keys."""
-
-    def __init__(self, table: Any, where: str, allowed: set[str]) -> None:
-        if not isinstance(table, Mapping):
-            raise ScenarioError("must be a table", where=where)
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise ScenarioError(
-                f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}", where=where
-            )
-        self.table, self.where = table, where
-
-    def num(
-        self,
-        key: str,
-        *,
-        default: float | None = None,
-        integer: bool = False,
-        lo: float = 0.0,
-        strict: bool = True,
-        hi: float | None = None,
-    ) -> Any:
-        value = self.table.get(key, default)
-        if value is None:
-            raise ScenarioError("missing required field", where=f"{self.where}: {key}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and value != int(value)):
-            kind = "an integer" if integer else "a number"
-            raise ScenarioError(f"must be {kind}, got {value!r}", where=f"{self.where}: {key}")
-        if (value <= lo if strict else value < lo) or (hi is not None and value > hi):
-            bound = f"> {lo}" if strict else f">= {lo}"
-            bound += f" and <= {hi}" if hi is not None else ""
-            raise ScenarioError(f"must be {bound}, got {value}", where=f"{self.where}: {key}")
-        return int(value) if integer else float(value)
-
-    def text(self, key: str, *, default: str | None = None, choices: tuple[str, ...] = ()) -> str:
-        value = self.table.get(key, default)
-        if not isinstance(value, str):
-            raise ScenarioError(f"must be a string, got {value!r}", where=f"{self.where}: {key}")
-        if choices and value not in choices:
-            raise ScenarioError(
-                f"must be one of {', '.join(choices)}, got {value!r}", where=f"{self.where}: {key}"
-            )
-        return value
-
-
-_CALIBRATION_FIELDS = {f for f in Calibration.__dataclass_fields__}
+    return read_toml(data, source=where), where
 
 
 def load_hardware(name_or_path: str | Path, *, base: Path | None = None) -> Hardware:
     """Load a hardware preset by name (``H200``) or from a TOML path (relative to ``base`` if given)."""
     raw, where = _read_preset("hardware", name_or_path, base)
-    top = _Fields(
-        raw,
-        where,
-        {
-            "name",
-            "description",
-            "bf16_tflops",
-            "fp8_tflops",
-            "hbm_tbps",
-            "hbm_gb",
-            "price_per_gpu_hour",
-            "calibration",
-        },
-    )
-    cal = _Fields(raw.get("calibration", {}), f"{where}:[calibration]", _CALIBRATION_FIELDS)
-    calibration = Calibration(
-        prefill_overhead_s=cal.num("prefill_overhead_s", strict=False),
-        gemm_efficiency=cal.num("gemm_efficiency", hi=1.0),
-        attention_efficiency=cal.num("attention_efficiency", hi=1.0),
-        decode_overhead_s=cal.num("decode_overhead_s", strict=False),
-        decode_efficiency=cal.num("decode_efficiency", hi=1.0),
-        hbm_efficiency=cal.num("hbm_efficiency", hi=1.0),
-        memory_utilization=cal.num("memory_utilization", hi=1.0),
-    )
-    return Hardware(
-        name=top.text("name"),
-        description=top.text("description", default=""),
-        bf16_tflops=top.num("bf16_tflops"),
-        fp8_tflops=top.num("fp8_tflops"),
-        hbm_tbps=top.num("hbm_tbps"),
-        hbm_gb=top.num("hbm_gb"),
-        price_per_gpu_hour=top.num("price_per_gpu_hour", strict=False),
-        calibration=calibration,
-    )
-
-
-def _attention(table: Any, where: str) -> Attention:
-    f = _Fields(table, where, {f for f in Attention.__dataclass_fields__})
-    kind = f.text("kind", choices=("mla", "gqa"))
-    common = {
-        "kind": kind,
-        "layers": f.num("layers", integer=True),
-        "heads": f.num("heads", integer=True),
-        "kv_dtype_bytes": f.num("kv_dtype_bytes", integer=True),
-    }
-    if kind == "gqa":
-        return Attention(
-            **common, kv_heads=f.num("kv_heads", integer=True), head_dim=f.num("head_dim", integer=True)
-        )
-    return Attention(
-        **common,
-        kv_lora_rank=f.num("kv_lora_rank", integer=True),
-        qk_rope_head_dim=f.num("qk_rope_head_dim", integer=True),
-        qk_nope_head_dim=f.num("qk_nope_head_dim", integer=True),
-        v_head_dim=f.num("v_head_dim", integer=True),
-    )
+    return parse(Hardware, raw, source=where)
 
 
 def load_model(name_or_path: str | Path, *, base: Path | None = None) -> ModelSpec:
     """Load a model preset by name (``kimi-1t-hybrid``) or from a TOML path (relative to ``base`` if given)."""
     raw, where = _read_preset("models", name_or_path, base)
-    top = _Fields(
-        raw,
-        where,
-        {
-            "name",
-            "description",
-            "params_total",
-            "params_active",
-            "context_length",
-            "weight_bytes_per_param",
-            "compute_dtype",
-            "attention",
-            "linear_attention",
-            "moe",
-        },
-    )
-    if "attention" not in raw:
-        raise ScenarioError("missing required table [attention]", where=where)
-    linear = None
-    if "linear_attention" in raw:
-        f = _Fields(
-            raw["linear_attention"],
-            f"{where}:[linear_attention]",
-            {f for f in LinearAttention.__dataclass_fields__},
-        )
-        linear = LinearAttention(*(f.num(k, integer=True) for k in LinearAttention.__dataclass_fields__))
-    moe = None
-    if "moe" in raw:
-        f = _Fields(raw["moe"], f"{where}:[moe]", {"experts", "experts_per_token"})
-        moe = Moe(f.num("experts", integer=True), f.num("experts_per_token", integer=True))
-        if moe.experts_per_token >= moe.experts:
-            raise ScenarioError("experts_per_token must be below experts", where=f"{where}:[moe]")
-    spec = ModelSpec(
-        name=top.text("name"),
-        description=top.text("description", default=""),
-        params_total=top.num("params_total"),
-        params_active=top.num("params_active"),
-        context_length=top.num("context_length", integer=True),
-        weight_bytes_per_param=top.num("weight_bytes_per_param"),
-        compute_dtype=top.text("compute_dtype", default="bf16", choices=("bf16", "fp8")),
-        attention=_attention(raw["attention"], f"{where}:[attention]"),
-        linear_attention=linear,
-        moe=moe,
-    )
-    if spec.params_active > spec.params_total:
-        raise ScenarioError("params_active exceeds params_total", where=where)
-    return spec
+    return parse(ModelSpec, raw, source=where)

@@ -83,7 +83,7 @@ class Network:
         """From a scenario file (or a loaded ``Scenario``): its ``[network]`` table is required."""
         sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         table = sc.section("network", required=True)
-        return cls(parse_network(table, where=sc.where("network")), table=table, **kwargs)
+        return cls(parse_network(table, source=str(sc.path)), table=table, **kwargs)
 
     @classmethod
     def attach(cls, prefix: str = DEFAULT_PREFIX) -> Network:

@@ -5,6 +5,7 @@ written as plain asyncio objects and driven by whichever clock the running loop 
 (or sped-up) loop behind HTTP. docs/simulate.md describes the architecture.
 """
 
+from harness.config.links import ModelledLink
 from harness.serving.cache import PrefixCache
 from harness.serving.clock import VirtualTimeDeadlock, VirtualTimeLoop, run_virtual
 from harness.serving.cluster import Cluster, Outcome
@@ -26,7 +27,7 @@ from harness.serving.router import (
     Router,
 )
 from harness.serving.site import PrefillResult, ServeRequest, Site
-from harness.serving.transport import FluidLink, FluidTransport, KVTransport, LinkSpec
+from harness.serving.transport import FluidLink, FluidTransport, KVTransport
 
 __all__ = [
     "BandwidthAware",
@@ -39,7 +40,7 @@ __all__ = [
     "FluidTransport",
     "HomogeneousRouter",
     "KVTransport",
-    "LinkSpec",
+    "ModelledLink",
     "NaiveRouter",
     "Outcome",
     "PrefillInstance",

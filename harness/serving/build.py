@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from harness.config.links import ModelledLink
+from harness.config.scenario import LOCAL, REMOTE
 from harness.model.cost import InstanceCost
 from harness.serving.cache import PrefixCache
 from harness.serving.cluster import Cluster
@@ -22,9 +24,8 @@ from harness.serving.router import (
     Router,
 )
 from harness.serving.site import Site
-from harness.serving.transport import FluidTransport, LinkSpec
+from harness.serving.transport import FluidTransport
 
-LOCAL, REMOTE = "local", "remote"
 KINDS = ("homogeneous", "naive", "prfaas", "colocated")
 
 
@@ -52,8 +53,8 @@ class StackSpec:
 
     local: InstanceCost
     remote: InstanceCost | None
-    link: LinkSpec
-    intra_site: LinkSpec
+    link: ModelledLink
+    intra_site: ModelledLink
     decode_batch_max: int
     cache_capacity_bytes: float | None
     block_tokens: int = 512

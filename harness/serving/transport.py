@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+from harness.config.links import ModelledLink
 
 
 def _tol(nbytes: int) -> float:
@@ -181,18 +182,10 @@ def _resolve(fut: asyncio.Future, value: Any) -> None:
         fut.set_result(value)
 
 
-@dataclass(frozen=True)
-class LinkSpec:
-    """Bandwidth and one-way delay of the link between two sites (or inside one: the RDMA fabric)."""
-
-    bandwidth_gbps: float
-    delay_ms: float = 0.0
-
-
 class FluidTransport:
     """``KVTransport`` over ``FluidLink`` objects: one per ordered site pair, plus one per site inside it."""
 
-    def __init__(self, links: Mapping[tuple[str, str], LinkSpec]) -> None:
+    def __init__(self, links: Mapping[tuple[str, str], ModelledLink]) -> None:
         self.links = {
             pair: FluidLink(f"{pair[0]}->{pair[1]}", s.bandwidth_gbps, s.delay_ms)
             for pair, s in links.items()
