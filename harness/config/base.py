@@ -187,7 +187,7 @@ def _describe(err: Mapping[str, Any], *, known: list[str] | None = None, table: 
         return f"must be {_TYPES[kind]}{got}"
     if kind in _BOUNDS:
         (bound,) = ctx.values()
-        return f"must be {_BOUNDS[kind]} {bound:g}{got}"
+        return f"must be {_BOUNDS[kind]} {int(bound) if float(bound).is_integer() else bound}{got}"
     if kind == "literal_error":
         return f"must be one of {_unquote(ctx['expected'])}{got}"
     if kind == "union_tag_invalid":
