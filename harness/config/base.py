@@ -45,7 +45,6 @@ MAX_OUTPUT_TOKENS = 1_000_000
 Positive = Annotated[Float, Field(gt=0)]
 NonNegative = Annotated[Float, Field(ge=0)]
 Fraction = Annotated[Float, Field(gt=0, le=1)]
-Count = Annotated[Int, Field(ge=1)]
 Instances = Annotated[Int, Field(ge=0, le=MAX_INSTANCES)]
 Requests = Annotated[Int, Field(ge=1, le=MAX_REQUESTS)]
 Tokens = Annotated[Int, Field(ge=1, le=MAX_TOKENS)]

@@ -15,9 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from harness.config.base import Bool, FieldError, Float, Int, table
+from harness.config.base import Bool, FieldError, Float, Int, Positive, table
 
-BandwidthGbps = Annotated[Float, Field(gt=0, le=1_000_000)]
 RateMbit = Annotated[Float, Field(ge=0.001, le=34_000)]  # TBF's ceiling on a 64-bit kernel
 DelayMs = Annotated[Float, Field(ge=0, le=10_000)]
 LossPct = Annotated[Float, Field(ge=0, le=100)]
@@ -29,7 +28,7 @@ Mtu = Annotated[Int, Field(ge=576, le=65_000)]
 class ModelledLink:
     """Bandwidth and one-way delay of a modelled link (between two sites, or inside one)."""
 
-    bandwidth_gbps: BandwidthGbps
+    bandwidth_gbps: Positive
     delay_ms: DelayMs = 0.0
 
 
