@@ -46,7 +46,9 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path: Path):
     bad.write_text('[network]\nsites = ["a", "b"]\n[[network.links]]\nbetween = ["a", "b"]\nloss_pct = 140\n')
     res = run("up", str(bad))
     assert res.exit_code == 2
-    assert res.output.strip().splitlines() == [f"error: {bad}:[network].links[0]: loss_pct=140 (0..100)"]
+    assert res.output.strip().splitlines() == [
+        f"error: {bad}: [network.links[0]] loss_pct: must be <= 100, got 140"
+    ]
     res = run("status", "--prefix", "pfbnone-")
     assert res.exit_code == 2 and "no network with prefix 'pfbnone-' is up" in res.output
     res = run("up", str(REPO / "workloads" / "two-site.toml"), "--prefix", "bogus")

@@ -66,6 +66,11 @@ class FieldError(ValueError):
         super().__init__(message)
 
 
+def given(value: Any, cls: type) -> dict[str, Any]:
+    """The fields of table class ``cls`` that ``value`` sets (not None), by name."""
+    return {f.name: v for f in dataclasses.fields(cls) if (v := getattr(value, f.name)) is not None}
+
+
 def nested(loc: Loc, build: typing.Callable[[], T]) -> T:
     """Run ``build`` (which validates another table) and re-raise its problem under ``loc``."""
     try:

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from harness.config.base import Bool, FieldError, Float, NonNegative, Positive, Str, nested, table
+from harness.config.base import Bool, FieldError, Float, NonNegative, Positive, Str, given, nested, table
 from harness.config.links import DelayMs, LimitPackets, LinkSpec, LossPct, Mtu, RateMbit
 
 SITE_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # "pfb-to-" + 8 chars fits IFNAMSIZ (15)
@@ -53,7 +53,8 @@ class DirectionTable:
     mtu: Mtu | None = None
 
     def given(self) -> dict[str, Any]:
-        return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
+        """The shaping fields set here (for a link: its common ones, not ``between`` or the sides)."""
+        return given(self, DirectionTable)
 
 
 @table
@@ -63,9 +64,6 @@ class LinkTable(DirectionTable):
     between: SitePair
     forward: DirectionTable | None = None
     reverse: DirectionTable | None = None
-
-    def given(self) -> dict[str, Any]:
-        return {k: v for k, v in super().given().items() if k not in ("between", "forward", "reverse")}
 
 
 @table

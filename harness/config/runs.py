@@ -21,6 +21,7 @@ from harness.config.base import (
     Seed,
     Speedup,
     Str,
+    given,
     table,
 )
 from harness.config.links import RateMbit
@@ -88,7 +89,7 @@ class BenchSizes:
     seed: Seed | None = None
 
     def given(self) -> dict[str, Any]:
-        return {f.name: v for f in dataclasses.fields(BenchSizes) if (v := getattr(self, f.name)) is not None}
+        return given(self, BenchSizes)
 
 
 @table
