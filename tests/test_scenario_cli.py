@@ -93,7 +93,7 @@ def test_the_case_study_warns_about_what_serve_and_bench_override():
     assert sc.warnings("serve", speedup=10) == []  # 5 / 10 = 0.5: what the table says
     speedup = f"{CASE_STUDY}: [bench] speedup = 4 overrides [emulation] speedup = 10 (which only serve uses)"
     assert sc.warnings("bench") == [speedup, f"{delay} under bench"]
-    requests = f"{CASE_STUDY}: [simulate] requests = 2000 is ignored: bench probes with [bench] capacity_requests = 1000"
+    requests = f"{CASE_STUDY}: [simulate] requests = 2000 is ignored: bench probes with [bench.quick] capacity_requests = 1000"
     assert sc.warnings("bench", quick=True) == [speedup, requests, f"{delay} under bench"]
     assert sc.warnings("plan") == [] and sc.warnings("simulate") == []
 

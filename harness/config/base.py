@@ -119,9 +119,9 @@ def _scenario_error(exc: ValidationError, schema: Any, source: str, at: Loc) -> 
 def override(value: T, flags: Mapping[str, Any]) -> T:
     """``value`` (a table) with the command-line options that were given (None: not given); a bad one
     is named by its flag (``--kv-rate-mbit: must be >= 0.001, got 0``)."""
-    given = {k: v for k, v in flags.items() if v is not None}
+    changes = {k: v for k, v in flags.items() if v is not None}
     try:
-        return dataclasses.replace(value, **given)  # type: ignore[type-var]
+        return dataclasses.replace(value, **changes)  # type: ignore[type-var]
     except ValidationError as exc:
         err = exc.errors()[0]
         flag = "--" + str(_error_loc(err)[0]).replace("_", "-")

@@ -50,25 +50,32 @@ def overrides(
         )
     if command == "bench":
         bench = cfg.bench.resolve(quick=quick)
-        table = "[bench.quick]" if quick and cfg.bench.quick and cfg.bench.quick.speedup else "[bench]"
+
+        quick_keys = cfg.bench.quick.given() if quick and cfg.bench.quick is not None else {}
+
+        def source(key: str) -> str:  # where the value in force came from (see BenchTable.resolve)
+            if key in quick_keys:
+                return "[bench.quick]"
+            return "bench --quick" if quick and not quick_keys and key.endswith("_requests") else "[bench]"
+
         if (
             bench.speedup is not None
             and given("emulation", "speedup")
             and bench.speedup != cfg.emulation.speedup
         ):
             out.append(
-                f"{table} speedup = {bench.speedup:g} overrides [emulation] speedup = "
+                f"{source('speedup')} speedup = {bench.speedup:g} overrides [emulation] speedup = "
                 f"{cfg.emulation.speedup:g} (which only serve uses)"
             )
         speedup = bench.speedup or cfg.emulation.speedup
         if given("simulate", "requests") and cfg.simulate.requests != bench.capacity_requests:
             out.append(
                 f"[simulate] requests = {cfg.simulate.requests} is ignored: bench probes with "
-                f"[bench] capacity_requests = {bench.capacity_requests}"
+                f"{source('capacity_requests')} capacity_requests = {bench.capacity_requests}"
             )
         if given("simulate", "seed") and cfg.simulate.seed != bench.seed:
             out.append(
-                f"[simulate] seed = {cfg.simulate.seed} is ignored: bench uses [bench] seed = {bench.seed}"
+                f"[simulate] seed = {cfg.simulate.seed} is ignored: bench uses {source('seed')} seed = {bench.seed}"
             )
         if cfg.replay is not None:
             out.append("[replay] is ignored: bench replays against its own emulated clusters")
