@@ -8,7 +8,6 @@ gives ``None`` (the cost-normalised column then shows "–") rather than an erro
 from __future__ import annotations
 
 import contextlib
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.model.presets import load_hardware
+from harness.scenario import load_scenario
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +55,8 @@ def _scenario_raw(meta: Mapping[str, Any]) -> Mapping[str, Any]:
     for key in ("scenario_path", "scenario"):
         path = meta.get(key)
         if isinstance(path, str) and Path(path).is_file():
-            with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
-                return tomllib.loads(Path(path).read_text())
+            with contextlib.suppress(HarnessError, OSError):  # edited or gone since the run: no fleet
+                return load_scenario(path).raw
     return {}
 
 

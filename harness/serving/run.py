@@ -285,8 +285,7 @@ def _workload(setup: SimSetup, req: SimulateRequest, rate: float | None, seed: i
 
 
 def _scenario_rate(setup: SimSetup) -> float | None:
-    rate = setup.scenario.section("workload").get("rate_rps")
-    return float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) and rate > 0 else None
+    return setup.scenario.config.workload.rate_rps if setup.scenario.config.workload else None
 
 
 def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
