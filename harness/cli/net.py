@@ -8,7 +8,9 @@ import time
 
 import click
 
+from harness.cli._options import warn
 from harness.errors import CapabilityError, ScenarioError
+from harness.scenario import load_scenario
 
 
 def _prefix_option(f):
@@ -105,6 +107,7 @@ def up_cmd(scenario, prefix, backend, dry_run, interface, to_subnet, link_dir, h
     t = time.monotonic()
     net.build()
     _print_up(net, time.monotonic() - t)
+    warn(load_scenario(scenario).warnings("net up"))
 
 
 def _print_up(net, took: float | None = None) -> None:

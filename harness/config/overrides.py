@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.config.scenario import LOCAL, REMOTE, ScenarioConfig
 
-COMMANDS = ("plan", "simulate", "serve", "bench")
+COMMANDS = ("plan", "simulate", "serve", "bench", "net up")  # "net up": without --hold
 
 
 def overrides(
@@ -83,7 +83,7 @@ def overrides(
         out += _served_link(
             cfg, command, speedup or cfg.emulation.speedup, given("emulation", "kv_rate_mbit")
         )
-    if command in ("simulate", "serve", "bench") and cfg.network is not None and cfg.network.events:
+    if command in ("simulate", "serve", "bench", "net up") and cfg.network is not None and cfg.network.events:
         out.append(f"[[network.events]] are ignored: {command} does not apply them (`net up --hold` does)")
     return out
 
