@@ -1,7 +1,7 @@
 """Build a ``Cluster`` from a resolved topology: sites, instances, caches, links and the router.
 
-Kept apart from the scenario parsing (harness/serving/config.py) so ``serve`` can build the same sites
-from the same description.
+Kept apart from the scenario (harness/serving/config.py turns it into a ``SimSetup``) so ``serve`` can
+build the same sites from the same description.
 """
 
 from __future__ import annotations
