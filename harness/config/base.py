@@ -198,8 +198,10 @@ def _describe(err: Mapping[str, Any], *, known: list[str] | None = None, table: 
         return f"must be one of {_unquote(ctx['expected_tags'])}, got {ctx['tag']!r}"
     if kind == "union_tag_not_found":
         return "missing (required)"
-    if kind in ("too_short", "too_long"):
-        return f"must have {ctx.get('min_length', ctx.get('max_length'))} items{got}"
+    if kind == "too_short":
+        return f"must have at least {ctx['min_length']} item{'s' if ctx['min_length'] != 1 else ''}{got}"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items{got}"
     if kind == "string_pattern_mismatch":
         return f"must match {ctx['pattern']}{got}"
     problem = ctx.get("error")
