@@ -15,6 +15,7 @@ from harness.serving.instances import (
     PrefillTimes,
     TokenStream,
 )
+from harness.serving.ports import InProcessSite, PrefillJob, SitePort
 from harness.serving.router import (
     BandwidthAware,
     ClusterView,
@@ -24,9 +25,10 @@ from harness.serving.router import (
     PrfaasRouter,
     Route,
     Router,
+    SiteView,
 )
 from harness.serving.site import PrefillResult, ServeRequest, Site
-from harness.serving.transport import FluidLink, FluidTransport, KVTransport, LinkSpec
+from harness.serving.transport import FluidLink, FluidTransport, KVTransport, LinkSpec, LinkView
 
 __all__ = [
     "BandwidthAware",
@@ -38,11 +40,14 @@ __all__ = [
     "FluidLink",
     "FluidTransport",
     "HomogeneousRouter",
+    "InProcessSite",
     "KVTransport",
     "LinkSpec",
+    "LinkView",
     "NaiveRouter",
     "Outcome",
     "PrefillInstance",
+    "PrefillJob",
     "PrefillResult",
     "PrefillTimes",
     "PrefixCache",
@@ -51,6 +56,8 @@ __all__ = [
     "Router",
     "ServeRequest",
     "Site",
+    "SitePort",
+    "SiteView",
     "TokenStream",
     "VirtualTimeDeadlock",
     "VirtualTimeLoop",
