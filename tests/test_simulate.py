@@ -329,6 +329,32 @@ def test_cache_aware_routing_counts_the_prefix_where_the_mode_says(paper, mode):
         )
 
 
+def test_a_remote_prefill_pulls_the_local_prefix_after_its_prompt_arrived(paper):
+    # The lifecycle's order, in one request: the prompt crosses the link (d), the prefill site asks the
+    # holder for the prefix (d back), the prefix's KV crosses at link rate (+ d), then the prefill runs.
+    from harness.serving.build import TopologyPlan
+
+    a_ids, b_ids = list(range(10)), [*range(10), *range(100, 150)]  # B extends A's 5,120-token prefix
+    trace = Trace(
+        arrival_s=np.array([0.0, 100.0]),
+        input_tokens=np.array([5_120, 30_000]),
+        output_tokens=np.array([2, 2]),
+        hash_values=np.array(a_ids + b_ids, dtype=np.int64),
+        hash_offsets=np.array([0, len(a_ids), len(a_ids) + len(b_ids)]),
+    )
+    topo = TopologyPlan("p", "prfaas", n_p=1, n_d=1, n_prfaas=1, threshold_tokens=10_000)
+    setup = with_stack(paper, prfaas_cache="global", link=LinkSpec(1.0, 5.0))
+    out: list = []
+    run_topology(setup.stack, topo, trace, sink=out.append)
+    a, b = sorted(out, key=lambda r: r.request_id)
+    assert a.route == "local" and b.route == "remote" and b.cached_tokens == 5_120
+    d, pull_s = 0.005, paper.stack.local.kv_bytes(5_120) / (1e9 / 8)
+    assert b.prefill_start_s - b.scheduled_s == pytest.approx(d + d + pull_s + d, abs=1e-9)
+    assert b.prefill_end_s - b.prefill_start_s == pytest.approx(
+        paper.stack.remote.prefill_time_s(30_000 - 5_120, 5_120), abs=1e-12
+    )
+
+
 def test_bandwidth_aware_router_lowers_a_threshold_that_overloads_the_local_site(paper):
     from harness.serving.build import TopologyPlan
     from harness.serving.router import BandwidthAware
