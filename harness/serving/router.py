@@ -104,10 +104,11 @@ class NaiveRouter:
 class BandwidthAware:
     """Re-tunes the threshold at most every ``interval_s`` from the remote->local link and the queues.
 
-    Raise t by ``step`` (multiplicative) when link utilisation exceeds ``high_util`` or its backlog
-    exceeds ``max_backlog_s`` of transfer time, or when the remote prefill backlog exceeds the local
-    one by ``queue_margin_s``; lower it when utilisation is below ``low_util`` and the local backlog is
-    the longer by that margin. t stays within [t_min, t_max].
+    Raise t by ``step`` (multiplicative) when link utilisation (``LinkView``: delivered over the
+    trailing window) exceeds ``high_util`` or its backlog exceeds ``max_backlog_s`` of transfer time,
+    or when the remote prefill backlog exceeds the local one by ``queue_margin_s``; lower it when
+    utilisation is below ``low_util`` and the local backlog is the longer by that margin. t stays
+    within [t_min, t_max].
     """
 
     high_util: float = 0.9
