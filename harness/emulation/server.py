@@ -42,6 +42,7 @@ from harness.emulation.wire import (
     ClientRequest,
     WallClock,
     breakdown_from_params,
+    outcome_fields,
     prefill_fields,
     prefill_leg_params,
 )
@@ -217,13 +218,8 @@ class SiteServer:
             out = await node.cluster.dispatch(sreq)
         finally:
             node.waiting -= 1
-        assert out.route is not None and out.prefill is not None and out.stream is not None
-        fields = {"route": out.route.route, **prefill_fields(out.prefill, self.clock)}
-        if out.route.route == "colocated":  # the KV never left its GPUs
-            for key in ("kv_bytes", "kv_transfer_start_s", "kv_transfer_end_s"):
-                fields.pop(key)
-        fields.update(decode_site=out.decode_site, decode_instance=out.decode_instance)
-        return await self._respond(request, node, req, out.stream, fields)
+        assert out.stream is not None
+        return await self._respond(request, node, req, out.stream, outcome_fields(out, self.clock))
 
     async def _prefill_leg(
         self, node: TopologyNode, req: GenRequest, params: Mapping[str, Any]

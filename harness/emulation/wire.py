@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import pdproxy
+from harness.serving.cluster import Outcome
 from harness.serving.instances import PrefillTimes
 from harness.serving.site import PrefillResult
 
@@ -61,6 +62,17 @@ def prefill_fields(result: PrefillResult, clock: WallClock) -> dict[str, Any]:
         "kv_transfer_start_s": clock.epoch(result.transfer_start_s),
         "kv_transfer_end_s": clock.epoch(result.transfer_end_s),
     }
+
+
+def outcome_fields(out: Outcome, clock: WallClock) -> dict[str, Any]:
+    """The breakdown of a request the router dispatched (``Cluster.dispatch``), up to its decode."""
+    assert out.route is not None and out.prefill is not None
+    fields = {"route": out.route.route, **prefill_fields(out.prefill, clock)}
+    if out.route.route == "colocated":  # the KV never left its GPUs
+        for key in ("kv_bytes", "kv_transfer_start_s", "kv_transfer_end_s"):
+            fields.pop(key)
+    fields.update(decode_site=out.decode_site, decode_instance=out.decode_instance)
+    return fields
 
 
 def prefill_result(params: Mapping[str, Any], clock: WallClock) -> PrefillResult:
