@@ -342,7 +342,8 @@ def test_a_remote_prefill_pulls_the_local_prefix_after_its_prompt_arrived(paper)
     # The lifecycle's order, in one request: the prompt crosses the link (d), the prefill site asks the
     # holder for the prefix (d back), the prefix's KV crosses at link rate (+ d), then the prefill runs.
     # A (5,120 tokens, 10 blocks) prefills locally; B extends it to 30,000 and goes remote.
-    setup = with_stack(paper, prfaas_cache="global", link=LinkSpec(1.0, 5.0))
+    slow = type(paper.stack.link)(bandwidth_gbps=1.0, delay_ms=5.0)  # 1 Gbps, 5 ms one way
+    setup = with_stack(paper, prfaas_cache="global", link=slow)
     a, b, _ = _extended_prompt(setup, 5_120, 10, 30_000)
     assert a.route == "local" and b.route == "remote" and b.cached_tokens == 5_120
     d, pull_s = 0.005, paper.stack.local.kv_bytes(5_120) / (1e9 / 8)
