@@ -192,6 +192,8 @@ def test_models_health_and_metrics_reflect_the_served_requests(clusters):
     assert routed >= 3  # naive sends every prefill to the remote site
     assert samples['prfaas_kv_bytes_received_total{site="local"}'] > 0
     assert 'prfaas_decode_batch_size{instance="local-d0",site="local",topology="naive"}' in samples
+    # The router's link view, read without changing it (tests/test_link_view.py).
+    assert 0.0 <= samples['prfaas_link_utilisation{dst="local",src="remote",topology="naive"}'] <= 1.0
 
 
 def test_full_queues_answer_429_with_retry_after(tmp_path):
@@ -242,14 +244,38 @@ def test_colocated_decodes_where_it_prefilled_and_global_cache_pulls_the_prefix(
         )
         assert b2["prfaas"]["route"] == "local" and b2["prfaas"]["prefill_site"] == "local"
         assert b2["usage"]["prompt_tokens_details"]["cached_tokens"] == 29_696
-        with urllib.request.urlopen(c.host_urls["remote"] + "/metrics", timeout=10) as resp:
-            metrics = resp.read().decode()
-    sent = [ln for ln in metrics.splitlines() if ln.startswith("prfaas_kv_model_bytes_sent_total")]
+        # The other way round: 5,000 tokens prefill locally; extended by 20,000 fresh ones, 20,392 are
+        # uncached anywhere (above the threshold), so the remote site prefills after pulling the local
+        # site's 9 full blocks (4,608 tokens) across the link.
+        short = _words(5_000, "k")
+        _, _, c1 = _post(
+            c.urls["prfaas"] + "/completions", {"model": c.model, "prompt": short, "max_tokens": 1}
+        )
+        assert c1["prfaas"]["route"] == "local"
+        _, _, c2 = _post(
+            c.urls["prfaas"] + "/completions",
+            {"model": c.model, "prompt": short + " " + _words(20_000, "m"), "max_tokens": 1},
+        )
+        assert c2["prfaas"]["route"] == "remote" and c2["prfaas"]["prefill_site"] == "remote"
+        assert c2["usage"]["prompt_tokens_details"]["cached_tokens"] == 4_608
+        sent = {}
+        for site in ("local", "remote"):
+            with urllib.request.urlopen(c.host_urls[site] + "/metrics", timeout=10) as resp:
+                line = next(
+                    ln
+                    for ln in resp.read().decode().splitlines()
+                    if ln.startswith("prfaas_kv_model_bytes_sent")
+                )
+            sent[site] = float(line.rsplit(" ", 1)[1])
     from harness.model.presets import load_model
 
     model = load_model("kimi-1t-hybrid")
-    kv = [model.state_bytes_per_seq + n * model.kv_bytes_per_token for n in (30_000, 29_696)]
-    assert float(sent[0].rsplit(" ", 1)[1]) == sum(kv)  # the first prompt's KV, then the pulled prefix
+
+    def kv(n: int) -> int:
+        return model.state_bytes_per_seq + n * model.kv_bytes_per_token
+
+    # Remote: the first prompt's KV, the prefix it pushed, the third prompt's KV. Local: the prefix it pushed.
+    assert sent == {"remote": kv(30_000) + kv(29_696) + kv(25_000), "local": kv(4_608)}
 
 
 def test_the_case_study_network_is_rescaled_to_the_speedup():

@@ -71,7 +71,8 @@ def _start_serve(*flags: str, prefix: str) -> subprocess.Popen:
         if "metrics:" in line:
             return proc
     proc.wait()
-    raise AssertionError(f"serve did not come up: {proc.stderr.read() if proc.stderr else ''}")
+    with proc.stdout, proc.stderr:  # closed, so that a failure here leaves no ResourceWarning for later tests
+        raise AssertionError(f"serve did not come up: {proc.stderr.read() if proc.stderr else ''}")
 
 
 def _namespaces(prefix: str) -> list[str]:

@@ -298,23 +298,32 @@ def test_colocated_prefill_stalls_decode_on_the_same_instance(paper):
 
 
 # ---------------------------------------------------------------------------------------------- cache-aware routing
-@pytest.mark.parametrize("mode", ["local", "global"])
-def test_cache_aware_routing_counts_the_prefix_where_the_mode_says(paper, mode):
+def _extended_prompt(setup, a_tokens: int, a_blocks: int, b_tokens: int):
+    """Request A at 0 s, then B at 100 s whose prompt starts with A's ``a_blocks`` blocks, through a
+    prfaas topology with t = 10,000 and one instance of each kind; returns A's and B's records and
+    the run summary."""
     from harness.serving.build import TopologyPlan
 
-    # A (30,000 tokens) goes remote and leaves 59 blocks in the remote cache; B extends A's prompt.
-    a_ids, b_ids = list(range(59)), [*range(59), 100, 101]
+    b_blocks = -(-b_tokens // 512)  # the trace's hash ids: one per 512-token block, the last partial
+    a_ids, b_ids = list(range(a_blocks)), [*range(a_blocks), *range(1000, 1000 + b_blocks - a_blocks)]
     trace = Trace(
         arrival_s=np.array([0.0, 100.0]),
-        input_tokens=np.array([30_000, 31_000]),
+        input_tokens=np.array([a_tokens, b_tokens]),
         output_tokens=np.array([2, 2]),
         hash_values=np.array(a_ids + b_ids, dtype=np.int64),
         hash_offsets=np.array([0, len(a_ids), len(a_ids) + len(b_ids)]),
     )
     topo = TopologyPlan("p", "prfaas", n_p=1, n_d=1, n_prfaas=1, threshold_tokens=10_000)
     out: list = []
-    summary = run_topology(with_stack(paper, prfaas_cache=mode).stack, topo, trace, sink=out.append)
+    summary = run_topology(setup.stack, topo, trace, sink=out.append)
     a, b = sorted(out, key=lambda r: r.request_id)
+    return a, b, summary
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_cache_aware_routing_counts_the_prefix_where_the_mode_says(paper, mode):
+    # A (30,000 tokens) goes remote and leaves 59 blocks in the remote cache; B extends A's prompt.
+    a, b, summary = _extended_prompt(with_stack(paper, prfaas_cache=mode), 30_000, 59, 31_000)
     kv = paper.stack.local.kv_bytes
     prefix = 59 * 512
     assert a.route == "remote" and b.cached_tokens == prefix
@@ -327,6 +336,21 @@ def test_cache_aware_routing_counts_the_prefix_where_the_mode_says(paper, mode):
         assert b.prefill_end_s - b.prefill_start_s == pytest.approx(
             paper.stack.local.prefill_time_s(31_000 - prefix, prefix), abs=1e-12
         )
+
+
+def test_a_remote_prefill_pulls_the_local_prefix_after_its_prompt_arrived(paper):
+    # The lifecycle's order, in one request: the prompt crosses the link (d), the prefill site asks the
+    # holder for the prefix (d back), the prefix's KV crosses at link rate (+ d), then the prefill runs.
+    # A (5,120 tokens, 10 blocks) prefills locally; B extends it to 30,000 and goes remote.
+    slow = type(paper.stack.link)(bandwidth_gbps=1.0, delay_ms=5.0)  # 1 Gbps, 5 ms one way
+    setup = with_stack(paper, prfaas_cache="global", link=slow)
+    a, b, _ = _extended_prompt(setup, 5_120, 10, 30_000)
+    assert a.route == "local" and b.route == "remote" and b.cached_tokens == 5_120
+    d, pull_s = 0.005, paper.stack.local.kv_bytes(5_120) / (1e9 / 8)
+    assert b.prefill_start_s - b.scheduled_s == pytest.approx(d + d + pull_s + d, abs=1e-9)
+    assert b.prefill_end_s - b.prefill_start_s == pytest.approx(
+        paper.stack.remote.prefill_time_s(30_000 - 5_120, 5_120), abs=1e-12
+    )
 
 
 def test_bandwidth_aware_router_lowers_a_threshold_that_overloads_the_local_site(paper):

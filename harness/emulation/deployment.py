@@ -2,8 +2,10 @@
 
 Each process builds each topology whole with ``harness.serving.build.build_cluster`` (the builder
 ``simulate`` uses), with ``max_segment_steps = 1`` so decode tokens appear as each step ends, then
-keeps its own site for real. Where the router lives (the topology's home site) the other sites'
-copies become ``RemoteSiteView`` shadows for the routing policy.
+keeps its own site for real, behind an ``InProcessSite`` whose KV crosses the link over TCP. The other
+sites become ``HttpSite`` ports to their processes; their locally built copies stay as the router's
+mirrors of them. Where the router lives (the topology's home site) it reads the link into this process
+through one ``ReceivedLinkMeter``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from harness.emulation.glue import EmulatedTransport, ReceivedLinkMeter, RemoteSiteView
 from harness.emulation.kvlink import KvReceiver, KvSender
 from harness.emulation.node import TopologyNode
+from harness.emulation.peers import HttpSite, Peers
+from harness.emulation.transport import EmulatedTransport, ReceivedLinkMeter
+from harness.emulation.wire import WallClock
 from harness.serving.build import StackSpec, TopologyPlan, build_cluster
-from harness.serving.router import ClusterView
+from harness.serving.cluster import Cluster
+from harness.serving.ports import InProcessSite, SitePort
+from harness.serving.transport import FluidTransport
 
 
 def build_nodes(
@@ -25,48 +31,45 @@ def build_nodes(
     *,
     sender: KvSender,
     receiver: KvReceiver,
+    peers: Peers,
+    clock: WallClock,
     kv_addrs: Mapping[str, tuple[str, int]],
     http_urls: Mapping[str, str],
     byte_scale: float,
     layers: int,
-    forward_delay_s: float = 0.0,
+    app_delay_s: float = 0.0,
 ) -> dict[str, TopologyNode]:
     """Nodes for the topologies that have a site named ``site`` (call inside the serving loop).
 
-    ``http_urls`` maps each site to its process's base URL (``http://host:port``); ``forward_delay_s``
-    is an application-level one-way delay for prefill legs (only where the kernel adds none).
+    ``http_urls`` maps each site to its process's base URL (``http://host:port``); ``app_delay_s`` is
+    the one-way delay (loop seconds) the application adds to each message to another site, only where
+    the kernel adds none.
     """
     stack = dataclasses.replace(stack, max_segment_steps=1)
+    meter: ReceivedLinkMeter | None = None
     nodes: dict[str, TopologyNode] = {}
     for name, plan in plans.items():
-        cluster = build_cluster(stack, plan)
-        if site not in cluster.sites:
+        built = build_cluster(stack, plan)
+        if site not in built.sites:
             continue
         transport = EmulatedTransport(
-            sender, kv_addrs, byte_scale=byte_scale, layers=layers, intra=cluster.transport
+            sender,
+            kv_addrs,
+            byte_scale=byte_scale,
+            layers=layers,
+            intra=FluidTransport({(site, site): stack.intra_site}),
         )
-        node = TopologyNode(
-            name=name,
-            here=site,
-            site=cluster.sites[site],
-            kv_cost=cluster.kv_cost,
-            home=cluster.home,
-            transport=transport,
-            peers={s: f"{http_urls[s]}/{name}" for s in cluster.sites if s != site},
-            forward_delay_s=forward_delay_s,
-        )
-        if site == cluster.home:
-            others = [s for s in cluster.sites if s != site]
-            capacity = stack.link.bandwidth_gbps * 1e9 / 8
-            node.router = cluster.router
-            node.view = ClusterView(
-                {site: cluster.sites[site], **{s: RemoteSiteView(cluster.sites[s]) for s in others}},
-                {
-                    (s, site): ReceivedLinkMeter(
-                        receiver, real_capacity_bytes_s=capacity, byte_scale=byte_scale
-                    )
-                    for s in others
-                },
-            )
-        nodes[name] = node
+        urls = {s: f"{http_urls[s]}/{name}" for s in built.sites if s != site}
+        ports: dict[str, SitePort] = {
+            s: HttpSite(built.sites[s], url, peers, clock, app_delay_s=app_delay_s) for s, url in urls.items()
+        }
+        ports[site] = InProcessSite(built.sites[site], transport, stack.local, peers=ports, inbox=receiver)
+        links: dict[tuple[str, str], ReceivedLinkMeter] = {}
+        if site == built.home and urls:
+            if meter is None:  # one link into this process, whichever topology's KV crosses it
+                capacity = stack.link.bandwidth_gbps * 1e9 / 8
+                meter = ReceivedLinkMeter(receiver, capacity_bytes_s=capacity, byte_scale=byte_scale)
+            links = {(s, site): meter for s in urls}
+        cluster = Cluster(ports, built.router, links=links, home=built.home)
+        nodes[name] = TopologyNode(name, site, built.sites[site], cluster, transport, urls)
     return nodes

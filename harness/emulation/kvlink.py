@@ -22,7 +22,7 @@ import struct
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _DATA = struct.Struct("!4s16sQI")
@@ -70,6 +70,7 @@ class KvReceiver:
         self._tasks: set[asyncio.Task] = set()
         self.bytes_received = 0
         self.transfers_received = 0
+        self.on_bytes: Callable[[float, int], None] | None = None  # told of each frame: (loop time, bytes)
 
     async def start(
         self, host: str | None = None, port: int = 0, *, sock: socket.socket | None = None
@@ -147,6 +148,8 @@ class KvReceiver:
                 await reader.readexactly(length)
                 state[0] += length
                 self.bytes_received += length
+                if self.on_bytes is not None:
+                    self.on_bytes(loop.time(), length)
                 if state[0] >= state[1]:
                     del self._progress[tid]
                     obs = TransferObs(tid, int(state[1]), state[2], loop.time())

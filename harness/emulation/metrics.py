@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from harness.emulation.glue import ReceivedLinkMeter
 from harness.emulation.prometheus import Metric
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ def collect(server: SiteServer) -> list[Metric]:
                 "gauge",
                 "KV transfers being sent (role=send) or received (role=recv)",
             ),
-            ("link_utilisation", "gauge", "Received KV rate over the link's capacity, last second"),
+            ("link_utilisation", "gauge", "KV bytes delivered over the last second / the link's capacity"),
             ("loop_lag_seconds", "gauge", "Event-loop scheduling lag (wall seconds) over recent samples"),
         )
     }
@@ -54,26 +53,24 @@ def collect(server: SiteServer) -> list[Metric]:
         m["requests_accepted_total"].add(node.accepted, **t)
         m["requests_rejected_total"].add(node.rejected, **t)
         m["requests_failed_total"].add(node.failed, **t)
-        for route, count in sorted(node.routes.items()):
+        for route, count in sorted(node.cluster.routes.items()):
             m["requests_routed_total"].add(count, route=route, **t)
         site = node.site
-        if site is not None:
-            for p in site.prefill_instances:
-                m["prefill_queue_depth"].add(p.queue_depth, instance=p.name, **t)
-                m["prefill_backlog_seconds"].add(p.load_s(now), instance=p.name, **t)
-                m["prefill_completed_total"].add(p.completed, instance=p.name, **t)
-            for d in site.decode_instances:
-                m["decode_batch_size"].add(len(d.active), instance=d.name, **t)
-                m["decode_pending"].add(len(d.pending), instance=d.name, **t)
-                m["decode_kv_used_bytes"].add(d.kv_used, instance=d.name, **t)
-                m["decode_steps_total"].add(d.steps, instance=d.name, **t)
-            if site.cache is not None:
-                m["cache_lookup_tokens_total"].add(site.cache.lookup_tokens, **t)
-                m["cache_hit_tokens_total"].add(site.cache.hit_tokens, **t)
-        if node.view is not None:
-            for (src, dst), link in node.view.links.items():
-                if isinstance(link, ReceivedLinkMeter):
-                    m["link_utilisation"].add(link.utilisation(), src=src, dst=dst, topology=node.name)
+        for p in site.prefill_instances:
+            m["prefill_queue_depth"].add(p.queue_depth, instance=p.name, **t)
+            m["prefill_backlog_seconds"].add(p.load_s(now), instance=p.name, **t)
+            m["prefill_completed_total"].add(p.completed, instance=p.name, **t)
+        for d in site.decode_instances:
+            m["decode_batch_size"].add(len(d.active), instance=d.name, **t)
+            m["decode_pending"].add(len(d.pending), instance=d.name, **t)
+            m["decode_kv_used_bytes"].add(d.kv_used, instance=d.name, **t)
+            m["decode_steps_total"].add(d.steps, instance=d.name, **t)
+        if site.cache is not None:
+            m["cache_lookup_tokens_total"].add(site.cache.lookup_tokens, **t)
+            m["cache_hit_tokens_total"].add(site.cache.hit_tokens, **t)
+        # The router's LinkViews: reading them changes nothing the router sees.
+        for (src, dst), link in node.cluster.links.items():
+            m["link_utilisation"].add(link.utilisation(now), src=src, dst=dst, topology=node.name)
     s = {"site": server.site}
     for q, value in server.lag.quantiles().items():
         m["loop_lag_seconds"].add(value, quantile=f"{q:g}", **s)

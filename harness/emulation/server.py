@@ -1,12 +1,15 @@
-"""One site's HTTP server: the OpenAI-compatible API, the PD-proxy legs and the router, over the serving stack.
+"""One site's HTTP server: an adapter between HTTP and the serving stack's request lifecycle.
 
 Endpoints (``{t}`` is a topology name; the bare ``/v1/...`` paths serve the first topology):
 
     POST /{t}/v1/completions, /{t}/v1/chat/completions
-         no kv_transfer_params              the router (PD proxy): route, prefill (here or on a peer
-                                            via a prefill leg), wait for the KV, decode, stream
-         kv_transfer_params.do_remote_decode  a prefill leg: prefill here, push KV, return params
+         no kv_transfer_params              the router (PD proxy): ``Cluster.dispatch``, which routes,
+                                            prefills here or on a peer (a prefill leg), waits for the
+                                            KV and starts the decode; then stream the tokens
+         kv_transfer_params.do_remote_decode  a prefill leg: this site's ``InProcessSite.prefill``
+                                            (pull a prefix if asked, prefill, push KV), return params
          kv_transfer_params.do_remote_prefill a decode leg: wait for the KV transfer, decode, stream
+    POST /{t}/internal/kv_push              a peer pulling a cached prefix: ``InProcessSite.push_kv``
     GET  /v1/models, /{t}/v1/models, /health, /metrics
 
 The breakdown (``"prfaas"``) rides on the final chunk: the usage chunk when the client asked for
@@ -16,7 +19,6 @@ usage, else the last token chunk; non-streamed responses carry it at top level.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import time
@@ -28,7 +30,6 @@ from aiohttp import web
 
 from harness.emulation import api
 from harness.emulation.api import ApiError, GenRequest
-from harness.emulation.glue import RemoteSiteView
 from harness.emulation.kvlink import KvReceiver, KvSender
 from harness.emulation.lag import LagProbe
 from harness.emulation.metrics import collect
@@ -38,17 +39,18 @@ from harness.emulation.prometheus import CONTENT_TYPE, render
 from harness.emulation.respond import respond_json, respond_sse
 from harness.emulation.spec import EmulationSpec
 from harness.emulation.wire import (
+    ClientRequest,
     WallClock,
     breakdown_from_params,
+    outcome_fields,
     prefill_fields,
-    prefill_leg_body,
     prefill_leg_params,
 )
-from harness.serving.instances import DecodeRejected
+from harness.serving.instances import DecodeRejected, TokenStream
+from harness.serving.ports import PrefillJob, SitePort
 from harness.serving.site import ServeRequest
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
-KV_WAIT_S = 600.0  # loop seconds a decode leg waits for its KV before giving up
 
 
 class SiteServer:
@@ -64,14 +66,14 @@ class SiteServer:
         clock: WallClock,
         receiver: KvReceiver,
         sender: KvSender,
+        peers: Peers,
         kv_addr: tuple[str, int] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a site server needs at least one topology")
         self.site, self.nodes, self.spec, self.model, self.clock = site, dict(nodes), spec, model, clock
-        self.receiver, self.sender, self.kv_addr = receiver, sender, kv_addr
+        self.receiver, self.sender, self.peers, self.kv_addr = receiver, sender, peers, kv_addr
         self.default = next(iter(self.nodes))
-        self.peers = Peers()
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.add_routes(
             [
@@ -88,7 +90,7 @@ class SiteServer:
         )
         self.lag = LagProbe(speedup=spec.speedup)
         self.app.on_startup.append(self._start_probe)
-        self.app.on_cleanup.append(self._close_session)
+        self.app.on_cleanup.append(self._stop_probe)
 
     # ------------------------------------------------------------------ small endpoints
     async def health(self, request: web.Request) -> web.Response:
@@ -174,62 +176,89 @@ class SiteServer:
         except DecodeRejected as exc:  # the sequence's KV can never fit a decode instance
             node.failed += 1
             return web.json_response(ApiError(400, str(exc)).body(), status=400)
-        except (OSError, RuntimeError) as exc:
+        except TimeoutError as exc:  # KV from another site never arrived
+            node.failed += 1
+            return web.json_response(ApiError(504, str(exc)).body(), status=504)
+        except (OSError, RuntimeError, ValueError) as exc:
             # A peer or KV connection failed mid-request: an error answer, never a dropped connection.
             node.failed += 1
             err = ApiError(502 if isinstance(exc, OSError) else 500, f"{type(exc).__name__}: {exc}")
             return web.json_response(err.body(), status=err.status)
 
-    def _serve_request(self, req: GenRequest, request_id: str, output_tokens: int) -> ServeRequest:
+    def _serve_request(
+        self, req: GenRequest, request_id: str, output_tokens: int, payload: ClientRequest | None = None
+    ) -> ServeRequest:
         return ServeRequest(
             request_id=request_id,
             arrival_s=asyncio.get_running_loop().time(),
             prompt_tokens=req.prompt_tokens,
             output_tokens=output_tokens,
             hash_ids=req.block_ids,
+            payload=payload,
         )
 
-    async def _prefill_here(
-        self, node: TopologyNode, sreq: ServeRequest, dst: str, colocated: bool, fetched_tokens: int = 0
-    ) -> dict[str, Any]:
-        if node.site is None or not node.site.prefill_instances:
-            raise ApiError(400, f"topology {node.name!r} has no prefill instances in site {self.site}")
-        transport = None if colocated else node.transport
-        nbytes = node.kv_cost.kv_bytes(sreq.prompt_tokens)
-        result = await node.site.prefill(sreq, dst, transport, nbytes, fetched_tokens=fetched_tokens)
-        fields = prefill_fields(result, self.clock)
-        if colocated:
-            for key in ("kv_bytes", "kv_transfer_start_s", "kv_transfer_end_s"):
-                fields.pop(key)
-        return fields
+    def _here(self, node: TopologyNode) -> SitePort:
+        """This process's site, as the lifecycle's port to it."""
+        return node.cluster.ports[self.site]
+
+    async def _routed(
+        self, request: web.Request, node: TopologyNode, req: GenRequest, body: Mapping[str, Any]
+    ) -> web.StreamResponse:
+        """The router: the request lifecycle (``Cluster.dispatch``) with the other sites over HTTP."""
+        if not node.is_router:
+            raise ApiError(
+                400,
+                f"site {self.site} is not a router for {node.name!r}: send PD legs (kv_transfer_params) here",
+                param="kv_transfer_params",
+            )
+        path = "/v1/chat/completions" if req.kind == api.CHAT else "/v1/completions"
+        sreq = self._serve_request(req, uuid.uuid4().hex, req.max_tokens, ClientRequest(path, body))
+        node.waiting += 1
+        try:
+            out = await node.cluster.dispatch(sreq)
+        finally:
+            node.waiting -= 1
+        assert out.stream is not None
+        return await self._respond(request, node, req, out.stream, outcome_fields(out, self.clock))
 
     async def _prefill_leg(
         self, node: TopologyNode, req: GenRequest, params: Mapping[str, Any]
     ) -> web.Response:
-        """PD-proxy prefill leg: prefill here, push the KV to the decode site, return kv_transfer_params."""
+        """PD-proxy prefill leg: this site's part of the lifecycle (pull a prefix if asked, prefill,
+        push the KV to the decode site); returns kv_transfer_params."""
         tid = params.get("transfer_id") or uuid.uuid4().hex
         if not isinstance(tid, str) or not _HEX32.match(tid):
             raise ApiError(
                 400, "kv_transfer_params.transfer_id must be 32 hex digits", param="kv_transfer_params"
             )
-        dst = params.get("decode_site") or node.home
+        dst = params.get("decode_site") or node.cluster.home
         if dst != self.site and dst not in node.peers:
             raise ApiError(400, f"unknown decode site {dst!r}", param="kv_transfer_params")
-        fetched = params.get("fetched_tokens", 0)
-        if isinstance(fetched, bool) or not isinstance(fetched, int) or not 0 <= fetched < req.prompt_tokens:
+        prefix_site, prefix_tokens = params.get("prefix_site"), params.get("prefix_tokens", 0)
+        if prefix_site is not None and prefix_site not in node.peers:
+            raise ApiError(400, f"unknown prefix site {prefix_site!r}", param="kv_transfer_params")
+        if (
+            isinstance(prefix_tokens, bool)
+            or not isinstance(prefix_tokens, int)
+            or not 0 <= prefix_tokens < req.prompt_tokens
+            or (prefix_site is None and prefix_tokens)
+        ):
             raise ApiError(
-                400, "kv_transfer_params.fetched_tokens must be an integer below the prompt length"
+                400,
+                "kv_transfer_params.prefix_tokens must be an integer below the prompt length, "
+                "with prefix_site naming where they are cached",
+                param="kv_transfer_params",
             )
+        if not node.site.prefill_instances:
+            raise ApiError(400, f"topology {node.name!r} has no prefill instances in site {self.site}")
+        sreq = self._serve_request(req, tid, 1)
+        job = PrefillJob(sreq, dst, node.cluster.home, prefix_site, prefix_tokens)
         node.waiting += 1
         try:
-            prefix_tid = params.get("prefix_transfer_id")
-            if isinstance(prefix_tid, str):  # a cached prefix pushed here first (cache-aware global mode)
-                await self._await_kv(prefix_tid, {})
-            sreq = self._serve_request(req, tid, 1)
-            fields = await self._prefill_here(node, sreq, dst, colocated=False, fetched_tokens=fetched)
+            result = await self._here(node).prefill(job)
         finally:
             node.waiting -= 1
-        assert node.site is not None
+        fields = prefill_fields(result, self.clock)
         kv_host, kv_port = self.kv_addr or (None, None)
         out = prefill_leg_params(
             fields,
@@ -251,90 +280,24 @@ class SiteServer:
             raise ApiError(
                 400, "kv_transfer_params.transfer_id (32 hex digits) is required", param="kv_transfer_params"
             )
-        breakdown = breakdown_from_params(params)
-        breakdown["route"] = "remote" if params.get("prefill_site") not in (None, self.site) else "local"
+        if not node.site.decode_instances:
+            raise ApiError(400, f"topology {node.name!r} has no decode instances in site {self.site}")
+        src = params.get("prefill_site")
+        fields = breakdown_from_params(params)
+        fields["route"] = "remote" if src not in (None, self.site) else "local"
+        here = self._here(node)
         node.waiting += 1
         try:
-            await self._await_kv(tid, params)
+            await here.receive_kv(tid, src if isinstance(src, str) else "")
         finally:
             node.waiting -= 1
-        return await self._decode_and_respond(request, node, req, tid, breakdown)
-
-    async def _await_kv(self, tid: str, params: Mapping[str, Any]) -> None:
-        """Wait for (and claim) the KV of a prefill made in another site; a local one is already here."""
-        if params.get("prefill_site") == self.site:
-            return  # the fabric transfer inside this site ended before the prefill returned
-        try:
-            await self.receiver.wait(tid, timeout_s=KV_WAIT_S)
-        except TimeoutError:
-            raise ApiError(504, f"KV transfer {tid} did not arrive") from None
-
-    async def _routed(
-        self, request: web.Request, node: TopologyNode, req: GenRequest, body: Mapping[str, Any]
-    ) -> web.StreamResponse:
-        """The router: the serving policy picks the sites; prefill legs to peers go over HTTP."""
-        if node.router is None or node.view is None:
-            raise ApiError(
-                400,
-                f"site {self.site} is not a router for {node.name!r}: send PD legs (kv_transfer_params) here",
-                param="kv_transfer_params",
-            )
-        loop = asyncio.get_running_loop()
-        sreq = self._serve_request(req, uuid.uuid4().hex, req.max_tokens)
-        route = node.router.route(sreq, node.view, loop.time())
-        if route.decode_site != self.site:
-            raise ApiError(
-                500, f"router chose decode site {route.decode_site!r}; only {self.site!r} decodes here"
-            )
-        node.routes[route.route] = node.routes.get(route.route, 0) + 1
-        colocated = route.route == "colocated"
-        node.waiting += 1
-        try:
-            extra: dict[str, Any] = {}
-            if route.prefix_site is not None and not colocated:
-                extra = await self._pull_prefix(
-                    node, sreq, route.prefix_site, route.prefill_site, route.prefix_tokens
-                )
-            if route.prefill_site == self.site:
-                fields = await self._prefill_here(
-                    node, sreq, self.site, colocated=colocated, fetched_tokens=route.prefix_tokens
-                )
-            else:
-                params = await self._remote_prefill(node, route.prefill_site, req, body, sreq, extra)
-                fields = breakdown_from_params(params)
-                view = node.view.sites.get(route.prefill_site)
-                if isinstance(view, RemoteSiteView):
-                    view.note_prefill(sreq, params.get("prefill_load_s"), loop.time())
-                await self._await_kv(sreq.request_id, params)
-        finally:
-            node.waiting -= 1
-        fields["route"] = route.route
-        # Colocated: decode on the instance that prefilled (the KV never left its GPUs).
-        stay = fields["prefill_instance"] if colocated else None
-        return await self._decode_and_respond(request, node, req, sreq.request_id, fields, stay)
-
-    async def _pull_prefix(
-        self, node: TopologyNode, sreq: ServeRequest, holder: str, prefill_site: str, tokens: int
-    ) -> dict[str, Any]:
-        """Cache-aware (global) routing: move a cached prefix's KV from ``holder`` to ``prefill_site``
-        before the prefill, as simulate's cluster does. Returns prefill-leg params naming the transfer."""
-        nbytes = node.kv_cost.kv_bytes(tokens)
-        tid = uuid.uuid4().hex
-        if holder == self.site:  # push it from here; the remote prefill leg claims it
-            assert node.transport is not None
-            pull = dataclasses.replace(sreq, request_id=tid)
-            await node.transport.transfer(
-                pull, holder, prefill_site, nbytes, asyncio.get_running_loop().time(), 0.0
-            )
-            return {"prefix_transfer_id": tid, "fetched_tokens": tokens}
-        push = {"transfer_id": tid, "nbytes": nbytes, "dst_site": prefill_site}
-        await self.peers.kv_push(holder, node.peers[holder] + "/internal/kv_push", push)
-        if prefill_site == self.site:
-            await self._await_kv(tid, {})
-        return {"fetched_tokens": tokens}
+        instance, stream = here.decode(self._serve_request(req, tid, req.max_tokens))
+        fields.update(decode_site=self.site, decode_instance=instance)
+        return await self._respond(request, node, req, stream, fields)
 
     async def kv_push(self, request: web.Request) -> web.Response:
-        """Internal: push ``nbytes`` (modelled) of KV to ``dst_site`` now, as ``transfer_id``."""
+        """Internal: a site pulling a cached prefix asks this one to send it ``nbytes`` (modelled) of
+        KV as ``transfer_id``; answers once the KV has been delivered."""
         node = self._node(request)
         try:
             body = await request.json()
@@ -345,53 +308,27 @@ class SiteServer:
             )
         if not (isinstance(tid, str) and _HEX32.match(tid) and isinstance(nbytes, int) and nbytes > 0):
             return web.json_response(ApiError(400, "bad transfer_id or nbytes").body(), status=400)
-        if node.transport is None or dst not in node.peers:
+        if dst not in node.peers:
             return web.json_response(ApiError(400, f"cannot push KV to {dst!r} from here").body(), status=400)
-        now = asyncio.get_running_loop().time()
-        req = ServeRequest(request_id=tid, arrival_s=now, prompt_tokens=1, output_tokens=1)
-        start, end = await node.transport.transfer(req, self.site, dst, nbytes, now, 0.0)
-        return web.json_response(
-            {"kv_transfer_start_s": self.clock.epoch(start), "kv_transfer_end_s": self.clock.epoch(end)}
-        )
-
-    async def _remote_prefill(
-        self,
-        node: TopologyNode,
-        site: str,
-        req: GenRequest,
-        body: Mapping[str, Any],
-        sreq: ServeRequest,
-        extra: Mapping[str, Any],
-    ) -> Mapping[str, Any]:
-        """Send the prefill leg to ``site``'s process; the kv_transfer_params it returns."""
-        leg = prefill_leg_body(body, transfer_id=sreq.request_id, decode_site=self.site, extra=extra)
-        path = "/v1/chat/completions" if req.kind == api.CHAT else "/v1/completions"
-        if node.forward_delay_s > 0:
-            await asyncio.sleep(node.forward_delay_s)
-        return await self.peers.prefill_leg(site, node.peers[site] + path, leg)
+        await self._here(node).push_kv(tid, dst, nbytes)
+        return web.json_response({"transfer_id": tid})
 
     async def _start_probe(self, _app: web.Application) -> None:
         self.lag.start()
 
-    async def _close_session(self, _app: web.Application) -> None:
+    async def _stop_probe(self, _app: web.Application) -> None:
         await self.lag.stop()
-        await self.peers.close()
 
-    # ------------------------------------------------------------------ decode and stream
-    async def _decode_and_respond(
+    # ------------------------------------------------------------------ stream
+    async def _respond(
         self,
         request: web.Request,
         node: TopologyNode,
         req: GenRequest,
-        rid: str,
+        stream: TokenStream,
         fields: dict[str, Any],
-        stay: str | None = None,
     ) -> web.StreamResponse:
-        """Decode here (on ``stay``, or the least-loaded instance) and answer as the client asked."""
-        if node.site is None or not node.site.decode_instances:
-            raise ApiError(400, f"topology {node.name!r} has no decode instances in site {self.site}")
-        instance, stream = node.site.decode(self._serve_request(req, rid, req.max_tokens), stay)
-        fields.update(decode_site=self.site, decode_instance=instance.name)
+        """Answer with the decode's tokens as the client asked (SSE or one JSON body)."""
         if not req.stream:
             return await respond_json(req, stream, fields, self.clock)
         resp, failed = await respond_sse(request, req, stream, fields, self.clock)

@@ -23,6 +23,7 @@ from aiohttp import web
 from harness.emulation.clock import run_scaled
 from harness.emulation.deployment import build_nodes
 from harness.emulation.kvlink import KvReceiver, KvSender
+from harness.emulation.peers import Peers
 from harness.emulation.server import SiteServer
 from harness.emulation.spec import EmulationSpec
 from harness.emulation.wire import WallClock
@@ -75,6 +76,8 @@ async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: 
     delay_loop_s = config.app_delay_ms / 1e3 * s
     receiver = KvReceiver()
     sender = KvSender(connections=spec.connections, pace_bytes_s=pace, delay_s=delay_loop_s)
+    peers = Peers()
+    clock = WallClock.now(s)
     runner: web.AppRunner | None = None
     try:
         await receiver.start(sock=socks["kv"])
@@ -84,20 +87,23 @@ async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: 
             setup.topologies,
             sender=sender,
             receiver=receiver,
+            peers=peers,
+            clock=clock,
             kv_addrs=config.kv_addrs,
             http_urls=config.http_urls,
             byte_scale=config.byte_scale,
             layers=spec.layers,
-            forward_delay_s=delay_loop_s,
+            app_delay_s=delay_loop_s,
         )
         server = SiteServer(
             config.site,
             nodes,
             spec=spec,
             model=config.model,
-            clock=WallClock.now(s),
+            clock=clock,
             receiver=receiver,
             sender=sender,
+            peers=peers,
             kv_addr=config.kv_addrs[config.site],
         )
         runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
@@ -110,6 +116,7 @@ async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: 
     finally:
         if runner is not None:
             await runner.cleanup()
+        await peers.close()
         await sender.close()
         await receiver.close()
 

@@ -16,6 +16,7 @@ from harness.serving.instances import (
     PrefillTimes,
     TokenStream,
 )
+from harness.serving.ports import InProcessSite, PrefillJob, SitePort
 from harness.serving.router import (
     BandwidthAware,
     ClusterView,
@@ -25,9 +26,10 @@ from harness.serving.router import (
     PrfaasRouter,
     Route,
     Router,
+    SiteView,
 )
 from harness.serving.site import PrefillResult, ServeRequest, Site
-from harness.serving.transport import FluidLink, FluidTransport, KVTransport
+from harness.serving.transport import FluidLink, FluidTransport, KVTransport, LinkView
 
 __all__ = [
     "BandwidthAware",
@@ -39,11 +41,14 @@ __all__ = [
     "FluidLink",
     "FluidTransport",
     "HomogeneousRouter",
+    "InProcessSite",
     "KVTransport",
+    "LinkView",
     "ModelledLink",
     "NaiveRouter",
     "Outcome",
     "PrefillInstance",
+    "PrefillJob",
     "PrefillResult",
     "PrefillTimes",
     "PrefixCache",
@@ -52,6 +57,8 @@ __all__ = [
     "Router",
     "ServeRequest",
     "Site",
+    "SitePort",
+    "SiteView",
     "TokenStream",
     "VirtualTimeDeadlock",
     "VirtualTimeLoop",

@@ -15,6 +15,7 @@ from harness.model.cost import InstanceCost
 from harness.serving.cache import PrefixCache
 from harness.serving.cluster import Cluster
 from harness.serving.instances import DecodeInstance, PrefillInstance
+from harness.serving.ports import InProcessSite, SitePort
 from harness.serving.router import (
     BandwidthAware,
     ColocatedRouter,
@@ -122,14 +123,13 @@ def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
         links.update(
             {(REMOTE, LOCAL): spec.link, (LOCAL, REMOTE): spec.link, (REMOTE, REMOTE): spec.intra_site}
         )
-    return Cluster(
-        sites,
-        make_router(spec, topo),
-        FluidTransport(links),
-        spec.local,
-        home=LOCAL,
-        forward_delay_s={REMOTE: spec.link.delay_ms / 1e3},
-    )
+    transport = FluidTransport(links)
+    ports: dict[str, SitePort] = {}
+    for name, site in sites.items():
+        # A message from another site (the prompt, a request for KV) takes the link's one-way delay.
+        delays = {src: ls.delay_ms / 1e3 for (src, dst), ls in links.items() if dst == name and src != name}
+        ports[name] = InProcessSite(site, transport, spec.local, peers=ports, arrival_delay_s=delays)
+    return Cluster(ports, make_router(spec, topo), links=transport.links, home=LOCAL)
 
 
 def make_router(spec: StackSpec, topo: TopologyPlan) -> Router:

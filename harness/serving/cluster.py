@@ -1,23 +1,26 @@
-"""The request lifecycle over sites: route, forward, prefill (+ KV push), decode, and the outcome.
+"""The request lifecycle, written once: route, forward the prompt, prefill (pulling a cached prefix
+first) while the KV moves, receive the KV at the decode site, decode.
 
-``Cluster.handle(req)`` is the one coroutine a request runs through in ``simulate``. Its steps are the
-calls ``serve``'s proxy makes over HTTP: the router decides from a ``ClusterView``, the prefill site's
-``prefill`` pushes KV to the decode site, the decode site's ``decode`` streams tokens.
+``Cluster.dispatch`` runs it for one request over ``SitePort``s (``harness/serving/ports.py``) and
+returns as decoding starts. ``simulate`` calls it through ``Cluster.handle``, which also waits for the
+last token, with every site in its process. ``serve``'s router calls ``dispatch`` with its own site in
+its process and the other sites over HTTP (``harness.emulation.peers.HttpSite``), then streams the
+tokens to the client. docs/architecture.md follows one request through both.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.model.cost import InstanceCost
 from harness.serving.instances import DecodeRejected, TokenStream
+from harness.serving.ports import InProcessSite, PrefillJob, SitePort
 from harness.serving.router import ClusterView, Route, Router
-from harness.serving.site import PrefillResult, ServeRequest, Site
-from harness.serving.transport import FluidTransport, KVTransport
+from harness.serving.site import PrefillResult, ServeRequest
+from harness.serving.transport import LinkView
 
 
 @dataclass(slots=True)
@@ -29,68 +32,70 @@ class Outcome:
     prefill: PrefillResult | None = None
     decode_site: str | None = None
     decode_instance: str | None = None
+    stream: TokenStream | None = None
     decode_start_s: float | None = None
     token_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
     error: BaseException | None = None
 
 
 class Cluster:
-    """Sites, a router, a KV transport and the site the router (and the client) lives in."""
+    """A router, the sites it sends work to, and the links it watches.
+
+    ``ports`` maps every site to its ``SitePort``; ``links`` are the ``LinkView``s the router may read;
+    ``home`` is the site the router (and the client) lives in. ``sites`` are the ``Site`` objects that
+    run in this process; ``routes`` counts the router's decisions by label.
+    """
 
     def __init__(
         self,
-        sites: Mapping[str, Site],
+        ports: Mapping[str, SitePort],
         router: Router,
-        transport: KVTransport,
-        kv_cost: InstanceCost,
         *,
+        links: Mapping[tuple[str, str], LinkView] | None = None,
         home: str = "local",
-        forward_delay_s: Mapping[str, float] | None = None,
     ) -> None:
-        self.sites = dict(sites)
+        self.ports = dict(ports)
         self.router = router
-        self.transport = transport
-        self.kv_cost = kv_cost
+        self.links = dict(links or {})
         self.home = home
-        # One-way delay for the prompt to reach a site's prefill (a remote site is across the link).
-        self.forward_delay_s = dict(forward_delay_s or {})
-        links = transport.links if isinstance(transport, FluidTransport) else {}
-        self.view = ClusterView(self.sites, links)
+        self.sites = {n: p.site for n, p in self.ports.items() if isinstance(p, InProcessSite)}
+        self.view = ClusterView(self.ports, self.links)
+        self.routes: dict[str, int] = {}
 
     def __repr__(self) -> str:
-        return f"<Cluster {self.router.name} {list(self.sites.values())}>"
+        return f"<Cluster {self.router.name} {list(self.ports.values())}>"
 
-    async def handle(
-        self, req: ServeRequest, on_stream: Callable[[TokenStream], None] | None = None
-    ) -> Outcome:
-        """Serve one request end to end; errors end up in ``Outcome.error``, never raised."""
-        loop = asyncio.get_running_loop()
+    async def dispatch(self, req: ServeRequest) -> Outcome:
+        """Serve ``req`` up to the start of its decode (``Outcome.stream``); errors are raised."""
         out = Outcome(req)
+        out.route = route = self.router.route(req, self.view, asyncio.get_running_loop().time())
+        self.routes[route.route] = self.routes.get(route.route, 0) + 1
+        colocated = route.route == "colocated"
+        job = PrefillJob(
+            req,
+            decode_site=route.decode_site,
+            origin=self.home,
+            prefix_site=None if colocated else route.prefix_site,
+            prefix_tokens=0 if colocated else route.prefix_tokens,
+            colocated=colocated,
+        )
+        # The prefill site receives the prompt, pulls any cached prefix, prefills and sends the KV.
+        out.prefill = await self.ports[route.prefill_site].prefill(job)
+        decode = self.ports[route.decode_site]
+        await decode.receive_kv(req.request_id, route.prefill_site)
+        # Colocated: decode where the KV already is, on the instance that prefilled it.
+        stay = out.prefill.times.instance if colocated else None
+        out.decode_instance, out.stream = decode.decode(req, stay)
+        out.decode_site = route.decode_site
+        return out
+
+    async def handle(self, req: ServeRequest) -> Outcome:
+        """Serve ``req`` to its last token (simulate); a refused decode ends in ``Outcome.error``."""
+        out = await self.dispatch(req)
+        assert out.stream is not None
         try:
-            out.route = route = self.router.route(req, self.view, loop.time())
-            psite, dsite = self.sites[route.prefill_site], self.sites[route.decode_site]
-            delay = (
-                self.forward_delay_s.get(route.prefill_site, 0.0) if route.prefill_site != self.home else 0.0
-            )
-            if delay > 0:
-                await asyncio.sleep(delay)
-            transport = None if route.route == "colocated" else self.transport
-            if route.prefix_site is not None and transport is not None:
-                # Cache-aware (global): pull the cached prefix's KV from the site holding it first.
-                pbytes = self.kv_cost.kv_bytes(route.prefix_tokens)
-                await transport.transfer(req, route.prefix_site, route.prefill_site, pbytes, loop.time(), 0.0)
-            nbytes = self.kv_cost.kv_bytes(req.prompt_tokens)
-            out.prefill = await psite.prefill(
-                req, route.decode_site, transport, nbytes, fetched_tokens=route.prefix_tokens
-            )
-            # Colocated: decode where the KV already is, on the instance that prefilled it.
-            stay = out.prefill.times.instance if transport is None else None
-            instance, stream = dsite.decode(req, stay)
-            out.decode_site, out.decode_instance = dsite.name, instance.name
-            if on_stream is not None:
-                on_stream(stream)
-            out.token_times = await stream.wait()
-            out.decode_start_s = stream.admitted_s
+            out.token_times = await out.stream.wait()
         except DecodeRejected as exc:
             out.error = exc
+        out.decode_start_s = out.stream.admitted_s
         return out

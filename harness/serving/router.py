@@ -1,7 +1,8 @@
 """Router policies: decide where a request prefills and where it decodes, from a read-only view.
 
 A policy sees only ``ClusterView`` (cached prefix per site, prefill backlog, link utilisation and
-queue), so the same code routes in ``simulate`` and in ``serve``'s proxy.
+backlog), so the same code routes in ``simulate`` and in ``serve``'s router, where a site in another
+process is seen through its ``SiteView`` and the link through a meter of the KV bytes that arrive.
 
     homogeneous  prefill and decode in the local site (PD over the site's RDMA fabric)
     naive        every prefill in the remote site, every decode local; no length routing
@@ -20,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from harness.serving.site import ServeRequest, Site
-from harness.serving.transport import FluidLink
+from harness.serving.site import ServeRequest
+from harness.serving.transport import LinkView
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +39,22 @@ class Route:
     prefix_tokens: int = 0
 
 
-class ClusterView:
-    """What a router may look at: sites (read-only use) and the inter-site links."""
+class SiteView(Protocol):
+    """What a router may read of a site; reading has no side effects."""
 
-    def __init__(self, sites: Mapping[str, Site], links: Mapping[tuple[str, str], FluidLink]) -> None:
+    def cached_prefix(self, req: ServeRequest) -> int:
+        """Tokens of ``req``'s prompt the site's prefix cache holds now."""
+        ...
+
+    def prefill_load_s(self, now: float) -> float:
+        """Least estimated prefill backlog (seconds) over the site's prefill instances."""
+        ...
+
+
+class ClusterView:
+    """What a router may look at: the sites and the inter-site links (``transport.LinkView``)."""
+
+    def __init__(self, sites: Mapping[str, SiteView], links: Mapping[tuple[str, str], LinkView]) -> None:
         self.sites = sites
         self.links = links
 
@@ -51,7 +64,7 @@ class ClusterView:
     def prefill_load_s(self, site: str, now: float) -> float:
         return self.sites[site].prefill_load_s(now)
 
-    def link(self, src: str, dst: str) -> FluidLink | None:
+    def link(self, src: str, dst: str) -> LinkView | None:
         return self.links.get((src, dst))
 
 
@@ -91,10 +104,11 @@ class NaiveRouter:
 class BandwidthAware:
     """Re-tunes the threshold at most every ``interval_s`` from the remote->local link and the queues.
 
-    Raise t by ``step`` (multiplicative) when link utilisation exceeds ``high_util`` or its backlog
-    exceeds ``max_backlog_s`` of transfer time, or when the remote prefill backlog exceeds the local
-    one by ``queue_margin_s``; lower it when utilisation is below ``low_util`` and the local backlog is
-    the longer by that margin. t stays within [t_min, t_max].
+    Raise t by ``step`` (multiplicative) when link utilisation (``LinkView``: delivered over the
+    trailing window) exceeds ``high_util`` or its backlog exceeds ``max_backlog_s`` of transfer time,
+    or when the remote prefill backlog exceeds the local one by ``queue_margin_s``; lower it when
+    utilisation is below ``low_util`` and the local backlog is the longer by that margin. t stays
+    within [t_min, t_max].
     """
 
     high_util: float = 0.9
@@ -151,7 +165,7 @@ class PrfaasRouter:
             return
         self._last_tune = now
         link = view.link(self.remote, self.local)
-        util = link.utilisation() if link else 0.0
+        util = link.utilisation(now) if link else 0.0
         backlog_s = link.backlog_bytes(now) / link.capacity if link else 0.0
         remote_q, local_q = view.prefill_load_s(self.remote, now), view.prefill_load_s(self.local, now)
         t = self.threshold_tokens

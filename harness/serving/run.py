@@ -158,9 +158,7 @@ class _Collector:
             offload_share=self.remote / done if done else 0.0,
             cache_hit_rate=sum(c.hit_tokens for c in caches) / look if look else 0.0,
             cache_block_hit_rate=sum(c.hit_blocks for c in caches) / look_b if look_b else 0.0,
-            link_bytes={
-                link.name: link.bytes_total for link in getattr(cluster.transport, "links", {}).values()
-            },
+            link_bytes={link.name: link.bytes_total for link in cluster.links.values()},
         )
 
 

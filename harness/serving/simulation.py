@@ -17,7 +17,6 @@ from harness.records import STATUS_ERROR, RequestRecord
 from harness.serving.clock import run_virtual, sleep_until
 from harness.serving.cluster import Cluster, Outcome
 from harness.serving.site import ServeRequest
-from harness.serving.transport import FluidTransport
 from harness.traces.frame import Trace
 
 
@@ -95,12 +94,10 @@ class TimeSeries:
 
 
 class _Sampler:
-    """Queue depths, batch sizes, link utilisation and cache hit rate of a cluster, every interval."""
+    """Queue depths, batch sizes, link utilisation (``LinkView``) and cache hit rate, every interval."""
 
     def __init__(self, cluster: Cluster, series: TimeSeries) -> None:
         self.cluster, self.series = cluster, series
-        self._moved: dict[str, float] = {}
-        self._last_t = 0.0
 
     def sample(self, now: float) -> None:
         add = self.series.add
@@ -112,16 +109,8 @@ class _Sampler:
                 add(now, d.name, "decode_pending", len(d.pending))
             if site.cache is not None:
                 add(now, site.name, "cache_hit_rate", site.cache.hit_rate)
-        transport = self.cluster.transport
-        if isinstance(transport, FluidTransport):
-            dt = now - self._last_t
-            for link in transport.links.values():
-                moved = link.bytes_moved(now)
-                if dt > 0:
-                    util = (moved - self._moved.get(link.name, 0.0)) / (link.capacity * dt)
-                    add(now, link.name, "link_utilisation", util)
-                self._moved[link.name] = moved
-        self._last_t = now
+        for (src, dst), link in self.cluster.links.items():
+            add(now, f"{src}->{dst}", "link_utilisation", link.utilisation(now))
 
 
 async def drive(

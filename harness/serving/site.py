@@ -1,16 +1,18 @@
-"""A site: the instances in one datacenter, their shared prefix cache, and the two coroutines it serves.
+"""A site: the instances in one datacenter, their shared prefix cache, and the two things it computes.
 
 ``Site.prefill`` runs a request's prefill on its least-loaded prefill instance and pushes the KVCache to
 the decode site through a ``KVTransport`` while the prefill runs; ``Site.decode`` hands a request whose
-KV has arrived to its least-loaded decode instance and returns the token stream. In ``simulate`` the
-cluster calls them directly; in ``serve`` each site runs in its own process behind HTTP.
+KV has arrived to its least-loaded decode instance and returns the token stream. The request lifecycle
+(``harness/serving/cluster.py``) reaches a site through a ``SitePort`` (``harness/serving/ports.py``):
+in the same process, or in ``serve`` in another site process over HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from harness.serving.cache import PrefixCache
 from harness.serving.instances import DecodeInstance, PrefillInstance, PrefillTimes, TokenStream
@@ -27,6 +29,9 @@ class ServeRequest:
     output_tokens: int
     hash_ids: Sequence[int] = ()
     trace_row: int = -1
+    # The request as it arrived, for a site port that forwards it to another process (serve: the
+    # OpenAI path and body); None in simulate.
+    payload: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +105,7 @@ class Site:
         def on_start(start: float, duration: float, _cached: int) -> None:
             nonlocal transfer
             if transport is not None:
-                coro = transport.transfer(req, self.name, dst_site, kv_bytes, start, duration)
+                coro = transport.transfer(req.request_id, self.name, dst_site, kv_bytes, start, duration)
                 transfer = loop.create_task(coro)
 
         times = await instance.prefill(

@@ -1,10 +1,19 @@
-"""KVCache transport: the small interface the serving stack needs, and a fluid link model for simulation.
+"""KVCache transport and links: the interfaces the serving stack needs, and a fluid link model for simulation.
 
 ``KVTransport.transfer`` is called when a prefill *starts*: KV is produced layer by layer while the
 prefill runs (at ``nbytes / prefill_duration`` bytes/s), so the transfer can start at once but never
 run ahead of production; only the tail after the prefill ends is exposed. It returns when the last
 byte has arrived, with ``(start, end)`` on the loop's clock. ``serve`` plugs in a real-TCP transport
 with the same method.
+
+``LinkView`` is what a router may read of one direction of a link. It has one meaning wherever it is
+implemented — by ``FluidLink`` here (simulate) and by the link meter of ``serve``, which watches KV
+bytes arrive — and reading it changes nothing:
+
+    utilisation(now)   bytes delivered (arrived at the far end) in the trailing ``window_s`` before
+                       ``now``, divided by ``capacity × window_s``
+    backlog_bytes(now) bytes of transfers under way that have not been delivered yet, including bytes
+                       a running prefill has not produced yet (both ends can see those)
 
 ``FluidLink`` shares a link's bandwidth max-min fairly between concurrent transfers, each capped by its
 production rate while it is caught up with production, and adds a one-way propagation delay.
@@ -14,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from harness.config.links import ModelledLink
+
+UTILISATION_WINDOW_S = 1.0  # the trailing window of ``LinkView.utilisation`` (loop seconds)
 
 
 def _tol(nbytes: int) -> float:
@@ -26,17 +38,79 @@ def _tol(nbytes: int) -> float:
 
 
 class KVTransport(Protocol):
-    """Moves one request's KVCache from the prefill site to the decode site."""
+    """Moves KVCache between sites: a request's KV to its decode site, or a cached prefix to a prefill site.
+
+    ``transfer_id`` names the transfer (the request id; ``serve``'s receiver waits on it).
+    """
 
     async def transfer(
         self,
-        request: Any,
+        transfer_id: str,
         src_site: str,
         dst_site: str,
         nbytes: int,
         prefill_start: float,
         prefill_duration: float,
     ) -> tuple[float, float]: ...
+
+
+class LinkView(Protocol):
+    """One direction of a link as a router reads it (module docstring: the meaning of each figure).
+
+    Model bytes and loop seconds; ``capacity`` in bytes per second. Reading has no side effects.
+    """
+
+    capacity: float
+    window_s: float
+
+    def utilisation(self, now: float) -> float: ...
+
+    def backlog_bytes(self, now: float) -> float: ...
+
+
+class DeliveredBytes:
+    """Bytes a link has delivered so far, as a function of time, kept for a trailing span.
+
+    Breakpoints ``(t, total)`` joined by straight lines (a fluid flow) or, two at one time, a jump (a
+    frame arriving). ``at(t)`` reads it; only ``add`` changes it, and it forgets breakpoints more than
+    ``keep_s`` older than the newest one.
+    """
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self._t: list[float] = []
+        self._b: list[float] = []
+        self._head = 0  # index of the oldest breakpoint still needed
+
+    def add(self, t: float, total: float) -> None:
+        self._t.append(t)
+        self._b.append(total)
+        # Keep the last breakpoint before the span too: it anchors the line into it.
+        head = bisect_left(self._t, t - self.keep_s, self._head) - 1
+        if head > self._head:
+            self._head = head
+        if self._head > 1024 and self._head * 2 > len(self._t):  # compact now and then (amortised O(1))
+            del self._t[: self._head], self._b[: self._head]
+            self._head = 0
+
+    @property
+    def last_t(self) -> float:
+        return self._t[-1] if self._t else -math.inf
+
+    def at(self, t: float) -> float:
+        """Bytes delivered by time ``t`` (right-continuous at a jump)."""
+        i = bisect_right(self._t, t, self._head)
+        if i == self._head:
+            return self._b[self._head] if self._t else 0.0
+        if i == len(self._t):
+            return self._b[-1]
+        t0, t1, b0, b1 = self._t[i - 1], self._t[i], self._b[i - 1], self._b[i]
+        return b0 + (b1 - b0) * (t - t0) / (t1 - t0)
+
+
+def trailing_utilisation(delivered_at: Any, now: float, window_s: float, capacity: float) -> float:
+    """``LinkView.utilisation``: bytes delivered in (now - window_s, now] over capacity × window_s."""
+    return (delivered_at(now) - delivered_at(now - window_s)) / (capacity * window_s)
 
 
 class _Flow:
@@ -52,20 +126,31 @@ class _Flow:
 class FluidLink:
     """One direction of a link: ``bandwidth_gbps`` shared max-min fairly, ``delay_ms`` one way.
 
-    Counters: ``bytes_total`` (int, KV bytes of completed transfers), ``transfers``; and
-    ``bytes_moved()`` (bytes on the wire so far, including transfers in flight) for utilisation.
+    A ``LinkView``. Counters: ``bytes_total`` (int, KV bytes of completed transfers), ``transfers``;
+    ``bytes_moved(now)`` is the bytes put on the wire by ``now``, which arrive ``delay_s`` later.
     """
 
-    def __init__(self, name: str, bandwidth_gbps: float, delay_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        bandwidth_gbps: float,
+        delay_ms: float = 0.0,
+        *,
+        window_s: float = UTILISATION_WINDOW_S,
+    ) -> None:
         if not bandwidth_gbps > 0:
             raise ValueError(f"link {name}: bandwidth must be positive")
         self.name = name
         self.bandwidth_gbps = float(bandwidth_gbps)
         self.capacity = bandwidth_gbps * 1e9 / 8  # bytes/s
         self.delay_s = delay_ms / 1e3
+        self.window_s = window_s
         self.bytes_total = 0
         self.transfers = 0
         self._moved_done = 0.0
+        self._started = 0  # bytes of every transfer begun so far
+        # Bytes moved at each event, on the arrival clock (event time + delay): rates are constant in between.
+        self._delivered = DeliveredBytes(keep_s=window_s + self.delay_s)
         self._flows: list[_Flow] = []
         self._updated = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -74,18 +159,23 @@ class FluidLink:
         return f"<FluidLink {self.name} {self.bandwidth_gbps:g}Gbps {len(self._flows)} active>"
 
     # ------------------------------------------------------------------ read-only views (router, sampler)
-    def utilisation(self) -> float:
-        """Fraction of the bandwidth in use right now."""
-        return sum(f.rate for f in self._flows) / self.capacity
+    def utilisation(self, now: float) -> float:
+        """``LinkView.utilisation``: delivered over the trailing ``window_s``, over capacity."""
+        return trailing_utilisation(self.delivered, now, self.window_s, self.capacity)
 
     def backlog_bytes(self, now: float) -> float:
-        """Bytes produced but not yet sent (the link's queue)."""
-        return sum(
-            max(0.0, self._produced(f, now) - f.sent - f.rate * (now - self._updated)) for f in self._flows
-        )
+        """``LinkView.backlog_bytes``: bytes of transfers begun and not yet delivered."""
+        return self._started - self.delivered(now)
+
+    def delivered(self, t: float) -> float:
+        """Bytes arrived at the far end by ``t`` (at most the bytes moved by ``now - delay_s``)."""
+        sent_by = t - self.delay_s
+        if sent_by >= self._updated:  # the current rates still hold: extrapolate from the flows
+            return self.bytes_moved(sent_by)
+        return self._delivered.at(t)
 
     def bytes_moved(self, now: float) -> float:
-        """Bytes put on the wire up to ``now``."""
+        """Bytes put on the wire up to ``now`` (``now`` no earlier than the last event)."""
         return self._moved_done + sum(
             min(f.nbytes, f.sent + f.rate * (now - self._updated)) for f in self._flows
         )
@@ -101,6 +191,7 @@ class FluidLink:
             return now, now + self.delay_s
         done = loop.create_future()
         self._advance(now)
+        self._started += int(nbytes)
         flow = _Flow(int(nbytes), now, p_end, p_rate, done)
         # Starting late (queued behind the call), the bytes produced so far are already waiting.
         flow.backlogged = now > prefill_start
@@ -120,6 +211,8 @@ class FluidLink:
             for f in self._flows:
                 f.sent = min(float(f.nbytes), f.sent + f.rate * dt)
         self._updated = now
+        if dt > 0 or self._delivered.last_t == -math.inf:  # a breakpoint before the rates change
+            self._delivered.add(now + self.delay_s, self.bytes_moved(now))
 
     def _caps(self, now: float) -> list[float]:
         # A caught-up flow cannot outrun production; a backlogged one, or one whose prefill ended, can.
@@ -199,7 +292,7 @@ class FluidTransport:
 
     async def transfer(
         self,
-        request: Any,
+        transfer_id: str,
         src_site: str,
         dst_site: str,
         nbytes: int,
