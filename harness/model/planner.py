@@ -18,6 +18,7 @@ prefill remote, no local prefill instances).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -31,8 +32,10 @@ from harness.traces.distributions import LengthDistribution
 if TYPE_CHECKING:
     from harness.model.deployment import TopologySpec
 
-# The threshold search refines around the best coarse grid point down to this step (tokens).
+# The threshold search refines around the best coarse grid point down to this step (tokens), in at most
+# this many rounds of (search on estimates, evaluate the winner exactly).
 FINE_STEP_TOKENS = 1
+SETTLE_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -265,13 +268,17 @@ def _lambda_on_grid(ctx: PlanContext, n_prfaas: int, n_p: int, n_d: int) -> tupl
 
 def _search_threshold(ctx: PlanContext, n_prfaas: int, n_p: int, n_d: int) -> tuple[PlanResult, PlanResult]:
     """(the refined best, the best coarse grid point) for a fixed split. The refinement scans windows
-    around the best point with steps a tenth of the grid spacing, then of that, down to 1 token, on
+    around the best point, out to its neighbours on the grid (past a run of equal points: a flat top
+    can hide a peak beside it), with steps a tenth of that reach, then of that, down to 1 token, on
     ``Prefills.estimate``; ties go to the larger t (less traffic on the link)."""
     ts, lam = _lambda_on_grid(ctx, n_prfaas, n_p, n_d)
     k = len(lam) - 1 - int(np.argmax(lam[::-1]))
+    left = k
+    while left > 0 and lam[left - 1] >= lam[k]:
+        left -= 1
     node = best = evaluate_prfaas(ctx, n_prfaas, n_p, n_d, float(ts[k]))
     lo, hi = float(ts[0]), float(ts[-1])
-    step = max(ts[k] - ts[max(k - 1, 0)], ts[min(k + 1, len(ts) - 1)] - ts[k])
+    step = max(ts[k] - ts[max(left - 1, 0)], ts[min(k + 1, len(ts) - 1)] - ts[k])
     while step > FINE_STEP_TOKENS:
         t0, step = best.threshold_tokens, max(FINE_STEP_TOKENS, step // 10)
         window = np.arange(max(lo, t0 - 10 * step), min(hi, t0 + 10 * step) + step, step)
@@ -282,18 +289,36 @@ def _search_threshold(ctx: PlanContext, n_prfaas: int, n_p: int, n_d: int) -> tu
     return best, node
 
 
-def _settle(ctx: PlanContext, best: PlanResult, node: PlanResult) -> PlanResult:
-    """The refined point evaluated exactly, unless the coarse grid point it started from is better."""
-    if best is node:
-        return node
-    exact = evaluate_prfaas(ctx, best.n_prfaas, best.n_p, best.n_d, best.threshold_tokens)
-    return max((node, exact), key=lambda r: (r.lambda_max, r.threshold_tokens))
+def _optimise(ctx: PlanContext, n_prfaas: int, local_instances: int, splits: Iterable[int]) -> PlanResult:
+    """Best (N_p, t) over ``splits``: each round searches every split on estimates and evaluates the
+    winner exactly. An exact evaluation sharpens later estimates around it (``Prefills.estimate``
+    interpolates between every exact split known), so rounds stop once the winner's estimate is exact
+    (at once for a distribution, whose estimates are exact). Returns the best exact result seen."""
+    found: PlanResult | None = None
+    for _ in range(SETTLE_ROUNDS):
+        searched = [_search_threshold(ctx, n_prfaas, k, local_instances - k) for k in splits]
+        best, node = max(searched, key=lambda r: r[0].lambda_max)  # ties: the first (fewest N_p)
+        exact = (
+            node
+            if best is node
+            else evaluate_prfaas(ctx, n_prfaas, best.n_p, best.n_d, best.threshold_tokens)
+        )
+        for r in (node, exact):
+            if found is None or (r.lambda_max, r.threshold_tokens) > (
+                found.lambda_max,
+                found.threshold_tokens,
+            ):
+                found = r
+        if exact.lambda_max >= best.lambda_max * (1 - 1e-12):
+            break
+    assert found is not None
+    return found
 
 
 def best_threshold(ctx: PlanContext, n_prfaas: int, n_p: int, n_d: int) -> PlanResult:
     """The t that maximises PrfaaS Λ_max for a fixed split: the coarse grid of ``Prefills.thresholds``
     (every 100 tokens for a distribution), then refined around the best point to 1 token."""
-    return _settle(ctx, *_search_threshold(ctx, n_prfaas, n_p, n_d))
+    return _optimise(ctx, n_prfaas, n_p + n_d, [n_p])
 
 
 def best_prfaas(
@@ -306,17 +331,10 @@ def best_prfaas(
 ) -> PlanResult:
     """Best PrfaaS configuration: search N_p (N_d = local − N_p) and t, unless either is fixed."""
     splits = [n_p] if n_p is not None else range(0, local_instances)
-    best: tuple[PlanResult, PlanResult] | None = None
-    for np_ in splits:
-        n_d = local_instances - np_
-        if threshold is None:
-            r = _search_threshold(ctx, n_prfaas, np_, n_d)
-        else:
-            r = (evaluate_prfaas(ctx, n_prfaas, np_, n_d, threshold),) * 2
-        if best is None or r[0].lambda_max > best[0].lambda_max:
-            best = r
-    assert best is not None
-    return _settle(ctx, *best)
+    if threshold is None:
+        return _optimise(ctx, n_prfaas, local_instances, splits)
+    results = [evaluate_prfaas(ctx, n_prfaas, k, local_instances - k, threshold) for k in splits]
+    return max(results, key=lambda r: r.lambda_max)
 
 
 def best_homogeneous(ctx: PlanContext, local_instances: int, *, n_p: int | None = None) -> PlanResult:

@@ -24,6 +24,7 @@ them on ``estimate``, which interpolates the replays at the neighbouring grid po
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,8 +37,12 @@ from harness.traces.distributions import LengthDistribution
 
 # Coarse threshold grid of a length distribution (tokens), as the paper's search.
 COARSE_STEP_TOKENS = 100
-# Replays on a trace's coarse threshold grid: at quantiles of its one-site uncached lengths.
-TRACE_GRID_POINTS = 33
+# A trace's coarse threshold grid: quantiles of its one-site uncached lengths (where the requests are),
+# finer in the top few percent (a thin link offloads only the longest, and a trace may pile up at its
+# maximum), and doublings from 512 tokens (so no gap in t is wider than 2x where the tail is thin).
+TRACE_GRID_QUANTILES = 17
+TAIL_HALVINGS = np.arange(5, 11)  # the top 1/32, 1/64, ... 1/1024 of the requests
+GRID_FIRST_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -205,11 +210,17 @@ class TracePrefills:
         self.global_cache = global_cache
         self._replays: dict[float, CacheReplay] = {}
         self._splits: dict[float, Split] = {}
+        self._known: list[float] = []  # the thresholds of _splits, sorted
         self._grid: np.ndarray | None = None
 
     def __repr__(self) -> str:
         cap = "unbounded" if self.capacity_bytes is None else f"{self.capacity_bytes / 2**30:g} GiB"
         return f"<TracePrefills {len(self.prompts)} requests, {cap} cache per site>"
+
+    @property
+    def replays(self) -> int:
+        """How many distinct replays have run so far (each is one pass over the trace)."""
+        return len(self._replays)
 
     def replay(self, t: float = math.inf) -> CacheReplay:
         """The replay with one site (``t=inf``) or PrfaaS at threshold ``t`` (memoised)."""
@@ -234,22 +245,34 @@ class TracePrefills:
         t = float(t)
         if t not in self._splits:
             self._splits[t] = _classes(self.replay(t), self.prompts)
+            bisect.insort(self._known, t)
         return self._splits[t]
 
     def thresholds(self) -> np.ndarray:
         if self._grid is None:
-            inner = np.quantile(self.replay().uncached, np.linspace(0, 1, TRACE_GRID_POINTS))
-            self._grid = np.unique(np.concatenate([[0.0], np.round(inner), [float(self.prompts.max())]]))
+            top = float(self.prompts.max())
+            shares = np.concatenate([np.linspace(0, 1, TRACE_GRID_QUANTILES), 1 - 0.5**TAIL_HALVINGS])
+            quantiles = np.quantile(self.replay().uncached, shares)
+            doublings = GRID_FIRST_TOKENS * 2.0 ** np.arange(
+                max(0, int(np.log2(top / GRID_FIRST_TOKENS))) + 1
+            )
+            grid = np.unique(np.concatenate([[0.0], np.round(quantiles), doublings[doublings < top], [top]]))
+            for t in grid:  # replay every grid point now, so estimates interpolate between them
+                self.split(t)
+            self._grid = grid
         return self._grid
 
     def estimate(self, t: float) -> Split:
-        grid, t = self.thresholds(), float(t)
-        if t in self._splits or not grid[0] < t < grid[-1]:
+        """Linear between the nearest thresholds replayed so far (the grid and every exact split since),
+        in the classes' totals per request of the workload; exact at those thresholds and outside them."""
+        self.thresholds()
+        known, t = self._known, float(t)
+        j = bisect.bisect_left(known, t)
+        if t in self._splits or j == 0 or j == len(known):
             return self.split(t)
-        j = int(np.searchsorted(grid, t)) - 1
-        a, b = grid[j], grid[j + 1]
+        a, b = known[j - 1], known[j]
         w = (t - a) / (b - a)
-        lo, hi = self.split(a), self.split(b)
+        lo, hi = self._splits[a], self._splits[b]
         local, remote = ((1 - w) * _totals(x) + w * _totals(y) for x, y in zip(lo, hi, strict=True))
         return _from_totals(local), _from_totals(remote)
 
