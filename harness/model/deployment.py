@@ -197,15 +197,11 @@ def prefills_for(workload: Workload, model: ModelSpec, cache: PrefixCacheSpec) -
     (blocks of the model's KV, as the simulator sizes them), or a distribution's raw lengths."""
     if workload.trace is None:
         return LengthPrefills(workload.lengths)
-    trace = workload.trace
-    gib = cache.capacity_gib
+    trace, gib = workload.trace, cache.capacity_gib
     return TracePrefills(
-        trace.input_tokens,
-        trace.hash_values,
-        trace.hash_offsets,
+        trace,
         capacity_bytes=None if gib is None else gib * 2**30,
         block_bytes=max(1, model.kv_bytes_per_token) * trace.block_tokens,
-        block_tokens=trace.block_tokens,
         global_cache=cache.prfaas_cache == "global",
     )
 

@@ -34,6 +34,7 @@ import numpy as np
 from harness.model.cost import InstanceCost
 from harness.model.reuse import CacheReplay, replay_cache
 from harness.traces.distributions import LengthDistribution
+from harness.traces.frame import Trace
 
 # Coarse threshold grid of a length distribution (tokens), as the paper's search.
 COARSE_STEP_TOKENS = 100
@@ -188,25 +189,16 @@ def _from_totals(v: np.ndarray) -> PrefillClass:
 
 class TracePrefills:
     """A trace's prompts after the sites' prefix caches (see the module docstring). ``capacity_bytes``
-    per site (None: unbounded; 0: no cache, so lengths are raw), ``block_bytes`` the KV of one block,
-    ``global_cache`` PrfaaS routing by the longest prefix either site holds."""
+    per site (None: unbounded; 0: no cache, so lengths are raw), ``block_bytes`` the KV of one of the
+    trace's blocks, ``global_cache`` PrfaaS routing by the longest prefix either site holds."""
 
     def __init__(
-        self,
-        input_tokens: np.ndarray,
-        hash_values: np.ndarray,
-        hash_offsets: np.ndarray,
-        *,
-        capacity_bytes: float | None,
-        block_bytes: float,
-        block_tokens: int,
-        global_cache: bool = False,
+        self, trace: Trace, *, capacity_bytes: float | None, block_bytes: float, global_cache: bool = False
     ) -> None:
-        self.prompts = np.asarray(input_tokens, dtype=np.int64)
-        self.hash_values, self.hash_offsets = np.asarray(hash_values), np.asarray(hash_offsets)
+        self.trace = trace
+        self.prompts = trace.input_tokens
         self.capacity_bytes = capacity_bytes
         self.block_bytes = block_bytes
-        self.block_tokens = block_tokens
         self.global_cache = global_cache
         self._replays: dict[float, CacheReplay] = {}
         self._splits: dict[float, Split] = {}
@@ -226,13 +218,14 @@ class TracePrefills:
         """The replay with one site (``t=inf``) or PrfaaS at threshold ``t`` (memoised)."""
         t = float(t)
         if t not in self._replays:
+            trace = self.trace
             self._replays[t] = replay_cache(
-                self.prompts,
-                self.hash_values,
-                self.hash_offsets,
+                trace.input_tokens,
+                trace.hash_values,
+                trace.hash_offsets,
                 capacity_bytes=self.capacity_bytes,
                 block_bytes=self.block_bytes,
-                block_tokens=self.block_tokens,
+                block_tokens=trace.block_tokens,
                 threshold=t,
                 global_cache=self.global_cache,
             )
@@ -295,7 +288,7 @@ class TracePrefills:
             "prefill_time": "the mean of T(uncached, cached) over its requests, E[T]",
             "cache_capacity_gib": cap,
             "cache_blocks": blocks,
-            "block_tokens": self.block_tokens,
+            "block_tokens": self.trace.block_tokens,
             "prfaas_cache": "global" if self.global_cache else "local",
             "mean_input_tokens": float(self.prompts.mean()),
             "mean_uncached_tokens": float(one.uncached.mean()),
