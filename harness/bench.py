@@ -25,6 +25,7 @@ from typing import Any
 from harness.errors import InputError, ScenarioError
 from harness.jsonsafe import json_safe
 from harness.scenario import load_scenario
+from harness.traces.context import ContextPolicy, fit_context
 
 Say = Callable[[str], None]
 
@@ -60,12 +61,13 @@ def run_bench(
     warn: Say = _to_stderr,
     progress: bool = True,
     prefix: str = "pfbbn-",
+    context: ContextPolicy = "refuse",
 ) -> BenchResult:
     """Plan, simulate, serve + replay, analyse and report one scenario; returns where it all went.
 
     ``warn`` gets one line per knob the bench overrides or ignores (also written to every stage's
     meta.json); ``prefix`` names the network namespaces of the replay stage (two benches at once need
-    two)."""
+    two); ``context`` is the rule for a trace workload's prompts beyond the model's context."""
     from harness.analysis import analyze, load_bundle, write_report
     from harness.analysis.tables import headline
     from harness.emulation.clusters import EmulatedClusters
@@ -80,8 +82,8 @@ def run_bench(
     scenario = load_scenario(scenario_path)  # every table is validated before anything runs
     spec = scenario.config.bench.resolve(quick=quick)
     warnings = scenario.warnings("bench", quick=quick)
-    deployment = deployment_from_scenario(scenario)
-    setup = prepare(scenario, warnings=warnings)
+    deployment = deployment_from_scenario(scenario, context=context)
+    setup = prepare(scenario, warnings=warnings, context=context)
     if spec.replay_rate_rps is None and all(t.kind == "colocated" for t in deployment.topologies.values()):
         # The default rate is a share of the planner's Λ_max, and the planner has no colocated model.
         raise ScenarioError(
@@ -126,7 +128,10 @@ def run_bench(
 
     # 3. The paired workload, simulated.
     rate = spec.replay_rate_rps or round(0.75 * min(lambdas.values()), 2)
-    trace = synthetic_trace(setup, spec.replay_requests, rate, spec.seed)
+    # Replay sends exactly what simulate runs: prompts clipped to the context as simulate clips them.
+    trace, fit = fit_context(
+        synthetic_trace(setup, spec.replay_requests, rate, spec.seed), deployment.model.context_length, "clip"
+    )
     t = _stage(say, 3, total, f"simulate: {len(trace)} requests at {rate:g} req/s on every topology")
     simulate(setup, SimulateRequest(trace=trace, seed=spec.seed, out_dir=out_dir / "simulate"))
     _flatten(out_dir / "simulate")
@@ -156,6 +161,7 @@ def run_bench(
                 "emulation": emu,
                 "scenario": str(scenario.path),
                 "config_warnings": warnings,
+                "context": fit.as_dict(),
             },
         )
         replay(trace.replace(arrival_s=trace.arrival_s / s), config, out_dir / "replay", quiet=not progress)

@@ -190,14 +190,15 @@ def test_unknown_tables_are_refused_with_the_known_ones(scenario):
 
 
 def test_trace_workload(tmp_path):
-    """A trace workload plans on the trace's own input lengths and mean output length."""
+    """A trace workload plans on the trace's own input lengths and mean output length (no prompt shares
+    a prefix block with another, so what each prefills is its whole prompt)."""
     lines = [
         json.dumps(
             {
                 "timestamp": i * 100,
                 "input_length": n,
                 "output_length": 500,
-                "hash_ids": list(range(-(-n // 512))),
+                "hash_ids": list(range(1000 * i, 1000 * i + -(-n // 512))),
             }
         )
         for i, n in enumerate([2_000, 5_000, 12_000, 30_000, 60_000, 90_000] * 20)

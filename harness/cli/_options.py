@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import click
 
 from harness.errors import ScenarioError
+from harness.traces.context import ContextPolicy
 
 
 def warn(lines: Iterable[str]) -> None:
@@ -30,3 +31,23 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
 def parse_names(text: str | None) -> list[str] | None:
     """Comma-separated names (``"prfaas, naive,"`` -> ``["prfaas", "naive"]``); None when not given."""
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def context_options(command):
+    """``--clip`` / ``--drop``: what to do with prompts beyond the model's context (default: refuse);
+    see ``context_policy`` and ``harness.traces.context``. Every command that reads a trace takes them."""
+    command = click.option(
+        "--drop", is_flag=True, help="Leave out requests whose prompt + output exceed the model's context."
+    )(command)
+    return click.option(
+        "--clip",
+        is_flag=True,
+        help="Cut prompts whose prompt + output exceed the model's context to fit (default: refuse them).",
+    )(command)
+
+
+def context_policy(clip: bool, drop: bool) -> ContextPolicy:
+    """The policy ``--clip`` / ``--drop`` choose (``refuse`` without either)."""
+    if clip and drop:
+        raise ScenarioError("give --clip or --drop, not both")
+    return "clip" if clip else "drop" if drop else "refuse"

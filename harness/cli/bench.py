@@ -6,6 +6,7 @@ import click
 
 from harness.analysis.tables import print_tables
 from harness.bench import run_bench
+from harness.cli._options import context_options, context_policy
 
 
 @click.command("bench")
@@ -24,7 +25,17 @@ from harness.bench import run_bench
     help="Namespace prefix of the emulated sites (distinct from serve's, so neither sweeps the other).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars (stage lines still print).")
-def command(scenario: str, quick: bool, out_root: str, netns: bool | None, prefix: str, quiet: bool) -> None:
+@context_options
+def command(
+    scenario: str,
+    quick: bool,
+    out_root: str,
+    netns: bool | None,
+    prefix: str,
+    quiet: bool,
+    clip: bool,
+    drop: bool,
+) -> None:
     """Plan, simulate and replay SCENARIO's topologies, then print the comparison and write report.html.
 
     \b
@@ -43,6 +54,7 @@ def command(scenario: str, quick: bool, out_root: str, netns: bool | None, prefi
         warn=lambda line: click.echo(line, err=True),
         progress=not quiet,
         prefix=prefix,
+        context=context_policy(clip, drop),
     )
     print_tables(result.analysis)
     click.echo("")

@@ -6,12 +6,12 @@ import json
 
 import click
 
-from harness.cli._options import parse_floats, warn
+from harness.cli._options import context_options, context_policy, parse_floats, warn
 from harness.errors import ScenarioError
 from harness.jsonsafe import json_safe
 from harness.model.calibration import calibration_frame
 from harness.model.deployment import deployment_from_scenario, with_overrides
-from harness.model.render import render_frame, render_plan
+from harness.model.render import describe_workload, render_frame, render_plan
 from harness.model.study import (
     DEFAULT_BANDWIDTHS_GBPS,
     bandwidth_breakpoints,
@@ -36,11 +36,12 @@ from harness.scenario import load_scenario
 @click.option("--bandwidth-gbps", type=float, help="Override [link] bandwidth_gbps.")
 @click.option("--bandwidths", help="Gbps values for --sweep bandwidth, comma-separated (default 1..400).")
 @click.option("--thresholds", help="Token thresholds for --sweep threshold, comma-separated.")
+@context_options
 @click.option(
     "--calibration", is_flag=True, help="Print the cost model against the paper's figures and exit."
 )
 def command(
-    scenario, as_json, sweep, csv_path, model, bandwidth_gbps, bandwidths, thresholds, calibration
+    scenario, as_json, sweep, csv_path, model, bandwidth_gbps, bandwidths, thresholds, clip, drop, calibration
 ) -> None:
     """Best N_p/N_d split and threshold t per topology, Λ_max, ratios, link egress and cost (Table 6).
 
@@ -56,8 +57,11 @@ def command(
         raise ScenarioError("plan needs a SCENARIO file (e.g. workloads/paper-case-study.toml)")
     gbps_values = parse_floats(bandwidths, "--bandwidths") if bandwidths else None
     t_values = parse_floats(thresholds, "--thresholds") if thresholds else None
+    context = context_policy(clip, drop)
     loaded = load_scenario(scenario)
-    deployment = with_overrides(deployment_from_scenario(loaded), model=model, bandwidth_gbps=bandwidth_gbps)
+    deployment = with_overrides(
+        deployment_from_scenario(loaded, context=context), model=model, bandwidth_gbps=bandwidth_gbps
+    )
     warn(loaded.warnings("plan"))
     if sweep is None:
         report = plan_deployment(deployment)
@@ -81,8 +85,15 @@ def command(
         frame = sweep_threshold(deployment, t_values)
     else:
         frame = sweep_split(deployment)
-    title = f"{deployment.name}: Λ_max versus {sweep}, model {deployment.model.name}"
-    _emit(frame, as_json, csv_path, title, {"sweep": sweep, "model": deployment.model.name, **extra})
+    workload = deployment.describe_workload()
+    title = "\n".join(
+        [
+            f"{deployment.name}: Λ_max versus {sweep}, model {deployment.model.name}",
+            *describe_workload(workload),
+        ]
+    )
+    meta = {"sweep": sweep, "model": deployment.model.name, "workload": workload}
+    _emit(frame, as_json, csv_path, title, {**meta, **extra})
 
 
 def _emit(frame, as_json: bool, csv_path: str | None, title: str, extra: dict | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -9,10 +10,13 @@ import sys
 import click
 from click.core import ParameterSource
 
+from harness.cli._options import context_options, context_policy
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
 from harness.loadgen.scenario import ReplaySection, parse_replay_section
+from harness.model.presets import load_model
 from harness.scenario import load_scenario
+from harness.traces.context import fit_context
 from harness.traces.readers import read_trace
 from harness.traces.specs import parse_window
 from harness.traces.transforms import clip_lengths, rescale_rate, speedup, window
@@ -71,6 +75,16 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
     return section if section.endpoints else None
 
 
+def _scenario_context(path: str | None) -> int | None:
+    """The context of the scenario's [model] preset, when there is one."""
+    if not path:
+        return None
+    scenario = load_scenario(path)
+    if scenario.config.model is None:
+        return None
+    return load_model(scenario.config.model.preset, base=scenario.path.parent).context_length
+
+
 @click.command("replay")
 @click.option(
     "--endpoint",
@@ -113,6 +127,14 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
 @click.option(
     "--max-input", type=int, default=None, help="Clip input lengths to this many tokens (model context)."
 )
+@click.option(
+    "--max-model-len",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The served model's context (tokens), for --clip/--drop and the refusal (default: the "
+    "scenario's [model] preset, else unchecked).",
+)
+@context_options
 @click.option(
     "--arrival",
     type=click.Choice(ARRIVALS),
@@ -226,11 +248,20 @@ def command(**o) -> None:
         progress=not o["quiet"], meta_extra={"scenario": o["scenario_path"], "time_scale": o["time_scale"], "trace_args": {
             k: o[k] for k in ("trace_path", "fmt", "skip_bad", "window", "speedup", "trace_rate", "max_input")}},
     )  # fmt: skip
+    policy = context_policy(o["clip"], o["drop"])
+    context_tokens = o["max_model_len"] or _scenario_context(o["scenario_path"])
+    if context_tokens is None and policy != "refuse":
+        raise InputError(
+            "--clip/--drop need the model's context: give --max-model-len (or a --scenario with [model])"
+        )
     trace = read_trace(o["trace_path"], o["fmt"], skip_bad=o["skip_bad"])
     if win is not None:
         trace = window(trace, *win)
     if o["max_input"] is not None:
         trace, _ = clip_lengths(trace, o["max_input"])
+    if context_tokens is not None:
+        trace, fit = fit_context(trace, context_tokens, policy, where=o["trace_path"])
+        config = dataclasses.replace(config, meta_extra={**config.meta_extra, "context": fit.as_dict()})
     if o["trace_rate"] is not None:
         trace = rescale_rate(trace, o["trace_rate"])
     trace = speedup(trace, o["speedup"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli._options import parse_floats, parse_names, warn
+from harness.cli._options import context_options, context_policy, parse_floats, parse_names, warn
 from harness.errors import ScenarioError
 from harness.jsonsafe import json_safe
 from harness.scenario import load_scenario
@@ -56,14 +56,12 @@ def _fmt(value, spec: str = ".3g") -> str:
 @click.option(
     "--seed", type=int, help="Seed for synthetic lengths and Poisson arrivals (default [simulate] seed)."
 )
-@click.option(
-    "--clip", is_flag=True, help="Truncate prompts longer than the model's context instead of refusing."
-)
+@context_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def command(
     scenario, trace_path, trace_timestamps, rate, rate_sweep, requests, duration, topologies, find_max_rate,
-    ttft_slo, attainment, seed, clip, out_dir, as_json,
+    ttft_slo, attainment, seed, clip, drop, out_dir, as_json,
 ) -> None:  # fmt: skip
     """Simulate each topology of SCENARIO in virtual time; write records, a time series and meta.json."""
     if rate is not None and rate_sweep is not None:
@@ -73,9 +71,10 @@ def command(
     if duration is not None and not (duration > 0 and math.isfinite(duration)):
         raise ScenarioError(f"--duration must be > 0 s, got {duration:g}")
     rates = parse_floats(rate_sweep, "--rate-sweep") if rate_sweep else ((rate,) if rate is not None else ())
+    context = context_policy(clip, drop)
     loaded = load_scenario(scenario)
     warnings = loaded.warnings("simulate")
-    setup = prepare(loaded, topologies=parse_names(topologies), warnings=warnings)
+    setup = prepare(loaded, topologies=parse_names(topologies), warnings=warnings, context=context)
     warn(warnings)
     trace = None
     if trace_path is not None or setup.deployment.workload.trace_path is not None:
@@ -96,7 +95,7 @@ def command(
             ttft_slo_s=ttft_slo,
             attainment=attainment,
             seed=seed,
-            clip=clip,
+            context=context,
             out_dir=Path(out_dir),
         ),
     )

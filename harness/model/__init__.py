@@ -3,6 +3,8 @@
 presets.py     Hardware, ModelSpec, load_hardware, load_model (TOML data in harness/presets/)
 cost.py        InstanceCost: prefill time, decode step, KV bytes, Φ_kv, decode batch limit
 planner.py     the paper's Θ/Λ_max equations and the grid search over t and N_p/N_d
+prefills.py    what each prefill pool computes: a length distribution, or a trace after the prefix caches
+reuse.py       replay_cache: a trace through the site prefix caches, request by request
 deployment.py  a scenario's deployment (model, hardware, workload, SLO, link, topologies)
 study.py       plan_deployment and the bandwidth / threshold / split sweeps (DataFrames)
 """

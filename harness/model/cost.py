@@ -44,10 +44,15 @@ class InstanceCost:
         """Seconds to prefill ``new_tokens`` on top of ``cached_tokens`` already in the prefix cache."""
         if new_tokens <= 0:
             return 0.0
-        cal = self.hardware.calibration
         n, c = float(new_tokens), float(max(cached_tokens, 0))
-        linear = n * self.model.linear_flops_per_token / (self._peak * cal.gemm_efficiency)
-        pairs = n * c + n * n / 2.0
+        return self.mean_prefill_time_s(n, n * c + n * n / 2.0)
+
+    def mean_prefill_time_s(self, new_tokens: float, pairs: float) -> float:
+        """Mean prefill seconds of requests that compute ``new_tokens`` tokens and ``pairs`` attention
+        query-key pairs (n·c + n²/2 for n new on c cached) on average: T is linear in both, so this is
+        the mean of ``prefill_time_s`` over those requests exactly."""
+        cal = self.hardware.calibration
+        linear = new_tokens * self.model.linear_flops_per_token / (self._peak * cal.gemm_efficiency)
         attention = pairs * self.model.attention.flops_per_query_key / (self._peak * cal.attention_efficiency)
         return cal.prefill_overhead_s + linear + attention
 

@@ -2,8 +2,12 @@
 
 ``deployment_from_scenario`` builds it from the ``[model]``, ``[hardware]``, ``[workload]``, ``[slo]``,
 ``[link]`` and ``[topologies.*]`` tables (typed and validated when the scenario was loaded, see
-``harness.config``): it loads the presets, reads a trace workload and checks that the model fits the
-hardware, *before* any computation. Every mistake is a ``ScenarioError`` naming the file and field.
+``harness.config``): it loads the presets, reads a trace workload (applying the context rule,
+``harness.traces.context``) and checks that the model fits the hardware, *before* any computation.
+Every mistake is a ``ScenarioError`` naming the file and field.
+
+A trace workload is planned on what each request still has to prefill after the prefix cache that
+``[simulate]`` models (``cache_capacity_gib`` per site, ``prfaas_cache``): see ``harness.model.prefills``.
 
 ``resolve_topologies`` fills in what a topology leaves open (N_p/N_d split, PrfaaS threshold) with the
 analytic planner's optimum, so ``simulate`` and ``replay`` run the configuration ``plan`` recommends.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,21 +26,38 @@ from harness.config.links import ModelledLink
 from harness.errors import HarnessError, ScenarioError
 from harness.model.cost import InstanceCost
 from harness.model.planner import PlanContext, evaluate_topology
+from harness.model.prefills import LengthPrefills, Prefills, TracePrefills
 from harness.model.presets import Hardware, ModelSpec, load_hardware, load_model
 from harness.scenario import Scenario
+from harness.traces.context import ContextFit, ContextPolicy, fit_context
 from harness.traces.distributions import Empirical, Fixed, LengthDistribution, TruncatedLogNormal, Uniform
+from harness.traces.frame import Trace
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Workload:
-    """Input-length distribution and output length. ``trace_path`` is set when lengths come from a trace."""
+    """Input-length distribution and output length. For a trace: ``trace`` holds its rows after the
+    context rule (``context`` says what it did; ``read`` is the file's rows, to refit for another
+    model), ``lengths`` their prompt lengths."""
 
     kind: str
     lengths: LengthDistribution
     output_tokens: int
     trace_path: Path | None = None
+    trace: Trace | None = field(default=None, repr=False)
+    context: ContextFit | None = None
+    read: Trace | None = field(default=None, repr=False)
+    output_given: bool = True
+
+
+@dataclass(frozen=True)
+class PrefixCacheSpec:
+    """The site prefix cache the planner models, as ``[simulate]`` sets it for the simulator."""
+
+    capacity_gib: float | None  # per site; None: unbounded, 0: off
+    prfaas_cache: str  # "local" or "global"
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,8 @@ class Deployment:
     slo: Slo
     link: ModelledLink | None  # local <- remote, as the planner and the simulator see it
     topologies: Mapping[str, TopologySpec]
+    cache: PrefixCacheSpec
+    prefills: Prefills = field(repr=False)  # what each prefill pool computes (harness.model.prefills)
 
     @property
     def local_cost(self) -> InstanceCost:
@@ -85,11 +108,25 @@ class Deployment:
         return PlanContext(
             local=self.local_cost,
             remote=self.remote_cost,
-            workload=self.workload.lengths,
+            workload=self.prefills,
             output_tokens=self.workload.output_tokens,
             tpot_s=self.slo.tpot_s,
             bandwidth_gbps=self.link.bandwidth_gbps if self.link else 0.0,
         )
+
+    def describe_workload(self) -> dict:
+        """The workload as the planner sees it, for output and results' metadata: kind, lengths, which
+        prefill-length distribution it plans on and the reuse it found, and what the context rule did."""
+        w = self.workload
+        return {
+            "kind": w.kind,
+            "trace": str(w.trace_path) if w.trace_path else None,
+            "requests": len(w.trace) if w.trace is not None else None,
+            "mean_input_tokens": w.lengths.mean(),
+            "output_tokens": w.output_tokens,
+            "prefill_lengths": self.prefills.describe(),
+            "context": w.context.as_dict() if w.context else None,
+        }
 
     def cost_per_hour(self, topology: TopologySpec) -> float:
         """GPU cost of a topology per hour, from the hardware presets' prices."""
@@ -111,11 +148,9 @@ def _preset(loader: Callable[..., T], name: str, scenario: Scenario, table: str,
         raise ScenarioError(str(exc), where=f"{scenario.where(table)} {key}") from None
 
 
-def _workload(scenario: Scenario) -> Workload:
+def _workload(scenario: Scenario, model: ModelSpec, context: ContextPolicy) -> Workload:
     wl = scenario.config.workload
     assert wl is not None
-    output = wl.output_tokens
-    trace_path = None
     try:
         if wl.kind == "lognormal":
             lengths: LengthDistribution = TruncatedLogNormal(wl.mu, wl.sigma, wl.min_tokens, wl.max_tokens)
@@ -129,16 +164,46 @@ def _workload(scenario: Scenario) -> Workload:
             trace_path = Path(wl.trace)
             if not trace_path.is_absolute():
                 trace_path = scenario.path.parent / trace_path
-            trace = read_trace(trace_path)
-            lengths = Empirical(trace.input_tokens)
-            if output is None:
-                output = max(1, round(float(trace.output_tokens.mean())))
+            read = read_trace(trace_path)
+            given = wl.output_tokens is not None
+            template = Workload(
+                wl.kind, Fixed(1), wl.output_tokens or 1, trace_path, read=read, output_given=given
+            )
+            return fit_workload(template, model.context_length, context)
     except ScenarioError:
         raise
     except HarnessError as exc:  # e.g. a distribution rejecting its parameters, a trace that cannot be read
         raise ScenarioError(str(exc), where=scenario.where("workload")) from None
-    assert output is not None
-    return Workload(kind=wl.kind, lengths=lengths, output_tokens=output, trace_path=trace_path)
+    assert wl.output_tokens is not None
+    return Workload(kind=wl.kind, lengths=lengths, output_tokens=wl.output_tokens)
+
+
+def fit_workload(workload: Workload, context_tokens: int, policy: ContextPolicy) -> Workload:
+    """A trace workload's rows under the context rule for a model of ``context_tokens`` (a distribution
+    is returned as it is: its bounds are the scenario's to set)."""
+    if workload.read is None:
+        return workload
+    trace, fit = fit_context(workload.read, context_tokens, policy, where=str(workload.trace_path))
+    output = workload.output_tokens
+    if not workload.output_given:
+        output = max(1, round(float(trace.output_tokens.mean())))
+    return replace(
+        workload, lengths=Empirical(trace.input_tokens), output_tokens=output, trace=trace, context=fit
+    )
+
+
+def prefills_for(workload: Workload, model: ModelSpec, cache: PrefixCacheSpec) -> Prefills:
+    """What each prefill pool computes: a trace replayed through site caches of ``cache``'s capacity
+    (blocks of the model's KV, as the simulator sizes them), or a distribution's raw lengths."""
+    if workload.trace is None:
+        return LengthPrefills(workload.lengths)
+    trace, gib = workload.trace, cache.capacity_gib
+    return TracePrefills(
+        trace,
+        capacity_bytes=None if gib is None else gib * 2**30,
+        block_bytes=max(1, model.kv_bytes_per_token) * trace.block_tokens,
+        global_cache=cache.prfaas_cache == "global",
+    )
 
 
 def _topology(name: str, table: TopologyTable) -> TopologySpec:
@@ -148,8 +213,9 @@ def _topology(name: str, table: TopologyTable) -> TopologySpec:
     )
 
 
-def deployment_from_scenario(scenario: Scenario) -> Deployment:
-    """The deployment a scenario describes (see the module docstring)."""
+def deployment_from_scenario(scenario: Scenario, *, context: ContextPolicy = "refuse") -> Deployment:
+    """The deployment a scenario describes (see the module docstring); ``context`` is the rule for a
+    trace's prompts beyond the model's context (``harness.traces.context``)."""
     scenario.require("model", "hardware", "workload", "slo", "topologies")
     cfg = scenario.config
     assert cfg.model is not None and cfg.hardware is not None and cfg.slo is not None and cfg.topologies
@@ -163,16 +229,20 @@ def deployment_from_scenario(scenario: Scenario) -> Deployment:
         remote = replace(remote, price_per_gpu_hour=hw.remote_price_per_gpu_hour)
     topologies = {name: _topology(name, t) for name, t in cfg.topologies.items()}
     needs_remote = bool(cfg.remote_topologies())  # the scenario's checks made sure remote and [link] exist
+    workload = _workload(scenario, model, context)
+    cache = PrefixCacheSpec(cfg.simulate.cache_capacity_gib, cfg.simulate.prfaas_cache)
     deployment = Deployment(
         name=scenario.name,
         model=model,
         local=local,
         remote=remote if needs_remote else None,
         gpus_per_instance=hw.gpus_per_instance,
-        workload=_workload(scenario),
+        workload=workload,
         slo=cfg.slo,
         link=cfg.link if needs_remote else None,
         topologies=topologies,
+        cache=cache,
+        prefills=prefills_for(workload, model, cache),
     )
     check_fits(deployment, where=str(scenario.path))
     return deployment
@@ -208,7 +278,10 @@ def with_overrides(
         raise ScenarioError(f"--bandwidth-gbps must be > 0, got {bandwidth_gbps:g}")
     out = deployment
     if model is not None:
-        out = replace(out, model=load_model(model))
+        spec = load_model(model)
+        policy = deployment.workload.context.policy if deployment.workload.context else "refuse"
+        workload = fit_workload(deployment.workload, spec.context_length, policy)
+        out = replace(out, model=spec, workload=workload, prefills=prefills_for(workload, spec, out.cache))
     if bandwidth_gbps is not None:
         link = out.link or ModelledLink(bandwidth_gbps=bandwidth_gbps)
         out = replace(out, link=replace(link, bandwidth_gbps=bandwidth_gbps))

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from harness.model.study import PlanReport
+from harness.traces.context import ContextFit
 
 
 def _num(value, fmt: str = "{:.2f}") -> str:
@@ -27,10 +28,13 @@ def render_plan(report: PlanReport) -> str:
     d = report.deployment
     link = f"{d.link.bandwidth_gbps:g} Gbps link" if d.link else "no inter-site link"
     remote = f", remote {d.gpus_per_instance}x{d.remote.name}" if d.remote else ""
-    head = (
-        f"{d.name}: {d.model.name}, local {d.gpus_per_instance}x{d.local.name}{remote}, {link}\n"
-        f"workload {d.workload.kind}: mean input {d.workload.lengths.mean():,.0f} tokens, "
-        f"output {d.workload.output_tokens} tokens, TPOT SLO {d.slo.tpot_ms:g} ms"
+    head = "\n".join(
+        [
+            f"{d.name}: {d.model.name}, local {d.gpus_per_instance}x{d.local.name}{remote}, {link}",
+            f"workload {d.workload.kind}: mean input {d.workload.lengths.mean():,.0f} tokens, "
+            f"output {d.workload.output_tokens} tokens, TPOT SLO {d.slo.tpot_ms:g} ms",
+            *describe_workload(d.describe_workload()),
+        ]
     )
     homog = report.first("homogeneous")
     plans = list(report.topologies.values())
@@ -58,6 +62,13 @@ def render_plan(report: PlanReport) -> str:
         row("vs homogeneous", lambda tp: _num(tp.result.lambda_max / homog.result.lambda_max, "{:.2f}x"))
     row("bottleneck", lambda tp: tp.result.bottleneck)
     row("offloaded share", lambda tp: _num(tp.result.offload_share, "{:.3f}"))
+    if any(tp.result.token_hit_ratio is not None for tp in plans):
+        row(
+            "cache hits (tokens / blocks)",
+            lambda tp: (
+                f"{_num(tp.result.token_hit_ratio, '{:.1%}')} / {_num(tp.result.block_hit_ratio, '{:.1%}')}"
+            ),
+        )
     row("decode BS_max / instance", lambda tp: str(tp.result.bs_max))
     if d.link:
         row(
@@ -75,6 +86,28 @@ def render_plan(report: PlanReport) -> str:
         )
     tail = f"\nnot in the analytic model: {', '.join(report.skipped)}" if report.skipped else ""
     return f"{head}\n\n{_grid(rows)}{tail}"
+
+
+def describe_workload(workload: dict) -> list[str]:
+    """Plain-text lines for ``Deployment.describe_workload()``: the prefill lengths the planner used,
+    the reuse it found, and what the context rule did."""
+    pl = workload["prefill_lengths"]
+    if pl["distribution"] == "raw":
+        lines = [f"prefill lengths: raw ({pl['why']})"]
+    else:
+        cap = pl["cache_capacity_gib"]
+        size = "an unbounded" if cap is None else f"a {cap:,g} GiB ({pl['cache_blocks']:,}-block)"
+        lines = [
+            f"prefill lengths: incremental, after {size} LRU prefix cache per site, in arrival order",
+            f"  mean {pl['mean_uncached_tokens']:,.0f} of {pl['mean_input_tokens']:,.0f} tokens; one site seeing "
+            f"every request hits {pl['token_hit_ratio']:.1%} of tokens, {pl['block_hit_ratio']:.1%} of blocks; "
+            f"prfaas routes by the {pl['prfaas_cache']} cache",
+        ]
+    lines.append(f"prefill time per class: {pl['prefill_time']}")
+    if workload["context"] is not None:
+        fit = workload["context"]
+        lines.append(f"context: {ContextFit(**fit).describe()}")
+    return lines
 
 
 _FORMATS = {

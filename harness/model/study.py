@@ -74,11 +74,7 @@ class PlanReport:
             "hardware": {"local": d.local.name, "remote": d.remote.name if d.remote else None},
             "gpus_per_instance": d.gpus_per_instance,
             "link_gbps": d.link.bandwidth_gbps if d.link else None,
-            "workload": {
-                "kind": d.workload.kind,
-                "mean_input_tokens": d.workload.lengths.mean(),
-                "output_tokens": d.workload.output_tokens,
-            },
+            "workload": d.describe_workload(),
             "tpot_ms": d.slo.tpot_ms,
             "topologies": {name: tp.as_dict() for name, tp in self.topologies.items()},
             "ratios": self.ratios,

@@ -14,10 +14,12 @@ from harness.config.links import ModelledLink
 from harness.config.runs import SimulateSpec
 from harness.errors import ScenarioError
 from harness.model.deployment import Deployment, TopologySpec, deployment_from_scenario, resolve_topologies
+from harness.model.planner import PlanResult
 from harness.model.study import evaluate_topology
 from harness.scenario import Scenario
 from harness.serving.build import StackSpec, TopologyPlan
 from harness.serving.router import BandwidthAware
+from harness.traces.context import ContextPolicy
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class SimSetup:
     stack: StackSpec
     topologies: dict[str, TopologyPlan] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # knobs the command overrides or ignores (Scenario.warnings)
+    planner: dict[str, PlanResult] = field(default_factory=dict)  # the analytic plan of each topology
 
     def describe(self) -> dict[str, Any]:
         """The resolved configuration, for meta.json."""
@@ -50,14 +53,17 @@ class SimSetup:
             "prefill_batch_tokens": self.stack.prefill_batch_tokens,
             "bandwidth_aware": self.stack.bandwidth_aware is not None,
             "topologies": {name: vars(t) for name, t in self.topologies.items()},
+            "planner": {
+                "workload": self.deployment.describe_workload(),
+                "topologies": {name: r.as_dict() for name, r in self.planner.items()},
+            },
             "config_warnings": list(self.warnings),
         }
 
 
-def _plan(deployment: Deployment, spec: TopologySpec, where: str) -> TopologyPlan:
-    if spec.kind == "colocated":
+def _plan(spec: TopologySpec, planner: PlanResult | None, where: str) -> TopologyPlan:
+    if planner is None:  # colocated: outside the analytic model
         return TopologyPlan(spec.name, spec.kind, n_p=0, n_d=spec.local_instances)
-    planner = evaluate_topology(deployment.context(), spec).lambda_max
     n_p, n_d = int(spec.n_p or 0), int(spec.n_d or 0)
     if n_d < 1:
         raise ScenarioError("needs at least one decode instance (n_d >= 1)", where=where)
@@ -74,16 +80,21 @@ def _plan(deployment: Deployment, spec: TopologySpec, where: str) -> TopologyPla
         n_d,
         int(spec.n_prfaas or 0),
         spec.threshold_tokens,
-        planner_lambda_max=planner,
+        planner_lambda_max=planner.lambda_max,
     )
 
 
 def prepare(
-    scenario: Scenario, *, topologies: list[str] | None = None, warnings: Sequence[str] = ()
+    scenario: Scenario,
+    *,
+    topologies: list[str] | None = None,
+    warnings: Sequence[str] = (),
+    context: ContextPolicy = "refuse",
 ) -> SimSetup:
     """Deployment + ``[simulate]`` + the topologies to run (all, or those named), resolved by the
-    planner. ``warnings`` (the command's ``Scenario.warnings``) go into ``describe()``."""
-    deployment = deployment_from_scenario(scenario)
+    planner. ``warnings`` (the command's ``Scenario.warnings``) go into ``describe()``; ``context`` is
+    the rule for a trace workload's prompts beyond the model's context."""
+    deployment = deployment_from_scenario(scenario, context=context)
     spec = scenario.config.simulate
     names = list(deployment.topologies)
     if topologies:
@@ -92,7 +103,9 @@ def prepare(
             raise ScenarioError(f"unknown topology {unknown[0]!r}; the scenario defines {', '.join(names)}")
         names = topologies
     resolved = resolve_topologies(deployment)
-    plans = {name: _plan(deployment, resolved[name], scenario.where("topologies", name)) for name in names}
+    ctx = deployment.context()
+    planner = {n: evaluate_topology(ctx, resolved[n]) for n in names if resolved[n].kind != "colocated"}
+    plans = {n: _plan(resolved[n], planner.get(n), scenario.where("topologies", n)) for n in names}
     link = deployment.link
     bs = spec.decode_batch_max or deployment.context().bs_max
     stack = StackSpec(
@@ -106,4 +119,4 @@ def prepare(
         prefill_batch_tokens=spec.prefill_batch_tokens,
         bandwidth_aware=BandwidthAware() if spec.bandwidth_aware else None,
     )
-    return SimSetup(scenario, deployment, spec, stack, plans, tuple(warnings))
+    return SimSetup(scenario, deployment, spec, stack, plans, tuple(warnings), planner)

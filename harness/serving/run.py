@@ -19,8 +19,8 @@ from harness.serving.cluster import Outcome
 from harness.serving.config import SimSetup
 from harness.serving.simulation import TimeSeries, requests_from_trace, simulate_requests, to_record
 from harness.traces.arrivals import Poisson
+from harness.traces.context import ContextFit, ContextPolicy, fit_context
 from harness.traces.frame import Trace
-from harness.traces.transforms import clip_lengths
 
 
 # ---------------------------------------------------------------------------------------------- workload
@@ -46,24 +46,6 @@ def synthetic_trace(setup: SimSetup, n: int, rate_rps: float, seed: int) -> Trac
 def retime(trace: Trace, rate_rps: float, seed: int) -> Trace:
     """The same requests in the same order, with Poisson arrivals at ``rate_rps``."""
     return trace.replace(arrival_s=Poisson(rate_rps).times(len(trace), np.random.default_rng(seed)))
-
-
-def fit_context(trace: Trace, context_length: int, *, clip: bool) -> tuple[Trace, int]:
-    """Check prompt + output against the model's context; clip the prompts (``clip``) or refuse."""
-    over = trace.input_tokens + trace.output_tokens > context_length
-    if not over.any():
-        return trace, 0
-    if not clip:
-        i = int(np.flatnonzero(over)[0])
-        raise ScenarioError(
-            f"{int(over.sum())} request(s) exceed the model's context of {context_length} tokens "
-            f"(first: row {i}, {int(trace.input_tokens[i])} + {int(trace.output_tokens[i])} output); "
-            "pass --clip to truncate their prompts"
-        )
-    room = np.maximum(context_length - trace.output_tokens, 1)
-    out = trace.replace(input_tokens=np.minimum(trace.input_tokens, room))
-    clipped, _ = clip_lengths(out, int(room.max()))
-    return clipped, int(over.sum())
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -249,11 +231,13 @@ class SimulateRequest:
     ttft_slo_s: float | None = None
     attainment: float | None = None
     seed: int | None = None
-    clip: bool = False
+    context: ContextPolicy = "refuse"  # prompts beyond the model's context (harness.traces.context)
     out_dir: Path = Path("results")
 
 
-def _workload(setup: SimSetup, req: SimulateRequest, rate: float | None, seed: int) -> Trace:
+def _workload(
+    setup: SimSetup, req: SimulateRequest, rate: float | None, seed: int
+) -> tuple[Trace, ContextFit]:
     n_default = req.requests or setup.spec.requests
     if req.trace is None:
         if rate is None:
@@ -276,10 +260,10 @@ def _workload(setup: SimSetup, req: SimulateRequest, rate: float | None, seed: i
             trace = retime(trace, rate, seed)
     if len(trace) == 0:
         raise ScenarioError("the workload has no requests (check --requests/--duration)")
-    # A synthetic distribution reaching the context limit (the paper's goes to 128K) is clipped quietly;
-    # a real trace must be clipped on purpose (--clip).
-    trace, _ = fit_context(trace, setup.deployment.model.context_length, clip=req.clip or req.trace is None)
-    return trace
+    # A synthetic distribution reaching the context limit (the paper's goes to 128K) is clipped (and
+    # recorded); a trace follows the command's rule (refuse, --clip, --drop).
+    policy = req.context if req.trace is not None else "clip"
+    return fit_context(trace, setup.deployment.model.context_length, policy, where=trace.source or None)
 
 
 def _scenario_rate(setup: SimSetup) -> float | None:
@@ -303,9 +287,8 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
     rates: list[float | None] = list(req.rates)
     if not rates:
         rates = [None] if (req.trace is not None and req.trace_timestamps) else [_scenario_rate(setup)]
-    if req.find_max_rate:
-        # Validate the workload once (context fit, non-empty) before any long search.
-        _workload(setup, req, rates[0] or 1.0, seed)
+    # Validate the workload once (context fit, non-empty) before any long run, and record the rule.
+    _, fit = _workload(setup, req, rates[0] or (1.0 if req.find_max_rate else None), seed)
 
     run_id = new_run_id("sim")
     run_dir = req.out_dir / run_id
@@ -317,6 +300,7 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
         "slo": {"tpot_s": tpot_s, "ttft_s": ttft_s, "attainment": target},
         "workload": "trace" if req.trace is not None else "synthetic",
         "trace_source": req.trace.source if req.trace is not None else None,
+        "context": fit.as_dict(),
         **setup.describe(),
     }
     series_frames: list[pd.DataFrame] = []
@@ -336,7 +320,7 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
                 lam, _best, probes = find_max_rate(
                     setup.stack,
                     topo,
-                    lambda rate: _workload(setup, req, rate, seed),
+                    lambda rate: _workload(setup, req, rate, seed)[0],
                     tpot_s=tpot_s,
                     ttft_s=ttft_s,
                     attainment=target,
@@ -353,7 +337,7 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
                 s = run_topology(
                     setup.stack,
                     topo,
-                    _workload(setup, req, rate, seed),
+                    _workload(setup, req, rate, seed)[0],
                     run_id=run_id,
                     label=label,
                     tpot_s=tpot_s,
