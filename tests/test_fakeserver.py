@@ -109,9 +109,11 @@ def test_replay_against_it_measures_the_configured_ttft_and_tpot(tmp_path):
     assert (df.status == "ok").all() and len(df) == n
     # replay sends ignore_eos, so every request gets its 6 tokens despite --output-tokens 2
     assert (df.output_tokens_received == 6).all() and (df.prompt_tokens_server == 20).all()
-    ttft = df.first_token_s - df.scheduled_s
-    gaps = np.concatenate(df.itl_s.to_list())
-    assert ttft.min() >= 0.150 and gaps.min() >= 0.030 * 0.9  # the server's sleeps are lower bounds
+    # The server's sleeps are lower bounds on what the client sees (a late read can shorten one gap
+    # but not the sum); the median gap says the ITL was not stretched either.
+    assert (df.first_token_s - df.scheduled_s).min() >= 0.150
+    assert (df.last_token_s - df.scheduled_s).min() >= 0.150 + 5 * 0.030
+    assert 0.030 * 0.9 <= np.median(np.concatenate(df.itl_s.to_list())) < 2 * 0.030
 
 
 def test_every_nth_request_fails_as_asked():
