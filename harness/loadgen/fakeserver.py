@@ -187,11 +187,11 @@ class FakeServer:
 
     async def _whole(self, body, head, chat: bool, n_out: int, finish: str, usage) -> web.Response:
         text = " tok" * n_out
-        choice = (
-            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-             "finish_reason": finish}
-            if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
-        )  # fmt: skip
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": finish}  # fmt: skip
+        else:
+            choice = _choice(False, text, finish)
         out: dict[str, Any] = {**head, "object": "chat.completion" if chat else "text_completion",
                                "choices": [choice], "usage": usage}  # fmt: skip
         kv_in = body.get("kv_transfer_params")
