@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PB     := $(BIN)/prfaas-bench
 SCENARIO ?= workloads/paper-case-study.toml
 
-.PHONY: install install-test test lint plan bench bench-quick clean
+.PHONY: install install-test test test-smoke smoke-run lint plan bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,19 @@ install-test: $(BIN)/python  ## install with test extras and system test tools (
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q
 
+# The smoke run: the serving stack, simulate, the serve API and the load generator, on another Python
+# (CI: the newest it has) in its own venv, .venv-X.Y: `make test-smoke PYTHON=python3.13`.
+SMOKE_TESTS := tests/test_serving.py tests/test_simulate.py tests/test_simulate_analyze.py \
+	tests/test_rate_search.py tests/test_serve_api.py $(wildcard tests/test_loadgen_*.py) tests/test_fakeserver.py
+
+test-smoke:  ## SMOKE_TESTS on $(PYTHON), in .venv-<its version>
+	@$(MAKE) --no-print-directory smoke-run \
+		VENV=.venv-$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+smoke-run: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m pytest -q $(SMOKE_TESTS)
+
 lint: install-test
 	$(BIN)/ruff check harness tests benchmarks
 	$(BIN)/ruff format --check harness tests benchmarks
@@ -35,4 +48,4 @@ bench-quick: install  ## the same, small (about a minute)
 	$(PB) bench --quick $(SCENARIO)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* build *.egg-info .pytest_cache .ruff_cache

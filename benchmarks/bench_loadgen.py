@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_loadgen.py [--quick]
 
-Against ``harness.loadgen.fakeserver`` (streams every token at once) in separate processes:
+Against ``prfaas-bench fake-server`` (streams every token at once) in separate processes:
 
 0. the endpoint alone: a raw aiohttp loop at concurrency 64 that reads whole bodies without parsing,
    so the figures below say whether the client or the server was the limit;
@@ -116,7 +116,6 @@ def open_loop_max_rate(url: str, workers: int, rates: list[float], seconds: floa
 _MEM_CHILD = """
 import json, resource, sys, tempfile
 from benchmarks.bench_loadgen import synthetic_trace
-from harness.loadgen.fakeserver import fake_server_process
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
 n, url = int(sys.argv[1]), sys.argv[2]
 cfg = ReplayConfig(endpoints=(Endpoint(name="m", url=url, model="m"),), progress=False,

@@ -141,7 +141,8 @@ def fidelity(args) -> None:
     from harness.records import read_records
     from harness.scenario import load_scenario
     from harness.serving.config import prepare
-    from harness.serving.run import run_topology, synthetic_trace
+    from harness.serving.runner import run_topology
+    from harness.serving.workload import synthetic_trace
 
     s = args.speedup or 2.0
     case = (REPO / "workloads" / "paper-case-study.toml").read_text().split("[emulation]")[0]

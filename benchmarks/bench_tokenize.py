@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_tokenize.py [--rows 100,1000]
 
-The server is ``harness.loadgen.fakeserver --tokenizer FILE`` in its own process, answering vLLM's
+The server is ``prfaas-bench fake-server --tokenizer FILE`` in its own process, answering vLLM's
 ``POST /tokenize`` with a byte-level BPE trained here (no download):
 
 * ``bpe-8k``: 8,000 entries trained on text of the prompt vocabulary, so (as in real 30k-200k

@@ -20,7 +20,9 @@ import numpy as np
 
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
-from harness.serving.run import SimulateRequest, retime, run_topology, simulate, synthetic_trace
+from harness.serving.run import SimulateRequest, simulate
+from harness.serving.runner import run_topology
+from harness.serving.workload import retime, synthetic_trace
 from harness.traces.context import fit_context
 
 

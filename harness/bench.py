@@ -76,7 +76,8 @@ def run_bench(
     from harness.model.deployment import deployment_from_scenario
     from harness.model.study import plan_deployment, standard_sweeps
     from harness.serving.config import prepare
-    from harness.serving.run import SimulateRequest, simulate, synthetic_trace
+    from harness.serving.run import SimulateRequest, simulate
+    from harness.serving.workload import synthetic_trace
 
     started = time.monotonic()
     scenario = load_scenario(scenario_path)  # every table is validated before anything runs

@@ -235,9 +235,15 @@ def iter_jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def _records_table(rows: list[dict[str, Any]]) -> pa.Table:
+def _records_table(rows: list[Mapping[str, Any]]) -> pa.Table:
     cols = {name: [row.get(name) for row in rows] for name in RECORD_FIELDS}
     return pa.table(cols, schema=RECORD_SCHEMA)
+
+
+def records_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Record dicts (``RequestRecord.to_dict()``) as the DataFrame ``read_records`` gives: same columns,
+    same dtypes, so a metric computed on either is the same number. Missing fields are null."""
+    return _records_table(list(rows)).to_pandas()
 
 
 def write_parquet(run_dir: str | Path) -> Path:
@@ -277,5 +283,5 @@ def read_records(run_dir: str | Path) -> pd.DataFrame:
     if pq_path.is_file() and (not log.exists() or pq_path.stat().st_mtime >= log.stat().st_mtime):
         return pq.read_table(pq_path).to_pandas()
     if log.is_file():
-        return _records_table(list(iter_jsonl_records(log))).to_pandas()
+        return records_frame(iter_jsonl_records(log))
     raise InputError("no records.parquet or records.jsonl", where=str(run_dir))

@@ -9,9 +9,9 @@ import re
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from synthetic_runs import SyntheticTopology, write_synthetic_plan, write_synthetic_run
 
 from harness.analysis.runs import tidy_timeseries
-from harness.analysis.synthetic import SyntheticTopology, write_synthetic_plan, write_synthetic_run
 from harness.analysis.tables import headline
 from harness.cli import main
 from harness.records import RequestRecord, RunWriter

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_runs import SyntheticTopology, synthetic_records
 
 from harness.analysis.baseline import compare_to_baseline
 from harness.analysis.capacity import measured_lambda_max, offered_rate, split_label
 from harness.analysis.cost import Fleet, cost_per_hour, gpu_price
 from harness.analysis.stats import bootstrap, bootstrap_ratio, mean_stat, quantile_stat, rate_windows
 from harness.analysis.summary import Slo
-from harness.analysis.synthetic import SyntheticTopology, synthetic_records
 
 
 def _frame(name: str, topo: SyntheticTopology, n: int = 100, seed: int = 0) -> pd.DataFrame:

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synthetic_runs import SyntheticTopology, synthetic_records
 
 from harness.analysis import metrics as m
-from harness.analysis.synthetic import SyntheticTopology, synthetic_records
 from harness.records import RequestRecord
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from synthetic_runs import SyntheticTopology, write_synthetic_run
 
 from harness.analysis import analyze, load_bundle
-from harness.analysis.synthetic import SyntheticTopology, write_synthetic_run
 from harness.cli import main
 from harness.errors import ScenarioError
 from harness.records import RequestRecord, RunWriter

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from synthetic_runs import SyntheticTopology, synthetic_records
 
 from harness.analysis.regression import check_regression, parse_bound
-from harness.analysis.synthetic import SyntheticTopology, synthetic_records
 from harness.cli import main
 from harness.records import RunWriter
 

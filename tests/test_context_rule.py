@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from threaded_server import ServerThread
 
 from harness.cli import main
 from harness.errors import InputError
-from harness.loadgen.fakeserver import FakeServer, ServerThread
+from harness.loadgen.fakeserver import FakeServer
 from harness.records import read_meta, read_records
 from harness.traces.context import fit_context
 from harness.traces.frame import Trace, offsets_from_lists

@@ -11,9 +11,10 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from threaded_server import ServerThread
 
 from harness.cli import main
-from harness.loadgen.fakeserver import FakeServer, ServerThread
+from harness.loadgen.fakeserver import FakeServer
 from harness.records import iter_jsonl_records, read_meta, read_records
 
 

@@ -9,11 +9,12 @@ import time
 
 import numpy as np
 import pytest
+from threaded_server import ServerThread
 
 from harness.loadgen import Endpoint, ReplayConfig, Timeouts, replay
 from harness.loadgen.config import LoadSpec
 from harness.loadgen.driver import WorkerSetup, drive
-from harness.loadgen.fakeserver import FakeServer, ServerThread
+from harness.loadgen.fakeserver import FakeServer
 from harness.loadgen.schedule import build_schedule
 from harness.records import read_meta, read_records
 from harness.traces.frame import Trace

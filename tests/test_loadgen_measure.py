@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from threaded_server import ServerThread
 
 from harness.loadgen import PD_PREFILL_KV_PARAMS, Endpoint, LoadSpec, ReplayConfig, replay
-from harness.loadgen.fakeserver import FakeServer, ServerThread
+from harness.loadgen.fakeserver import FakeServer
 from harness.records import read_meta, read_records
 from harness.traces.frame import Trace
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from threaded_server import ServerThread
 
 from harness.cli import main
 from harness.errors import InputError
-from harness.loadgen.fakeserver import FakeServer, ServerThread
+from harness.loadgen.fakeserver import FakeServer
 from harness.loadgen.tokenize import prepare_prompts, tokenize_endpoint
 from harness.records import read_meta
 from harness.traces.frame import Trace

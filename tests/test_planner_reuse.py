@@ -21,7 +21,7 @@ from harness.model.planner import best_prfaas, evaluate_homogeneous, evaluate_na
 from harness.model.reuse import replay_cache
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
-from harness.serving.run import run_topology
+from harness.serving.runner import run_topology
 from harness.traces.frame import offsets_from_lists
 from harness.traces.readers import read_trace
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from synthetic_runs import SyntheticTopology, write_synthetic_plan, write_synthetic_run
 
 from harness.analysis import analyze, load_bundle
 from harness.analysis.dashboard import write_report
 from harness.analysis.figures import all_figures
-from harness.analysis.synthetic import SyntheticTopology, write_synthetic_plan, write_synthetic_run
 
 pytestmark = pytest.mark.browser
 

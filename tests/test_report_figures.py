@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_runs import SyntheticTopology, write_synthetic_run
 
 from harness.analysis import analyze, load_bundle
 from harness.analysis.figures import all_figures, egress_from_records, queue_depths, sweep
-from harness.analysis.synthetic import SyntheticTopology, write_synthetic_run
 from harness.records import RequestRecord, RunWriter
 
 SCENARIO = Path(__file__).resolve().parent.parent / "workloads" / "paper-case-study.toml"

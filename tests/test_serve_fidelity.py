@@ -27,7 +27,8 @@ from harness.loadgen.runner import replay
 from harness.records import read_records
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
-from harness.serving.run import run_topology, synthetic_trace
+from harness.serving.runner import run_topology
+from harness.serving.workload import synthetic_trace
 
 pytestmark = pytest.mark.root
 

@@ -16,7 +16,9 @@ from harness.config.links import ModelledLink
 from harness.records import read_records
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
-from harness.serving.run import SimulateRequest, run_topology, simulate, synthetic_trace, with_stack
+from harness.serving.run import SimulateRequest, simulate
+from harness.serving.runner import run_topology
+from harness.serving.workload import synthetic_trace
 from harness.traces.arrivals import Poisson
 from harness.traces.frame import Trace
 from harness.traces.readers import read_trace
@@ -29,6 +31,11 @@ PAPER = REPO / "workloads" / "paper-case-study.toml"
 @pytest.fixture(scope="module")
 def paper():
     return prepare(load_scenario(PAPER))
+
+
+def with_stack(setup, **changes):
+    """The same setup with some stack options replaced."""
+    return replace(setup, stack=replace(setup.stack, **changes))
 
 
 def _trace(inputs, outputs, arrivals=None) -> Trace:
@@ -44,8 +51,8 @@ def _trace(inputs, outputs, arrivals=None) -> Trace:
 
 def _records(setup, topology: str, trace: Trace) -> list:
     out: list = []
-    summary = run_topology(setup.stack, setup.topologies[topology], trace, sink=out.append)
-    return out, summary
+    run = run_topology(setup.stack, setup.topologies[topology], trace, sink=out.append)
+    return out, run.summary
 
 
 # ---------------------------------------------------------------------------------------------- one request
@@ -315,7 +322,7 @@ def _extended_prompt(setup, a_tokens: int, a_blocks: int, b_tokens: int):
     )
     topo = TopologyPlan("p", "prfaas", n_p=1, n_d=1, n_prfaas=1, threshold_tokens=10_000)
     out: list = []
-    summary = run_topology(setup.stack, topo, trace, sink=out.append)
+    summary = run_topology(setup.stack, topo, trace, sink=out.append).summary
     a, b = sorted(out, key=lambda r: r.request_id)
     return a, b, summary
 
@@ -360,8 +367,8 @@ def test_bandwidth_aware_router_lowers_a_threshold_that_overloads_the_local_site
     # t = 100K keeps almost every prompt on the 3 local prefill instances, far beyond their capacity.
     topo = TopologyPlan("p", "prfaas", n_p=3, n_d=5, n_prfaas=4, threshold_tokens=100_000)
     trace = synthetic_trace(paper, 400, 2.5, seed=2)
-    fixed = run_topology(paper.stack, topo, trace)
-    tuned = run_topology(with_stack(paper, bandwidth_aware=BandwidthAware()).stack, topo, trace)
+    fixed = run_topology(paper.stack, topo, trace).summary
+    tuned = run_topology(with_stack(paper, bandwidth_aware=BandwidthAware()).stack, topo, trace).summary
     assert fixed.offload_share < 0.05
     assert tuned.offload_share > 0.3
     assert tuned.ttft_p90_s < fixed.ttft_p90_s / 3

@@ -10,12 +10,12 @@ Library entry points (what ``make bench`` and the CLI call)::
 
 from harness.analysis.analyze import analyze
 from harness.analysis.dashboard import write_report
-from harness.analysis.metrics import METRICS, Metric
+from harness.analysis.metrics import METRICS, MetricDefinition
 from harness.analysis.regression import RegressionReport, check_regression
 from harness.analysis.runs import Bundle, Plan, Run, load_bundle, load_run
 from harness.analysis.summary import Slo, summarize
 
 __all__ = [
-    "METRICS", "Bundle", "Metric", "Plan", "RegressionReport", "Run", "Slo", "analyze", "check_regression",
+    "METRICS", "Bundle", "MetricDefinition", "Plan", "RegressionReport", "Run", "Slo", "analyze", "check_regression",
     "load_bundle", "load_run", "summarize", "write_report",
 ]  # fmt: skip

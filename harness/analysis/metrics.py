@@ -35,7 +35,7 @@ Better = Literal["higher", "lower", "none"]
 
 
 @dataclass(frozen=True, slots=True)
-class Metric:
+class MetricDefinition:
     """What a metric function computes: its name, unit and which direction is an improvement."""
 
     name: str
@@ -44,15 +44,15 @@ class Metric:
     doc: str
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: dict[str, MetricDefinition] = {}
 
 
 def metric(name: str, unit: str, better: Better = "lower") -> Callable[[Callable], Callable]:
-    """Tag a metric function with its :class:`Metric` (``fn.metric``) and register it in ``METRICS``."""
+    """Tag a metric function with its :class:`MetricDefinition` (``fn.metric``); register it in ``METRICS``."""
 
     def tag(fn: Callable) -> Callable:
         doc = (fn.__doc__ or name).strip().splitlines()[0]
-        fn.metric = METRICS[name] = Metric(name, unit, better, doc)  # type: ignore[attr-defined]
+        fn.metric = METRICS[name] = MetricDefinition(name, unit, better, doc)  # type: ignore[attr-defined]
         return fn
 
     return tag

@@ -21,6 +21,12 @@ class _Root(click.Group):
         except HarnessError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
+        except click.UsageError as exc:  # a bad flag or argument: one line too, not click's usage block
+            if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+                raise
+            path = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.secho(f"error: {path}: {exc.format_message()} (see --help)", fg="red", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -38,12 +44,13 @@ def main() -> None:
     serve      emulated clusters over real HTTP on a shaped inter-site link
     replay     replay a trace against OpenAI-compatible endpoints
     analyze    metrics and the three-way comparison; report: Plotly dashboard
+    fake-server  an OpenAI-compatible server with set timings, to check a pipeline
     """
 
 
 # Sub-commands (click lists them alphabetically in --help); each module defines ``command``. Plain
 # imports, so a missing or broken module is an ImportError, not a silently absent command.
-from harness.cli import analyze, bench, compare, net, plan, replay, report, serve, simulate, trace  # noqa: E402
+from harness.cli import analyze, bench, compare, fakeserver, net, plan, replay, report, serve, simulate, trace  # noqa: E402
 
-for _mod in (analyze, bench, compare, net, plan, replay, report, serve, simulate, trace):
+for _mod in (analyze, bench, compare, fakeserver, net, plan, replay, report, serve, simulate, trace):
     main.add_command(_mod.command)

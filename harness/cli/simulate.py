@@ -113,7 +113,7 @@ def command(
         split = f"{row['n_p']}/{row['n_d']}/{row['n_prfaas']}"
         line = (
             f"{row['topology']:<18} {split:>10} {_fmt(row['threshold_tokens'], '.0f'):>7} {_fmt(row.get('rate_rps')):>6} "
-            f"{_fmt(row.get('throughput_rps')):>6} {_fmt(row.get('attainment'), '.1%'):>6} "
+            f"{_fmt(row.get('throughput_rps')):>6} {_fmt(row.get('slo_attainment'), '.1%'):>6} "
             f"{_fmt(row.get('ttft_p50_s')):>7} {_fmt(row.get('ttft_p90_s')):>7} "
             f"{_fmt((row.get('tpot_p50_s') or math.nan) * 1e3, '.1f'):>9} {_fmt(row.get('offload_share'), '.0%'):>7}"
         )

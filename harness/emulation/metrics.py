@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from harness.emulation.prometheus import Metric
+from harness.emulation.prometheus import MetricFamily
 
 if TYPE_CHECKING:
     from harness.emulation.server import SiteServer
 
 
-def collect(server: SiteServer) -> list[Metric]:
+def collect(server: SiteServer) -> list[MetricFamily]:
     """Read the serving objects and KV endpoints of ``server`` into metric families."""
     now = asyncio.get_running_loop().time()
     m = {
-        name: Metric(f"prfaas_{name}", kind, text)
+        name: MetricFamily(f"prfaas_{name}", kind, text)
         for name, kind, text in (
             ("prefill_queue_depth", "gauge", "Requests waiting or running on a prefill instance"),
             (

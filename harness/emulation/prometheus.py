@@ -10,15 +10,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True, slots=True)
-class Metric:
-    """One metric family: ``kind`` is "gauge" or "counter"; samples are (labels, value)."""
+class MetricFamily:
+    """One Prometheus metric family: ``kind`` is "gauge" or "counter"; samples are (labels, value)."""
 
     name: str
     kind: str
     help: str
     samples: list[tuple[Mapping[str, str], float]] = field(default_factory=list)
 
-    def add(self, value: float, **labels: str) -> Metric:
+    def add(self, value: float, **labels: str) -> MetricFamily:
         self.samples.append((labels, value))
         return self
 
@@ -35,7 +35,7 @@ def _number(value: float) -> str:
     return repr(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
 
 
-def render(metrics: Iterable[Metric]) -> str:
+def render(metrics: Iterable[MetricFamily]) -> str:
     """The exposition text for ``metrics``: HELP and TYPE lines, then one line per sample."""
     lines: list[str] = []
     for m in metrics:

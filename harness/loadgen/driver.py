@@ -100,13 +100,6 @@ async def drive(
 
 async def _open(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink, counters) -> None:
     sem = asyncio.Semaphore(schedule.concurrency) if schedule.concurrency else None
-    pending: set[asyncio.Task] = set()
-    failed: list[BaseException] = []  # a sink that raised (say a full disk): stop, never drop records
-
-    def done(task: asyncio.Task) -> None:
-        pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            failed.append(task.exception())
 
     async def one(job: Job) -> None:
         try:
@@ -129,33 +122,27 @@ async def _open(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink
         ready.append(client.prepare(jobs.make(i, at, int(phases[i]))))
         return True
 
+    # Cancelled (Ctrl-C) or failed (a sink that raised, say on a full disk), the group cancels the
+    # requests in flight; each still hands its "cancelled" record to the sink before the group exits.
     try:
-        while not failed and (ready or prepare_next()):
-            job = ready.popleft()
-            # Idle time before this send builds the next prompts, so a burst finds them ready; yield
-            # between them so requests already started are sent first.
-            while len(ready) < _LOOKAHEAD and t0 + job.scheduled_s - mono() > _PREP_SLACK_S:
-                await sleep(0)
-                if not prepare_next():
-                    break
-            delay = t0 + job.scheduled_s - mono()
-            if delay > 0:
-                await sleep(delay)
-            if sem is not None:
-                await sem.acquire()
-            task = asyncio.create_task(one(job))
-            pending.add(task)
-            task.add_done_callback(done)
-            counters["dispatched"] += 1
-        while pending:
-            await asyncio.wait(set(pending))
-        if failed:
-            raise failed[0]
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        async with asyncio.TaskGroup() as group:
+            while ready or prepare_next():
+                job = ready.popleft()
+                # Idle time before this send builds the next prompts, so a burst finds them ready; yield
+                # between them so requests already started are sent first.
+                while len(ready) < _LOOKAHEAD and t0 + job.scheduled_s - mono() > _PREP_SLACK_S:
+                    await sleep(0)
+                    if not prepare_next():
+                        break
+                delay = t0 + job.scheduled_s - mono()
+                if delay > 0:
+                    await sleep(delay)
+                if sem is not None:
+                    await sem.acquire()
+                group.create_task(one(job))
+                counters["dispatched"] += 1
+    except* Exception as failed:
+        raise failed.exceptions[0] from None
 
 
 async def _closed(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink, counters) -> None:
@@ -176,10 +163,9 @@ async def _closed(client, session, jobs: Jobs, schedule: Schedule, t0: float, si
             if rec.error_class == "cancelled":  # execute absorbed our cancellation: stop here
                 return
 
-    tasks = [asyncio.create_task(loop()) for _ in range(schedule.concurrency or 1)]
     try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        async with asyncio.TaskGroup() as group:
+            for _ in range(schedule.concurrency or 1):
+                group.create_task(loop())
+    except* Exception as failed:
+        raise failed.exceptions[0] from None

@@ -1,34 +1,42 @@
-"""A minimal OpenAI-compatible streaming server that can misbehave on demand (tests, benchmarks).
+"""An OpenAI-compatible streaming server with set timings, for checking a pipeline end to end
+(``prfaas-bench fake-server``): no model, no GPU, and every number it serves is known in advance.
 
-Not a model: it answers ``/v1/completions`` and ``/v1/chat/completions`` with ``max_tokens`` chunks of
-one word each, usage (prompt tokens = words in the prompt) and optional ``prfaas`` breakdown, ``/tokenize``
-as vLLM does (with ``FakeServer.tokenizer`` if set, else one token per word), and it
-honours vLLM's PD-proxy fields (a prefill leg with ``kv_transfer_params.do_remote_decode`` gets
-``kv_transfer_params`` back; a decode leg records what it received).
+It answers ``/v1/completions`` and ``/v1/chat/completions`` as vLLM does: SSE chunks with vLLM's
+fields (``id``, ``object``, ``created``, ``model``, ``choices[].text`` or ``delta``, ``logprobs``,
+``finish_reason``, ``stop_reason``), one word (`` tok``) per token, the usage chunk when
+``stream_options.include_usage`` asks for it, ``max_tokens``/``min_tokens``/``ignore_eos`` honoured.
+The first token comes ``first_token_delay_s`` after the request, the others ``itl_s`` apart; usage
+counts whitespace words as prompt tokens. Also: ``/v1/models``, ``/health``, vLLM's ``POST /tokenize``
+(counting with ``tokenizer`` if set, else words), and vLLM's PD-proxy fields (a prefill leg with
+``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back). A body it cannot read gets
+vLLM's 400.
 
-Modes (``FakeServer.mode``, or a per-request ``mode_for(n)``): ok, stall (no response), stall_body
-(headers then silence), reset (abort before responding), disconnect (abort mid-stream), garbage
-(a non-SSE line mid-stream), no_done (EOF without [DONE]), error_event, http_500, http_429.
-
-Run standalone (for benchmarks): ``python -m harness.loadgen.fakeserver --port 8100``.
+Faults on demand (``mode``, or per request ``mode_for(n)``): ok, stall (no response), stall_body
+(headers then silence), reset (abort before responding), disconnect (abort mid-stream), garbage (a
+non-SSE line mid-stream), no_done (EOF without [DONE]), error_event, http_500, http_429.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from harness.errors import InputError
+
+FAULTS = (
+    "stall", "stall_body", "reset", "disconnect", "garbage", "no_done", "error_event", "http_500", "http_429",
+)  # fmt: skip
+MAX_MODEL_LEN = 1 << 20
 
 
 @dataclass
@@ -39,6 +47,8 @@ class FakeServer:
     mode_for: Callable[[int], str] | None = None
     first_token_delay_s: float = 0.0
     itl_s: float = 0.0
+    output_tokens: int | None = None  # stop (as at an EOS) after this many, unless ignore_eos
+    model: str | None = None  # the only model served (others get vLLM's 404); None: any name
     prompt_token_offset: int = 0  # reported prompt tokens = words + offset (to provoke mismatches)
     completion_token_offset: int = 0
     cached_tokens: int | None = None
@@ -56,8 +66,14 @@ class FakeServer:
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", _health)
         return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        card = {"id": self.model or "fake", "object": "model", "created": 0, "owned_by": "prfaas-bench",
+                "max_model_len": MAX_MODEL_LEN}  # fmt: skip
+        return web.json_response({"object": "list", "data": [card]})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         """vLLM's ``POST /tokenize`` for a completion prompt: count, max_model_len, token ids."""
@@ -68,7 +84,7 @@ class FakeServer:
             ids = list(range(len(text.split())))
         else:
             ids = self.tokenizer.encode(text, add_special_tokens=body.get("add_special_tokens", True)).ids
-        return web.json_response({"count": len(ids), "max_model_len": 1 << 20, "tokens": ids})
+        return web.json_response({"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -76,15 +92,33 @@ class FakeServer:
         except ConnectionResetError:  # the client went away mid-stream (aiohttp's reset error subclasses it)
             return web.Response(status=499)
 
+    def _length(self, body: dict[str, Any]) -> tuple[int, str]:
+        # Tokens to generate and the finish reason, as vLLM decides them for a model that emits EOS
+        # after ``output_tokens``.
+        limit = int(body.get("max_tokens") or 16)
+        n = limit
+        if self.output_tokens is not None and not body.get("ignore_eos"):
+            n = min(limit, max(self.output_tokens, int(body.get("min_tokens") or 0)))
+        return n, "length" if n >= limit else "stop"
+
     async def _respond(self, request: web.Request) -> web.StreamResponse:
         n = self.requests
         self.requests += 1
-        body = await request.json(loads=json.loads)
+        chat = request.path.endswith("/chat/completions")
+        try:
+            body = await request.json(loads=json.loads)
+            prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+            words = len(prompt.split())
+            n_out, finish = self._length(body)
+        except (ValueError, LookupError, TypeError, AttributeError):
+            want = "messages[-1].content" if chat else "prompt"
+            error = {"message": f"expected a JSON object with a text {want} and integer max_tokens/min_tokens",
+                     "type": "BadRequestError", "code": 400}  # fmt: skip
+            return web.json_response({"error": error}, status=400)
         if self.keep_bodies:
             self.bodies.append(body)
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
         mode = self.mode_for(n) if self.mode_for else self.mode
-        chat = request.path.endswith("/chat/completions")
         if mode == "stall":
             await asyncio.sleep(3600)
         if mode == "reset":
@@ -94,40 +128,37 @@ class FakeServer:
         if mode.startswith("http_"):
             code = int(mode[5:])
             return web.json_response({"error": {"message": f"fake {code}", "code": code}}, status=code)
-        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
-        n_prompt = len(prompt.split()) + self.prompt_token_offset
-        n_out = int(body.get("max_tokens", 16))
-        kv_in = body.get("kv_transfer_params")
-        if not body.get("stream"):  # PD prefill leg (vLLM proxy sends stream=False, max_tokens=1)
-            out: dict[str, Any] = {
-                "id": f"cmpl-{n}",
-                "choices": [{"index": 0, "text": " x", "finish_reason": "length"}],
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": 1, "total_tokens": n_prompt + 1},
-            }
-            if isinstance(kv_in, dict) and kv_in.get("do_remote_decode"):
-                out["kv_transfer_params"] = {
-                    "do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": "fake-prefill",
-                    "remote_block_ids": [1, 2, 3], "remote_host": "127.0.0.1", "remote_port": 5600,
-                    "kv_bytes": 4096 * n_prompt,
-                }  # fmt: skip
-            await asyncio.sleep(self.first_token_delay_s)
-            return web.json_response(out)
+        model = body.get("model")
+        if self.model is not None and model != self.model:
+            error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "code": 404}
+            return web.json_response({"error": error}, status=404)
+        n_prompt = words + self.prompt_token_offset
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{n}", "created": int(time.time()), "model": model}
+        usage: dict[str, Any] = {
+            "prompt_tokens": n_prompt,
+            "total_tokens": n_prompt + n_out,
+            "completion_tokens": n_out + self.completion_token_offset,
+        }
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if not body.get("stream"):  # also vLLM's PD prefill leg (stream=False, max_tokens=1)
+            return await self._whole(body, head, chat, n_out, finish, usage)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         if mode == "stall_body":
             await asyncio.sleep(3600)
+        head["object"] = "chat.completion.chunk" if chat else "text_completion"
         if chat:
-            await resp.write(
-                _event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-            )
+            role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None}  # fmt: skip
+            await resp.write(_event({**head, "choices": [role]}))
             if self.role_chunk_delay_s:
                 await asyncio.sleep(self.role_chunk_delay_s)
         if self.first_token_delay_s:
             await asyncio.sleep(self.first_token_delay_s)
-        tok = _event({"choices": [{"index": 0, "delta": {"content": " tok"}}]} if chat else
-                     {"choices": [{"index": 0, "text": " tok", "finish_reason": None}]})  # fmt: skip
+        tok, last = (_event({**head, "choices": [_choice(chat, " tok", end)]}) for end in (None, finish))
         if self.itl_s == 0 and mode == "ok":
-            await resp.write(tok * n_out)  # stream "instantly": one write
+            await resp.write(tok * (n_out - 1) + last)  # stream "instantly": one write
         else:
             for i in range(n_out):
                 if i and self.itl_s:
@@ -141,26 +172,43 @@ class FakeServer:
                         await asyncio.sleep(0.05)
                         request.transport.abort()
                         return resp
-                await resp.write(tok)
+                await resp.write(last if i == n_out - 1 else tok)
         if mode == "error_event":
             await resp.write(_event({"error": {"message": "fake engine error", "code": 500}}))
-        final: dict[str, Any] = {
-            "choices": [],
-            "usage": {
-                "prompt_tokens": n_prompt,
-                "completion_tokens": n_out + self.completion_token_offset,
-                "total_tokens": n_prompt + n_out,
-            },
-        }
-        if self.cached_tokens is not None:
-            final["usage"]["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
-        if self.prfaas is not None:
-            final["prfaas"] = self.prfaas
-        await resp.write(_event(final))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            final: dict[str, Any] = {**head, "choices": [], "usage": usage}
+            if self.prfaas is not None:
+                final["prfaas"] = self.prfaas
+            await resp.write(_event(final))
         if mode != "no_done":
             await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+    async def _whole(self, body, head, chat: bool, n_out: int, finish: str, usage) -> web.Response:
+        text = " tok" * n_out
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": finish}  # fmt: skip
+        else:
+            choice = _choice(False, text, finish)
+        out: dict[str, Any] = {**head, "object": "chat.completion" if chat else "text_completion",
+                               "choices": [choice], "usage": usage}  # fmt: skip
+        kv_in = body.get("kv_transfer_params")
+        if isinstance(kv_in, dict) and kv_in.get("do_remote_decode"):
+            out["kv_transfer_params"] = {
+                "do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": "fake-prefill",
+                "remote_block_ids": [1, 2, 3], "remote_host": "127.0.0.1", "remote_port": 5600,
+                "kv_bytes": 4096 * usage["prompt_tokens"],
+            }  # fmt: skip
+        await asyncio.sleep(self.first_token_delay_s + self.itl_s * max(n_out - 1, 0))
+        return web.json_response(out)
+
+
+def _choice(chat: bool, text: str, finish: str | None) -> dict[str, Any]:
+    if chat:
+        return {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": finish}
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -171,68 +219,49 @@ def _event(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-class ServerThread:
-    """Runs a ``FakeServer`` on 127.0.0.1 in a background thread; ``url`` once started. A context manager."""
+def serve_fake(server: FakeServer, host: str, port: int, *, on_ready: Callable[[str], None]) -> None:
+    """Serve ``server`` on ``host:port`` until interrupted; ``on_ready(url)`` once it listens.
 
-    def __init__(self, server: FakeServer, port: int = 0) -> None:
-        self.server, self.port = server, port
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._error: BaseException | None = None
+    A port that cannot be bound is an InputError naming it.
+    """
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
+    async def main() -> None:
+        runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
         try:
-            self._loop.run_until_complete(self._start())
-        except BaseException as exc:  # surfaced by __enter__
-            self._error = exc
-        self._ready.set()
-        if self._error is None:
-            self._loop.run_forever()
-        if self._runner is not None:
-            self._loop.run_until_complete(self._runner.cleanup())
-        self._loop.close()
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise InputError(f"cannot listen ({exc.strerror or exc})", where=f"{host}:{port}") from None
+            bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            on_ready(f"http://{host}:{bound}")
+            await asyncio.Event().wait()  # until cancelled (Ctrl-C)
+        finally:
+            await runner.cleanup()
 
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self.server.app(), handle_signals=False, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            self._thread.join(10)
-            raise RuntimeError(f"fake server did not start: {self._error!r}") from self._error
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    asyncio.run(main())
 
 
 @contextlib.contextmanager
 def fake_server_process(*args: str) -> Iterator[str]:
-    """Run the fake server in its own process (``main``'s flags in ``args``); yields its base URL.
+    """``prfaas-bench fake-server ARGS`` on a free loopback port in its own process; yields its base URL.
 
-    Benchmarks use it so the server does not share the client's event loop or interpreter lock.
+    For benchmarks and pipeline tests: the server then shares neither the event loop nor the
+    interpreter lock of the client it serves. The process is stopped on exit.
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "harness.loadgen.fakeserver", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "harness", "fake-server", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
+            if proc.poll() is not None:
+                raise RuntimeError(f"fake server exited with {proc.returncode}: {' '.join(cmd)}")
             time.sleep(0.05)
         else:
             raise RuntimeError(f"fake server on port {port} did not start")
@@ -244,36 +273,3 @@ def fake_server_process(*args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:  # never leave a server behind
             proc.kill()
             proc.wait()
-
-
-def main() -> None:
-    """Serve until killed (benchmarks run this in a separate process)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=8100)
-    ap.add_argument("--first-token-delay", type=float, default=0.0)
-    ap.add_argument("--tokenizer", default=None, help="tokenizer.json that /tokenize counts with")
-    args = ap.parse_args()
-    server = FakeServer(first_token_delay_s=args.first_token_delay)
-    if args.tokenizer:
-        from harness.traces.prompts import load_tokenizer
-
-        server.tokenizer = load_tokenizer(args.tokenizer)
-
-    async def report() -> None:
-        last, t = 0, time.monotonic()
-        while True:
-            await asyncio.sleep(5)
-            now = time.monotonic()
-            print(f"fakeserver: {(server.requests - last) / (now - t):.0f} req/s", flush=True)
-            last, t = server.requests, now
-
-    async def on_start(app: web.Application) -> None:
-        app["report"] = asyncio.create_task(report())
-
-    app = server.app()
-    app.on_startup.append(on_start)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
-
-
-if __name__ == "__main__":
-    main()

@@ -160,13 +160,12 @@ async def _prepare(trace, rows, url, model, salt, api_key, timeout_s) -> tuple[P
                 fit = await _fit(counter, synth, trace.hash_ids(row), target, row, tokens, filler)
                 fits.rows[row] = (target, *fit)
 
-        tasks = [asyncio.create_task(worker()) for _ in range(CONCURRENCY)]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        try:  # the first failure (one line, naming the server) cancels the other workers
+            async with asyncio.TaskGroup() as group:
+                for _ in range(CONCURRENCY):
+                    group.create_task(worker())
+        except* Exception as failed:
+            raise failed.exceptions[0] from None
     elapsed = time.monotonic() - started
     return fits, Preparation(len(rows), counter.calls, calibration, elapsed)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-import signal
-import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -73,47 +71,11 @@ def wake(fut: asyncio.Future) -> None:
 
 
 def run_virtual(main: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
-    """Run ``main`` to completion on a fresh virtual-time loop and close it (like ``asyncio.run``).
+    """Run ``main`` to completion on a fresh virtual-time loop and close it: ``asyncio.run`` on virtual time.
 
-    Ctrl-C cancels ``main`` (as ``asyncio.run`` does) and then raises KeyboardInterrupt, so every task
-    unwinds quietly instead of one of them dying with the interrupt and being logged as a traceback.
+    ``asyncio.Runner`` does the rest, as for ``asyncio.run``: Ctrl-C cancels ``main`` and then raises
+    KeyboardInterrupt, so every task unwinds quietly instead of one of them dying with the interrupt and
+    being logged as a traceback; tasks still pending at the end are cancelled and awaited.
     """
-    loop = VirtualTimeLoop(start)
-    task = loop.create_task(main)
-    interrupted = False
-
-    def on_sigint(signum, frame) -> None:
-        nonlocal interrupted
-        interrupted = True
-        loop.call_soon_threadsafe(task.cancel)
-
-    ours = (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
-    if ours:
-        signal.signal(signal.SIGINT, on_sigint)
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        if interrupted:
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        try:
-            _cancel_all(loop)
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            if ours:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
-def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for t in tasks:
-        t.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start)) as runner:
+        return runner.run(main)

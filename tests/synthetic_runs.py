@@ -1,4 +1,4 @@
-"""Synthetic run directories with known timings, for tests, demos and the dashboard screenshot.
+"""Test scaffolding: synthetic run directories with known timings, for the analysis and report tests.
 
 Each topology is described by a :class:`SyntheticTopology` (arrival rate, phase durations, route
 mix); requests get those durations times a seeded log-normal jitter, so every figure has data and

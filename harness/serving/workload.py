@@ -1,0 +1,79 @@
+"""The requests ``simulate`` runs: a trace (cut, re-timed, fitted to the model's context) or synthetic
+requests drawn from the scenario's ``[workload]``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.errors import ScenarioError
+from harness.serving.config import SimSetup
+from harness.traces.arrivals import Poisson
+from harness.traces.context import ContextFit, ContextPolicy, fit_context
+from harness.traces.frame import Trace
+
+
+def synthetic_trace(setup: SimSetup, n: int, rate_rps: float, seed: int) -> Trace:
+    """``n`` requests with the scenario's length distribution and output length, Poisson at ``rate_rps``.
+
+    No prefix blocks: synthetic prompts share nothing, so caches never hit.
+    """
+    rng = np.random.default_rng(seed)
+    wl = setup.deployment.workload
+    inputs = wl.lengths.sample(n, rng).astype(np.int64)
+    arrivals = Poisson(rate_rps).times(n, rng)
+    return Trace(
+        arrival_s=arrivals,
+        input_tokens=inputs,
+        output_tokens=np.full(n, wl.output_tokens, dtype=np.int64),
+        hash_values=np.zeros(0, dtype=np.int64),
+        hash_offsets=np.zeros(n + 1, dtype=np.int64),
+        source=f"synthetic {wl.kind} Poisson({rate_rps:g}/s) seed={seed}",
+    )
+
+
+def retime(trace: Trace, rate_rps: float, seed: int) -> Trace:
+    """The same requests in the same order, with Poisson arrivals at ``rate_rps``."""
+    return trace.replace(arrival_s=Poisson(rate_rps).times(len(trace), np.random.default_rng(seed)))
+
+
+def scenario_rate(setup: SimSetup) -> float | None:
+    """``[workload] rate_rps`` when it is a positive number."""
+    workload = setup.scenario.config.workload
+    return workload.rate_rps if workload else None
+
+
+def build_workload(
+    setup: SimSetup,
+    *,
+    trace: Trace | None,
+    rate: float | None,
+    seed: int,
+    requests: int | None = None,
+    duration_s: float | None = None,
+    context: ContextPolicy = "refuse",
+) -> tuple[Trace, ContextFit]:
+    """The requests of one run: ``trace`` cut to ``requests``/``duration_s`` and re-timed at ``rate``
+    (None keeps its timestamps), or synthetic at ``rate`` when ``trace`` is None; and how they were
+    fitted to the model's context (``harness.traces.context``)."""
+    if trace is None:
+        if rate is None:
+            raise ScenarioError("a synthetic workload needs --rate, --rate-sweep or [workload] rate_rps")
+        n = requests or setup.spec.requests
+        if duration_s is not None:
+            by_time = int(duration_s * rate)
+            n = max(1, by_time) if requests is None else min(n, by_time + 1)
+        out = synthetic_trace(setup, n, rate, seed)
+    else:
+        out = trace
+        if duration_s is not None:
+            out = out.take(out.arrival_s - out.arrival_s[0] <= duration_s)
+        if requests is not None:
+            out = out.take(np.arange(min(requests, len(out))))
+        if rate is not None:
+            out = retime(out, rate, seed)
+    if len(out) == 0:
+        raise ScenarioError("the workload has no requests (check --requests/--duration)")
+    # A synthetic distribution reaching the context limit (the paper's goes to 128K) is clipped (and
+    # recorded); a trace follows the command's rule (refuse, --clip, --drop).
+    policy = context if trace is not None else "clip"
+    return fit_context(out, setup.deployment.model.context_length, policy, where=out.source or None)
