@@ -17,6 +17,7 @@ from harness.model.deployment import Deployment, TopologySpec, deployment_from_s
 from harness.model.study import evaluate_topology
 from harness.scenario import Scenario
 from harness.serving.build import StackSpec, TopologyPlan
+from harness.serving.linkevents import describe_events, fluid_states
 from harness.serving.router import BandwidthAware
 
 
@@ -50,6 +51,7 @@ class SimSetup:
             "prefill_batch_tokens": self.stack.prefill_batch_tokens,
             "bandwidth_aware": self.stack.bandwidth_aware is not None,
             "topologies": {name: vars(t) for name, t in self.topologies.items()},
+            "link_events": describe_events(self.scenario),
             "config_warnings": list(self.warnings),
         }
 
@@ -93,17 +95,18 @@ def prepare(
         names = topologies
     resolved = resolve_topologies(deployment)
     plans = {name: _plan(deployment, resolved[name], scenario.where("topologies", name)) for name in names}
-    link = deployment.link
+    link = deployment.link or ModelledLink(bandwidth_gbps=spec.intra_site_gbps)
     bs = spec.decode_batch_max or deployment.context().bs_max
     stack = StackSpec(
         local=deployment.local_cost,
         remote=deployment.remote_cost,
-        link=link or ModelledLink(bandwidth_gbps=spec.intra_site_gbps),
+        link=link,
         intra_site=ModelledLink(bandwidth_gbps=spec.intra_site_gbps),
         decode_batch_max=bs,
         cache_capacity_bytes=None if spec.cache_capacity_gib is None else spec.cache_capacity_gib * 2**30,
         prfaas_cache=spec.prfaas_cache,
         prefill_batch_tokens=spec.prefill_batch_tokens,
         bandwidth_aware=BandwidthAware() if spec.bandwidth_aware else None,
+        link_events=fluid_states(scenario, link) if deployment.link is not None else (),
     )
     return SimSetup(scenario, deployment, spec, stack, plans, tuple(warnings))
