@@ -17,7 +17,7 @@ from harness.model.deployment import Deployment, TopologySpec, deployment_from_s
 from harness.model.study import evaluate_topology
 from harness.scenario import Scenario
 from harness.serving.build import StackSpec, TopologyPlan
-from harness.serving.linkevents import describe_events, fluid_states
+from harness.serving.linkevents import events_meta, fluid_states
 from harness.serving.router import BandwidthAware
 
 
@@ -51,7 +51,9 @@ class SimSetup:
             "prefill_batch_tokens": self.stack.prefill_batch_tokens,
             "bandwidth_aware": self.stack.bandwidth_aware is not None,
             "topologies": {name: vars(t) for name, t in self.topologies.items()},
-            "link_events": describe_events(self.scenario),
+            "link_events": events_meta(
+                self.scenario, zero="first-request", applied=[asdict(s) for s in self.stack.link_events]
+            ),
             "config_warnings": list(self.warnings),
         }
 

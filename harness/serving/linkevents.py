@@ -128,6 +128,13 @@ class LinkSchedule:
         link.set_state(s.bandwidth_gbps, s.delay_ms, s.up, returns=s.returns)
 
 
+def events_meta(scenario: Scenario, *, zero: str, applied: Any) -> dict[str, Any] | None:
+    """meta.json's ``link_events`` (None without events): what the run clock's zero was, the events
+    (``describe_events``) and the changes as ``applied`` (None: the run could not apply them)."""
+    events = describe_events(scenario)
+    return {"zero": zero, "events": events, "applied": applied} if events else None
+
+
 def describe_events(scenario: Scenario) -> list[dict[str, Any]]:
     """The scenario's events for meta.json and the dashboard: model seconds after the run clock's zero
     (``end_s`` None: in force to the end), the directions, and what changes."""

@@ -1,0 +1,133 @@
+"""Link faults during a run (workloads/link-fault.toml): simulate through a rate cut and a cut link,
+what its records and the dashboard's timelines show, and the same fault replayed over a shaped link."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.analysis import load_bundle
+from harness.analysis.figures import latency_over_time, link_utilisation
+from harness.records import read_meta, read_records
+from harness.scenario import load_scenario
+from harness.serving.config import prepare
+from harness.serving.run import SimulateRequest, simulate
+
+REPO = Path(__file__).resolve().parent.parent
+LINK_FAULT = REPO / "workloads" / "link-fault.toml"
+# The scenario's events (model seconds after the first request): KV direction at 5% over [10, 25),
+# the link down both ways over [30, 35); 5 ms one way; 100 Gbit/s.
+CUT, DOWN, DELAY_S, CUT_GBPS = (10.0, 25.0), (30.0, 35.0), 0.005, 5.0
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    setup = prepare(load_scenario(LINK_FAULT))
+    out = tmp_path_factory.mktemp("sim")
+    simulate(setup, SimulateRequest(out_dir=out))
+    (run,) = out.iterdir()
+    calm = tmp_path_factory.mktemp("calm")  # the same requests with no events
+    simulate(replace(setup, stack=replace(setup.stack, link_events=())), SimulateRequest(out_dir=calm))
+    (calm_run,) = calm.iterdir()
+    return run, read_records(run), read_records(calm_run)
+
+
+def _relative(df: pd.DataFrame) -> pd.DataFrame:
+    """Times after the run clock's zero (the first request's scheduled send)."""
+    zero = df["scheduled_s"].min()
+    cols = ["scheduled_s", "prefill_start_s", "kv_transfer_start_s", "kv_transfer_end_s", "first_token_s"]
+    return df.assign(**{c: df[c] - zero for c in cols}, ttft=df["first_token_s"] - df["scheduled_s"])
+
+
+def check_straddle(df: pd.DataFrame, *, slack_s: float) -> None:
+    """What crosses the link waits for it: a KV transfer under way while the link is down ends after it
+    returns, and a prompt sent to the remote site while it is down starts its prefill after that.
+    ``slack_s``: how much earlier than the modelled return a real network may resume (0 in simulate)."""
+    remote = _relative(df[(df["route"] == "remote") & (df["status"] == "ok")])
+    back = DOWN[1] + DELAY_S - slack_s
+    crossing = remote[(remote["kv_transfer_start_s"] < DOWN[0]) & (remote["kv_transfer_end_s"] > DOWN[0])]
+    arriving = remote[remote["scheduled_s"].between(DOWN[0] + 0.05, DOWN[1] - 0.05)]
+    assert len(crossing) + len(arriving) >= 2, "the run must put work across the cut"
+    assert (crossing["kv_transfer_end_s"] >= back).all(), crossing
+    assert (arriving["prefill_start_s"] >= back).all(), arriving
+    # TTFT rises: remote requests sent while the link is down wait for it, unlike those before any event.
+    before = remote[remote["scheduled_s"] < CUT[0]]["ttft"].median()
+    assert arriving["ttft"].median() > before + 0.5 * (DOWN[1] - DOWN[0])
+
+
+def test_simulate_shows_the_fault_in_the_transfers_that_cross_it(simulated):
+    _, records, _ = simulated
+    prfaas = records[records["topology"] == "prfaas"]
+    check_straddle(prfaas, slack_s=0.0)
+    # A transfer wholly inside the rate cut moves at most the cut rate (5 of 100 Gbit/s).
+    rel = _relative(prfaas[prfaas["route"] == "remote"])
+    inside = rel[(rel["kv_transfer_start_s"] >= CUT[0]) & (rel["kv_transfer_end_s"] <= CUT[1])]
+    assert len(inside) >= 1
+    seconds = inside["kv_transfer_end_s"] - inside["kv_transfer_start_s"] - DELAY_S
+    assert (inside["kv_bytes"] * 8 / seconds <= CUT_GBPS * 1e9 * (1 + 1e-9)).all()
+
+
+def test_the_fault_touches_only_what_crosses_the_link(simulated):
+    _, records, calm = simulated
+
+    def by_id(df, topology):
+        return df[df["topology"] == topology].set_index("request_id").sort_index()
+
+    home, home_calm = by_id(records, "homogeneous"), by_id(calm, "homogeneous")
+    cols = ["first_token_s", "last_token_s", "prefill_start_s"]
+    pd.testing.assert_frame_equal(home[cols], home_calm[cols])  # never crosses the link
+    prfaas, prfaas_calm = by_id(records, "prfaas"), by_id(calm, "prfaas")
+    assert (prfaas["first_token_s"] > prfaas_calm["first_token_s"] + 1).sum() >= 5
+    # Before the first event the two runs are the same run.
+    early = prfaas_calm["first_token_s"] < prfaas_calm["scheduled_s"].min() + CUT[0]
+    assert early.sum() >= 5
+    pd.testing.assert_series_equal(prfaas["first_token_s"][early], prfaas_calm["first_token_s"][early])
+
+
+def test_meta_lists_the_events_and_the_timelines_mark_them(simulated):
+    run, records, _ = simulated
+    meta = read_meta(run)["link_events"]
+    assert meta["zero"] == "first-request"
+    assert [(e["start_s"], e["end_s"], e["change"]) for e in meta["events"]] == [
+        (10.0, 25.0, "rate ×0.05"),
+        (30.0, 35.0, "down"),
+    ]
+    states = [(s["t_s"], s["src"], s["bandwidth_gbps"], s["up"]) for s in meta["applied"]]
+    assert states == [
+        (10.0, "remote", pytest.approx(5.0), True),
+        (25.0, "remote", pytest.approx(100.0), True),
+        (30.0, "local", 100.0, False),
+        (30.0, "remote", 100.0, False),
+        (35.0, "local", 100.0, True),
+        (35.0, "remote", 100.0, True),
+    ]
+    zero = records["scheduled_s"].min()
+    bundle = load_bundle([run])
+    for fig in (latency_over_time(bundle), link_utilisation(bundle)):
+        shapes = fig.to_plotly_json()["layout"]["shapes"]
+        rects = sorted((s["x0"], s["x1"]) for s in shapes if s["type"] == "rect")
+        assert rects == [
+            (pytest.approx(zero + 10, abs=1e-3), pytest.approx(zero + 25, abs=1e-3)),
+            (pytest.approx(zero + 30, abs=1e-3), pytest.approx(zero + 35, abs=1e-3)),
+        ]
+        labels = [a["text"] for a in fig.to_plotly_json()["layout"]["annotations"]]
+        assert "remote->local rate ×0.05" in labels and "local->remote/remote->local down" in labels
+
+
+def test_a_run_that_could_not_apply_its_events_is_not_marked(simulated, tmp_path):
+    run, _, _ = simulated
+    import json
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["link_events"]["applied"] = None  # e.g. serve's loopback fallback
+    (copy / "meta.json").write_text(json.dumps(meta))
+    fig = latency_over_time(load_bundle([copy]))
+    assert not fig.to_plotly_json()["layout"].get("shapes")
+    assert np.isfinite(read_records(copy)["scheduled_s"]).all()
