@@ -131,3 +131,86 @@ def test_a_run_that_could_not_apply_its_events_is_not_marked(simulated, tmp_path
     fig = latency_over_time(load_bundle([copy]))
     assert not fig.to_plotly_json()["layout"].get("shapes")
     assert np.isfinite(read_records(copy)["scheduled_s"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- over a shaped link
+def _small(tmp_path: Path) -> Path:
+    """The link-fault scenario with a bench small enough for a test (60 requests, speed-up 10)."""
+    text = LINK_FAULT.read_text().split("[bench]")[0]
+    path = tmp_path / "link-fault-small.toml"
+    path.write_text(
+        text + "[bench]\nspeedup = 10\nreplay_rate_rps = 1.6\nreplay_requests = 60\ncapacity_requests = 200\n"
+    )
+    return path
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_bench_replays_the_fault_over_the_shaped_link_as_simulate_does(root, tmp_path):
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    res = CliRunner().invoke(
+        main,
+        ["bench", str(_small(tmp_path)), "--out", str(tmp_path / "out"), "--quiet", "--prefix", "pfbfl-"],
+    )
+    assert res.exit_code == 0, res.output
+    (out,) = (tmp_path / "out").iterdir()
+    replayed = read_records(out / "replay")
+    scale = read_meta(out / "replay")["time_scale"]
+    replayed[[c for c in replayed.columns if c.endswith("_s") and replayed[c].dtype.kind == "f"]] *= scale
+    simulated = read_records(out / "simulate")
+    # 0.05 model s of slack: the replay's times are read on clocks of different processes.
+    for records, slack in ((simulated, 0.0), (replayed, 0.05)):
+        check_straddle(records[records["topology"] == "prfaas"], slack_s=slack)
+
+    # Each topology met the fault at the same point of its own schedule, changes applied after (never
+    # before) their planned times.
+    meta = read_meta(out / "replay")["link_events"]
+    assert meta["zero"] == "arm" and sorted(meta["applied"]) == ["homogeneous", "prfaas"]
+    for changes in meta["applied"].values():
+        planned = [10, 25, 30, 30, 35, 35]
+        assert len(changes) == len(planned)
+        assert all(p <= c["t_s"] < p + 2.0 for p, c in zip(planned, changes, strict=True)), changes
+    # The dashboard marks the events on the timelines of both runs, each from its own zero.
+    zeros = sorted({records["scheduled_s"].min() for records in (simulated, replayed)})
+    fig = latency_over_time(load_bundle([out]))
+    rects = sorted((s["x0"], s["x1"]) for s in fig.to_plotly_json()["layout"]["shapes"])
+    expected = sorted((round(z + a, 3), round(z + b, 3)) for z in zeros for a, b in (CUT, DOWN))
+    assert rects == expected
+    assert (out / "report.html").stat().st_size > 1_000_000
+    assert json.loads((out / "simulate" / "meta.json").read_text())["link_events"]["events"] == meta["events"]
+    leftover = (
+        [n for n in os.listdir("/run/netns") if n.startswith("pfbfl-")] if Path("/run/netns").is_dir() else []
+    )
+    assert leftover == []
+
+
+@pytest.mark.root
+def test_serve_starts_the_events_at_the_first_request(root, tmp_path):
+    import json
+    import time
+    import urllib.request
+
+    from harness.emulation.clusters import EmulatedClusters
+
+    with EmulatedClusters(_small(tmp_path), speedup=10, topologies=["prfaas"], prefix="pfbff-") as c:
+        time.sleep(1.2)  # 12 model seconds: the rate cut would have come, had anything started the clock
+        assert c.link_events()["applied"] == {}
+        body = {"model": c.model, "prompt": "w " * 500, "max_tokens": 2}
+        req = urllib.request.Request(
+            c.urls["prfaas"] + "/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200
+        sent = time.monotonic()
+        time.sleep(1.2)
+        c.check()
+        (first,) = c.link_events()["applied"]["serve"]
+    assert first["direction"] == "remote->local" and first["spec"].startswith("40Mbit")
+    assert 10.0 <= first["t_s"] < 12.0  # model seconds after the first request reached the router
+    assert time.monotonic() - sent < 5

@@ -97,13 +97,15 @@ def cdf(bundle: Bundle, fn: Callable[[pd.DataFrame], np.ndarray], title: str, un
     return fig if fig.data else missing(title, "no successful requests with this metric in these runs")
 
 
-def link_event_spans(bundle: Bundle) -> list[tuple[float, float | None, str]]:
-    """The link events the runs went through, as (start, end or None, label) on the records' time axis.
+def link_event_spans(bundle: Bundle) -> tuple[list[tuple[float, float | None, str]], tuple[float, float]]:
+    """The link events the runs went through, as (start, end or None, label) on the records' time axis,
+    and the span of time those runs cover.
 
     Event times count from the run clock's zero, the first request's scheduled send, which is the
     earliest ``scheduled_s`` of each topology's records (model seconds: replay times are scaled).
     Runs that could not apply their events (``applied`` null) contribute nothing."""
     spans: dict[tuple[float, float | None, str], None] = {}
+    lo, hi = np.inf, -np.inf
     for run in bundle.runs:
         meta = run.meta.get("link_events")
         if not isinstance(meta, Mapping) or meta.get("applied") is None:
@@ -112,17 +114,22 @@ def link_event_spans(bundle: Bundle) -> list[tuple[float, float | None, str]]:
             zero = np.nanmin(m.col(df, "scheduled_s")) if len(df) else np.nan
             if not np.isfinite(zero):
                 continue
+            lo, hi = min(lo, zero), max(hi, np.nanmax(np.append(m.col(df, "last_token_s"), zero)))
             for ev in meta.get("events") or ():
                 end = ev.get("end_s")
                 label = f"{'/'.join(ev.get('directions') or ())} {ev.get('change', '')}".strip()
                 key = (round(zero + ev["start_s"], 3), None if end is None else round(zero + end, 3), label)
                 spans[key] = None
-    return list(spans)
+    return list(spans), (float(lo), float(hi))
 
 
 def _mark_link_events(fig: go.Figure, bundle: Bundle) -> go.Figure:
-    """Shade each link event's interval (a line where it has no end), labelled with what changed."""
-    for i, (x0, x1, label) in enumerate(link_event_spans(bundle)):
+    """Shade each link event's interval (a line where it has no end), labelled with what changed, and
+    open the time axis on the runs that went through them (autoscale shows every run)."""
+    spans, (lo, hi) = link_event_spans(bundle)
+    if spans:
+        fig.update_xaxes(range=[lo, hi])
+    for i, (x0, x1, label) in enumerate(spans):
         colour = "crimson" if label.endswith("down") else "darkorange"
         where = "top left" if i % 2 == 0 else "bottom left"  # overlapping labels alternate
         if x1 is None:

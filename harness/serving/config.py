@@ -52,7 +52,9 @@ class SimSetup:
             "bandwidth_aware": self.stack.bandwidth_aware is not None,
             "topologies": {name: vars(t) for name, t in self.topologies.items()},
             "link_events": events_meta(
-                self.scenario, zero="first-request", applied=[asdict(s) for s in self.stack.link_events]
+                self.scenario,
+                zero="first-request",
+                applied=[asdict(s) for s in self.stack.link_events] if self.stack.link_events else None,
             ),
             "config_warnings": list(self.warnings),
         }

@@ -306,6 +306,8 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
     if req.find_max_rate:
         # Validate the workload once (context fit, non-empty) before any long search.
         _workload(setup, req, rates[0] or 1.0, seed)
+        # Λ_max is a steady-state figure: a transient link fault has no place in its probes.
+        setup = with_stack(setup, link_events=())
 
     run_id = new_run_id("sim")
     run_dir = req.out_dir / run_id
