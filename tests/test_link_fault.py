@@ -214,3 +214,15 @@ def test_serve_starts_the_events_at_the_first_request(root, tmp_path):
     assert first["direction"] == "remote->local" and first["spec"].startswith("40Mbit")
     assert 10.0 <= first["t_s"] < 12.0  # model seconds after the first request reached the router
     assert time.monotonic() - sent < 5
+
+
+def test_serve_on_loopback_says_it_cannot_apply_the_events(tmp_path):
+    from harness.emulation.clusters import EmulatedClusters
+
+    with EmulatedClusters(_small(tmp_path), speedup=10, topologies=["prfaas"], netns=False) as c:
+        assert c.backend == "loopback"
+        (warning,) = c.warnings
+        assert "[[network.events]] are not applied: the loopback fallback" in warning
+        meta = c.link_events()
+        c.arm_events()  # nothing to change: a no-op, not an error
+    assert meta["applied"] is None and len(meta["events"]) == 2
