@@ -43,26 +43,45 @@ def _relative(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**{c: df[c] - zero for c in cols}, ttft=df["first_token_s"] - df["scheduled_s"])
 
 
-def check_straddle(df: pd.DataFrame, *, slack_s: float) -> None:
-    """What crosses the link waits for it: a KV transfer under way while the link is down ends after it
+def check_straddle(df: pd.DataFrame, down: dict[str, tuple[float, float]], *, slack_s: float) -> None:
+    """What crosses the link waits for it: a KV transfer under way when the link goes down ends after it
     returns, and a prompt sent to the remote site while it is down starts its prefill after that.
-    ``slack_s``: how much earlier than the modelled return a real network may resume (0 in simulate)."""
+    ``down``: each direction's (down, up) times after the run's zero, as applied; ``slack_s``: how much
+    earlier a real network's readings may put it (clocks of different processes; 0 in simulate)."""
     remote = _relative(df[(df["route"] == "remote") & (df["status"] == "ok")])
-    back = DOWN[1] + DELAY_S - slack_s
-    crossing = remote[(remote["kv_transfer_start_s"] < DOWN[0]) & (remote["kv_transfer_end_s"] > DOWN[0])]
-    arriving = remote[remote["scheduled_s"].between(DOWN[0] + 0.05, DOWN[1] - 0.05)]
+    kv_down, kv_up = down["remote->local"]
+    prompt_down, prompt_up = down["local->remote"]
+    margin = DELAY_S + slack_s  # a last byte already on the wire still lands
+    crossing = remote[
+        (remote["kv_transfer_start_s"] < kv_down) & (remote["kv_transfer_end_s"] > kv_down + margin)
+    ]
+    arriving = remote[remote["scheduled_s"].between(prompt_down + margin, prompt_up - margin)]
     assert len(crossing) + len(arriving) >= 2, "the run must put work across the cut"
-    assert (crossing["kv_transfer_end_s"] >= back).all(), crossing
-    assert (arriving["prefill_start_s"] >= back).all(), arriving
+    assert (crossing["kv_transfer_end_s"] >= kv_up + DELAY_S - slack_s).all(), crossing
+    assert (arriving["prefill_start_s"] >= prompt_up + DELAY_S - slack_s).all(), arriving
     # TTFT rises: remote requests sent while the link is down wait for it, unlike those before any event.
     before = remote[remote["scheduled_s"] < CUT[0]]["ttft"].median()
     assert arriving["ttft"].median() > before + 0.5 * (DOWN[1] - DOWN[0])
 
 
+def _down_as_planned() -> dict[str, tuple[float, float]]:
+    return {"remote->local": DOWN, "local->remote": DOWN}
+
+
+def _down_as_applied(changes: list[dict]) -> dict[str, tuple[float, float]]:
+    """Each direction's (down, up) times from a replay's meta.json ``link_events.applied`` entries."""
+    out = {}
+    for direction in ("remote->local", "local->remote"):
+        times = [(c["t_s"], "DOWN" in c["spec"]) for c in changes if c["direction"] == direction]
+        start = next(i for i, (_, is_down) in enumerate(times) if is_down)
+        out[direction] = (times[start][0], times[start + 1][0])
+    return out
+
+
 def test_simulate_shows_the_fault_in_the_transfers_that_cross_it(simulated):
     _, records, _ = simulated
     prfaas = records[records["topology"] == "prfaas"]
-    check_straddle(prfaas, slack_s=0.0)
+    check_straddle(prfaas, _down_as_planned(), slack_s=0.0)
     # A transfer wholly inside the rate cut moves at most the cut rate (5 of 100 Gbit/s).
     rel = _relative(prfaas[prfaas["route"] == "remote"])
     inside = rel[(rel["kv_transfer_start_s"] >= CUT[0]) & (rel["kv_transfer_end_s"] <= CUT[1])]
@@ -164,13 +183,14 @@ def test_bench_replays_the_fault_over_the_shaped_link_as_simulate_does(root, tmp
     scale = read_meta(out / "replay")["time_scale"]
     replayed[[c for c in replayed.columns if c.endswith("_s") and replayed[c].dtype.kind == "f"]] *= scale
     simulated = read_records(out / "simulate")
-    # 0.05 model s of slack: the replay's times are read on clocks of different processes.
-    for records, slack in ((simulated, 0.0), (replayed, 0.05)):
-        check_straddle(records[records["topology"] == "prfaas"], slack_s=slack)
+    meta = read_meta(out / "replay")["link_events"]
+    check_straddle(simulated[simulated["topology"] == "prfaas"], _down_as_planned(), slack_s=0.0)
+    # The replay against the link as it really changed; 0.05 model s for clock readings across processes.
+    applied = _down_as_applied(meta["applied"]["prfaas"])
+    check_straddle(replayed[replayed["topology"] == "prfaas"], applied, slack_s=0.05)
 
     # Each topology met the fault at the same point of its own schedule, changes applied after (never
     # before) their planned times.
-    meta = read_meta(out / "replay")["link_events"]
     assert meta["zero"] == "arm" and sorted(meta["applied"]) == ["homogeneous", "prfaas"]
     for changes in meta["applied"].values():
         planned = [10, 25, 30, 30, 35, 35]
