@@ -45,7 +45,7 @@ from harness.errors import CapabilityError, ScenarioError
 from harness.scenario import Scenario, load_scenario
 from harness.serving.build import LOCAL, REMOTE
 from harness.serving.config import SimSetup, prepare
-from harness.serving.linkevents import events_meta, model_timeline, with_link_delay
+from harness.serving.linkevents import SERVED, events_meta, model_timeline, with_link_delay
 
 DEFAULT_PREFIX = "pfbsv-"
 _READY_TIMEOUT_S = 60.0
@@ -367,10 +367,9 @@ class EmulatedClusters:
         from harness.network import Change
 
         s = self.spec.speedup
-        served = {(LOCAL, REMOTE), (REMOTE, LOCAL)}
         for c in model_timeline(self.scenario):
             spec = c.spec
-            if (c.src, c.dst) in served:  # its delay is [link]'s, in model ms, like the base link's
+            if (c.src, c.dst) in SERVED:  # its delay is [link]'s, in model ms, like the base link's
                 spec = spec.with_changes(delay_ms=spec.delay_ms / s, jitter_ms=spec.jitter_ms / s)
             self._changes.append(Change(c.t_s / s, c.src, c.dst, spec))
         self._base = {(src, dst): spec for src, dst, spec in self._net.spec.directions()}
