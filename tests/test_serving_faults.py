@@ -284,12 +284,14 @@ def test_over_http_a_raising_prefill_fails_the_queued_requests_with_recorded_err
         async def main():
             async with aiohttp.ClientSession() as session:
                 sent = []
-                # a (fine) prefills for ~1 s of wall time; b (raising) and c (fine) queue behind it.
-                for i, (tokens, depth) in enumerate([(10_000, 1), (12_000, 2), (10_001, 3)]):
+                # a (fine) prefills for ~3 s of wall time, ample for b (raising) and c (fine) to queue.
+                for i, (tokens, depth) in enumerate([(40_000, 1), (12_000, 2), (10_000, 3)]):
                     prompt = " ".join(f"{'abc'[i]}{k}" for k in range(tokens))
                     job = client.prepare(Job(i, i, 0.0, prompt, tokens, 2, MEASURE))
                     sent.append(asyncio.ensure_future(client.execute(session, job)))
+                    deadline = time.monotonic() + 60  # a safety net against a hang
                     while inst.queue_depth < depth:  # the server has queued it: the order is fixed
+                        assert time.monotonic() < deadline, f"request {i} was never queued"
                         await asyncio.sleep(0.01)
                 return await asyncio.gather(*sent)
 
