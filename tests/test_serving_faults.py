@@ -102,11 +102,11 @@ def test_simulate_records_a_failed_prefill_as_an_error_and_finishes():
     # and fail when their turn comes. The two short ones prefill locally.
     trace = _trace([40_000] * 6 + [5_000] * 2, [0.0] * 8)
     records: list = []
-    summary = run_topology(stack, setup.topologies["prfaas"], trace, sink=records.append)
+    run_topology(stack, setup.topologies["prfaas"], trace, sink=records.append)
     by_route: dict = {}
     for r in records:
         by_route.setdefault((r.route, r.status, r.error_class), []).append(r)
-    assert (summary.errors, summary.completed) == (2, 6)
+    assert len(records) == 8  # every request ended, none hangs
     assert sorted((k, len(v)) for k, v in by_route.items()) == [
         (("local", STATUS_OK, None), 2),
         (("remote", STATUS_ERROR, "RuntimeError"), 2),
