@@ -141,9 +141,14 @@ def run_bench(
     # 4. The same requests over HTTP against the emulated clusters, KV across the shaped link.
     t = _stage(say, 4, total, "serve + replay: emulated clusters over real HTTP and a shaped link")
     # Its own namespace prefix, so a bench never sweeps (or trips over) a `serve` the user left running.
-    with EmulatedClusters(scenario, speedup=spec.speedup, netns=netns, prefix=prefix) as clusters:
+    # Link events start again at each topology's replay start (its run clock's zero), as in simulate.
+    with EmulatedClusters(
+        scenario, speedup=spec.speedup, netns=netns, prefix=prefix, events_from="arm"
+    ) as clusters:
         s = clusters.spec.speedup
         emu = clusters.describe()
+        for line in clusters.warnings:
+            warn(f"warning: {line}")
         say(
             f"      backend {clusters.backend}, speed-up {s:g}x, link {clusters.rate_mbit or 0:g} Mbit/s "
             f"(KV bytes x{clusters.byte_scale:.2g}); {len(trace)} requests x {len(clusters.urls)} topologies"
@@ -161,11 +166,15 @@ def run_bench(
                 "time_scale": s,
                 "emulation": emu,
                 "scenario": str(scenario.path),
-                "config_warnings": warnings,
+                "config_warnings": warnings + clusters.warnings,
                 "context": fit.as_dict(),
             },
+            on_start=lambda name, t0: clusters.arm_events(t0, label=name),
         )
         replay(trace.replace(arrival_s=trace.arrival_s / s), config, out_dir / "replay", quiet=not progress)
+        clusters.check()  # a link event that failed to apply spoils the run: say so
+        if (events := clusters.link_events()) is not None:
+            _add_meta(out_dir / "replay", link_events=events)
     say(f"      done ({_since(t)})")
 
     # 5. Analysis and the dashboard.
@@ -191,6 +200,14 @@ def _flatten(parent: Path) -> None:
     for item in child.iterdir():
         item.rename(parent / item.name)
     child.rmdir()
+
+
+def _add_meta(run_dir: Path, **changes: Any) -> None:
+    """Add keys to a finished run's meta.json."""
+    path = run_dir / "meta.json"
+    path.write_text(
+        json.dumps({**json.loads(path.read_text()), **json_safe(changes)}, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def _since(t: float) -> str:

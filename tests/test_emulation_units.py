@@ -92,7 +92,7 @@ def test_serve_cli_rejects_bad_input_in_one_line(tmp_path):
 
 
 def test_a_scenario_network_gets_the_delay_of_the_speedup_in_force():
-    from harness.emulation.clusters import _with_link_delay
+    from harness.serving.linkevents import with_link_delay
 
     table = {
         "sites": ["local", "remote", "client"],
@@ -107,7 +107,7 @@ def test_a_scenario_network_gets_the_delay_of_the_speedup_in_force():
             {"between": ["client", "local"], "delay_ms": 3},
         ],
     }
-    out = _with_link_delay(table, 1.25)  # 5 ms real / speed-up 4
+    out = with_link_delay(table, 1.25)  # 5 ms real / speed-up 4
     inter, client = out["links"]
     assert (inter["delay_ms"], inter["reverse"]["delay_ms"], inter["rate_mbit"]) == (1.25, 1.25, 800)
     assert inter["jitter_ms"] == pytest.approx(0.25)  # scaled with the delay

@@ -101,7 +101,7 @@ def test_the_case_study_warns_about_what_serve_and_bench_override():
 def test_simulate_warns_on_stderr_and_in_meta_json(tmp_path):
     text = CASE_STUDY.read_text(encoding="utf-8").replace("tpot_ms = 25", "tpot_ms = 25\nttft_s = 10")
     path = tmp_path / "s.toml"
-    path.write_text(text + '\n[[network.events]]\nat_s = 1\nlink = ["local", "remote"]\ndown = true\n')
+    path.write_text(text + '\n[[network.events]]\nat_s = 1\nlink = ["local", "remote"]\nloss_pct = 1\n')
     out = tmp_path / "out"
     result = CliRunner().invoke(
         main,
@@ -121,7 +121,7 @@ def test_simulate_warns_on_stderr_and_in_meta_json(tmp_path):
     assert result.exit_code == 0, result.output
     expected = [
         f"{path}: [simulate] ttft_slo_s = 30 is ignored: [slo] ttft_s = 10 is the TTFT bound",
-        f"{path}: [[network.events]] are ignored: simulate does not apply them (`net up --hold` does)",
+        f"{path}: [network.events[0]] loss_pct is not simulated: the fluid link models rate, delay and down",
     ]
     assert result.stderr.splitlines() == [f"warning: {w}" for w in expected]
     (meta,) = out.glob("*/meta.json")

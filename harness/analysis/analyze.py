@@ -75,7 +75,7 @@ def _group_by_load(members: list[Member], notes: list[str]) -> dict[str, dict[st
             rates_by_source.setdefault(run.source, set()).add(rate)
     groups: dict[str, dict[str, tuple[Run, pd.DataFrame]]] = {}
     for run, name, rate, df in members:
-        sweep = rate is not None and len(rates_by_source[run.source]) > 1
+        sweep = rate is not None and len(rates_by_source.get(run.source, ())) > 1
         group = f"{run.source}@{rate:g}rps" if sweep else run.source
         if run.meta.get("find_max_rate"):
             # Each topology ran at its own Λ_max: compared among themselves, never with a paired run.

@@ -1,5 +1,6 @@
 """The dashboard's Plotly figures. Each builder returns a figure; missing data gives a figure that
-says what is missing instead of an error, so the page always has every panel."""
+says what is missing instead of an error, so the page always has every panel. The timelines (latency
+over time, link) shade the link events a run went through (its meta.json's ``link_events``)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,50 @@ def cdf(bundle: Bundle, fn: Callable[[pd.DataFrame], np.ndarray], title: str, un
     return fig if fig.data else missing(title, "no successful requests with this metric in these runs")
 
 
+def link_event_spans(bundle: Bundle) -> tuple[list[tuple[float, float | None, str]], tuple[float, float]]:
+    """The link events the runs went through, as (start, end or None, label) on the records' time axis,
+    and the span of time those runs cover.
+
+    Event times count from the run clock's zero, the first request's scheduled send, which is the
+    earliest ``scheduled_s`` of each topology's records (model seconds: replay times are scaled).
+    Runs that could not apply their events (``applied`` null) contribute nothing."""
+    spans: dict[tuple[float, float | None, str], None] = {}
+    lo, hi = np.inf, -np.inf
+    for run in bundle.runs:
+        meta = run.meta.get("link_events")
+        if not isinstance(meta, Mapping) or meta.get("applied") is None:
+            continue
+        for _, df in run.records.groupby("topology", sort=True):
+            zero = np.nanmin(m.col(df, "scheduled_s")) if len(df) else np.nan
+            if not np.isfinite(zero):
+                continue
+            lo, hi = min(lo, zero), max(hi, np.nanmax(np.append(m.col(df, "last_token_s"), zero)))
+            for ev in meta.get("events") or ():
+                end = ev.get("end_s")
+                label = f"{'/'.join(ev.get('directions') or ())} {ev.get('change', '')}".strip()
+                key = (round(zero + ev["start_s"], 3), None if end is None else round(zero + end, 3), label)
+                spans[key] = None
+    return list(spans), (float(lo), float(hi))
+
+
+def _mark_link_events(fig: go.Figure, bundle: Bundle) -> go.Figure:
+    """Shade each link event's interval (a line where it has no end), labelled with what changed, and
+    open the time axis on the runs that went through them (autoscale shows every run)."""
+    spans, (lo, hi) = link_event_spans(bundle)
+    if spans:
+        fig.update_xaxes(range=[lo, hi])
+    for i, (x0, x1, label) in enumerate(spans):
+        colour = "crimson" if label.endswith("down") else "darkorange"
+        where = "top left" if i % 2 == 0 else "bottom left"  # overlapping labels alternate
+        if x1 is None:
+            fig.add_vline(x=x0, line={"color": colour, "dash": "dash"}, annotation_text=label,
+                          annotation_position=where, annotation_font_size=10)  # fmt: skip
+        else:
+            fig.add_vrect(x0=x0, x1=x1, fillcolor=colour, opacity=0.15, line_width=0, annotation_text=label,
+                          annotation_position=where, annotation_font_size=10)  # fmt: skip
+    return fig
+
+
 def latency_over_time(bundle: Bundle, bins: int = 40) -> go.Figure:
     """TTFT p50 (solid) and p90 (dotted) in time bins of the scheduled send."""
     title = "Latency over time (TTFT by scheduled send time)"
@@ -111,7 +156,9 @@ def latency_over_time(bundle: Bundle, bins: int = 40) -> go.Figure:
         fig.add_scatter(x=centers, y=g.median().to_numpy(), mode="lines", name=f"{label} p50")
         fig.add_scatter(x=centers, y=g.quantile(0.9).to_numpy(), mode="lines", name=f"{label} p90",
                         line={"dash": "dot"})  # fmt: skip
-    return fig if fig.data else missing(title, "no successful requests in these runs")
+    return (
+        _mark_link_events(fig, bundle) if fig.data else missing(title, "no successful requests in these runs")
+    )
 
 
 def _timeseries_columns(bundle: Bundle, words: tuple[str, ...]) -> Iterator[tuple[str, str, pd.DataFrame]]:
@@ -162,7 +209,7 @@ def link_utilisation(bundle: Bundle) -> go.Figure:
                 x, y = _thin(x, y)
                 fig.add_scatter(x=x, y=y, mode="lines", name=label)
     return (
-        fig
+        _mark_link_events(fig, bundle)
         if fig.data
         else missing(title, "no link time series and no cross-site KV transfers in these runs")
     )

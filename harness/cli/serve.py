@@ -12,6 +12,8 @@ from harness.cli._options import parse_names, warn
 from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
 from harness.errors import ScenarioError
 
+_ZERO = {"first-request": "the first request", "ready": "now (serve is ready)"}
+
 
 def _raise_exit(_sig, _frame) -> None:
     raise SystemExit(143)
@@ -34,9 +36,16 @@ def _raise_exit(_sig, _frame) -> None:
 )
 @click.option("--connections", type=int, help="TCP connections per site pair for KV.")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Name prefix of the namespaces.")
+@click.option(
+    "--events-from",
+    type=click.Choice(["first-request", "ready"]),
+    default="first-request",
+    show_default=True,
+    help="Zero of the run clock [[network.events]] count from: the first request, or serve being ready.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
 def command(
-    scenario, speedup, netns, port_base, topologies, kv_rate_mbit, connections, prefix, as_json
+    scenario, speedup, netns, port_base, topologies, kv_rate_mbit, connections, prefix, events_from, as_json
 ) -> None:
     """Bring up one process per site, print the endpoint URLs, and serve until Ctrl-C.
 
@@ -55,11 +64,13 @@ def command(
         kv_rate_mbit=kv_rate_mbit,
         connections=connections,
         prefix=prefix,
+        events_from=events_from,
     )
     warn(clusters.scenario.warnings("serve", speedup=clusters.spec.speedup))
     previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
         with clusters:
+            warn(clusters.warnings)
             info = clusters.describe()
             if as_json:
                 click.echo(json.dumps(info, default=str))
@@ -74,6 +85,11 @@ def command(
                 )
                 for topo, url in clusters.urls.items():
                     click.echo(f"  {topo:<12} {url}")
+                if info["link_events_from"]:
+                    click.echo(
+                        "[[network.events]]: applied at their model times / "
+                        f"{clusters.spec.speedup:g} after {_ZERO[info['link_events_from']]}"
+                    )
                 click.echo(f"metrics: {clusters.host_urls['local']}/metrics   (Ctrl-C to stop)")
             while True:
                 time.sleep(0.5)

@@ -83,8 +83,27 @@ def overrides(
         out += _served_link(
             cfg, command, speedup or cfg.emulation.speedup, given("emulation", "kv_rate_mbit")
         )
-    if command in ("simulate", "serve", "bench", "net up") and cfg.network is not None and cfg.network.events:
-        out.append(f"[[network.events]] are ignored: {command} does not apply them (`net up --hold` does)")
+    if cfg.network is not None and cfg.network.events:
+        if command == "net up":
+            out.append("[[network.events]] are ignored: net up does not apply them (`net up --hold` does)")
+        if command in ("simulate", "bench"):
+            out += _unmodelled_events(cfg)
+    return out
+
+
+def _unmodelled_events(cfg: ScenarioConfig) -> list[str]:
+    """What of the link events simulate's fluid link does not model: only rate, delay and down
+    changes of the local-remote link are (serve applies every event to the shaped network)."""
+    assert cfg.network is not None
+    out = []
+    for i, ev in enumerate(cfg.network.events):
+        where = f"[network.events[{i}]]"
+        if sorted(ev.link) != [LOCAL, REMOTE]:
+            out.append(f"{where} is not simulated: simulate models only the {LOCAL}-{REMOTE} link")
+            continue
+        for key in ("jitter_ms", "loss_pct"):
+            if getattr(ev, key) is not None:
+                out.append(f"{where} {key} is not simulated: the fluid link models rate, delay and down")
     return out
 
 

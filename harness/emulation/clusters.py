@@ -11,12 +11,18 @@ so clients outside the namespaces reach it. Without namespaces (``netns=False``,
 sites run on loopback ports and the link's rate and delay are applied by the KV sender itself
 (backend "loopback", labelled in ``describe()``). Every exit path stops the processes and removes
 the network.
+
+The scenario's ``[[network.events]]`` change the shaped network during a run, on a run clock whose
+zero is chosen by ``events_from``: the first request a router receives (``"first-request"``), the
+moment every site serves (``"ready"``), or whenever the caller says (``"arm"``: ``arm_events(t0)``,
+as bench does at each replay's start). Their model times and the inter-site link's delays are
+divided by the speed-up (``harness.serving.linkevents``), and ``net up --hold``'s scheduler applies
+them. On the loopback fallback there is no shaped link to change: ``warnings`` says so.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import selectors
@@ -24,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -32,16 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.base import override
-from harness.emulation.siteproc import READY, SiteConfig
+from harness.emulation.siteproc import FIRST_REQUEST, READY, SiteConfig
 from harness.emulation.spec import EmulationSpec, byte_scale, emulated_delay_ms
 from harness.errors import CapabilityError, ScenarioError
 from harness.scenario import Scenario, load_scenario
 from harness.serving.build import LOCAL, REMOTE
 from harness.serving.config import SimSetup, prepare
+from harness.serving.linkevents import SERVED, events_meta, model_timeline, with_link_delay
 
 DEFAULT_PREFIX = "pfbsv-"
 _READY_TIMEOUT_S = 60.0
 LOOPBACK = "loopback"
+EVENTS_FROM = ("first-request", "ready", "arm")
 
 
 def _network_table(sites: list[str], rate_mbit: float, delay_ms: float) -> dict[str, Any]:
@@ -50,23 +59,6 @@ def _network_table(sites: list[str], rate_mbit: float, delay_ms: float) -> dict[
     if len(sites) > 1:
         table["links"].append({"between": [LOCAL, REMOTE], "rate_mbit": rate_mbit, "delay_ms": delay_ms})
     return table
-
-
-def _with_link_delay(table: Mapping[str, Any], delay_ms: float) -> dict[str, Any]:
-    """A copy of a ``[network]`` table whose local-remote link has one-way ``delay_ms`` in both
-    directions (jitter scaled by the same factor), so the delay follows the speed-up in force."""
-    out = copy.deepcopy(dict(table))
-    for link in out.get("links", []):
-        if sorted(link.get("between", [])) != sorted([LOCAL, REMOTE]):
-            continue
-        for part in (link, link.get("forward", {}), link.get("reverse", {})):
-            old = part.get("delay_ms")
-            if old is None and part is not link:
-                continue
-            if old and part.get("jitter_ms"):
-                part["jitter_ms"] = part["jitter_ms"] * delay_ms / old
-            part["delay_ms"] = delay_ms
-    return out
 
 
 class EmulatedClusters:
@@ -83,7 +75,10 @@ class EmulatedClusters:
         kv_rate_mbit: float | None = None,
         connections: int | None = None,
         prefix: str = DEFAULT_PREFIX,
+        events_from: str = "first-request",
     ) -> None:
+        if events_from not in EVENTS_FROM:
+            raise ValueError(f"events_from must be one of {EVENTS_FROM}, got {events_from!r}")
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         flags = {"speedup": speedup, "kv_rate_mbit": kv_rate_mbit, "connections": connections}
         self.spec: EmulationSpec = override(self.scenario.config.emulation, flags)
@@ -105,6 +100,13 @@ class EmulatedClusters:
         self.rate_mbit: float | None = None
         self.delay_ms = 0.0
         self.byte_scale = 1.0
+        self.events_from = events_from
+        self._changes: list[Any] = []  # the link events on the wall clock (harness.network Changes)
+        self._base: dict[tuple[str, str], Any] = {}  # each direction's spec before any event
+        self._armed: list[tuple[str, Any]] = []  # (label, EventScheduler), one per arming
+        self._events_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._watch_error: BaseException | None = None
 
     # ------------------------------------------------------------------ public views
     @property
@@ -136,7 +138,22 @@ class EmulatedClusters:
             "topologies": {t: asdict(p) for t, p in self.setup.topologies.items()},
             "urls": self.urls,
             "emulation": asdict(self.spec),
+            "link_events_from": self.events_from if self._changes else None,
         }
+
+    @property
+    def warnings(self) -> list[str]:
+        """What this run does not do that the scenario asks for (known once started)."""
+        if (
+            self.scenario.config.network is not None
+            and self.scenario.config.network.events
+            and not self._changes
+        ):
+            return [
+                f"{self.scenario.path}: [[network.events]] are not applied: the {self.backend} fallback has "
+                "no shaped link to change (run as root, with namespaces)"
+            ]
+        return []
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> EmulatedClusters:
@@ -205,7 +222,7 @@ class EmulatedClusters:
         net_spec = None
         if self.scenario.section("network"):  # the scenario's own network, its delay scaled to s
             delay = emulated_delay_ms(self.setup.stack.link.delay_ms, self.spec.speedup)
-            table = _with_link_delay(self.scenario.section("network"), delay)
+            table = with_link_delay(self.scenario.section("network"), delay)
             net_spec = parse_network(table, source=str(self.scenario.path))
             missing = [s for s in self.sites if s not in net_spec.sites]
             if missing:
@@ -220,6 +237,7 @@ class EmulatedClusters:
             self._net_ctx = Network(net_spec, prefix=self.prefix, backend=backend, table=table).up()
             self._net = self._net_ctx.__enter__()
             self.backend = self._net.backend
+        self._plan_events()
         socks = self._bind_sockets()
         try:
             self._spawn_all(socks)
@@ -227,6 +245,13 @@ class EmulatedClusters:
             for group in socks.values():
                 for s in group.values():
                     s.close()
+        if self._changes and self.events_from == "first-request":
+            self._watcher = threading.Thread(
+                target=self._watch_first_request, name="pfb-first-request", daemon=True
+            )
+            self._watcher.start()
+        elif self._changes and self.events_from == "ready":
+            self.arm_events(label="serve")
 
     def _bind_sockets(self) -> dict[str, dict[str, socket.socket]]:
         out: dict[str, dict[str, socket.socket]] = {}
@@ -277,6 +302,9 @@ class EmulatedClusters:
                 sockets=list(group),
                 app_pace_mbit=None if self._net is not None else self.rate_mbit,
                 app_delay_ms=0.0 if self._net is not None else self.delay_ms,
+                announce_first_request=site == LOCAL
+                and bool(self._changes)
+                and self.events_from == "first-request",
             )
             argv = [sys.executable, "-m", "harness.emulation.siteproc", config.to_json()]
             # The channel hands the sockets over, then stays open: closing it stops the site.
@@ -320,14 +348,88 @@ class EmulatedClusters:
         )
 
     def check(self) -> None:
-        """Raise if a site process has died (the cluster can no longer serve)."""
+        """Raise if a site process has died (the cluster can no longer serve), or a link event could
+        not be applied."""
         for site, proc in self._procs.items():
             if proc.poll() is not None:
                 raise CapabilityError(f"site process {site!r} exited with status {proc.returncode}")
+        if self._watch_error is not None:
+            raise self._watch_error
+        with self._events_lock:
+            for _, sched in self._armed:
+                sched.join(timeout=0)  # re-raises a change that failed
+
+    # ------------------------------------------------------------------ link events
+    def _plan_events(self) -> None:
+        """The scenario's link events on the wall clock, for a network that can change (else none)."""
+        if self._net is None:
+            return
+        from harness.network import Change
+
+        s = self.spec.speedup
+        for c in model_timeline(self.scenario):
+            spec = c.spec
+            if (c.src, c.dst) in SERVED:  # its delay is [link]'s, in model ms, like the base link's
+                spec = spec.with_changes(delay_ms=spec.delay_ms / s, jitter_ms=spec.jitter_ms / s)
+            self._changes.append(Change(c.t_s / s, c.src, c.dst, spec))
+        self._base = {(src, dst): spec for src, dst, spec in self._net.spec.directions()}
+
+    def arm_events(self, t0: float | None = None, *, label: str = "serve") -> None:
+        """Start the link events' run clock at ``t0`` (``time.monotonic()``; default now): every link
+        is first put back to its spec before any event, then the events follow from ``t0``. Each call
+        starts the schedule again (bench: once per replayed topology, under ``label``)."""
+        if not self._changes:
+            return
+        from harness.network import EventScheduler
+
+        assert self._net is not None
+        net = self._net
+        with self._events_lock:
+            for _, sched in self._armed:
+                sched.stop()  # a change that failed is raised here, never passed over
+            for (src, dst), spec in self._base.items():
+                if net.link_spec(src, dst) != spec:
+                    net.set_link(src, dst, spec)
+            sched = EventScheduler(self._changes, lambda ch: net.set_link(ch.src, ch.dst, ch.spec))
+            self._armed.append((label, sched.start(t0)))
+
+    def link_events(self) -> dict[str, Any] | None:
+        """For meta.json: the events (model seconds after the run clock's zero) and, per arming, each
+        change as applied (``t_s``: model seconds after that zero, as measured; ``applied`` is None
+        where nothing could be applied). None without events."""
+        s = self.spec.speedup
+        with self._events_lock:
+            applied = {
+                label: [
+                    {"t_s": at * s, "direction": f"{ch.src}->{ch.dst}", "spec": str(ch.spec)}
+                    for at, ch in list(sched.applied)
+                ]
+                for label, sched in self._armed
+            }
+        return events_meta(self.scenario, zero=self.events_from, applied=applied if self._changes else None)
+
+    def _watch_first_request(self) -> None:
+        """Read the local site's announcement of its first routed request, and arm the events then."""
+        proc = self._procs[LOCAL]
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                word, _, value = raw.decode(errors="replace").strip().partition(" ")
+                if word == FIRST_REQUEST:
+                    self.arm_events(float(value), label="serve")
+                    return
+        except (OSError, ValueError) as exc:  # stdout closed under us at stop: nothing to arm
+            if proc.poll() is None:
+                self._watch_error = exc
+        except BaseException as exc:  # a link change refused: surfaced by check()
+            self._watch_error = exc
 
     def stop(self) -> None:
         """Stop every site process (channel closed, then SIGTERM, then SIGKILL) and remove the network.
         Safe to call twice."""
+        with self._events_lock:
+            for _, sched in self._armed:
+                sched.stop(raise_error=False)
         for channel in self._channels:
             channel.close()
         self._channels.clear()
@@ -340,6 +442,10 @@ class EmulatedClusters:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, sig)
             proc.wait()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)  # the local site's stdout has ended with it
+            self._watcher = None
+        for proc in self._procs.values():
             if proc.stdout is not None:
                 proc.stdout.close()
         self._procs.clear()

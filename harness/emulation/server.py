@@ -23,7 +23,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -68,11 +68,13 @@ class SiteServer:
         sender: KvSender,
         peers: Peers,
         kv_addr: tuple[str, int] | None = None,
+        on_first_request: Callable[[], None] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a site server needs at least one topology")
         self.site, self.nodes, self.spec, self.model, self.clock = site, dict(nodes), spec, model, clock
         self.receiver, self.sender, self.peers, self.kv_addr = receiver, sender, peers, kv_addr
+        self.on_first_request = on_first_request  # called once, as a router takes its first request
         self.default = next(iter(self.nodes))
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.add_routes(
@@ -211,6 +213,9 @@ class SiteServer:
                 f"site {self.site} is not a router for {node.name!r}: send PD legs (kv_transfer_params) here",
                 param="kv_transfer_params",
             )
+        if self.on_first_request is not None:
+            announce, self.on_first_request = self.on_first_request, None
+            announce()
         path = "/v1/chat/completions" if req.kind == api.CHAT else "/v1/completions"
         sreq = self._serve_request(req, uuid.uuid4().hex, req.max_tokens, ClientRequest(path, body))
         node.waiting += 1

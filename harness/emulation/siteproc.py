@@ -4,7 +4,9 @@ Started by ``EmulatedClusters`` (in the site's network namespace when there is o
 listening sockets already bound by the parent: the site's HTTP and KV sockets on its own address, and
 an HTTP socket on the host's loopback so clients outside the namespaces reach it. They arrive as
 file descriptors over a Unix socket on stdin (SCM_RIGHTS), since a process spawned into a namespace
-inherits no other descriptors. It prints ``READY`` on stdout once serving, and stops cleanly on
+inherits no other descriptors. It prints ``READY`` on stdout once serving (and, when asked,
+``FIRST-REQUEST <time.monotonic()>`` as its router takes its first request: the run clock's zero of
+the link events, which the parent applies), and stops cleanly on
 SIGTERM, SIGINT, or when that Unix socket closes: the parent closes it to stop the site, and the
 kernel closes it when the parent dies, so no site process outlives its parent.
 """
@@ -16,6 +18,7 @@ import json
 import signal
 import socket
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
@@ -31,6 +34,7 @@ from harness.scenario import load_scenario
 from harness.serving.config import prepare
 
 READY = "READY"
+FIRST_REQUEST = "FIRST-REQUEST"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class SiteConfig:
     sockets: list[str] = field(default_factory=list)  # names of the sockets sent on stdin, in order
     app_pace_mbit: float | None = None  # rootless: pace KV in the application (wall Mbit/s)
     app_delay_ms: float = 0.0  # rootless: one-way delay added by the application (wall ms)
+    announce_first_request: bool = False  # print FIRST_REQUEST when the router takes its first request
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -105,6 +110,7 @@ async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: 
             sender=sender,
             peers=peers,
             kv_addr=config.kv_addrs[config.site],
+            on_first_request=_announce if config.announce_first_request else None,
         )
         runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -119,6 +125,10 @@ async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: 
         await peers.close()
         await sender.close()
         await receiver.close()
+
+
+def _announce() -> None:
+    print(FIRST_REQUEST, f"{time.monotonic():.6f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

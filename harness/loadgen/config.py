@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -157,6 +158,9 @@ class ReplayConfig:
     progress: bool = True
     extra_body: dict[str, Any] = field(default_factory=dict)
     meta_extra: dict[str, Any] = field(default_factory=dict)  # e.g. how the trace was cut, for meta.json
+    # Told (endpoint name, t0) as each endpoint's run clock starts: t0 is the time.monotonic() of its
+    # zero, the first request's scheduled send (bench starts the emulator's link events from it).
+    on_start: Callable[[str, float], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.endpoints:

@@ -156,6 +156,8 @@ def _run_endpoint(
     api_key = os.environ.get(config.api_key_env) or None
 
     def setup(t0: float, wall_offset_s: float) -> WorkerSetup:
+        if config.on_start is not None:
+            config.on_start(ep.name, t0)
         return WorkerSetup(
             run_id=run_id,
             t0=t0,

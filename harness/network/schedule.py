@@ -48,7 +48,8 @@ def timeline(events: Sequence[LinkEvent], base: Mapping[Key, LinkSpec]) -> list[
 
 
 class EventScheduler:
-    """Applies a timeline on a background thread, on the wall clock from ``start()``.
+    """Applies a timeline on a background thread, on the wall clock from ``start()`` (or from the
+    ``time.monotonic()`` instant it is given: a run clock's zero chosen elsewhere).
 
     A failure to apply a change stops the scheduler and is re-raised by ``join()``/``stop()``: a link
     that silently failed to change would spoil the benchmark.
@@ -63,8 +64,8 @@ class EventScheduler:
         self.applied: list[tuple[float, Change]] = []  # (seconds after start when applied, change)
         self.t0 = 0.0
 
-    def start(self) -> EventScheduler:
-        self.t0 = time.monotonic()
+    def start(self, t0: float | None = None) -> EventScheduler:
+        self.t0 = time.monotonic() if t0 is None else t0
         self._thread.start()
         return self
 

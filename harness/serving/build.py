@@ -15,6 +15,7 @@ from harness.model.cost import InstanceCost
 from harness.serving.cache import PrefixCache
 from harness.serving.cluster import Cluster
 from harness.serving.instances import DecodeInstance, PrefillInstance
+from harness.serving.linkevents import LinkSchedule, LinkState
 from harness.serving.ports import InProcessSite, SitePort
 from harness.serving.router import (
     BandwidthAware,
@@ -50,7 +51,7 @@ class TopologyPlan:
 
 @dataclass(frozen=True)
 class StackSpec:
-    """Everything but the topology: costs, link, caches, batching and router options."""
+    """Everything but the topology: costs, link, caches, batching, router options and link events."""
 
     local: InstanceCost
     remote: InstanceCost | None
@@ -63,6 +64,7 @@ class StackSpec:
     bandwidth_aware: BandwidthAware | None = None
     max_segment_steps: float = math.inf
     prefill_batch_tokens: int = 0
+    link_events: tuple[LinkState, ...] = ()  # the scenario's [[network.events]] (simulate)
 
 
 def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
@@ -126,10 +128,11 @@ def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
     transport = FluidTransport(links)
     ports: dict[str, SitePort] = {}
     for name, site in sites.items():
-        # A message from another site (the prompt, a request for KV) takes the link's one-way delay.
-        delays = {src: ls.delay_ms / 1e3 for (src, dst), ls in links.items() if dst == name and src != name}
-        ports[name] = InProcessSite(site, transport, spec.local, peers=ports, arrival_delay_s=delays)
-    return Cluster(ports, make_router(spec, topo), links=transport.links, home=LOCAL)
+        # A message from another site (the prompt, a request for KV) crosses that site's link to here.
+        inbound = {src: transport.links[(src, dst)] for (src, dst) in links if dst == name and src != name}
+        ports[name] = InProcessSite(site, transport, spec.local, peers=ports, inbound=inbound)
+    schedule = LinkSchedule(transport.links, spec.link_events) if spec.link_events else None
+    return Cluster(ports, make_router(spec, topo), links=transport.links, home=LOCAL, link_schedule=schedule)
 
 
 def make_router(spec: StackSpec, topo: TopologyPlan) -> Router:

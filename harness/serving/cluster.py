@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.serving.instances import DecodeRejected, TokenStream
+from harness.serving.instances import TokenStream
+from harness.serving.linkevents import LinkSchedule
 from harness.serving.ports import InProcessSite, PrefillJob, SitePort
 from harness.serving.router import ClusterView, Route, Router
 from harness.serving.site import PrefillResult, ServeRequest
@@ -43,7 +44,8 @@ class Cluster:
 
     ``ports`` maps every site to its ``SitePort``; ``links`` are the ``LinkView``s the router may read;
     ``home`` is the site the router (and the client) lives in. ``sites`` are the ``Site`` objects that
-    run in this process; ``routes`` counts the router's decisions by label.
+    run in this process; ``routes`` counts the router's decisions by label. ``link_schedule``: what
+    the scenario's link events do to ``links``, from the run clock's zero (``start``).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class Cluster:
         *,
         links: Mapping[tuple[str, str], LinkView] | None = None,
         home: str = "local",
+        link_schedule: LinkSchedule | None = None,
     ) -> None:
         self.ports = dict(ports)
         self.router = router
@@ -61,13 +64,25 @@ class Cluster:
         self.sites = {n: p.site for n, p in self.ports.items() if isinstance(p, InProcessSite)}
         self.view = ClusterView(self.ports, self.links)
         self.routes: dict[str, int] = {}
+        self.link_schedule = link_schedule
 
     def __repr__(self) -> str:
         return f"<Cluster {self.router.name} {list(self.ports.values())}>"
 
+    def start(self, t0: float) -> None:
+        """The run clock's zero is loop time ``t0`` (the first request's arrival): link events count
+        from it."""
+        if self.link_schedule is not None:
+            self.link_schedule.arm(t0)
+
     async def dispatch(self, req: ServeRequest) -> Outcome:
         """Serve ``req`` up to the start of its decode (``Outcome.stream``); errors are raised."""
         out = Outcome(req)
+        await self._dispatch(out)
+        return out
+
+    async def _dispatch(self, out: Outcome) -> None:
+        req = out.request
         out.route = route = self.router.route(req, self.view, asyncio.get_running_loop().time())
         self.routes[route.route] = self.routes.get(route.route, 0) + 1
         colocated = route.route == "colocated"
@@ -87,15 +102,18 @@ class Cluster:
         stay = out.prefill.times.instance if colocated else None
         out.decode_instance, out.stream = decode.decode(req, stay)
         out.decode_site = route.decode_site
-        return out
 
     async def handle(self, req: ServeRequest) -> Outcome:
-        """Serve ``req`` to its last token (simulate); a refused decode ends in ``Outcome.error``."""
-        out = await self.dispatch(req)
-        assert out.stream is not None
+        """Serve ``req`` to its last token (simulate). A failure on the way (a prefill that raised, a
+        refused decode, a link down for good) ends in ``Outcome.error`` with what was done so far."""
+        out = Outcome(req)
         try:
-            out.token_times = await out.stream.wait()
-        except DecodeRejected as exc:
+            await self._dispatch(out)
+            assert out.stream is not None
+            try:
+                out.token_times = await out.stream.wait()
+            finally:
+                out.decode_start_s = out.stream.admitted_s
+        except Exception as exc:
             out.error = exc
-        out.decode_start_s = out.stream.admitted_s
         return out

@@ -18,6 +18,7 @@ from harness.model.planner import PlanResult
 from harness.model.study import evaluate_topology
 from harness.scenario import Scenario
 from harness.serving.build import StackSpec, TopologyPlan
+from harness.serving.linkevents import events_meta, fluid_states
 from harness.serving.router import BandwidthAware
 from harness.traces.context import ContextPolicy
 
@@ -57,6 +58,11 @@ class SimSetup:
                 "workload": self.deployment.describe_workload(),
                 "topologies": {name: r.as_dict() for name, r in self.planner.items()},
             },
+            "link_events": events_meta(
+                self.scenario,
+                zero="first-request",
+                applied=[asdict(s) for s in self.stack.link_events] if self.stack.link_events else None,
+            ),
             "config_warnings": list(self.warnings),
         }
 
@@ -106,17 +112,18 @@ def prepare(
     ctx = deployment.context()
     planner = {n: evaluate_topology(ctx, resolved[n]) for n in names if resolved[n].kind != "colocated"}
     plans = {n: _plan(resolved[n], planner.get(n), scenario.where("topologies", n)) for n in names}
-    link = deployment.link
+    link = deployment.link or ModelledLink(bandwidth_gbps=spec.intra_site_gbps)
     bs = spec.decode_batch_max or deployment.context().bs_max
     stack = StackSpec(
         local=deployment.local_cost,
         remote=deployment.remote_cost,
-        link=link or ModelledLink(bandwidth_gbps=spec.intra_site_gbps),
+        link=link,
         intra_site=ModelledLink(bandwidth_gbps=spec.intra_site_gbps),
         decode_batch_max=bs,
         cache_capacity_bytes=None if spec.cache_capacity_gib is None else spec.cache_capacity_gib * 2**30,
         prfaas_cache=spec.prfaas_cache,
         prefill_batch_tokens=spec.prefill_batch_tokens,
         bandwidth_aware=BandwidthAware() if spec.bandwidth_aware else None,
+        link_events=fluid_states(scenario, link) if deployment.link is not None else (),
     )
     return SimSetup(scenario, deployment, spec, stack, plans, tuple(warnings), planner)

@@ -139,6 +139,7 @@ class PrefillInstance:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        batch: list[_Job] = []
         try:
             while self._queue:
                 batch = self._take_batch()
@@ -173,8 +174,28 @@ class PrefillInstance:
                     self.completed += 1
                     if not job.future.done():
                         job.future.set_result(PrefillTimes(self.name, job.enqueued, start, end, c))
+                batch = []
+        except BaseException as exc:
+            # A prefill that raised (or a worker torn down) must not leave its batch and the queue
+            # behind it waiting for results that will never come: each caller gets the error.
+            self._fail([*batch, *self._queue], exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._worker = None
+
+    def _fail(self, jobs: list[_Job], exc: BaseException) -> None:
+        self._queue.clear()
+        self._queued_work_s = 0.0
+        self._running = 0
+        self._busy_until = 0.0
+        for job in jobs:
+            if job.future.done():
+                continue
+            if isinstance(exc, asyncio.CancelledError):
+                job.future.cancel()
+            else:
+                job.future.set_exception(exc)
 
 
 class DecodeRejected(Exception):

@@ -11,8 +11,9 @@ leaves for the decode site — is ``InProcessSite.prefill``, so it runs in which
 site: called by the lifecycle directly, or by ``serve``'s prefill-leg endpoint for a router elsewhere.
 
 A message between sites takes time: the prompt forwarded to the prefill site, or a request for KV sent
-to the site holding it, crosses the link first. ``InProcessSite`` sleeps that one-way delay
-(``arrival_delay_s``, from the link model) in ``simulate``; in ``serve`` the network itself adds it.
+to the site holding it, crosses the link first. In ``simulate`` ``InProcessSite`` has the link model
+carry it (``inbound``: the one-way delay, and a wait while the link is down); in ``serve`` the network
+itself does.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ class SitePort(SiteView, Protocol):
         ...
 
 
+class MessageLink(Protocol):
+    """The link a message from another site crosses (``harness.serving.transport.FluidLink``)."""
+
+    async def carry_message(self) -> None: ...
+
+
 class KvInbox(Protocol):
     """Where KV from other processes lands (``serve``: ``harness.emulation.kvlink.KvReceiver``)."""
 
@@ -89,8 +96,8 @@ class InProcessSite:
     """``SitePort`` of a ``Site`` in this process.
 
     ``transport`` carries its KV out; ``peers`` are the ports of every site of the cluster (itself
-    included), to pull a prefix from; ``arrival_delay_s`` maps another site to the one-way delay of a
-    message from it (simulate's link model; empty in serve). ``inbox``: where KV sent by another
+    included), to pull a prefix from; ``inbound`` maps another site to the link a message from it
+    crosses (simulate's link model; empty in serve). ``inbox``: where KV sent by another
     process arrives (serve); without one, every transfer is in this process and has arrived when its
     sender's ``transfer`` returns.
     """
@@ -102,7 +109,7 @@ class InProcessSite:
         kv_cost: InstanceCost,
         *,
         peers: Mapping[str, SitePort],
-        arrival_delay_s: Mapping[str, float] | None = None,
+        inbound: Mapping[str, MessageLink] | None = None,
         inbox: KvInbox | None = None,
         kv_wait_s: float = KV_WAIT_S,
     ) -> None:
@@ -111,7 +118,7 @@ class InProcessSite:
         self.transport = transport
         self.kv_cost = kv_cost
         self.peers = peers
-        self.arrival_delay_s = dict(arrival_delay_s or {})
+        self.inbound = dict(inbound or {})
         self.inbox = inbox
         self.kv_wait_s = kv_wait_s
 
@@ -162,6 +169,6 @@ class InProcessSite:
         await self.receive_kv(tid, holder)
 
     async def _arrive(self, src_site: str) -> None:
-        delay = self.arrival_delay_s.get(src_site, 0.0) if src_site != self.name else 0.0
-        if delay > 0:
-            await asyncio.sleep(delay)
+        link = self.inbound.get(src_site) if src_site != self.name else None
+        if link is not None:
+            await link.carry_message()

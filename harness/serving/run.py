@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,9 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
     )  # fmt: skip
     # Validate the workload once (context fit, non-empty) before any long run, and record the rule.
     _, fit = workload(rate=rates[0] or (1.0 if req.find_max_rate else None))
+    if req.find_max_rate:
+        # Λ_max is a steady-state figure: a transient link fault has no place in its probes.
+        setup = replace(setup, stack=replace(setup.stack, link_events=()))
 
     run_id = new_run_id("sim")
     meta = {

@@ -139,7 +139,9 @@ async def drive(
             all_done.set_result(None)
 
     async def feed() -> None:
-        for req in requests:
+        for i, req in enumerate(requests):
+            if i == 0:
+                cluster.start(req.arrival_s)  # the run clock's zero: the first request's arrival
             await sleep_until(req.arrival_s)
             task = loop.create_task(cluster.handle(req))
             tasks.add(task)

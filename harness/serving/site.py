@@ -108,12 +108,20 @@ class Site:
                 coro = transport.transfer(req.request_id, self.name, dst_site, kv_bytes, start, duration)
                 transfer = loop.create_task(coro)
 
-        times = await instance.prefill(
-            req.prompt_tokens, req.hash_ids, on_start, fetched_tokens=fetched_tokens
-        )
-        if transfer is None:
-            return PrefillResult(self.name, times, 0, times.end_s, times.end_s)
-        start, end = await transfer
+        try:
+            times = await instance.prefill(
+                req.prompt_tokens, req.hash_ids, on_start, fetched_tokens=fetched_tokens
+            )
+            if transfer is None:
+                return PrefillResult(self.name, times, 0, times.end_s, times.end_s)
+            start, end = await transfer
+        except BaseException:
+            # Cancelled or failed work takes its KV transfer with it: nothing may keep using the
+            # link (or wait for an ack) for a request that has ended.
+            if transfer is not None:
+                transfer.cancel()  # a no-op once it has ended; gather then collects its outcome
+                await asyncio.gather(transfer, return_exceptions=True)
+            raise
         return PrefillResult(self.name, times, kv_bytes, start, end)
 
     def decode(self, req: ServeRequest, instance: str | None = None) -> tuple[DecodeInstance, TokenStream]:

@@ -16,7 +16,11 @@ bytes arrive — and reading it changes nothing:
                        a running prefill has not produced yet (both ends can see those)
 
 ``FluidLink`` shares a link's bandwidth max-min fairly between concurrent transfers, each capped by its
-production rate while it is caught up with production, and adds a one-way propagation delay.
+production rate while it is caught up with production, and adds a one-way propagation delay. Its rate,
+delay and state (up or down) can change while transfers run (``set_state``: a scenario's
+``[[network.events]]``); ``capacity`` stays the configured rate, so a router reads utilisation against
+the same figure as ``serve``'s meter does. A down link moves nothing: transfers and messages wait and
+resume when it comes back, or fail with ``LinkDown`` if it never does.
 """
 
 from __future__ import annotations
@@ -113,6 +117,10 @@ def trailing_utilisation(delivered_at: Any, now: float, window_s: float, capacit
     return (delivered_at(now) - delivered_at(now - window_s)) / (capacity * window_s)
 
 
+class LinkDown(ConnectionError):
+    """A transfer or message on a link that went down and will not come back."""
+
+
 class _Flow:
     __slots__ = ("backlogged", "done", "nbytes", "p_end", "p_rate", "rate", "sent", "start")
 
@@ -142,9 +150,13 @@ class FluidLink:
             raise ValueError(f"link {name}: bandwidth must be positive")
         self.name = name
         self.bandwidth_gbps = float(bandwidth_gbps)
-        self.capacity = bandwidth_gbps * 1e9 / 8  # bytes/s
+        self.capacity = bandwidth_gbps * 1e9 / 8  # bytes/s, as configured (the LinkView figure)
         self.delay_s = delay_ms / 1e3
         self.window_s = window_s
+        self.rate = self.capacity  # bytes/s the link carries now (a rate cut lowers it)
+        self.up = True
+        self._gone = False  # down for good: nothing will ever cross again
+        self._up_again: asyncio.Future[None] | None = None  # set when a down link comes back
         self.bytes_total = 0
         self.transfers = 0
         self._moved_done = 0.0
@@ -156,7 +168,8 @@ class FluidLink:
         self._timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
-        return f"<FluidLink {self.name} {self.bandwidth_gbps:g}Gbps {len(self._flows)} active>"
+        state = "" if self.up else " DOWN"
+        return f"<FluidLink {self.name} {self.rate * 8 / 1e9:g}Gbps{state} {len(self._flows)} active>"
 
     # ------------------------------------------------------------------ read-only views (router, sampler)
     def utilisation(self, now: float) -> float:
@@ -182,9 +195,13 @@ class FluidLink:
 
     # ------------------------------------------------------------------ the model
     async def send(self, nbytes: int, prefill_start: float, prefill_duration: float) -> tuple[float, float]:
-        """Send ``nbytes`` produced uniformly over the prefill; return (first byte sent, last byte arrived)."""
+        """Send ``nbytes`` produced uniformly over the prefill; return (first byte sent, last byte arrived).
+
+        Cancelled, the transfer leaves the link at once: its bytes not yet sent are never sent.
+        """
         loop = asyncio.get_running_loop()
         now = loop.time()
+        self._check_gone()
         p_end = prefill_start + max(prefill_duration, 0.0)
         p_rate = nbytes / prefill_duration if prefill_duration > 0 else math.inf
         if nbytes <= 0:
@@ -197,7 +214,59 @@ class FluidLink:
         flow.backlogged = now > prefill_start
         self._flows.append(flow)
         self._reschedule(loop)
-        return await done
+        try:
+            return await done
+        except asyncio.CancelledError:
+            self._drop(flow, loop)
+            raise
+
+    async def carry_message(self) -> None:
+        """A small message (a prompt, a request for KV) crosses: it waits while the link is down,
+        then takes the one-way delay; bandwidth is not modelled for it."""
+        while not self.up:
+            self._check_gone()
+            if self._up_again is None:
+                self._up_again = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._up_again)
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
+
+    def set_state(self, bandwidth_gbps: float, delay_ms: float, up: bool, *, returns: bool = True) -> None:
+        """Change the link now: its rate, one-way delay (for bytes sent from now on) and whether it is
+        up. Transfers under way keep their progress; a link that comes back resumes them.
+        ``returns=False`` with ``up=False``: the link stays down for good, and everything waiting on it
+        fails with ``LinkDown``."""
+        if not bandwidth_gbps > 0:
+            raise ValueError(f"link {self.name}: bandwidth must be positive")
+        loop = asyncio.get_running_loop()
+        self._advance(loop.time())
+        self.rate = bandwidth_gbps * 1e9 / 8
+        self.delay_s = delay_ms / 1e3
+        self.up = up
+        if not up and not returns:
+            self._gone = True
+            for f in list(self._flows):
+                self._drop(f, loop)
+                if not f.done.done():
+                    f.done.set_exception(LinkDown(f"link {self.name} went down for good"))
+        if (up or self._gone) and self._up_again is not None:
+            _resolve(self._up_again, None)  # waiting messages go (or, gone, fail)
+            self._up_again = None
+        self._reschedule(loop)
+
+    def _check_gone(self) -> None:
+        if self._gone:
+            raise LinkDown(f"link {self.name} is down for good")
+
+    def _drop(self, flow: _Flow, loop: asyncio.AbstractEventLoop) -> None:
+        """Take an unfinished transfer off the link; what it sent stays sent."""
+        if flow not in self._flows:
+            return  # finished already (its last byte is on its way)
+        self._advance(loop.time())
+        self._flows.remove(flow)
+        self._moved_done += flow.sent
+        self._started -= flow.nbytes - flow.sent
+        self._reschedule(loop)
 
     @staticmethod
     def _produced(f: _Flow, now: float) -> float:
@@ -212,7 +281,8 @@ class FluidLink:
                 f.sent = min(float(f.nbytes), f.sent + f.rate * dt)
         self._updated = now
         if dt > 0 or self._delivered.last_t == -math.inf:  # a breakpoint before the rates change
-            self._delivered.add(now + self.delay_s, self.bytes_moved(now))
+            # max: after the delay shrinks, bytes sent now still arrive no earlier than those before.
+            self._delivered.add(max(now + self.delay_s, self._delivered.last_t), self.bytes_moved(now))
 
     def _caps(self, now: float) -> list[float]:
         # A caught-up flow cannot outrun production; a backlogged one, or one whose prefill ended, can.
@@ -243,9 +313,9 @@ class FluidLink:
             self._timer = loop.call_at(nxt, self._on_timer, loop)
 
     def _fair_share(self, caps: list[float]) -> None:
-        """Max-min fair rates (water-filling) under per-flow caps."""
+        """Max-min fair rates (water-filling) under per-flow caps; nothing moves on a down link."""
         order = sorted(range(len(caps)), key=lambda i: (caps[i], i))
-        left, n = self.capacity, len(order)
+        left, n = (self.rate if self.up else 0.0), len(order)
         for k, i in enumerate(order):
             share = left / (n - k)
             rate = min(caps[i], share)
