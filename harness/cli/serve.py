@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import click
@@ -11,10 +10,7 @@ import click
 from harness.cli._options import parse_names
 from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
 from harness.errors import ScenarioError
-
-
-def _raise_exit(_sig, _frame) -> None:
-    raise SystemExit(143)
+from harness.lifeline import exit_on_signals
 
 
 @click.command("serve")
@@ -46,9 +42,10 @@ def command(
     if port_base is not None and not 1024 <= port_base <= 65000:
         raise ScenarioError(f"--port-base must be in 1024..65000, got {port_base}")
     names = parse_names(topologies)
-    previous = signal.signal(signal.SIGTERM, _raise_exit)
-    try:
-        with EmulatedClusters(
+    # From the start, so SIGTERM during start-up still stops what is up; forked helpers reset it.
+    with (
+        exit_on_signals(),
+        EmulatedClusters(
             scenario,
             topologies=names,
             speedup=speedup,
@@ -57,24 +54,21 @@ def command(
             kv_rate_mbit=kv_rate_mbit,
             connections=connections,
             prefix=prefix,
-        ) as clusters:
-            info = clusters.describe()
-            if as_json:
-                click.echo(json.dumps(info, default=str))
-            else:
-                label = (
-                    "" if info["backend"] != "loopback" else "  (fallback: no namespaces, app-level shaping)"
-                )
-                click.echo(f"model {clusters.model}   backend {info['backend']}{label}")
-                click.echo(
-                    f"speed-up {clusters.spec.speedup:g}x   link {clusters.rate_mbit:g} Mbit/s, "
-                    f"{clusters.delay_ms:g} ms one way   KV byte scale {clusters.byte_scale:.3g}"
-                )
-                for topo, url in clusters.urls.items():
-                    click.echo(f"  {topo:<12} {url}")
-                click.echo(f"metrics: {clusters.host_urls['local']}/metrics   (Ctrl-C to stop)")
-            while True:
-                time.sleep(0.5)
-                clusters.check()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        ) as clusters,
+    ):
+        info = clusters.describe()
+        if as_json:
+            click.echo(json.dumps(info, default=str))
+        else:
+            label = "" if info["backend"] != "loopback" else "  (fallback: no namespaces, app-level shaping)"
+            click.echo(f"model {clusters.model}   backend {info['backend']}{label}")
+            click.echo(
+                f"speed-up {clusters.spec.speedup:g}x   link {clusters.rate_mbit:g} Mbit/s, "
+                f"{clusters.delay_ms:g} ms one way   KV byte scale {clusters.byte_scale:.3g}"
+            )
+            for topo, url in clusters.urls.items():
+                click.echo(f"  {topo:<12} {url}")
+            click.echo(f"metrics: {clusters.host_urls['local']}/metrics   (Ctrl-C to stop)")
+        while True:
+            time.sleep(0.5)
+            clusters.check()

@@ -168,14 +168,16 @@ class EmulatedClusters:
             raise CapabilityError("serve --netns needs root for network namespaces; use --no-netns")
         if not root:
             return None
-        from harness.network import backend_name
+        from harness.network import probe
 
-        backend = backend_name()  # probed once, and handed to the Network so it does not probe again
-        if backend == "app-delay":
-            if self._want_netns:
-                raise CapabilityError("no kernel shaping backend here (see `prfaas-bench net probe`)")
-            return None
-        return backend
+        report = probe()  # probed once, and handed to the Network so it does not probe again
+        if report.chosen == "app-delay":
+            # As root, namespaces are the default: never fall back to loopback without being told.
+            raise CapabilityError(
+                f"no kernel shaping backend here ({report.check('relay').reason}; see `prfaas-bench net "
+                "probe`); use --no-netns to run the sites on loopback with app-level shaping"
+            )
+        return report.chosen
 
     def _link_params(self, net_spec: Any | None) -> None:
         real = self.setup.stack.link
