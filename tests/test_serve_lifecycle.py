@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import net_prefix as P
 
 from harness.emulation.clusters import EmulatedClusters
 from harness.errors import CapabilityError
@@ -81,7 +82,7 @@ def _namespaces(prefix: str) -> list[str]:
 
 def test_parent_killed_with_sigkill_takes_its_site_processes_along():
     # SIGKILL runs no cleanup in the parent; each site notices its control socket close and exits.
-    proc = _start_serve("--no-netns", prefix="pfbsv-")
+    proc = _start_serve("--no-netns", prefix=P("sv"))
     try:
         sites = _site_pids(proc.pid)
         assert len(sites) == 2  # local and remote
@@ -98,7 +99,7 @@ def test_parent_killed_with_sigkill_takes_its_site_processes_along():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_removes_processes_and_namespaces(root, sig):
-    prefix = "pfbsvt-"
+    prefix = P("svt")
     proc = _start_serve("--netns", prefix=prefix)
     try:
         sites = _site_pids(proc.pid)
