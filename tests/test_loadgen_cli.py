@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -240,3 +241,43 @@ def test_window_is_start_and_duration_like_trace_convert():
 
     assert parse_window("600:300") == (600.0, 300.0)  # one parser for both commands
     assert parse_window("0:60") == (0.0, 60.0)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_of_the_parent_stops_its_workers_sending_at_once(tmp_path):
+    # Regression: workers re-parented to init kept sending load for 50 s, and nobody recorded it.
+    trace = _mooncake_file(tmp_path / "t.jsonl", 2400, gap_ms=25, n_out=4)  # 60 s of steady load
+    server = FakeServer(itl_s=0.001)
+    with ServerThread(server) as srv:
+        cmd = [sys.executable, "-m", "harness", "replay", "--endpoint", srv.url, "--model", "m", "--trace", trace,
+               "--out", str(tmp_path / "run"), "--quiet", "--workers", "2"]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while server.requests < 20 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.02)
+            workers = _children(proc.pid)
+            assert server.requests >= 20 and len(workers) >= 2
+        finally:
+            proc.kill()
+            proc.wait()
+        gone_by = time.monotonic() + 5  # far less than the 60 s the schedule had left
+        while any(_running(w) for w in workers) and time.monotonic() < gone_by:
+            time.sleep(0.02)
+        assert not any(_running(w) for w in workers)
+        sent = server.requests
+        time.sleep(0.5)  # at 40 req/s, live workers would have sent about 20 more by now
+        assert server.requests == sent
