@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
-_PR_SET_TIMERSLACK = 29
 _ours: set[Any] = set()  # handlers installed by exit_on_signals, reset in forked children
 
 
@@ -80,8 +79,3 @@ def die_with_parent(parent_pid: int, sig: signal.Signals = signal.SIGKILL) -> No
     _prctl(_PR_SET_PDEATHSIG, int(sig))
     if os.getppid() != parent_pid:  # the parent died before the request took effect
         os.kill(os.getpid(), sig)
-
-
-def set_timer_slack(ns: int) -> None:
-    """How late the kernel may fire this thread's timers to batch wake-ups (default 50 µs)."""
-    _prctl(_PR_SET_TIMERSLACK, ns)

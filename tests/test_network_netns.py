@@ -111,19 +111,40 @@ def test_tbf_rate_holds_for_a_real_tcp_flow(relay_ok):
     assert got == pytest.approx(expected_goodput_mbit(100, 1500), rel=0.05)
 
 
+def _measured_rtt(net: Network, samples: int) -> tuple[list[float], float]:
+    """RTT samples a->b and the most the relays' own lateness can explain of their median: the sum
+    over the relayed directions of each relay's median lateness during these samples."""
+    before = net.relay_lag()
+    got = rtt_ms(net, "a", "b", samples=samples)
+    after = net.relay_lag()
+    late = sum(after[k].since(before[k]).quantile(0.5) or 0.0 for k in after)
+    return got, late * 1e3
+
+
+def _assert_round_trip(samples: list[float], configured_ms: float, relay_late_ms: float) -> None:
+    """Every round trip carries the configured delay; the median is within 1 ms of it plus what the
+    relays measured of their own lateness (a busy host makes the relay late, and it says so: the
+    bound follows what it measured instead of a fixed margin a loaded machine cannot hold)."""
+    assert min(samples) >= configured_ms - 0.05, samples  # the delay is really there, both ways
+    assert statistics.median(samples) <= configured_ms + 1.0 + relay_late_ms, (samples, relay_late_ms)
+
+
 def test_relay_delay_gives_the_configured_round_trip(relay_ok):
     table = {
         "sites": ["a", "b"],
         "links": [{"between": ["a", "b"], "delay_ms": 5, "reverse": {"delay_ms": 3}}],
     }
     with _net(table, P("t3")).up() as net:
-        samples = rtt_ms(net, "a", "b", samples=20)
+        samples, relay_late_ms = _measured_rtt(net, samples=20)
         handshake_t = time.perf_counter()
         assert _connect_ok(net, "a", "b")  # the handshake crosses the delay too
         handshake_ms = (time.perf_counter() - handshake_t) * 1e3
-    rtt = statistics.median(samples)
-    assert 8.0 <= rtt <= 9.0, samples  # 5 + 3 ms, within 1 ms
+        lag = {r.direction: r.relay_lag for r in net.status()}
+    _assert_round_trip(samples, 8.0, relay_late_ms)  # 5 + 3 ms
     assert handshake_ms >= 8.0
+    # The relays report what they did: every frame counted, the configured delay, achieved >= it.
+    assert {k: v["delay_ms"] for k, v in lag.items()} == {"a->b": 5.0, "b->a": 3.0}
+    assert all(v["frames"] >= 22 and v["achieved_ms_p50"] >= v["delay_ms"] for v in lag.values()), lag
 
 
 def test_relay_loss_is_close_to_the_configured_rate(relay_ok):
@@ -154,10 +175,10 @@ def test_live_changes_take_effect_and_scheduled_events_restore(relay_ok):
         assert not _connect_ok(net, "a", "b", timeout=0.5)
         net.set_link("a", "b", up=True, delay_ms=4)
         assert all(r.ok for r in net.status())
-        rtt = statistics.median(rtt_ms(net, "a", "b", samples=10))
+        samples, relay_late_ms = _measured_rtt(net, samples=10)
     assert slow == pytest.approx(expected_goodput_mbit(20, 1500), rel=0.08)
     assert fast == pytest.approx(expected_goodput_mbit(100, 1500), rel=0.05)
-    assert 4.0 <= rtt <= 5.0
+    _assert_round_trip(samples, 4.0, relay_late_ms)
 
 
 def test_a_check_on_a_dead_link_says_so_and_leaves_no_thread_behind(relay_ok):

@@ -142,6 +142,12 @@ class EmulatedClusters:
             "emulation": asdict(self.spec),
         }
 
+    def relay_lag(self) -> dict[str, Any]:
+        """The relays' release lateness so far, ``"src->dst" -> LagHistogram`` (``Network.relay_lag``;
+        empty without namespaces or without relays). Read it before and after a run and take
+        ``after[k].since(before[k]).summary()`` for the relay's achieved added delay during the run."""
+        return {} if self._net is None else self._net.relay_lag()
+
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> EmulatedClusters:
         self.start()

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from harness.network import kernel
 from harness.network.control import Impairment
 from harness.network.locks import FileLock, claim_prefix, holds_prefix, release_prefix, state_lock
 from harness.network.probe import BACKENDS, backend_name, probe
+from harness.network.relaylag import LagHistogram, lag_path, read_lag
 from harness.network.render import render_egress
 from harness.network.schedule import Change, EventScheduler, timeline
 from harness.network.spec import SITE_NAME, LinkSpec, NetworkSpec, parse_network
@@ -40,6 +42,7 @@ from harness.scenario import Scenario, load_scenario
 
 DEFAULT_PREFIX = "pfb-"
 _RELAY_START_S = 10.0
+_RELAY_ANSWER_S = 2.0  # a live relay publishes its lateness within this after SIGUSR2
 
 
 def _check_prefix(prefix: str) -> str:
@@ -422,6 +425,27 @@ class Network:
         """Whether the relay of a direction runs (``None``: that direction has no relay)."""
         v = self._relays.get((src, dst))
         return None if v is None else is_alive(*v)
+
+    def relay_lag(self, *, fresh: bool = True) -> dict[str, LagHistogram]:
+        """Each relay's release lateness so far, ``"src->dst" -> LagHistogram`` (its ``.summary()``
+        gives the achieved added delay p50/p99 against the configured one; ``.since(earlier)`` the
+        lateness between two readings). With ``fresh`` each live relay publishes first (SIGUSR2,
+        answered within one turn of its loop). Empty when no direction has a relay."""
+        out = {}
+        for (src, dst), (pid, ticks) in sorted(self._relays.items()):
+            path = lag_path(self.control_path(src, dst))
+            before = read_lag(path)
+            if fresh and is_alive(pid, ticks):
+                os.kill(pid, signal.SIGUSR2)
+                deadline = time.monotonic() + _RELAY_ANSWER_S
+                while time.monotonic() < deadline:
+                    now = read_lag(path)
+                    if now is not None and (before is None or now.seq > before.seq):
+                        before = now
+                        break
+                    time.sleep(0.002)
+            out[f"{src}->{dst}"] = before if before is not None else LagHistogram()
+        return out
 
     def relay_pid(self, src: str, dst: str) -> int | None:
         v = self._relays.get((src, dst))
