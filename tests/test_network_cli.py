@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,19 @@ def test_up_with_a_backend_this_kernel_lacks_is_one_line_and_builds_nothing(root
     assert res.exit_code == 2, res.output
     assert res.output.startswith(f"error: backend {broken[0].name} does not work on this machine")
     assert kernel.list_namespaces(P("qa")) == []
+
+
+def test_net_up_returns_when_its_output_is_a_pipe(root):
+    # Regression: the relay daemons kept `net up`'s stderr, so `net up ... | tee log` (or any caller
+    # capturing its output) waited for ever for an EOF.
+    cmd = [sys.executable, "-m", "harness", "net"]
+    try:
+        up = subprocess.run(
+            [*cmd, "up", str(REPO / "workloads" / "two-site.toml"), "--prefix", P("c3")],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert len(relay_pids(P("c3"))) == 2  # the link has a delay: relays run, detached from us
+    finally:
+        down = subprocess.run([*cmd, "down", "--prefix", P("c3")], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0 and relay_pids(P("c3")) == [] and kernel.list_namespaces(P("c3")) == []

@@ -19,7 +19,8 @@ a second while frames flow, at once on SIGUSR2, and on exit, so ``net status`` a
 report the achieved added delay against the configured one.
 
 Parameters live in a small JSON control file; SIGUSR1 makes the relay re-read it (live link changes).
-SIGTERM ends it (after a last publication); the TAP device vanishes with it.
+SIGTERM ends it (after a last publication); the TAP device vanishes with it. Once daemonized its
+errors go to ``…<src>-<dst>.relay.log`` beside the control file.
 
 Run as ``python -m harness.network.relay --tap NAME --dev VETH --control FILE --tag PREFIX --daemon``
 inside the sending namespace (``Network`` does that and records the pid it prints).
@@ -97,7 +98,7 @@ def run(tap: str, dev: str, control: Path, seed: int, *, daemon: bool = False) -
     for sig in flags:
         signal.signal(sig, _on_signal)
     if daemon:  # only now: a live change may SIGUSR1 the printed pid at once, and its default kills
-        _daemonize()
+        _daemonize(log_path(control))
     status = lag_path(control)
     hist = LagHistogram()
     counts = hist.counts
@@ -173,15 +174,25 @@ def _publish(path: Path, hist: LagHistogram, imp: Impairment) -> None:
     write_lag(path, hist)
 
 
-def _daemonize() -> None:
+def log_path(control: Path) -> Path:
+    """Where a daemonized relay writes its errors (``…a-b.ctl.json`` -> ``…a-b.relay.log``)."""
+    return control.with_name(control.name.removesuffix(".ctl.json") + ".relay.log")
+
+
+def _daemonize(log: Path) -> None:
+    """Fork; the parent prints the child's pid and exits. The child lets go of the builder's
+    stdin, stdout and stderr (a builder whose output is a pipe, ``net up | tee``, would otherwise
+    wait for an EOF that never comes) and writes errors to ``log`` instead."""
     pid = os.fork()
     if pid:
         print(pid, flush=True)
         os._exit(0)
     null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1):  # release the builder's pipe; stderr stays for errors
-        os.dup2(null, fd)
+    err = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for fd, to in ((0, null), (1, null), (2, err)):
+        os.dup2(to, fd)
     os.close(null)
+    os.close(err)
 
 
 def main(argv: list[str] | None = None) -> None:

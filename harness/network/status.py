@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.network import kernel
 from harness.network.control import Impairment
+from harness.network.relay import log_path
 from harness.network.render import QdiscOp, _handle, render_egress
 
 
@@ -90,7 +91,8 @@ def read_status(net) -> list[DirectionStatus]:
         alive = net.relay_alive(d.src, d.dst)
         if alive is not None:
             if not alive:
-                problems.append("relay process is not running")
+                log = log_path(net.control_path(d.src, d.dst))
+                problems.append(f"relay process is not running (its errors: {log})")
                 relay = "DEAD"
             else:
                 want = Impairment.of(spec)

@@ -31,7 +31,7 @@ def _is_ours(name: str, prefix: str) -> bool:
 
 
 _FILES = ("state.json", "state.lock", "owner.lock")
-_RELAY_FILES = (".ctl.json", ".lag.json")  # <src>-<dst> + these: a relay's control and status files
+_RELAY_FILES = (".ctl.json", ".lag.json", ".relay.log")  # <src>-<dst> + these: a relay's files
 
 
 def _is_ours_file(name: str, prefix: str) -> bool:
