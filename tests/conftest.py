@@ -50,3 +50,13 @@ def chromium() -> str:
         "headless Chromium not installed (make install-test installs Debian's chromium as root)",
     )
     return path
+
+
+_TAG_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+RUN_TAG = _TAG_CHARS[os.getpid() % 26] + _TAG_CHARS[os.getpid() // 26 % 36]
+
+
+def net_prefix(name: str) -> str:
+    """A network prefix of this test session: "pfb" + a 2-character session tag + ``name`` + "-"
+    (``name`` at most 3 characters), so test runs of two checkouts on one host never share one."""
+    return f"pfb{RUN_TAG}{name}-"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 
 import pytest
@@ -11,6 +13,7 @@ from harness.emulation.clock import ScaledTimeLoop, run_scaled
 from harness.emulation.kvlink import (
     KvReceiver,
     KvSender,
+    KvTransferAborted,
     chunk_sizes,
     layer_ready_times,
     new_transfer_id,
@@ -132,3 +135,88 @@ def test_scaled_loop_runs_sleeps_faster_by_the_speedup():
     loop_dt, wall_dt = run_scaled(main(), speedup=100.0)
     assert loop_dt >= 2.0
     assert wall_dt >= 2.0 / 100.0
+
+
+def _frame(tid: str, total: int, n: int) -> bytes:
+    """One data frame in the documented wire format: magic, id, total bytes, payload length, payload."""
+    return struct.pack("!4s16sQI", b"KVF1", bytes.fromhex(tid), total, n) + bytes(n)
+
+
+def test_a_pool_that_cannot_be_filled_closes_the_connections_it_opened():
+    # A listener with a backlog of 0 that never accepts: the kernel completes one handshake (it waits
+    # in the accept queue) and drops the SYNs of the next, so the 2nd connection of a pool of 3 fails.
+    async def main():
+        loop = asyncio.get_running_loop()
+        with socket.socket() as lsn:
+            lsn.bind(("127.0.0.1", 0))
+            lsn.listen(0)
+            lsn.setblocking(False)
+            tx = KvSender(connections=3, connect_timeout_s=0.3)
+            try:
+                with pytest.raises(ConnectionError, match=r"KV connection to 127\.0\.0\.1"):
+                    await tx.send(new_transfer_id(), lsn.getsockname()[:2], 1000)
+                conn, _ = await loop.sock_accept(lsn)  # the one connection that did open ...
+                with conn:
+                    # ... is closed by the sender: EOF at once (it used to stay open, with its task)
+                    return await asyncio.wait_for(loop.sock_recv(conn, 16), 5)
+            finally:
+                await tx.close()
+
+    assert asyncio.run(main()) == b""
+
+
+def test_a_transfer_whose_connection_ends_is_dropped_and_its_waiters_fail():
+    total, n = 1_000_000, 65_536
+
+    async def main():
+        rx = KvReceiver()
+        addr = await rx.start("127.0.0.1", 0)
+        tid = new_transfer_id()
+        try:
+            waiter = asyncio.create_task(rx.wait(tid))
+            _, first = await asyncio.open_connection(*addr)
+            _, second = await asyncio.open_connection(*addr)  # multi-connection: frames on both
+            for w in (first, second):
+                w.write(_frame(tid, total, n))
+                await w.drain()
+            while rx.bytes_received < 2 * n:
+                await asyncio.sleep(0.01)
+            pending_before = rx.bytes_pending
+            first.close()  # the sender side of one connection goes away mid-transfer
+            with pytest.raises(KvTransferAborted):
+                await asyncio.wait_for(waiter, 5)
+            # A late frame of the same transfer on the surviving connection must not bring it back.
+            second.write(_frame(tid, total, n))
+            await second.drain()
+            while rx.bytes_received < 3 * n:
+                await asyncio.sleep(0.01)
+            second.close()
+            return pending_before, rx.bytes_pending, rx.in_flight
+        finally:
+            await rx.close()
+
+    pending_before, pending_after, in_flight = asyncio.run(main())
+    assert pending_before == total - 2 * n
+    assert (pending_after, in_flight) == (0, 0)
+
+
+def test_waiting_for_a_transfer_that_was_already_aborted_fails_at_once():
+    async def main():
+        rx = KvReceiver()
+        addr = await rx.start("127.0.0.1", 0)
+        tid = new_transfer_id()
+        try:
+            _, w = await asyncio.open_connection(*addr)
+            w.write(_frame(tid, 10 * 65_536, 65_536))
+            await w.drain()
+            while rx.in_flight == 0:
+                await asyncio.sleep(0.01)
+            w.close()
+            while rx.in_flight:
+                await asyncio.sleep(0.01)
+            with pytest.raises(KvTransferAborted):
+                await rx.wait(tid, timeout_s=5)  # no waiter existed when it ended: still no hang
+        finally:
+            await rx.close()
+
+    asyncio.run(main())

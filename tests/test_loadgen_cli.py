@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 from threaded_server import ServerThread
 
@@ -72,9 +75,10 @@ def test_done_when_command_on_the_real_trace(tmp_path, mooncake_path):
 def test_bad_flags_give_one_clear_line(tmp_path, args, message):
     trace = _mooncake_file(tmp_path / "t.jsonl", 3)
     base = ["replay", "--model", "m", "--trace", trace, "--out", str(tmp_path / "o")]
-    if not any(a in ("--endpoint", "--prefill-url") for a in args):
-        base += ["--endpoint", "http://127.0.0.1:1"]
-    res = CliRunner().invoke(main, base + args)
+    with ServerThread(FakeServer()) as srv:  # an endpoint that answers: the flag is what is wrong
+        if not any(a in ("--endpoint", "--prefill-url") for a in args):
+            base += ["--endpoint", srv.url]
+        res = CliRunner().invoke(main, base + args)
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
 
@@ -253,3 +257,120 @@ def test_window_is_start_and_duration_like_trace_convert():
 
     assert parse_window("600:300") == (600.0, 300.0)  # one parser for both commands
     assert parse_window("0:60") == (0.0, 60.0)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_of_the_parent_stops_its_workers_sending_at_once(tmp_path):
+    # Regression: workers re-parented to init kept sending load for 50 s, and nobody recorded it.
+    trace = _mooncake_file(tmp_path / "t.jsonl", 2400, gap_ms=25, n_out=4)  # 60 s of steady load
+    server = FakeServer(itl_s=0.001)
+    with ServerThread(server) as srv:
+        cmd = [sys.executable, "-m", "harness", "replay", "--endpoint", srv.url, "--model", "m", "--trace", trace,
+               "--out", str(tmp_path / "run"), "--quiet", "--workers", "2"]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while server.requests < 20 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.02)
+            workers = _children(proc.pid)
+            assert server.requests >= 20 and len(workers) >= 2
+        finally:
+            proc.kill()
+            proc.wait()
+        gone_by = time.monotonic() + 5  # far less than the 60 s the schedule had left
+        while any(_running(w) for w in workers) and time.monotonic() < gone_by:
+            time.sleep(0.02)
+        assert not any(_running(w) for w in workers)
+        sent = server.requests
+        time.sleep(0.5)  # at 40 req/s, live workers would have sent about 20 more by now
+        assert server.requests == sent
+
+
+def _replay_cli(
+    tmp_path, *endpoint_args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """The real command in a subprocess (what a user sees: stdout, stderr, exit code, files)."""
+    trace = _mooncake_file(tmp_path / "t.jsonl", 3, gap_ms=10)
+    cmd = [sys.executable, "-m", "harness", "replay", *endpoint_args, "--model", "m", "--trace", trace,
+           "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CI": "", **(env or {})})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:99999", "http://127.0.0.1:99999 is not a valid URL (Port out of range"),
+        ("http://127.0.0.1:{free}/v1", "http://127.0.0.1:{free} does not answer: Connect call failed"),
+        ("http://nonexistent.invalid:8000", "http://nonexistent.invalid:8000 does not answer: "),
+    ],
+)
+def test_an_endpoint_that_does_not_answer_is_one_line_before_any_request(tmp_path, url, says):
+    free = _free_port()
+    res = _replay_cli(tmp_path, "--endpoint", url.format(free=free))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith(
+        f"error: endpoint 'default': {says.format(free=free)}"
+    )
+    assert not (tmp_path / "run").exists()  # refused before the run directory or schedule exists
+
+
+def test_url_credentials_with_an_api_key_are_refused_without_printing_either(tmp_path):
+    # Regression: aiohttp raised "Cannot combine AUTHORIZATION header ..." (ValueError) inside the
+    # first request: a traceback and no records.
+    with ServerThread(FakeServer()) as srv:
+        url = srv.url.replace("http://", "http://alice:hunter2@")
+        res = _replay_cli(tmp_path, "--endpoint", url, env={"OPENAI_API_KEY": "sk-topsecret"})
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert f"{srv.url} carries user:password@ and an API key is set too" in res.stderr
+    assert "hunter2" not in res.stderr + res.stdout and "sk-topsecret" not in res.stderr + res.stdout
+
+
+class _Denying:
+    """A server that answers every request with 401, as one with a different API key does."""
+
+    def app(self) -> web.Application:
+        async def deny(_request: web.Request) -> web.Response:
+            return web.json_response({"error": "bad key"}, status=401)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", deny)
+        return app
+
+
+def test_an_endpoint_that_rejects_the_key_is_refused(tmp_path):
+    with ServerThread(_Denying()) as srv:  # type: ignore[arg-type]
+        res = _replay_cli(tmp_path, "--endpoint", srv.url, env={"OPENAI_API_KEY": "sk-wrong"})
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: endpoint 'default': {srv.url} rejects the credentials (HTTP 401)"
+
+
+def test_the_api_key_is_sent_but_never_written_to_results_or_output(tmp_path):
+    server = FakeServer(keep_bodies=True)
+    with ServerThread(server) as srv:
+        res = _replay_cli(tmp_path, "--endpoint", srv.url, env={"OPENAI_API_KEY": "sk-topsecret-4711"})
+    assert res.returncode == 0, res.stderr
+    assert server.requests == 3 and {h.get("authorization") for h in server.headers} == {
+        "Bearer sk-topsecret-4711"
+    }
+    written = b"".join(p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file())
+    assert len(written) > 0 and b"sk-topsecret-4711" not in written
+    assert "sk-topsecret-4711" not in res.stdout + res.stderr

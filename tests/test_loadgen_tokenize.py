@@ -238,7 +238,18 @@ def test_replay_cli_sends_token_exact_prompts_fitted_before_the_run(tmp_path):
 )
 def test_replay_cli_tokenize_errors_come_before_the_run(tmp_path, extra, message):
     url = f"http://127.0.0.1:{_closed_port()}"
-    args = ["replay", "--endpoint", url, "--tokenize-url", url, "--model", "m", "--out", str(tmp_path / "o")]
-    res = CliRunner().invoke(main, [*args, "--trace", _mooncake(tmp_path / "t.jsonl", [10]), *extra])
+    with ServerThread(FakeServer()) as srv:  # the endpoint answers; the tokenize server does not
+        args = [
+            "replay",
+            "--endpoint",
+            srv.url,
+            "--tokenize-url",
+            url,
+            "--model",
+            "m",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+        res = CliRunner().invoke(main, [*args, "--trace", _mooncake(tmp_path / "t.jsonl", [10]), *extra])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from conftest import REPO
+from conftest import net_prefix as P
 
 from harness.cli import main
 from harness.network import kernel
@@ -58,24 +61,24 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path: Path):
 def test_up_status_check_down_on_the_two_site_scenario(root):
     scenario = str(REPO / "workloads" / "two-site.toml")
     try:
-        res = run("up", scenario, "--prefix", "pfbc2-")
+        res = run("up", scenario, "--prefix", P("c2"))
         assert res.exit_code == 0, res.output
         # Its three events need --hold: without it they are not applied, and net up says so.
         assert res.stderr == (
             f"warning: {scenario}: [[network.events]] are ignored: net up does not apply them "
             "(`net up --hold` does)\n"
         )
-        res = run("status", "--prefix", "pfbc2-")
+        res = run("status", "--prefix", P("c2"))
         assert res.exit_code == 0 and res.output.count(" ok ") == 2, res.output
-        res = run("exec", "--prefix", "pfbc2-", "remote", "--", "sh", "-c", "exit 7")
+        res = run("exec", "--prefix", P("c2"), "remote", "--", "sh", "-c", "exit 7")
         assert res.exit_code == 7
-        res = run("check", "--prefix", "pfbc2-", "--seconds", "0.6")
+        res = run("check", "--prefix", P("c2"), "--seconds", "0.6")
         assert res.exit_code == 0, res.output
         assert "backend:" in res.output and res.output.count(" yes") == 4  # goodput and RTT, both ways
     finally:
-        res = run("down", "--prefix", "pfbc2-")
-    assert res.exit_code == 0 and "netns pfbc2-local" in res.output
-    assert kernel.list_namespaces("pfbc2-") == [] and relay_pids("pfbc2-") == []
+        res = run("down", "--prefix", P("c2"))
+    assert res.exit_code == 0 and f"netns {P('c2')}local" in res.output
+    assert kernel.list_namespaces(P("c2")) == [] and relay_pids(P("c2")) == []
 
 
 def test_up_with_a_backend_this_kernel_lacks_is_one_line_and_builds_nothing(root):
@@ -88,10 +91,26 @@ def test_up_with_a_backend_this_kernel_lacks_is_one_line_and_builds_nothing(root
         "up",
         str(REPO / "workloads" / "two-site.toml"),
         "--prefix",
-        "pfbqa-",
+        P("qa"),
         "--backend",
         broken[0].name,
     )
     assert res.exit_code == 2, res.output
     assert res.output.startswith(f"error: backend {broken[0].name} does not work on this machine")
-    assert kernel.list_namespaces("pfbqa-") == []
+    assert kernel.list_namespaces(P("qa")) == []
+
+
+def test_net_up_returns_when_its_output_is_a_pipe(root):
+    # Regression: the relay daemons kept `net up`'s stderr, so `net up ... | tee log` (or any caller
+    # capturing its output) waited for ever for an EOF.
+    cmd = [sys.executable, "-m", "harness", "net"]
+    try:
+        up = subprocess.run(
+            [*cmd, "up", str(REPO / "workloads" / "two-site.toml"), "--prefix", P("c3")],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert len(relay_pids(P("c3"))) == 2  # the link has a delay: relays run, detached from us
+    finally:
+        down = subprocess.run([*cmd, "down", "--prefix", P("c3")], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0 and relay_pids(P("c3")) == [] and kernel.list_namespaces(P("c3")) == []

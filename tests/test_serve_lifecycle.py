@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import net_prefix as P
 
 from harness.emulation.clusters import EmulatedClusters
 from harness.errors import CapabilityError
@@ -82,7 +83,7 @@ def _namespaces(prefix: str) -> list[str]:
 
 def test_parent_killed_with_sigkill_takes_its_site_processes_along():
     # SIGKILL runs no cleanup in the parent; each site notices its control socket close and exits.
-    proc = _start_serve("--no-netns", prefix="pfbsv-")
+    proc = _start_serve("--no-netns", prefix=P("sv"))
     try:
         sites = _site_pids(proc.pid)
         assert len(sites) == 2  # local and remote
@@ -99,7 +100,7 @@ def test_parent_killed_with_sigkill_takes_its_site_processes_along():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_removes_processes_and_namespaces(root, sig):
-    prefix = "pfbsvt-"
+    prefix = P("svt")
     proc = _start_serve("--netns", prefix=prefix)
     try:
         sites = _site_pids(proc.pid)
@@ -134,3 +135,51 @@ def test_a_dead_prefill_site_gives_an_error_answer_not_a_hang():
             assert "prefill site remote" in json.loads(err.value.read())["error"]["message"]
         with pytest.raises(CapabilityError, match="remote"):
             clusters.check()
+
+
+def test_as_root_no_kernel_backend_is_an_error_not_a_silent_loopback(root, monkeypatch):
+    # Regression: one start fell back to loopback without --no-netns. A kernel without TUN is a
+    # fault this machine cannot produce, so the probe's answer is substituted.
+    import harness.network
+    from harness.network.probe import BackendCheck, ProbeReport
+
+    no_tun = ProbeReport(
+        (
+            BackendCheck("netem", False, "netem qdisc not in this kernel"),
+            BackendCheck("relay", False, "TUN unavailable: No such device"),
+            BackendCheck("app-delay", True, "always available"),
+        )
+    )
+    monkeypatch.setattr(harness.network, "probe", lambda: no_tun)
+    clusters = EmulatedClusters(SCENARIO, speedup=20, prefix=P("nb"))
+    with pytest.raises(CapabilityError, match=r"TUN unavailable: No such device.*use --no-netns"):
+        clusters.start()
+    assert clusters.backend == "none" and _namespaces(P("nb")) == []
+
+
+def test_a_second_serve_on_a_prefix_in_use_refuses_in_one_line_and_another_prefix_coexists(root):
+    first = _start_serve("--netns", prefix=P("sd"))
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "harness", "serve", str(SCENARIO), "--netns", "--prefix", P("sd")],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 2
+        assert second.stderr.splitlines() == [
+            f"error: prefix {P('sd')!r} is in use by running process {first.pid}; choose another --prefix"
+        ]
+        assert len(_namespaces(P("sd"))) == 2 and first.poll() is None
+        sites = _site_pids(first.pid)
+        assert len(sites) == 2
+        other = _start_serve("--netns", prefix=P("se"))  # another prefix: both serve side by side
+        other.terminate()
+        assert other.wait(timeout=30) == 128 + signal.SIGTERM
+        for f in (other.stdout, other.stderr):
+            f and f.close()
+        assert first.poll() is None and len(_namespaces(P("sd"))) == 2
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+        for f in (first.stdout, first.stderr):
+            f and f.close()
+    assert _wait_gone(sites) == [] and _namespaces(P("sd")) == [] and _namespaces(P("se")) == []

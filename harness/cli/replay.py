@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 
 import click
@@ -13,6 +14,7 @@ from click.core import ParameterSource
 from harness.cli._options import context_options, context_policy
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
+from harness.loadgen.client import check_endpoint
 from harness.loadgen.scenario import ReplaySection, parse_replay_section
 from harness.model.presets import load_model
 from harness.scenario import load_scenario
@@ -265,6 +267,9 @@ def command(**o) -> None:
     if o["trace_rate"] is not None:
         trace = rescale_rate(trace, o["trace_rate"])
     trace = speedup(trace, o["speedup"])
+    api_key = os.environ.get(o["api_key_env"]) or None
+    for ep in endpoints:  # before the schedule starts: a dead URL is one line, not a run of errors
+        check_endpoint(ep, api_key=api_key, timeouts=config.timeouts)
     if len(rates) > 1:
         results = replay_sweep(trace, config, rates, o["out_dir"], quiet=o["quiet"])
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import click
@@ -11,12 +10,9 @@ import click
 from harness.cli._options import parse_names, warn
 from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
 from harness.errors import ScenarioError
+from harness.lifeline import exit_on_signals
 
 _ZERO = {"first-request": "the first request", "ready": "now (serve is ready)"}
-
-
-def _raise_exit(_sig, _frame) -> None:
-    raise SystemExit(143)
 
 
 @click.command("serve")
@@ -67,32 +63,27 @@ def command(
         events_from=events_from,
     )
     warn(clusters.scenario.warnings("serve", speedup=clusters.spec.speedup))
-    previous = signal.signal(signal.SIGTERM, _raise_exit)
-    try:
-        with clusters:
-            warn(clusters.warnings)
-            info = clusters.describe()
-            if as_json:
-                click.echo(json.dumps(info, default=str))
-            else:
-                label = (
-                    "" if info["backend"] != "loopback" else "  (fallback: no namespaces, app-level shaping)"
-                )
-                click.echo(f"model {clusters.model}   backend {info['backend']}{label}")
+    # Forked helpers (pyroute2's) get the default action back, so only serve itself unwinds.
+    with exit_on_signals(), clusters:
+        warn(clusters.warnings)
+        info = clusters.describe()
+        if as_json:
+            click.echo(json.dumps(info, default=str))
+        else:
+            label = "" if info["backend"] != "loopback" else "  (fallback: no namespaces, app-level shaping)"
+            click.echo(f"model {clusters.model}   backend {info['backend']}{label}")
+            click.echo(
+                f"speed-up {clusters.spec.speedup:g}x   link {clusters.rate_mbit:g} Mbit/s, "
+                f"{clusters.delay_ms:g} ms one way   KV byte scale {clusters.byte_scale:.3g}"
+            )
+            for topo, url in clusters.urls.items():
+                click.echo(f"  {topo:<12} {url}")
+            if info["link_events_from"]:
                 click.echo(
-                    f"speed-up {clusters.spec.speedup:g}x   link {clusters.rate_mbit:g} Mbit/s, "
-                    f"{clusters.delay_ms:g} ms one way   KV byte scale {clusters.byte_scale:.3g}"
+                    "[[network.events]]: applied at their model times / "
+                    f"{clusters.spec.speedup:g} after {_ZERO[info['link_events_from']]}"
                 )
-                for topo, url in clusters.urls.items():
-                    click.echo(f"  {topo:<12} {url}")
-                if info["link_events_from"]:
-                    click.echo(
-                        "[[network.events]]: applied at their model times / "
-                        f"{clusters.spec.speedup:g} after {_ZERO[info['link_events_from']]}"
-                    )
-                click.echo(f"metrics: {clusters.host_urls['local']}/metrics   (Ctrl-C to stop)")
-            while True:
-                time.sleep(0.5)
-                clusters.check()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+            click.echo(f"metrics: {clusters.host_urls['local']}/metrics   (Ctrl-C to stop)")
+        while True:
+            time.sleep(0.5)
+            clusters.check()

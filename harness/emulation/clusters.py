@@ -155,6 +155,12 @@ class EmulatedClusters:
             ]
         return []
 
+    def relay_lag(self) -> dict[str, Any]:
+        """The relays' release lateness so far, ``"src->dst" -> LagHistogram`` (``Network.relay_lag``;
+        empty without namespaces or without relays). Read it before and after a run and take
+        ``after[k].since(before[k]).summary()`` for the relay's achieved added delay during the run."""
+        return {} if self._net is None else self._net.relay_lag()
+
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> EmulatedClusters:
         self.start()
@@ -181,14 +187,16 @@ class EmulatedClusters:
             raise CapabilityError("serve --netns needs root for network namespaces; use --no-netns")
         if not root:
             return None
-        from harness.network import backend_name
+        from harness.network import probe
 
-        backend = backend_name()  # probed once, and handed to the Network so it does not probe again
-        if backend == "app-delay":
-            if self._want_netns:
-                raise CapabilityError("no kernel shaping backend here (see `prfaas-bench net probe`)")
-            return None
-        return backend
+        report = probe()  # probed once, and handed to the Network so it does not probe again
+        if report.chosen == "app-delay":
+            # As root, namespaces are the default: never fall back to loopback without being told.
+            raise CapabilityError(
+                f"no kernel shaping backend here ({report.check('relay').reason}; see `prfaas-bench net "
+                "probe`); use --no-netns to run the sites on loopback with app-level shaping"
+            )
+        return report.chosen
 
     def _link_params(self, net_spec: Any | None) -> None:
         real = self.setup.stack.link

@@ -31,6 +31,11 @@ _DATA_MAGIC, _ACK_MAGIC = b"KVF1", b"KVA1"
 FRAME_BYTES = 64 * 1024
 _ZEROS = memoryview(bytes(FRAME_BYTES))
 _KEEP_UNCLAIMED_S = 600.0  # a finished transfer nobody asked for is forgotten after this
+CONNECT_TIMEOUT_S = 10.0  # a KV connection not up by then fails the transfer (and its pool)
+
+
+class KvTransferAborted(ConnectionError):
+    """A transfer whose bytes were on a connection that ended before its last byte arrived."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +69,10 @@ class KvReceiver:
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._progress: dict[str, list[float]] = {}  # id -> [received, total, first_byte_s]
-        self._done: OrderedDict[str, tuple[TransferObs, float]] = OrderedDict()
+        # Finished (or aborted) transfers nobody has claimed yet, with when they ended.
+        self._done: OrderedDict[str, tuple[TransferObs | KvTransferAborted, float]] = OrderedDict()
         self._waiters: dict[str, asyncio.Future[TransferObs]] = {}
-        self._conns: set[asyncio.StreamWriter] = set()
+        self._carried: dict[asyncio.StreamWriter, set[str]] = {}  # connection -> unfinished ids it carried
         self._tasks: set[asyncio.Task] = set()
         self.bytes_received = 0
         self.transfers_received = 0
@@ -83,7 +89,7 @@ class KvReceiver:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            for w in list(self._conns):
+            for w in list(self._carried):
                 w.close()
             # Let each connection's task see its reader end and return (no cancelled tasks left).
             await asyncio.wait(list(self._tasks), timeout=2.0) if self._tasks else None
@@ -98,13 +104,16 @@ class KvReceiver:
 
     @property
     def bytes_pending(self) -> int:
-        """Bytes of transfers in progress that have not arrived yet."""
+        """Bytes of transfers in progress that have not arrived yet (an aborted one no longer counts)."""
         return int(sum(total - got for got, total, _ in self._progress.values()))
 
     async def wait(self, transfer_id: str, timeout_s: float | None = None) -> TransferObs:
-        """The transfer's observation, waiting for its last byte if it has not arrived yet."""
+        """The transfer's observation, waiting for its last byte if it has not arrived yet. Raises
+        ``KvTransferAborted`` when a connection that carried it ended first."""
         done = self._done.pop(transfer_id, None)
         if done is not None:
+            if isinstance(done[0], KvTransferAborted):
+                raise done[0]
             return done[0]
         fut = self._waiters.get(transfer_id)
         if fut is None:
@@ -117,12 +126,29 @@ class KvReceiver:
 
     def _finish(self, obs: TransferObs) -> None:
         self.transfers_received += 1
-        fut = self._waiters.pop(obs.transfer_id, None)
+        for carried in self._carried.values():
+            carried.discard(obs.transfer_id)
+        self._settle(obs.transfer_id, obs)
+
+    def _abort(self, transfer_id: str) -> None:
+        """Forget a transfer that can no longer complete, and fail whoever waits (or will wait) for it."""
+        del self._progress[transfer_id]
+        self._settle(transfer_id, KvTransferAborted(f"KV transfer {transfer_id}: its connection closed"))
+
+    def _settle(self, transfer_id: str, outcome: TransferObs | KvTransferAborted) -> None:
+        aborted = isinstance(outcome, KvTransferAborted)
+        fut = self._waiters.pop(transfer_id, None)
         if fut is not None and not fut.done():
-            fut.set_result(obs)
-            return
+            if aborted:
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+            if not aborted:
+                return
+        # Kept until claimed; an aborted id also so that its late frames on other connections are
+        # dropped instead of starting it over.
         now = time.monotonic()
-        self._done[obs.transfer_id] = (obs, now)
+        self._done[transfer_id] = (outcome, now)
         while self._done:
             key, (_, at) = next(iter(self._done.items()))
             if now - at < _KEEP_UNCLAIMED_S:
@@ -131,7 +157,7 @@ class KvReceiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
-        self._conns.add(writer)
+        carried = self._carried[writer] = set()
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -144,7 +170,12 @@ class KvReceiver:
                 tid = raw_id.hex()
                 state = self._progress.get(tid)
                 if state is None:
+                    if tid in self._done:  # aborted on another connection: drop its late frames
+                        await reader.readexactly(length)
+                        self.bytes_received += length  # they did cross the link
+                        continue
                     state = self._progress[tid] = [0, total, loop.time()]
+                carried.add(tid)
                 await reader.readexactly(length)
                 state[0] += length
                 self.bytes_received += length
@@ -158,7 +189,10 @@ class KvReceiver:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self._conns.discard(writer)
+            del self._carried[writer]
+            for tid in carried:  # their bytes on this connection are lost: they can never complete
+                if tid in self._progress:
+                    self._abort(tid)
             self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
@@ -207,7 +241,12 @@ class KvSender:
     """
 
     def __init__(
-        self, *, connections: int = 1, pace_bytes_s: float | None = None, delay_s: float = 0.0
+        self,
+        *,
+        connections: int = 1,
+        pace_bytes_s: float | None = None,
+        delay_s: float = 0.0,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be >= 1")
@@ -215,6 +254,7 @@ class KvSender:
             raise ValueError("pace_bytes_s must be > 0")
         self.connections = connections
         self.pace_bytes_s, self.delay_s = pace_bytes_s, delay_s
+        self.connect_timeout_s = connect_timeout_s
         self._free_at: dict[tuple[str, int], float] = {}
         self._pools: dict[tuple[str, int], list[_Connection]] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -224,15 +264,29 @@ class KvSender:
         self.in_flight = 0
 
     async def _pool(self, dest: tuple[str, int]) -> list[_Connection]:
+        """The destination's connections, topped up to ``connections``. If one cannot be opened, the
+        ones this call opened are closed again (no half-built pool is kept or leaked) and it raises."""
         lock = self._locks.setdefault(dest, asyncio.Lock())
         async with lock:
             pool = [c for c in self._pools.get(dest, []) if c.broken is None and not c.task.done()]
-            while len(pool) < self.connections:
-                reader, writer = await asyncio.open_connection(*dest)
-                writer.transport.set_write_buffer_limits(high=2 * FRAME_BYTES)
-                pool.append(_Connection(reader, writer, self._pending.setdefault(dest, {})))
-            self._pools[dest] = pool
-            return pool
+            opened: list[_Connection] = []
+            try:
+                while len(pool) + len(opened) < self.connections:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection(*dest), self.connect_timeout_s
+                    )
+                    writer.transport.set_write_buffer_limits(high=2 * FRAME_BYTES)
+                    opened.append(_Connection(reader, writer, self._pending.setdefault(dest, {})))
+            except BaseException as exc:  # cancellation included: close what we opened, then go on
+                for conn in opened:
+                    await conn.close()
+                if isinstance(exc, OSError | TimeoutError):
+                    raise ConnectionError(
+                        f"KV connection to {dest[0]}:{dest[1]} failed: {type(exc).__name__}: {exc}"
+                    ) from None
+                raise
+            self._pools[dest] = pool + opened
+            return self._pools[dest]
 
     async def send(
         self,
@@ -280,6 +334,10 @@ class KvSender:
         finally:
             self.in_flight -= 1
             pending.pop(transfer_id, None)
+            if not ack.done():
+                ack.cancel()
+            elif not ack.cancelled():
+                ack.exception()  # mark it retrieved: the send already failed with its own error
 
     async def _pace(self, dest: tuple[str, int], n: int) -> None:
         """Wait until the destination's paced link has carried this frame (frames share it in order)."""

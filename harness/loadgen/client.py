@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from harness.loadgen.config import Endpoint, Timeouts
+from harness.errors import InputError
+from harness.loadgen.config import Endpoint, Timeouts, redact_url
 from harness.loadgen.schedule import PHASES
 from harness.loadgen.sse import BAD, CONTENT, DONE, FULL, classify, parse_chunk, prfaas_fields
 from harness.pdproxy import prefill_leg_body
@@ -253,6 +254,54 @@ class Client:
         for k, v in prfaas_fields(kv, self.wall_offset_s).items():
             setattr(rec, k, v)
         return kv
+
+
+_ANSWER_S = 10.0  # an endpoint that accepts but sends no response headers by then does not answer
+
+
+def check_endpoint(endpoint: Endpoint, *, api_key: str | None, timeouts: Timeouts) -> None:
+    """Before a run: every server of ``endpoint`` answers HTTP (any status but 401/403) at its
+    ``/v1/models``, with the headers requests will carry. Raises ``InputError`` in one line naming
+    the URL without credentials otherwise; the key never appears in it."""
+    urls = [endpoint.prefill_url or "", endpoint.decode_url or ""] if endpoint.pd else [endpoint.url]
+    for url in urls:
+        shown = redact_url(url)
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 -- raises on a port outside 0..65535
+        except ValueError as exc:
+            raise InputError(f"endpoint {endpoint.name!r}: {shown} is not a valid URL ({exc})") from None
+        if api_key and (parts.username is not None or parts.password is not None):
+            raise InputError(
+                f"endpoint {endpoint.name!r}: {shown} carries user:password@ and an API key is set too; "
+                "both would be the Authorization header, so give only one"
+            )
+        problem = asyncio.run(_answers(url + "/v1/models", api_key, timeouts.connect_s))
+        if problem:
+            raise InputError(f"endpoint {endpoint.name!r}: {shown} {problem}")
+
+
+async def _answers(url: str, api_key: str | None, connect_s: float) -> str | None:
+    """None when ``url`` answers; else why not, in words (without the URL)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=_ANSWER_S)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, headers=headers, allow_redirects=False) as resp,
+        ):
+            status = resp.status
+    except aiohttp.ClientConnectorError as exc:
+        return f"does not answer: {exc.os_error.strerror or exc.os_error}"
+    except TimeoutError:
+        return (
+            f"does not answer (no connection within {connect_s:g} s, or no response within {_ANSWER_S:g} s)"
+        )
+    except (aiohttp.ClientError, OSError) as exc:  # str(exc) may hold the URL, credentials included
+        return f"does not answer ({type(exc).__name__})"
+    if status in (401, 403):
+        return f"rejects the credentials (HTTP {status})"
+    return None
 
 
 @dataclass(slots=True)

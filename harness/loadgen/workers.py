@@ -10,6 +10,9 @@ Protocol over one pipe per worker (parent <-> worker):
 
 Workers ignore SIGINT: on Ctrl-C the parent sends each worker SIGTERM, which cancels its dispatch;
 in-flight requests then end as "cancelled" records and are still sent back and written.
+
+Workers die with their parent (``lifeline.die_with_parent``): after ``kill -9`` of the parent the
+kernel kills them at once, so no orphan keeps sending load that nobody records.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
+from harness.lifeline import die_with_parent
 from harness.loadgen.config import Endpoint
 from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.schedule import Schedule
@@ -33,8 +38,14 @@ _FLUSH_S = 0.05
 
 
 def _worker_main(
-    conn: Connection, endpoint: Endpoint, trace: Trace, schedule: Schedule, tokenizer: str | None
+    conn: Connection,
+    endpoint: Endpoint,
+    trace: Trace,
+    schedule: Schedule,
+    tokenizer: str | None,
+    parent_pid: int,
 ) -> None:
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         tok = load_tokenizer(tokenizer) if tokenizer else None
@@ -90,6 +101,7 @@ def run_workers(
     tokenizer: str | None,
 ) -> None:
     """Run ``n`` worker processes over ``schedule``; ``on_record`` gets every record in the parent.
+    The workers die with the calling thread (which this call keeps busy until they end).
 
     ``make_setup(t0, wall_offset_s)`` builds the shared setup once all workers are ready.
     ``on_tick(dispatched)`` is called at least every 0.25 s. Ctrl-C stops the workers, collects what
@@ -102,7 +114,7 @@ def run_workers(
             parent, child = ctx.Pipe()
             p = ctx.Process(
                 target=_worker_main,
-                args=(child, endpoint, trace, schedule.part(k, n), tokenizer),
+                args=(child, endpoint, trace, schedule.part(k, n), tokenizer, os.getpid()),
                 daemon=True,
             )
             p.start()

@@ -19,25 +19,30 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness.errors import CapabilityError, ScenarioError
+from harness.lifeline import exit_on_signals
 from harness.network import kernel
 from harness.network.control import Impairment
+from harness.network.locks import FileLock, claim_prefix, holds_prefix, release_prefix, state_lock
 from harness.network.probe import BACKENDS, backend_name, probe
+from harness.network.relaylag import LagHistogram, lag_path, read_lag
 from harness.network.render import render_egress
 from harness.network.schedule import Change, EventScheduler, timeline
 from harness.network.spec import SITE_NAME, LinkSpec, NetworkSpec, parse_network
 from harness.network.state import STATE_DIR, State, is_alive, start_ticks
-from harness.network.sweep import kill_process, owned_namespaces, pid_exists, sweep
+from harness.network.sweep import kill_process, owned_namespaces, sweep
 from harness.network.topology import Direction, Topology, tcp_buffers
 from harness.scenario import Scenario, load_scenario
 
 DEFAULT_PREFIX = "pfb-"
 _RELAY_START_S = 10.0
+_RELAY_ANSWER_S = 2.0  # a live relay publishes its lateness within this after SIGUSR2
 
 
 def _check_prefix(prefix: str) -> str:
@@ -75,6 +80,7 @@ class Network:
         self._scheduler: EventScheduler | None = None
         self._built = False
         self._builder_pid: int | None = None
+        self._claim: FileLock | None = None  # the prefix's owner lock while this process owns it
         self._lock = threading.RLock()
 
     # ---- construction -------------------------------------------------------------------------
@@ -163,29 +169,21 @@ class Network:
     @contextlib.contextmanager
     def up(self) -> Iterator[Network]:
         """Build, yield, and tear down on every exit path. SIGTERM and SIGHUP become SystemExit while
-        inside (main thread only), so ``finally`` runs for them as it does for Ctrl-C."""
-        restore = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                restore[sig] = signal.signal(sig, _exit_on_signal_in(os.getpid()))
-        try:
-            self.build(owner_pid=os.getpid())
-            yield self
-        finally:
+        inside (main thread only), so ``finally`` runs for them as it does for Ctrl-C; forked
+        helpers (pyroute2's) get the default action back (``harness.lifeline``)."""
+        with exit_on_signals():
             try:
-                self.teardown()
+                self.build(owner_pid=os.getpid())
+                yield self
             finally:
-                for sig, handler in restore.items():
-                    signal.signal(sig, handler)
+                self.teardown()
 
     def build(self, *, owner_pid: int | None = None) -> None:
-        """Sweep stale objects with this prefix, then create everything. On failure, remove what was
-        made and re-raise. ``owner_pid=None`` leaves the network up for later processes."""
-        st = State.load(self.prefix)
-        if st is not None and st.owner_pid not in (None, os.getpid()) and pid_exists(st.owner_pid):
-            raise CapabilityError(
-                f"prefix {self.prefix!r} is in use by running process {st.owner_pid}; choose another --prefix"
-            )
+        """Take ownership of the prefix, sweep what an earlier (dead) owner left, then create
+        everything. On failure, remove what was made and re-raise. With ``owner_pid`` (this
+        process's pid) the ownership is held until ``teardown()``, so no other run can sweep or
+        reuse the prefix meanwhile; ``owner_pid=None`` leaves the network up, owned by no process,
+        for later ones (``net up``). Raises ``CapabilityError`` when a running process owns the prefix."""
         if not self.kernel_backed:
             if not self._explicit_backend:  # never fall back to an unshaped network silently
                 raise CapabilityError(f"{probe().check('relay').reason}. {_ROOTLESS_MESSAGE}")
@@ -193,19 +191,25 @@ class Network:
             return
         if os.geteuid() != 0:
             raise CapabilityError(_ROOTLESS_MESSAGE)
+        if owner_pid not in (None, os.getpid()):
+            raise ValueError("owner_pid must be None or this process's pid")
         if self._explicit_backend and not (chk := probe().check(self.backend)).works:
             # Else the first tc call fails deep in pyroute2 with a bare NetlinkError traceback.
             raise CapabilityError(f"backend {self.backend} does not work on this machine: {chk.reason}")
-        sweep(self.prefix)
+        self._claim = claim_prefix(self.prefix, hint="choose another --prefix")  # before touching anything
         self._built = True
         self._builder_pid = os.getpid()
-        self._save(owner_pid)  # first, so a crash mid-build still leaves something to sweep
         try:
+            sweep(self.prefix)
+            self._save(owner_pid)  # first, so a crash mid-build still leaves something to sweep
             self._build_kernel()
             self._save(owner_pid)
         except BaseException:
             self.teardown()
             raise
+        if owner_pid is None:  # the network outlives this process: it no longer owns the prefix
+            release_prefix(self.prefix, self._claim)
+            self._claim = None
 
     def _build_kernel(self) -> None:
         topo = self.topology
@@ -305,32 +309,41 @@ class Network:
             ipr.neigh("replace", dst=peer, lladdr=peer_mac, ifindex=idx, state="permanent")
 
     def teardown(self) -> None:
-        """Stop events, kill every process started for this network, remove its namespaces and state.
-        Safe to call twice and from a later process (``Network.attach(prefix).teardown()``); a no-op
-        in a forked copy of the process that built it, and before a build (one refused because the
-        prefix is in use must not sweep away its owner's network)."""
+        """Stop events, kill every process started for this network, remove its namespaces, files and
+        state. Safe to call twice and from a later process (``Network.attach(prefix).teardown()``,
+        which refuses while another running process owns the prefix); a no-op in a forked copy of
+        the process that built it, and before a build (one refused because the prefix is in use
+        must not sweep away its owner's network)."""
         if not self._built or self._builder_pid not in (None, os.getpid()):
             return
         with self._lock:
             if self._scheduler is not None:
                 self._scheduler.stop(raise_error=False)
-            for proc in self._procs:
-                ticks = start_ticks(proc.pid)
-                if ticks is None and proc.returncode is None:
-                    # The leader exited but is not reaped, so its session id is still ours: end what
-                    # it left running there, which would otherwise outlive the namespace.
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                kill_process(proc.pid, ticks or 0, group=True)
-                with contextlib.suppress(Exception):
-                    proc.wait(timeout=2)
-            self._procs.clear()
-            for pid, ticks in self._relays.values():
-                kill_process(pid, ticks, group=False)
-            if self.kernel_backed:
+            if not self.kernel_backed:
+                self._built = False
+                return
+            claim = self._claim if holds_prefix(self.prefix) else None
+            claim = claim or claim_prefix(self.prefix, hint="stop it first")
+            try:
+                for proc in self._procs:
+                    ticks = start_ticks(proc.pid)
+                    if ticks is None and proc.returncode is None:
+                        # The leader exited but is not reaped, so its session id is still ours: end
+                        # what it left running there, which would otherwise outlive the namespace.
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(proc.pid, signal.SIGKILL)
+                    kill_process(proc.pid, ticks or 0, group=True)
+                    with contextlib.suppress(Exception):
+                        proc.wait(timeout=2)
+                self._procs.clear()
+                for pid, ticks in self._relays.values():
+                    kill_process(pid, ticks, group=False)
                 sweep(self.prefix)
-            self._relays.clear()
-            self._built = False
+                self._relays.clear()
+                self._built = False
+            finally:
+                release_prefix(self.prefix, claim, unlink=True)
+                self._claim = None
 
     # ---- live changes -------------------------------------------------------------------------
     def set_link(self, src: str, dst: str, spec: LinkSpec | None = None, **changes: Any) -> LinkSpec:
@@ -372,6 +385,10 @@ class Network:
     def _save(self, owner_pid: int | str | None = "keep") -> None:
         if not self.kernel_backed:  # app-delay creates nothing a later process must clean up
             return
+        with state_lock(self.prefix):  # another process (net up, the builder) may save at once
+            self._save_locked(owner_pid)
+
+    def _save_locked(self, owner_pid: int | str | None) -> None:
         old = State.load(self.prefix)
         owner = (old.owner_pid if old else None) if owner_pid == "keep" else owner_pid
         spawned = [[p.pid, t] for p in self._procs if (t := start_ticks(p.pid)) is not None]
@@ -409,6 +426,27 @@ class Network:
         v = self._relays.get((src, dst))
         return None if v is None else is_alive(*v)
 
+    def relay_lag(self, *, fresh: bool = True) -> dict[str, LagHistogram]:
+        """Each relay's release lateness so far, ``"src->dst" -> LagHistogram`` (its ``.summary()``
+        gives the achieved added delay p50/p99 against the configured one; ``.since(earlier)`` the
+        lateness between two readings). With ``fresh`` each live relay publishes first (SIGUSR2,
+        answered within one turn of its loop). Empty when no direction has a relay."""
+        out = {}
+        for (src, dst), (pid, ticks) in sorted(self._relays.items()):
+            path = lag_path(self.control_path(src, dst))
+            before = read_lag(path)
+            if fresh and is_alive(pid, ticks):
+                os.kill(pid, signal.SIGUSR2)
+                deadline = time.monotonic() + _RELAY_ANSWER_S
+                while time.monotonic() < deadline:
+                    now = read_lag(path)
+                    if now is not None and (before is None or now.seq > before.seq):
+                        before = now
+                        break
+                    time.sleep(0.002)
+            out[f"{src}->{dst}"] = before if before is not None else LagHistogram()
+        return out
+
     def relay_pid(self, src: str, dst: str) -> int | None:
         v = self._relays.get((src, dst))
         return None if v is None else v[0]
@@ -436,19 +474,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def _exit_on_signal_in(pid: int):
-    """A SIGTERM/SIGHUP handler that unwinds (so ``finally`` tears down) only in process ``pid``.
-    A forked child (pyroute2 forks helpers) inherits the handler and a copy of our stack: there it
-    must just exit, or it would run our ``finally`` and tear down the parent's network."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        if os.getpid() != pid:
-            os._exit(128 + signum)
-        raise SystemExit(128 + signum)
-
-    return handler
 
 
 __all__ = ["DEFAULT_PREFIX", "Network", "owned_namespaces", "sweep"]  # re-exported for callers

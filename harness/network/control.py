@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.network.spec import LinkSpec
+from harness.network.state import write_atomic
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,4 @@ class Impairment:
 
     def write(self, path: Path) -> None:
         """Write atomically, so a relay re-reading on SIGUSR1 never sees half a file."""
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.__dict__))

@@ -58,9 +58,11 @@ def unshape_interface(iface: str, *, netns: str | None = None) -> bool:
 
 def record_interface(prefix: str, iface: str, backend: str, table: dict) -> None:
     """Note a shaped host interface in the prefix's state file, so ``net down`` restores it."""
+    from harness.network.locks import state_lock
     from harness.network.state import State
 
-    st = State.load(prefix) or State(prefix, backend, table)
-    if iface not in st.interfaces:
-        st.interfaces.append(iface)
-    st.save()
+    with state_lock(prefix):
+        st = State.load(prefix) or State(prefix, backend, table)
+        if iface not in st.interfaces:
+            st.interfaces.append(iface)
+        st.save()

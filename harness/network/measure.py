@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from harness.errors import CapabilityError
+from harness.network.realtime import prioritise
 from harness.network.render import ETH_HEADER
 
 TCP_IP_HEADERS = 52  # IPv4 20 + TCP 20 + timestamps option 12
@@ -104,10 +105,15 @@ def _end_accept(srv: socket.socket) -> None:
 
 
 def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
-    """Round trips of a 1-byte TCP ping-pong (Nagle off) from src to an echo in dst, in ms."""
+    """Round trips of a 1-byte TCP ping-pong (Nagle off) from src to an echo in dst, in ms. Both
+    ends run on their own threads at real-time priority where allowed (as the relay does), so what
+    is measured is the network, not how long a busy host leaves this process waiting for a CPU."""
     srv = _listener(net, dst)
+    out: list[float] = []
+    failed: list[BaseException] = []
 
     def echo() -> None:
+        prioritise()
         try:
             conn, _ = srv.accept()
         except OSError:  # shut down below: the client never connected
@@ -117,20 +123,30 @@ def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
             while b := conn.recv(1):
                 conn.sendall(b)
 
+    def ping() -> None:
+        prioritise()
+        try:
+            cli.settimeout(_TIMEOUT_S)
+            cli.connect(srv.getsockname())
+            cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(samples + 2):
+                t = time.perf_counter()
+                cli.sendall(b"x")
+                if not cli.recv(1):
+                    break
+                out.append((time.perf_counter() - t) * 1e3)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
     th = threading.Thread(target=echo, daemon=True)
     th.start()
     cli = net.socket(src, socket.AF_INET, socket.SOCK_STREAM)
-    out = []
     try:
-        cli.settimeout(_TIMEOUT_S)
-        cli.connect(srv.getsockname())
-        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(samples + 2):
-            t = time.perf_counter()
-            cli.sendall(b"x")
-            if not cli.recv(1):
-                break
-            out.append((time.perf_counter() - t) * 1e3)
+        pinger = threading.Thread(target=ping, daemon=True)
+        pinger.start()
+        pinger.join()
+        if failed:
+            raise failed[0]
     finally:
         cli.close()
         _end_accept(srv)

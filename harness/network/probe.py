@@ -5,8 +5,12 @@
 3. ``app-delay`` rootless: no namespaces and no shaping; the harness only reports each link's
                  configured one-way delay for applications to sleep on. Labelled as such in results.
 
-The probe builds a throwaway namespace ``pfb-probe-<pid>`` and tries the real qdiscs in it, so it never
-touches an interface the harness did not create.
+The probe builds a throwaway namespace ``prfaas-probe-<pid>-<start ticks>`` and tries the real qdiscs
+in it, so it never touches an interface the harness did not create. The name is outside every sweep
+prefix (those start with ``pfb``), so no sweep of a network can remove it mid-probe, and it names its
+owner exactly: a later probe removes only those whose process is gone. A probe that fails for any
+reason other than a missing kernel feature raises ``CapabilityError``; it never reports a working
+backend as missing (which would downgrade a run to loopback).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import functools
 import os
 import struct
 from dataclasses import dataclass
+
+from harness.errors import CapabilityError
 
 BACKENDS = ("netem", "relay", "app-delay")
 
@@ -40,47 +46,67 @@ class ProbeReport:
         return next(c for c in self.checks if c.name == name)
 
 
+PROBE_NS = "prfaas-probe-"
+
+
 def _tun_works(ns: str) -> str | None:
     from harness.network import kernel
 
-    def attempt() -> None:
-        fd = os.open("/dev/net/tun", os.O_RDWR)
+    def attempt() -> str | None:
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR)
+        except OSError as exc:
+            return f"TUN unavailable: {exc.strerror or exc}"
         try:
             fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"pfb-probe", 0x1001))
+        except OSError as exc:
+            return f"TUN unavailable: {exc.strerror or exc}"
         finally:
             os.close(fd)
+        return None
 
-    try:
-        kernel._in_namespace(ns, attempt)
-    except OSError as exc:
-        return f"TUN unavailable: {exc.strerror or exc}"
-    return None
+    return kernel._in_namespace(ns, attempt)  # failing to enter the namespace is not a TUN answer
 
 
 def _qdisc_error(ns: str, kind: str, **kw) -> str | None:
+    from pyroute2 import NetlinkError
+
     from harness.network import kernel
 
     with kernel.rtnl(ns) as ipr:
         idx = kernel.ifindex(ipr, "pfb-p0")
         try:
             ipr.tc("replace", kind, idx, handle=0x10000, **kw)
-        except Exception as exc:  # pyroute2 raises NetlinkError(errno, msg)
-            code = getattr(exc, "code", None)
-            why = "not in this kernel" if code in (errno.ENOENT, errno.EINVAL) else str(exc)
+        except NetlinkError as exc:  # the kernel's answer; anything else is a failed probe
+            why = "not in this kernel" if exc.code in (errno.ENOENT, errno.EINVAL) else str(exc)
             return f"{kind} qdisc {why}"
     return None
 
 
+def _remove_stale_probes() -> None:
+    """Remove probe namespaces whose probing process is gone (killed mid-probe)."""
+    from harness.network import kernel
+    from harness.network.state import is_alive
+
+    for name in kernel.list_namespaces(PROBE_NS):
+        pid, _, ticks = name[len(PROBE_NS) :].partition("-")
+        if pid.isdigit() and ticks.isdigit() and not is_alive(int(pid), int(ticks)):
+            kernel.remove_namespace(name)
+
+
 @functools.cache
 def probe() -> ProbeReport:
-    """Probe once per process (cached): try each backend's kernel features for real."""
+    """Probe once per process (cached): try each backend's kernel features for real. Raises
+    ``CapabilityError`` (not cached) when the probe itself fails."""
     app = BackendCheck("app-delay", True, "always available: application-level delay only, no shaping")
     if os.geteuid() != 0:
         why = f"needs root (network namespaces, veth, tc); running as uid {os.geteuid()}"
         return ProbeReport((BackendCheck("netem", False, why), BackendCheck("relay", False, why), app))
     from harness.network import kernel
+    from harness.network.state import start_ticks
 
-    ns = f"pfb-probe-{os.getpid()}"
+    _remove_stale_probes()
+    ns = f"{PROBE_NS}{os.getpid()}-{start_ticks(os.getpid())}"
     try:
         kernel.create_namespace(ns)
     except OSError as exc:
@@ -92,6 +118,10 @@ def probe() -> ProbeReport:
         tbf = _qdisc_error(ns, "tbf", rate="10mbit", burst=3028, limit=30280)
         netem = _qdisc_error(ns, "netem", delay=1000, jitter=0, loss=0, limit=100)
         tun = _tun_works(ns)
+    except Exception as exc:
+        raise CapabilityError(
+            f"probing the shaping backends in namespace {ns} failed: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         kernel.remove_namespace(ns)
     netem_check = BackendCheck(

@@ -1,6 +1,6 @@
 """The state file a built network leaves behind, so later processes can show, check and remove it.
 
-``/run/prfaas-bench/<prefix>.json`` (tmpfs: it does not outlive a reboot, and neither do namespaces).
+``/run/prfaas-bench/<prefix>state.json`` (tmpfs: it does not outlive a reboot, and neither do namespaces).
 It records the ``[network]`` table, the live per-direction specs, the backend, the owner process (if
 the network lives only inside a ``with Network.up()``), and every process started for it.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,11 @@ class State:
         return STATE_DIR / f"{prefix}state.json"
 
     def save(self) -> None:
+        """Write atomically through a temporary file of this process and thread, so a reader never
+        sees half a file and two writers never share one. Read-modify-write callers hold
+        ``locks.state_lock(prefix)`` so neither loses what the other recorded."""
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        p = self.path(self.prefix)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1), encoding="utf-8")
-        os.replace(tmp, p)
+        write_atomic(self.path(self.prefix), json.dumps(self.__dict__, indent=1))
 
     @classmethod
     def load(cls, prefix: str) -> State | None:
@@ -45,11 +46,21 @@ class State:
             return cls(**json.loads(p.read_text(encoding="utf-8")))
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError):  # a torn or foreign file: treat as no state, the sweep still runs
+        except (ValueError, TypeError):  # a foreign file (ours are written atomically): no state
             return None
 
     def delete(self) -> None:
         self.path(self.prefix).unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step; the temporary name is unique to this thread."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_native_id()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def start_ticks(pid: int) -> int | None:

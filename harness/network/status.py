@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.network import kernel
 from harness.network.control import Impairment
+from harness.network.relay import log_path
 from harness.network.render import QdiscOp, _handle, render_egress
 
 
@@ -20,6 +21,7 @@ class DirectionStatus:
     kernel: str  # what the kernel has, in words
     relay: str  # "-" (none), "pid N ok", or a problem
     problems: tuple[str, ...]
+    relay_lag: dict[str, Any] | None = None  # the relay's LagHistogram.summary(): achieved delay p50/p99
 
     @property
     def ok(self) -> bool:
@@ -70,8 +72,10 @@ def _describe(actual: list[dict[str, Any]]) -> str:
 def read_status(net) -> list[DirectionStatus]:
     """One row per shaped direction: spec in force, what the kernel has, and the relay's state."""
     out = []
+    lags = net.relay_lag()
     for d in net.topology.directions():
         spec = net.link_spec(d.src, d.dst)
+        lag = lags[d.name].summary() if d.name in lags else None
         expected = render_egress(spec, net.backend)
         problems: list[str] = []
         try:
@@ -87,7 +91,8 @@ def read_status(net) -> list[DirectionStatus]:
         alive = net.relay_alive(d.src, d.dst)
         if alive is not None:
             if not alive:
-                problems.append("relay process is not running")
+                log = log_path(net.control_path(d.src, d.dst))
+                problems.append(f"relay process is not running (its errors: {log})")
                 relay = "DEAD"
             else:
                 want = Impairment.of(spec)
@@ -100,7 +105,9 @@ def read_status(net) -> list[DirectionStatus]:
                     problems.append(f"relay runs {imp}, expected {want}")
                 shown = imp or want
                 relay = f"pid {net.relay_pid(d.src, d.dst)}: {shown.delay_us}us ±{shown.jitter_us}us loss {shown.loss_pct:g}%"
+                if lag is not None and lag["frames"]:
+                    relay += f"; late p50/p99 {lag['late_ms_p50']:g}/{lag['late_ms_p99']:g} ms ({lag['frames']} frames)"
         elif net.backend == "relay" and spec.impaired:
             problems.append("impaired direction has no relay")
-        out.append(DirectionStatus(d.name, str(spec), described, relay, tuple(problems)))
+        out.append(DirectionStatus(d.name, str(spec), described, relay, tuple(problems), lag))
     return out
