@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from harness.config.validity import ValidityBounds
 from harness.errors import InputError
+from harness.loadgen.conditions import RelayReader
 
 APIS = ("completions", "chat")
 ARRIVALS = ("trace", "poisson", "gamma", "constant")
@@ -157,6 +159,12 @@ class ReplayConfig:
     progress: bool = True
     extra_body: dict[str, Any] = field(default_factory=dict)
     meta_extra: dict[str, Any] = field(default_factory=dict)  # e.g. how the trace was cut, for meta.json
+    # The verdict's bounds; its send-lag bound is ``max_send_lag_s`` (one figure in force).
+    validity: ValidityBounds = field(default_factory=ValidityBounds)
+    reset: bool = True  # reset each server's caches and counters before each endpoint's run
+    site_urls: tuple[str, ...] = ()  # more server roots whose /metrics report a site's loop lag
+    relay_lag: RelayReader | None = None  # the relays' lateness (``EmulatedClusters.relay_lag``)
+    link_goodput: dict[str, Any] | None = None  # measured before the run: {"src->dst": {measured, expected}}
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -176,6 +184,10 @@ class ReplayConfig:
         if self.tokenize_url:
             object.__setattr__(self, "tokenize_url", _base_url(self.tokenize_url, "--tokenize-url"))
 
+    def bounds(self) -> ValidityBounds:
+        """The verdict's bounds in force (``validity`` with the send-lag bound of ``max_send_lag_s``)."""
+        return replace(self.validity, send_lag_p99_ms=self.max_send_lag_s * 1e3)
+
     def describe(self) -> dict[str, Any]:
         """Configuration for meta.json: no API key, no URL credentials."""
         return {
@@ -189,4 +201,6 @@ class ReplayConfig:
             "shaping_backend": self.shaping_backend,
             "max_send_lag_s": self.max_send_lag_s,
             "extra_body": self.extra_body,
+            "validity": self.bounds().to_dict(),
+            "reset": self.reset,
         }

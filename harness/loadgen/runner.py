@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from harness.validity import UNKNOWN, combine, verdict
 from harness.loadgen.config import Endpoint, ReplayConfig
+from harness.loadgen.runstate import measurements, run_conditions, run_start
 from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.progress import Progress, print_summary
 from harness.loadgen.schedule import Schedule, build_schedule
@@ -37,11 +39,17 @@ class ReplayResult:
     run_id: str
     summaries: dict[str, dict[str, Any]]
     complete: bool = True
+    verdict: str = UNKNOWN  # "valid" | "invalid: reasons" (``harness.validity``)
 
     @property
     def error_rate(self) -> float:
         n = sum(s["requests"] for s in self.summaries.values())
         return sum(s["failed"] for s in self.summaries.values()) / n if n else 0.0
+
+    @property
+    def all_failed(self) -> bool:
+        """Not one request of any endpoint succeeded (an unreachable endpoint, a server that died)."""
+        return all(s["requests"] == s["failed"] for s in self.summaries.values())
 
 
 def replay(
@@ -89,9 +97,11 @@ def replay(
     }
     summaries: dict[str, dict[str, Any]] = {}
     saturated: dict[str, bool] = {}
+    verdicts: dict[str, str] = {}
     with RunWriter(out_dir, meta) as writer:
         for ep in config.endpoints:
             stats = RunStats()
+            start = run_start(ep, config, _say(quiet, ep.name))
             try:
                 _run_endpoint(ep, trace, schedule, config, writer, stats, tok, prompt_fits, run_id, quiet)
             finally:
@@ -99,12 +109,36 @@ def replay(
                 p99 = summary["send_lag_s"]["p99"]
                 saturated[ep.name] = p99 is not None and p99 > config.max_send_lag_s
                 summary["client_saturated"] = saturated[ep.name]
+                summary["scheduled"] = len(schedule)
+                summary["start_state"] = start.describe()
+                summary["conditions"] = run_conditions(start, config)
+                judged = verdict(measurements(summary), config.bounds())
+                summary["validity"] = judged.to_dict()
+                verdicts[ep.name] = judged.text()
                 summaries[ep.name] = summary
-                writer.update_meta(summaries=summaries, client_saturated=any(saturated.values()))
+                writer.update_meta(
+                    summaries=summaries,
+                    client_saturated=any(saturated.values()),
+                    validity={"verdict": combine(list(verdicts.values())), "by_topology": verdicts},
+                )
                 print_summary(
                     ep.name, summary, quiet=quiet, saturated=saturated[ep.name], bound_s=config.max_send_lag_s
                 )
-    return ReplayResult(writer.run_dir, run_id, summaries)
+        # Complete means every scheduled request of every endpoint ended (ok or failed), uninterrupted.
+        missing = {n: s["scheduled"] - s["requests"] for n, s in summaries.items() if s["requests"] < s["scheduled"]}
+        complete = not missing
+        writer.close(
+            complete=complete,
+            reason=None if complete else "unfinished requests: " + ", ".join(f"{n} {k}" for n, k in missing.items()),
+        )
+    return ReplayResult(writer.run_dir, run_id, summaries, complete, combine(list(verdicts.values())))
+
+
+def _say(quiet: bool, name: str):
+    def say(line: str) -> None:
+        print(f"{name}: warning: {line}", file=sys.stderr)
+
+    return say
 
 
 def replay_sweep(

@@ -1,0 +1,124 @@
+"""Whether a measured run can be trusted: measurements of the run's own conditions against stated bounds.
+
+A replay measures the system under test only while the client keeps its schedule, the emulated sites
+keep their clocks, the relay adds the delay it was told to, the link carries its rate, requests
+succeed and nothing else takes the machine. ``verdict`` judges each of those (pure: a measurements
+mapping and ``ValidityBounds`` in, a ``Verdict`` out). A figure that was not measured is ``unknown``
+and never makes a run invalid by itself; docs/analysis.md states the bounds.
+
+Measurements (every key optional, seconds / fractions / Mbit/s / ms as named)::
+
+    send_lag_p99_s          the client's send lag p99
+    loop_lag_p99_s          {site: event-loop lag p99 of that emulated site over the run}
+    relay                   {"src->dst": {"delay_ms": configured, "achieved_ms_p99": measured}}
+    link_goodput_mbit       {"src->dst": {"measured": Mbit/s, "expected": Mbit/s}}
+    failed_share            failed requests / requests
+    cpu                     {"steal_share", "other_share"}: of all CPU time during the run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness.config.validity import ValidityBounds
+
+VALID = "valid"
+UNKNOWN = "unknown"
+
+__all__ = ["UNKNOWN", "VALID", "ValidityBounds", "Verdict", "combine", "verdict"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``valid`` with no reasons, or invalid with one line per broken bound; ``checks`` has every figure."""
+
+    reasons: tuple[str, ...]
+    checks: dict[str, Any]
+
+    @property
+    def valid(self) -> bool:
+        return not self.reasons
+
+    def text(self) -> str:
+        """``valid`` or ``invalid: reason; reason``."""
+        return VALID if self.valid else "invalid: " + "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.text(), "valid": self.valid, "reasons": list(self.reasons), "checks": self.checks}
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def verdict(measurements: Mapping[str, Any], bounds: ValidityBounds | None = None) -> Verdict:
+    """Judge ``measurements`` (module docstring) against ``bounds``."""
+    b = bounds or ValidityBounds()
+    reasons: list[str] = []
+    checks: dict[str, Any] = {}
+
+    def check(name: str, value: float | None, limit: float, text: str, *, low: bool = False) -> None:
+        if value is None:
+            checks[name] = UNKNOWN
+            return
+        broken = value < limit if low else value > limit
+        checks[name] = {"value": value, "bound": limit, "ok": not broken}
+        if broken:
+            reasons.append(text)
+
+    lag = _num(measurements.get("send_lag_p99_s"))
+    check("send_lag_p99_ms", None if lag is None else lag * 1e3, b.send_lag_p99_ms,
+          f"client send-lag p99 {_ms(lag)} > {b.send_lag_p99_ms:g} ms (the client fell behind its schedule)")  # fmt: skip
+    sites = measurements.get("loop_lag_p99_s") or {}
+    if not sites:
+        checks["loop_lag_p99_ms"] = UNKNOWN
+    for site, value in sorted(sites.items()):
+        v = _num(value)
+        check(f"loop_lag_p99_ms[{site}]", None if v is None else v * 1e3, b.loop_lag_p99_ms,
+              f"site {site} event-loop lag p99 {_ms(v)} > {b.loop_lag_p99_ms:g} ms")  # fmt: skip
+    relays = measurements.get("relay") or {}
+    if not relays:
+        checks["relay_delay_error_ms"] = UNKNOWN
+    for direction, r in sorted(relays.items()):
+        configured, achieved = _num(r.get("delay_ms")), _num(r.get("achieved_ms_p99"))
+        err = None if configured is None or achieved is None else achieved - configured
+        check(f"relay_delay_error_ms[{direction}]", err, b.relay_delay_error_ms,
+              f"relay {direction} added {achieved} ms at p99 for {configured} ms configured "
+              f"(error > {b.relay_delay_error_ms:g} ms)")  # fmt: skip
+    links = measurements.get("link_goodput_mbit") or {}
+    if not links:
+        checks["link_goodput_share"] = UNKNOWN
+    for direction, g in sorted(links.items()):
+        measured, expected = _num(g.get("measured")), _num(g.get("expected"))
+        share = None if measured is None or not expected else measured / expected
+        check(f"link_goodput_share[{direction}]", share, b.link_goodput_share,
+              f"link {direction} carried {measured or 0:.0f} of {expected or 0:.0f} Mbit/s before the run "
+              f"(< {b.link_goodput_share:.0%})", low=True)  # fmt: skip
+    failed = _num(measurements.get("failed_share"))
+    check("failed_share", failed, b.failed_share,
+          f"{failed or 0:.1%} of requests failed (> {b.failed_share:.1%})")  # fmt: skip
+    cpu = measurements.get("cpu") or {}
+    steal, other = _num(cpu.get("steal_share")), _num(cpu.get("other_share"))
+    check("cpu_steal_share", steal, b.cpu_steal_share,
+          f"CPU steal {steal or 0:.0%} of CPU time (> {b.cpu_steal_share:.0%})")  # fmt: skip
+    check("cpu_other_share", other, b.cpu_other_share,
+          f"other processes used {other or 0:.0%} of CPU time (> {b.cpu_other_share:.0%})")  # fmt: skip
+    return Verdict(tuple(reasons), checks)
+
+
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def combine(texts: list[str]) -> str:
+    """One verdict line for several runs' verdict texts (each ``valid``/``invalid: …``/missing)."""
+    reasons = [t.removeprefix("invalid: ") for t in texts if t and t != VALID and t != UNKNOWN]
+    if reasons:
+        return "invalid: " + "; ".join(dict.fromkeys(reasons))
+    return VALID if texts and all(t == VALID for t in texts) else UNKNOWN
