@@ -18,7 +18,6 @@ Measurements (every key optional, seconds / fractions / Mbit/s / ms as named)::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +47,12 @@ class Verdict:
         return VALID if self.valid else "invalid: " + "; ".join(self.reasons)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.text(), "valid": self.valid, "reasons": list(self.reasons), "checks": self.checks}
+        return {
+            "verdict": self.text(),
+            "valid": self.valid,
+            "reasons": list(self.reasons),
+            "checks": self.checks,
+        }
 
 
 def _num(value: Any) -> float | None:

@@ -154,7 +154,9 @@ class SiteServer:
             for url in sorted(peers):
                 sites[url] = await self._reset_peer(url)
         ok = all(v == "ok" for v in sites.values())
-        return web.json_response({"status": "ok" if ok else "partial", "sites": sites}, status=200 if ok else 502)
+        return web.json_response(
+            {"status": "ok" if ok else "partial", "sites": sites}, status=200 if ok else 502
+        )
 
     def _in_flight(self) -> int:
         busy = 0

@@ -7,7 +7,6 @@ user should hear of it, a warning line. ``harness.validity`` judges what this co
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import urllib.error
@@ -22,7 +21,11 @@ _TIMEOUT_S = 5.0
 # Resets in the order tried: serve's own, vLLM's, SGLang's. The first that answers 2xx wins.
 RESET_PATHS = ("/reset", "/reset_prefix_cache", "/flush_cache")
 # Prefix-cache hit counters: serve's (tokens), vLLM's (tokens, two spellings over versions).
-_HIT_METRICS = ("prfaas_cache_hit_tokens_total", "vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+_HIT_METRICS = (
+    "prfaas_cache_hit_tokens_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:gpu_prefix_cache_hits_total",
+)
 _LAG = re.compile(r'^prfaas_loop_lag_seconds\{[^}]*quantile="0\.99"[^}]*\}\s+(\S+)', re.M)
 _SITE = re.compile(r'site="([^"]*)"')
 
@@ -70,7 +73,7 @@ def cpu_sample() -> CpuSample | None:
     except (OSError, ValueError, IndexError):
         return None
     parts += [0] * (8 - len(parts))
-    user, nice, system, idle, iowait, irq, softirq, steal = parts[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = parts[:8]
     busy = user + nice + system + irq + softirq
     return CpuSample(total=sum(parts[:8]), busy=busy, steal=steal, own=own)
 
@@ -105,9 +108,11 @@ def server_roots(urls: Iterable[str | None]) -> list[str]:
 
 
 def _request(url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, method=method, headers=dict(headers or {}), data=b"" if method == "POST" else None)
+    req = urllib.request.Request(
+        url, method=method, headers=dict(headers or {}), data=b"" if method == "POST" else None
+    )
     try:
-        with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as resp:  # noqa: S310 (http only, checked)
+        with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as resp:
             return resp.status, resp.read(1 << 22).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, ""
@@ -143,7 +148,9 @@ class ServerMetrics:
     cache_hits: float | None
 
 
-def read_metrics(root: str, *, reset_lag: bool = False, headers: Mapping[str, str] | None = None) -> ServerMetrics | None:
+def read_metrics(
+    root: str, *, reset_lag: bool = False, headers: Mapping[str, str] | None = None
+) -> ServerMetrics | None:
     """Scrape ``root/metrics`` (``?reset_lag=1`` starts serve's lag window afresh); None when it fails."""
     status, text = _request(root + "/metrics" + ("?reset_lag=1" if reset_lag else ""), headers=headers)
     if status != 200:
@@ -199,3 +206,26 @@ def read_relay(reader: RelayReader | None) -> Mapping[str, Any] | None:
         return None
 
 
+# ---------------------------------------------------------------------------- link
+def link_goodput(net: Any, *, seconds: float = 1.0) -> dict[str, dict[str, float]]:
+    """A short bulk-TCP check of every rate-limited, loss-free direction of a shaped network (``Network``
+    of ``harness.network``), before a run: ``"src->dst" -> {"measured", "expected"}`` Mbit/s. Empty without
+    a kernel-shaped network; a direction that cannot carry the check measures 0."""
+    if net is None or not getattr(net, "kernel_backed", False):
+        return {}
+    from harness.errors import CapabilityError
+    from harness.network.measure import expected_goodput_mbit, goodput_mbit
+
+    out = {}
+    for ln in net.spec.links:
+        for src, dst in ((ln.a, ln.b), (ln.b, ln.a)):
+            spec = net.link_spec(src, dst)
+            if spec.rate_mbit is None or spec.loss_pct:
+                continue
+            try:
+                got = goodput_mbit(net, src, dst, seconds=seconds)
+            except (OSError, TimeoutError, CapabilityError):
+                got = 0.0
+            expected = expected_goodput_mbit(spec.rate_mbit, spec.mtu)
+            out[f"{src}->{dst}"] = {"measured": round(got, 1), "expected": round(expected, 1)}
+    return out

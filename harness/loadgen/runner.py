@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.validity import UNKNOWN, combine, verdict
 from harness.loadgen.config import Endpoint, ReplayConfig
-from harness.loadgen.runstate import measurements, run_conditions, run_start
 from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.progress import Progress, print_summary
+from harness.loadgen.runstate import measurements, run_conditions, run_start
 from harness.loadgen.schedule import Schedule, build_schedule
 from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
 from harness.loadgen.stats import RunStats
@@ -27,6 +26,7 @@ from harness.loadgen.workers import run_workers
 from harness.records import RunWriter, new_run_id
 from harness.traces.frame import Trace
 from harness.traces.prompts import PromptFits, PromptSynth, load_tokenizer
+from harness.validity import UNKNOWN, combine, verdict
 
 _LEAD_S = 0.05
 
@@ -125,11 +125,15 @@ def replay(
                     ep.name, summary, quiet=quiet, saturated=saturated[ep.name], bound_s=config.max_send_lag_s
                 )
         # Complete means every scheduled request of every endpoint ended (ok or failed), uninterrupted.
-        missing = {n: s["scheduled"] - s["requests"] for n, s in summaries.items() if s["requests"] < s["scheduled"]}
+        missing = {
+            n: s["scheduled"] - s["requests"] for n, s in summaries.items() if s["requests"] < s["scheduled"]
+        }
         complete = not missing
         writer.close(
             complete=complete,
-            reason=None if complete else "unfinished requests: " + ", ".join(f"{n} {k}" for n, k in missing.items()),
+            reason=None
+            if complete
+            else "unfinished requests: " + ", ".join(f"{n} {k}" for n, k in missing.items()),
         )
     return ReplayResult(writer.run_dir, run_id, summaries, complete, combine(list(verdicts.values())))
 
