@@ -37,9 +37,12 @@ def test_reset_empties_local_and_remote_caches_and_the_counters(clusters):
     long = {"model": clusters.model, "prompt": _words(30_000, "R"), "max_tokens": 1}  # prefilled remotely
     for body in (short, long):
         _post(clusters.urls["prfaas"] + "/completions", body)
-    assert _post(clusters.urls["prfaas"] + "/completions", short)[2]["usage"]["prompt_tokens_details"][
-        "cached_tokens"
-    ] == 1999
+    assert (
+        _post(clusters.urls["prfaas"] + "/completions", short)[2]["usage"]["prompt_tokens_details"][
+            "cached_tokens"
+        ]
+        == 1999
+    )
     again = _post(clusters.urls["prfaas"] + "/completions", long)[2]
     assert again["prfaas"]["route"] == "remote" and again["prfaas"]["cached_tokens"] > 0
     assert read_metrics(local).cache_hits > 0

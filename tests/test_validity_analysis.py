@@ -87,7 +87,7 @@ def test_compare_refuses_an_invalid_run_unless_allowed(tmp_path):
     assert "warning: " in allowed.output and "current run is invalid" in allowed.output
 
 
-def test_replay_where_every_request_failed_exits_3_in_one_line(tmp_path):
+def test_replay_where_every_request_failed_exits_2_in_one_line(tmp_path):
     trace = tmp_path / "t.jsonl"
     trace.write_text("".join(json.dumps({"timestamp": i * 10, "input_length": 8, "output_length": 2, "hash_ids": [i]}) + "\n"
                              for i in range(3)))  # fmt: skip
@@ -96,7 +96,7 @@ def test_replay_where_every_request_failed_exits_3_in_one_line(tmp_path):
             main, ["replay", "--endpoint", srv.url, "--model", "m", "--trace", str(trace), "--quiet",
                    "--out", str(tmp_path / "out")],
         )  # fmt: skip
-    assert res.exit_code == 3
+    assert res.exit_code == 2
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert errors == [f"error: every request failed (http_500); records in {tmp_path / 'out'}"]
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())

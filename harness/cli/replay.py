@@ -309,8 +309,8 @@ def command(**o) -> None:
         r = failed[0]
         errors = {k: v for s in r.summaries.values() for k, v in s["errors"].items()}
         top = max(errors, key=errors.__getitem__) if errors else "no requests"
-        click.echo(f"error: every request failed ({top}); records in {r.run_dir}", err=True)
-        sys.exit(3)
+        # Not a measurement of anything: the endpoint is wrong (bad input, exit 2), the records stay.
+        raise InputError(f"every request failed ({top}); records in {r.run_dir}")
     worst = max(r.error_rate for r in results)
     if o["fail_on_error_rate"] is not None and worst > o["fail_on_error_rate"]:
         click.echo(f"error rate {worst:.3f} exceeds --fail-on-error-rate {o['fail_on_error_rate']}", err=True)

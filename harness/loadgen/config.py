@@ -18,7 +18,11 @@ _PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 def _base_url(url: str, what: str) -> str:
     """``http://host:port`` plus any path prefix, without ``/v1/...``; InputError if not http(s)."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 -- raises on a port outside 0..65535 or not a number
+    except ValueError as exc:
+        raise InputError(f"{what} is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"{what} must be an http(s) URL like http://127.0.0.1:8000, got {url!r}")
     path = parts.path.rstrip("/")

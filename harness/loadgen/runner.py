@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from harness.loadgen.config import Endpoint, ReplayConfig
+from harness.errors import InputError
+from harness.loadgen.config import Endpoint, ReplayConfig, redact_url
 from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.progress import Progress, print_summary
 from harness.loadgen.runstate import measurements, run_conditions, run_start
@@ -67,6 +69,7 @@ def replay(
     With ``config.tokenize_url`` the prompts are fitted to that server's tokenizer before the schedule
     starts (``prompt_fits`` reuses an earlier fitting of the same trace rows, as a sweep does).
     """
+    _check_credentials(config)
     schedule = build_schedule(trace, config.load)
     tok = load_tokenizer(config.tokenizer) if config.tokenizer else None  # fail early on a bad file
     preparation = None
@@ -143,6 +146,19 @@ def _say(quiet: bool, name: str):
         print(f"{name}: warning: {line}", file=sys.stderr)
 
     return say
+
+
+def _check_credentials(config: ReplayConfig) -> None:
+    """URL credentials and an API key would both be the Authorization header: refuse before any work."""
+    if not os.environ.get(config.api_key_env):
+        return
+    for ep in config.endpoints:
+        for url in (ep.url, ep.prefill_url, ep.decode_url):
+            if url and "@" in urlsplit(url).netloc:
+                raise InputError(
+                    f"endpoint {ep.name!r}: {redact_url(url)} carries user:password@ and ${config.api_key_env} "
+                    "is set too; both would be the Authorization header, so give only one"
+                )
 
 
 def replay_sweep(
