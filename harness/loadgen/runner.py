@@ -112,7 +112,10 @@ def replay(
                 p99 = summary["send_lag_s"]["p99"]
                 saturated[ep.name] = p99 is not None and p99 > config.max_send_lag_s
                 summary["client_saturated"] = saturated[ep.name]
-                summary["scheduled"] = len(schedule)
+                # A closed loop bounded only by --duration schedules no count: it is done when time is up.
+                load = config.load
+                timed = schedule.closed_loop and load.max_requests is None and load.duration_s is not None
+                summary["scheduled"] = None if timed else len(schedule)
                 summary["start_state"] = start.describe()
                 summary["conditions"] = run_conditions(start, config)
                 judged = verdict(measurements(summary), config.bounds())
@@ -129,7 +132,9 @@ def replay(
                 )
         # Complete means every scheduled request of every endpoint ended (ok or failed), uninterrupted.
         missing = {
-            n: s["scheduled"] - s["requests"] for n, s in summaries.items() if s["requests"] < s["scheduled"]
+            n: s["scheduled"] - s["requests"]
+            for n, s in summaries.items()
+            if s["scheduled"] is not None and s["requests"] < s["scheduled"]
         }
         complete = not missing
         writer.close(
