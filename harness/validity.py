@@ -61,59 +61,62 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
+class _Judge:
+    """Collects checks and reasons; a figure that is None is ``unknown``."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.checks: dict[str, Any] = {}
+
+    def check(self, name: str, value: float | None, limit: float, text: str, *, low: bool = False) -> None:
+        if value is None:
+            self.checks[name] = UNKNOWN
+            return
+        broken = value < limit if low else value > limit
+        self.checks[name] = {"value": value, "bound": limit, "ok": not broken}
+        if broken:
+            self.reasons.append(text)
+
+    def each(self, name: str, per: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+        """The entries of a per-site/per-direction figure, sorted; ``unknown`` when there are none."""
+        if not per:
+            self.checks[name] = UNKNOWN
+        return sorted((per or {}).items())
+
+
 def verdict(measurements: Mapping[str, Any], bounds: ValidityBounds | None = None) -> Verdict:
     """Judge ``measurements`` (module docstring) against ``bounds``."""
     b = bounds or ValidityBounds()
-    reasons: list[str] = []
-    checks: dict[str, Any] = {}
-
-    def check(name: str, value: float | None, limit: float, text: str, *, low: bool = False) -> None:
-        if value is None:
-            checks[name] = UNKNOWN
-            return
-        broken = value < limit if low else value > limit
-        checks[name] = {"value": value, "bound": limit, "ok": not broken}
-        if broken:
-            reasons.append(text)
-
+    j = _Judge()
     lag = _num(measurements.get("send_lag_p99_s"))
-    check("send_lag_p99_ms", None if lag is None else lag * 1e3, b.send_lag_p99_ms,
-          f"client send-lag p99 {_ms(lag)} > {b.send_lag_p99_ms:g} ms (the client fell behind its schedule)")  # fmt: skip
-    sites = measurements.get("loop_lag_p99_s") or {}
-    if not sites:
-        checks["loop_lag_p99_ms"] = UNKNOWN
-    for site, value in sorted(sites.items()):
+    j.check("send_lag_p99_ms", None if lag is None else lag * 1e3, b.send_lag_p99_ms,
+            f"client send-lag p99 {_ms(lag)} > {b.send_lag_p99_ms:g} ms (the client fell behind its schedule)")  # fmt: skip
+    for site, value in j.each("loop_lag_p99_ms", measurements.get("loop_lag_p99_s")):
         v = _num(value)
-        check(f"loop_lag_p99_ms[{site}]", None if v is None else v * 1e3, b.loop_lag_p99_ms,
-              f"site {site} event-loop lag p99 {_ms(v)} > {b.loop_lag_p99_ms:g} ms")  # fmt: skip
-    relays = measurements.get("relay") or {}
-    if not relays:
-        checks["relay_delay_error_ms"] = UNKNOWN
-    for direction, r in sorted(relays.items()):
+        j.check(f"loop_lag_p99_ms[{site}]", None if v is None else v * 1e3, b.loop_lag_p99_ms,
+                f"site {site} event-loop lag p99 {_ms(v)} > {b.loop_lag_p99_ms:g} ms")  # fmt: skip
+    for direction, r in j.each("relay_delay_error_ms", measurements.get("relay")):
         configured, achieved = _num(r.get("delay_ms")), _num(r.get("achieved_ms_p99"))
         err = None if configured is None or achieved is None else achieved - configured
-        check(f"relay_delay_error_ms[{direction}]", err, b.relay_delay_error_ms,
-              f"relay {direction} added {achieved} ms at p99 for {configured} ms configured "
-              f"(error > {b.relay_delay_error_ms:g} ms)")  # fmt: skip
-    links = measurements.get("link_goodput_mbit") or {}
-    if not links:
-        checks["link_goodput_share"] = UNKNOWN
-    for direction, g in sorted(links.items()):
+        j.check(f"relay_delay_error_ms[{direction}]", err, b.relay_delay_error_ms,
+                f"relay {direction} added {achieved} ms at p99 for {configured} ms configured "
+                f"(error > {b.relay_delay_error_ms:g} ms)")  # fmt: skip
+    for direction, g in j.each("link_goodput_share", measurements.get("link_goodput_mbit")):
         measured, expected = _num(g.get("measured")), _num(g.get("expected"))
         share = None if measured is None or not expected else measured / expected
-        check(f"link_goodput_share[{direction}]", share, b.link_goodput_share,
-              f"link {direction} carried {measured or 0:.0f} of {expected or 0:.0f} Mbit/s before the run "
-              f"(< {b.link_goodput_share:.0%})", low=True)  # fmt: skip
+        j.check(f"link_goodput_share[{direction}]", share, b.link_goodput_share,
+                f"link {direction} carried {measured or 0:.0f} of {expected or 0:.0f} Mbit/s before the run "
+                f"(< {b.link_goodput_share:.0%})", low=True)  # fmt: skip
     failed = _num(measurements.get("failed_share"))
-    check("failed_share", failed, b.failed_share,
-          f"{failed or 0:.1%} of requests failed (> {b.failed_share:.1%})")  # fmt: skip
+    j.check("failed_share", failed, b.failed_share,
+            f"{failed or 0:.1%} of requests failed (> {b.failed_share:.1%})")  # fmt: skip
     cpu = measurements.get("cpu") or {}
     steal, other = _num(cpu.get("steal_share")), _num(cpu.get("other_share"))
-    check("cpu_steal_share", steal, b.cpu_steal_share,
-          f"CPU steal {steal or 0:.0%} of CPU time (> {b.cpu_steal_share:.0%})")  # fmt: skip
-    check("cpu_other_share", other, b.cpu_other_share,
-          f"other processes used {other or 0:.0%} of CPU time (> {b.cpu_other_share:.0%})")  # fmt: skip
-    return Verdict(tuple(reasons), checks)
+    j.check("cpu_steal_share", steal, b.cpu_steal_share,
+            f"CPU steal {steal or 0:.0%} of CPU time (> {b.cpu_steal_share:.0%})")  # fmt: skip
+    j.check("cpu_other_share", other, b.cpu_other_share,
+            f"other processes used {other or 0:.0%} of CPU time (> {b.cpu_other_share:.0%})")  # fmt: skip
+    return Verdict(tuple(j.reasons), j.checks)
 
 
 def _ms(seconds: float | None) -> str:
