@@ -123,9 +123,18 @@ def _ms(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds * 1e3:.1f} ms"
 
 
-def combine(texts: list[str]) -> str:
-    """One verdict line for several runs' verdict texts (each ``valid``/``invalid: …``/missing)."""
-    reasons = [t.removeprefix("invalid: ") for t in texts if t and t != VALID and t != UNKNOWN]
+def combine(verdicts: Mapping[str, str | None]) -> str:
+    """One verdict for several (``label -> valid / invalid: … / unknown``, e.g. per topology): invalid
+    with every reason, each prefixed by its label when there are several labels; else valid only when
+    all are."""
+    texts = {k: v for k, v in verdicts.items() if v is not None}
+    labelled = len(texts) > 1
+    reasons = [
+        f"{label}: {reason}" if labelled else reason
+        for label, text in texts.items()
+        if text.startswith("invalid: ")
+        for reason in text.removeprefix("invalid: ").split("; ")
+    ]
     if reasons:
         return "invalid: " + "; ".join(dict.fromkeys(reasons))
-    return VALID if texts and all(t == VALID for t in texts) else UNKNOWN
+    return VALID if texts and all(t == VALID for t in texts.values()) else UNKNOWN

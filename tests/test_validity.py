@@ -71,11 +71,12 @@ def test_unmeasured_figures_are_unknown_and_never_invalid_by_themselves():
 
 
 def test_combining_runs():
-    assert combine([VALID, VALID]) == VALID
-    assert combine([VALID, UNKNOWN]) == UNKNOWN
-    assert combine([VALID, "invalid: a", "invalid: a; b"]) == "invalid: a; a; b"
-    assert combine(["invalid: a", "invalid: a"]) == "invalid: a"
-    assert combine([]) == UNKNOWN
+    assert combine({"x": VALID, "y": VALID}) == VALID
+    assert combine({"x": VALID, "y": UNKNOWN}) == UNKNOWN
+    assert combine({"x": VALID, "y": None}) == VALID  # a simulation has no verdict to combine
+    assert combine({"x": "invalid: a; b"}) == "invalid: a; b"
+    assert combine({"x": VALID, "y": "invalid: a", "z": "invalid: a; b"}) == "invalid: y: a; z: a; z: b"
+    assert combine({}) == UNKNOWN
 
 
 def test_the_scenario_validity_table_is_typed_and_refuses_unknown_keys(tmp_path):

@@ -125,11 +125,11 @@ def _comparisons(
         slo = Slo.from_meta(members[base][0].meta).override(*slo_override)
         costs = {n: cost_per_hour(n, run.meta, plan) for n, (run, _) in members.items()}
         frames = {n: df for n, (_, df) in members.items()}
-        verdicts = [v for n, (run, _) in members.items() if (v := run_verdict(run, n)) is not None]
+        verdicts = {n: run_verdict(run, n) for n, (run, _) in members.items()}
         comparison[group] = {
             "baseline": base,
             "rows": compare_to_baseline(frames, base, slo, costs, **boot),
-            "validity": combine(verdicts) if verdicts else None,
+            "validity": combine(verdicts) if any(v is not None for v in verdicts.values()) else None,
         }
     return comparison
 
@@ -217,7 +217,7 @@ def analyze(
         }
         for r in bundle.runs
     ]
-    measured = [v for r in runs if (v := r["validity"]) is not None]
+    measured = {r["run_id"]: r["validity"] for r in runs if r["validity"] is not None}
     for r in runs:
         if r["validity"] not in (None, "valid"):
             notes.append(f"{r['run_id']}: {r['validity']}")

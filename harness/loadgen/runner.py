@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def replay(
     with RunWriter(out_dir, meta) as writer:
         for ep in config.endpoints:
             stats = RunStats()
-            start = run_start(ep, config, _say(quiet, ep.name))
+            start = run_start(ep, config, _warner(ep.name))
             try:
                 _run_endpoint(ep, trace, schedule, config, writer, stats, tok, prompt_fits, run_id, quiet)
             finally:
@@ -125,7 +126,7 @@ def replay(
                 writer.update_meta(
                     summaries=summaries,
                     client_saturated=any(saturated.values()),
-                    validity={"verdict": combine(list(verdicts.values())), "by_topology": verdicts},
+                    validity={"verdict": combine(verdicts), "by_topology": verdicts},
                 )
                 print_summary(
                     ep.name, summary, quiet=quiet, saturated=saturated[ep.name], bound_s=config.max_send_lag_s
@@ -143,14 +144,16 @@ def replay(
             if complete
             else "unfinished requests: " + ", ".join(f"{n} {k}" for n, k in missing.items()),
         )
-    return ReplayResult(writer.run_dir, run_id, summaries, complete, combine(list(verdicts.values())))
+    return ReplayResult(writer.run_dir, run_id, summaries, complete, combine(verdicts))
 
 
-def _say(quiet: bool, name: str):
-    def say(line: str) -> None:
+def _warner(name: str) -> Callable[[str], None]:
+    """Warnings about a run's state print even with --quiet: they are problems."""
+
+    def warn(line: str) -> None:
         print(f"{name}: warning: {line}", file=sys.stderr)
 
-    return say
+    return warn
 
 
 def _check_credentials(config: ReplayConfig) -> None:
