@@ -7,10 +7,19 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from threaded_server import ServerThread
 
 from harness.loadgen import Endpoint, ReplayConfig, replay
-from harness.loadgen.conditions import CpuSample, cpu_sample, cpu_shares, server_roots
+from harness.loadgen.conditions import (
+    CpuSample,
+    ResetFailed,
+    cpu_sample,
+    cpu_shares,
+    read_metrics,
+    reset_server,
+    server_roots,
+)
 from harness.loadgen.config import LoadSpec
 from harness.loadgen.fakeserver import FakeServer
 from harness.records import read_meta
@@ -58,3 +67,52 @@ def test_a_closed_loop_bounded_by_duration_is_complete_when_its_time_is_up(tmp_p
     meta = read_meta(tmp_path)
     assert result.complete and meta["complete"] is True and meta["summaries"]["t"]["scheduled"] is None
     assert meta["summaries"]["t"]["requests"] > 0
+
+
+class _Engine:
+    """A server with one engine's reset path and its prefix-cache counter (real HTTP, in a thread)."""
+
+    def __init__(self, reset_path: str | None, metrics: str) -> None:
+        self.reset_path, self.metrics_text, self.resets = reset_path, metrics, 0
+
+    async def reset(self, request):
+        from aiohttp import web
+
+        self.resets += 1
+        return web.json_response({"ok": True})
+
+    async def metrics(self, request):
+        from aiohttp import web
+
+        return web.Response(text=self.metrics_text)
+
+    def app(self):
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        if self.reset_path:
+            app.router.add_post(self.reset_path, self.reset)
+        return app
+
+
+VLLM_METRICS = (
+    "# TYPE vllm:prefix_cache_hits_total counter\n"
+    'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 1536.0\n'
+    'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 4096.0\n'
+)
+
+
+@pytest.mark.parametrize("path", ["/reset_prefix_cache", "/flush_cache"])
+def test_vllm_and_sglang_resets_are_found_and_cache_hits_read(path):
+    engine = _Engine(path, VLLM_METRICS)
+    with ServerThread(engine) as srv:
+        assert reset_server(srv.url) == path
+        metrics = read_metrics(srv.url)
+    assert engine.resets == 1
+    assert metrics.cache_hits == 1536.0 and metrics.loop_lag_p99_s == {}
+
+
+def test_a_server_without_a_reset_is_a_reset_failure_naming_what_was_tried():
+    with ServerThread(_Engine(None, "")) as srv, pytest.raises(ResetFailed, match="no cache reset"):
+        reset_server(srv.url)
