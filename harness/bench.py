@@ -71,6 +71,7 @@ def run_bench(
     from harness.analysis import analyze, load_bundle, write_report
     from harness.analysis.tables import headline
     from harness.emulation.clusters import EmulatedClusters
+    from harness.loadgen.conditions import link_goodput
     from harness.loadgen.config import Endpoint, LoadSpec, ReplayConfig, Timeouts
     from harness.loadgen.runner import replay
     from harness.model.deployment import deployment_from_scenario
@@ -162,6 +163,12 @@ def run_bench(
             timeouts=Timeouts(first_token_s=120.0, total_s=600.0),
             shaping_backend=clusters.backend,
             progress=progress,
+            # The run's validity verdict: bounds, every site's /metrics, the relays, the link before the run.
+            validity=scenario.config.validity,
+            max_send_lag_s=scenario.config.validity.send_lag_p99_ms / 1e3,
+            site_urls=tuple(clusters.host_urls.values()),
+            relay_lag=clusters.relay_lag,
+            link_goodput=link_goodput(clusters.network),
             meta_extra={
                 "time_scale": s,
                 "emulation": emu,

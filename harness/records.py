@@ -88,6 +88,8 @@ class RequestRecord:
     phase: str = "measure"
     # Non-fatal findings on a successful request, ";"-separated (e.g. "usage_mismatch:prompt=1030/1024").
     warning: str | None = None
+    # When the request ended, ok or failed (run clock): a failure's end counts in the run's duration.
+    end_s: float | None = None
 
     @property
     def send_lag_s(self) -> float | None:
@@ -116,7 +118,7 @@ RECORD_SCHEMA = pa.schema(
         ("decode_instance", _S), ("prefill_queue_s", _F), ("prefill_start_s", _F), ("prefill_end_s", _F),
         ("kv_bytes", _I), ("kv_transfer_start_s", _F), ("kv_transfer_end_s", _F), ("decode_start_s", _F),
         ("status", _S), ("error_class", _S), ("error_message", _S), ("source", _S), ("endpoint", _S),
-        ("phase", _S), ("warning", _S),
+        ("phase", _S), ("warning", _S), ("end_s", _F),
     ]
 )  # fmt: skip
 assert tuple(RECORD_SCHEMA.names) == RECORD_FIELDS, "RECORD_SCHEMA must follow RequestRecord's fields"

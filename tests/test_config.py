@@ -42,6 +42,7 @@ def _everything() -> list[dict[str, Any]]:
             "prfaas": "http://127.0.0.1:1",
         },
     }
+    full["validity"] = {"send_lag_p99_ms": 20.0, "failed_share": 0.05}
     full["network"]["subnet"] = "10.77.0.0/16"
     link = full["network"]["links"][0]
     link["forward"], link["reverse"] = {"loss_pct": 0.5}, {"loss_pct": 0.5}

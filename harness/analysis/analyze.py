@@ -13,6 +13,7 @@ from harness.analysis.capacity import measured_lambda_max, offered_rate, split_l
 from harness.analysis.cost import cost_per_hour
 from harness.analysis.runs import Bundle, Run
 from harness.analysis.summary import Slo, summarize
+from harness.validity import UNKNOWN, combine
 
 BASELINE_TOPOLOGY = "homogeneous"
 SIDE_BY_SIDE_KEYS = (
@@ -55,6 +56,20 @@ def _baseline_name(run_meta_kinds: dict[str, str], names: list[str], requested: 
     if BASELINE_TOPOLOGY in names:
         return BASELINE_TOPOLOGY
     return next((n for n in names if run_meta_kinds.get(n) == BASELINE_TOPOLOGY), None)
+
+
+def run_verdict(run: Run, topology: str | None = None) -> str | None:
+    """The run's validity verdict from its meta (``valid`` / ``invalid: …``); ``unknown`` for a replay
+    that recorded none, None for a simulation (virtual time has no conditions to break)."""
+    validity = run.meta.get("validity")
+    if not isinstance(validity, dict):
+        return UNKNOWN if run.source == "replay" else None
+    if topology is not None:
+        by = validity.get("by_topology")
+        if isinstance(by, dict) and isinstance(by.get(topology), str):
+            return by[topology]
+    text = validity.get("verdict")
+    return text if isinstance(text, str) else UNKNOWN
 
 
 def _kinds(run: Run) -> dict[str, str]:
@@ -110,7 +125,12 @@ def _comparisons(
         slo = Slo.from_meta(members[base][0].meta).override(*slo_override)
         costs = {n: cost_per_hour(n, run.meta, plan) for n, (run, _) in members.items()}
         frames = {n: df for n, (_, df) in members.items()}
-        comparison[group] = {"baseline": base, "rows": compare_to_baseline(frames, base, slo, costs, **boot)}
+        verdicts = {n: run_verdict(run, n) for n, (run, _) in members.items()}
+        comparison[group] = {
+            "baseline": base,
+            "rows": compare_to_baseline(frames, base, slo, costs, **boot),
+            "validity": combine(verdicts) if any(v is not None for v in verdicts.values()) else None,
+        }
     return comparison
 
 
@@ -166,6 +186,7 @@ def analyze(
         topologies[key] = {"topology": name, "source": run.source, "run_id": run.run_id, "slo": slo.to_dict()}
         topologies[key] |= summary | {"throughput_ci_low": ci["low"], "throughput_ci_high": ci["high"]}
         topologies[key]["offered_rps"] = rate
+        topologies[key]["validity"] = run_verdict(run, name)
         if rate is not None and summary["slo_attainment"] is not None:
             points.append((run.source, split_label(name)[0], rate, summary["slo_attainment"]))
             target = slo.attainment
@@ -191,11 +212,17 @@ def analyze(
             "backend": r.backend,
             "complete": r.meta.get("complete"),
             "client_saturated": r.meta.get("client_saturated"),
+            "validity": run_verdict(r),
             "topologies": sorted(map(str, r.records["topology"].unique())),
         }
         for r in bundle.runs
     ]
+    measured = {r["run_id"]: r["validity"] for r in runs if r["validity"] is not None}
+    for r in runs:
+        if r["validity"] not in (None, "valid"):
+            notes.append(f"{r['run_id']}: {r['validity']}")
     return {
+        "validity": combine(measured) if measured else None,
         "runs": runs,
         "topologies": topologies,
         "comparison": comparison,

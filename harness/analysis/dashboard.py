@@ -30,6 +30,10 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
 header { background: #1f2937; color: #fff; padding: 16px 28px; }
 header h1 { margin: 0 0 6px; font-size: 22px; }
 header .runs { font-size: 13px; opacity: .85; }
+.validity { padding: 10px 28px; font-size: 15px; color: #fff; }
+.validity ul { margin: 4px 0 0; }
+.validity.valid { background: #15803d; } .validity.invalid { background: #b91c1c; }
+.validity.unknown { background: #b45309; }
 main { padding: 16px 28px; }
 section { background: #fff; border-radius: 8px; padding: 12px 16px; margin-bottom: 16px;
           box-shadow: 0 1px 2px rgba(0,0,0,.08); overflow-x: auto; }
@@ -96,6 +100,27 @@ def _tables(result: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def validity_banner(result: Mapping[str, Any]) -> str:
+    """The measured runs' verdict across the top: red with every reason when invalid, green when
+    valid, amber when unknown; nothing when no run was measured (plan and simulate only)."""
+    verdict = result.get("validity")
+    if not verdict:
+        return ""
+    if verdict == "valid":
+        return '<div class="validity valid">valid: every measured run kept its [validity] bounds</div>'
+    if not str(verdict).startswith("invalid"):
+        return (
+            f'<div class="validity unknown">validity {html.escape(str(verdict))}: no verdict recorded</div>'
+        )
+    reasons = "".join(
+        f"<li>{html.escape(r)}</li>" for r in str(verdict).removeprefix("invalid: ").split("; ")
+    )
+    return (
+        '<div class="validity invalid"><strong>invalid: these runs cannot support the comparison '
+        f"below</strong><ul>{reasons}</ul></div>"
+    )
+
+
 def render_html(bundle: Bundle, result: Mapping[str, Any], *, title: str = "prfaas-bench report") -> str:
     """The whole page as one string (plotly.js inline)."""
     runs = (
@@ -123,6 +148,7 @@ def render_html(bundle: Bundle, result: Mapping[str, Any], *, title: str = "prfa
 <div class="runs">runs: {html.escape(runs)}</div>
 <div class="runs">prfaas-bench {__version__} · generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}</div>
 </header>
+{validity_banner(result)}
 <main>
 {_tables(result)}
 <div class="grid">

@@ -12,7 +12,8 @@ The definitions (they differ across tools; these are ours, see docs/analysis.md)
   prefill start, KV transfer (exposed) = max(0, transfer end − prefill end), first token = first
   token − max(prefill end, transfer end)
 - throughput = successful requests / duration; output tok/s = tokens received / duration, where
-  duration = last token of the last successful request − earliest scheduled send
+  duration = the schedule's span: earliest scheduled send − the last end of any request (a success's
+  last token, a failure's end), so failures never shorten it
 - goodput = successful requests meeting every SLO (TTFT ≤ bound, TPOT ≤ bound) / duration
 - Λ_max = the highest offered rate whose SLO attainment stays ≥ the target at it and every lower rate
 
@@ -146,13 +147,29 @@ def ttft_first_token(df: pd.DataFrame) -> np.ndarray:
 # --- aggregates ---------------------------------------------------------------------------------
 
 
+def request_end(df: pd.DataFrame) -> np.ndarray:
+    """When each request ended: a success at its last token; a failure when it was recorded as failed
+    (``end_s``; older records without it: the last time they show, down to the send)."""
+    ok = ok_mask(df)
+    end = col(df, "end_s")
+    for name in ("last_token_s", "first_token_s", "first_byte_s", "sent_s"):
+        end = np.where(np.isnan(end), col(df, name), end)
+    return np.where(ok, col(df, "last_token_s"), end)
+
+
 @metric("duration", "s", "none")
 def duration(df: pd.DataFrame) -> float:
-    """Measured window: last token of the last successful request − earliest scheduled send."""
-    last = col(df, "last_token_s")[ok_mask(df)]
-    if len(df) == 0 or np.all(np.isnan(last)):
+    """The schedule's span: the last end of any request (ok or failed) − earliest scheduled send."""
+    end = request_end(df)
+    if len(df) == 0 or np.all(np.isnan(end)):
         return float("nan")
-    return float(np.nanmax(last) - np.nanmin(col(df, "scheduled_s")))
+    return float(np.nanmax(end) - np.nanmin(col(df, "scheduled_s")))
+
+
+@metric("failed_share", "fraction", "lower")
+def failed_share(df: pd.DataFrame) -> float:
+    """Failed requests / requests."""
+    return float((~ok_mask(df)).mean()) if len(df) else float("nan")
 
 
 def _per_second(count: float, seconds: float) -> float:

@@ -70,6 +70,7 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
     out: dict[str, Any] = {
         "requests": len(df),
         "failed": int((~ok).sum()),
+        "failed_share": m.failed_share(df),
         "excluded": len(records) - len(df),
         "duration_s": m.duration(df),
         "throughput_rps": m.throughput_rps(df),

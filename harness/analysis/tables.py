@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from harness.errors import InputError
 
@@ -80,7 +81,11 @@ def main_table(result: Mapping[str, Any]) -> Table:
     for _, header, _ in MAIN_COLUMNS:
         t.add_column(header, justify="right")
     for key, e in result["topologies"].items():
-        t.add_row(key, e["source"], *(fmt(e.get(k), kind) for k, _, kind in MAIN_COLUMNS))
+        cells = [fmt(e.get(k), kind) for k, _, kind in MAIN_COLUMNS]
+        share = e.get("failed_share")
+        if share:  # a throughput over a run with failures says so beside the figure
+            cells[2] += f" ({share:.0%} failed)"
+        t.add_row(key, e["source"], *cells)
     return t
 
 
@@ -152,7 +157,10 @@ def show_side_by_side(side: Mapping[str, Any]) -> bool:
 
 def headline(result: Mapping[str, Any]) -> list[str]:
     """One line per source with the gains over the baseline: the plan's Λ_max ratios, measured Λ_max
-    ratios from rate sweeps, and measured throughput / TTFT p90 ratios (what ``make bench`` ends with)."""
+    ratios from rate sweeps, and measured throughput / TTFT p90 ratios (what ``make bench`` ends with).
+
+    A measured line whose runs are invalid (``harness.validity``) says ``invalid: <reasons>`` instead of
+    ratios the runs cannot support."""
     lines = []
     plan_ratios = (result.get("plan") or {}).get("ratios") or {}
     vs = [f"{k.replace('_vs_', ' vs ')} {v:.2f}×" for k, v in plan_ratios.items()
@@ -160,12 +168,20 @@ def headline(result: Mapping[str, Any]) -> list[str]:
     if vs:
         lines.append("plan (Λ_max): " + ", ".join(vs))
     for source, per in sorted(result.get("lambda_max", {}).items(), key=lambda kv: source_order(kv[0])):
+        invalid = _invalid(_source_verdict(result, source))
+        if invalid:
+            lines.append(f"{source} (measured Λ_max): {invalid}")
+            continue
         base = (per.get("homogeneous") or {}).get("lambda_max_rps")
         parts = [f"{n} {found['lambda_max_rps'] / base:.2f}×" for n, found in per.items()
                  if base and n != "homogeneous" and found["lambda_max_rps"] is not None]  # fmt: skip
         if parts:
             lines.append(f"{source} (measured Λ_max vs homogeneous): " + ", ".join(parts))
     for group, comp in sorted(result.get("comparison", {}).items(), key=lambda kv: group_order(kv[0])):
+        invalid = _invalid(comp.get("validity"))
+        if invalid:
+            lines.append(f"{group} (vs {comp['baseline']}): {invalid}")
+            continue
         parts = [f"{n} throughput {ratio_text(r['throughput_rps'])}, TTFT p90 {ratio_text(r['ttft_p90_s'])}"
                  for n, r in comp["rows"].items() if n != comp["baseline"]]  # fmt: skip
         if parts:
@@ -173,15 +189,33 @@ def headline(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _invalid(verdict: str | None) -> str | None:
+    return verdict if verdict and verdict.startswith("invalid") else None
+
+
+def _source_verdict(result: Mapping[str, Any], source: str) -> str | None:
+    """The first invalid verdict among a source's runs (a measured Λ_max needs every rate's run)."""
+    verdicts = [r.get("validity") for r in result.get("runs", ()) if r.get("source") == source]
+    return next((v for v in verdicts if _invalid(v)), None)
+
+
 def render(result: Mapping[str, Any]) -> Group:
     """All tables for a terminal: per topology, breakdown, comparisons, side by side, notes."""
-    parts: list[Any] = [main_table(result), breakdown_table(result)] if result["topologies"] else []
+    parts: list[Any] = [validity_line(result)] if result.get("validity") else []
+    parts += [main_table(result), breakdown_table(result)] if result["topologies"] else []
     parts += [comparison_table(src, comp) for src, comp in result["comparison"].items()]
     if show_side_by_side(result["side_by_side"]):
         parts.append(side_by_side_table(result["side_by_side"]))
     parts += [f"[yellow]note:[/] {n}" for n in result["notes"]]
     parts += [f"[bold]{line}[/]" for line in headline(result)]
     return Group(*parts)
+
+
+def validity_line(result: Mapping[str, Any]) -> Text:
+    """The measured runs' verdict, first: green ``valid``, red ``invalid: …``, yellow ``unknown``."""
+    verdict = str(result["validity"])
+    style = "bold green" if verdict == "valid" else "bold red" if verdict.startswith("invalid") else "yellow"
+    return Text(f"validity: {verdict}", style=style)
 
 
 def print_tables(result: Mapping[str, Any], console: Console | None = None) -> None:

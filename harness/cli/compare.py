@@ -40,11 +40,25 @@ def _result(path: str, seed: int) -> dict[str, Any]:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Bootstrap seed when analysing run dirs."
 )
-def command(baseline, current, bound, as_json, md_path, seed) -> None:
+@click.option(
+    "--allow-invalid",
+    is_flag=True,
+    help="Compare even when a side's validity verdict is invalid (the verdict is still printed).",
+)
+def command(baseline, current, bound, as_json, md_path, seed, allow_invalid) -> None:
     """Compare CURRENT with BASELINE (run directories or saved `analyze --json` files). Exits 1 when
-    throughput/goodput fell, or latency percentiles / the failed share rose, beyond the bound."""
+    throughput/goodput fell, or latency percentiles / the failed share rose, beyond the bound; refuses
+    (exit 2) a side whose validity verdict is invalid unless --allow-invalid."""
     max_regression = parse_bound(bound)  # before the (slower) analysis, so a typo fails at once
-    report = check_regression(_result(baseline, seed), _result(current, seed), max_regression)
+    results = {}
+    for label, path in (("baseline", baseline), ("current", current)):
+        results[label] = _result(path, seed)
+        verdict = str(results[label].get("validity") or "")
+        if verdict.startswith("invalid"):
+            if not allow_invalid:
+                raise InputError(f"{label} run is {verdict} (--allow-invalid to compare anyway)", where=path)
+            click.echo(f"warning: {path}: {label} run is {verdict}", err=True)
+    report = check_regression(results["baseline"], results["current"], max_regression)
     md = to_markdown(report, baseline_label=baseline, current_label=current)
     if md_path:
         write_output(md_path, md)

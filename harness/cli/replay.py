@@ -12,9 +12,11 @@ import click
 from click.core import ParameterSource
 
 from harness.cli._options import context_options, context_policy
+from harness.config.validity import ValidityBounds
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
 from harness.loadgen.client import check_endpoint
+from harness.loadgen.runner import check_credentials
 from harness.loadgen.scenario import ReplaySection, parse_replay_section
 from harness.model.presets import load_model
 from harness.scenario import load_scenario
@@ -75,6 +77,11 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
         start, end = section.window_s  # the table gives [start, end); the flag is START:DUR
         o["window"] = f"{start}:{end - start}"
     return section if section.endpoints else None
+
+
+def _scenario_bounds(path: str | None) -> ValidityBounds:
+    """The scenario's [validity] bounds (defaults without a scenario)."""
+    return load_scenario(path).config.validity if path else ValidityBounds()
 
 
 def _scenario_context(path: str | None) -> int | None:
@@ -200,10 +207,17 @@ def _scenario_context(path: str | None) -> int | None:
 )
 @click.option(
     "--max-send-lag-ms",
-    type=float,
+    type=click.FloatRange(min=0),
     default=10.0,
     show_default=True,
-    help="Send-lag p99 above this: 'client saturated'.",
+    help="Send-lag p99 above this: 'client saturated', and the run invalid (else [validity] send_lag_p99_ms).",
+)
+@click.option(
+    "--reset/--no-reset",
+    default=True,
+    show_default=True,
+    help="Reset each server's prefix caches and counters before each endpoint's run (POST /reset, vLLM's "
+    "/reset_prefix_cache or SGLang's /flush_cache); --no-reset keeps the state (recorded in meta).",
 )
 @click.option(
     "--time-scale",
@@ -250,6 +264,12 @@ def command(**o) -> None:
         progress=not o["quiet"], meta_extra={"scenario": o["scenario_path"], "time_scale": o["time_scale"], "trace_args": {
             k: o[k] for k in ("trace_path", "fmt", "skip_bad", "window", "speedup", "trace_rate", "max_input")}},
     )  # fmt: skip
+    bounds = _scenario_bounds(o["scenario_path"])
+    if click.get_current_context().get_parameter_source("max_send_lag_ms") == ParameterSource.DEFAULT:
+        o["max_send_lag_ms"] = bounds.send_lag_p99_ms
+    config = dataclasses.replace(
+        config, validity=bounds, reset=o["reset"], max_send_lag_s=o["max_send_lag_ms"] / 1e3
+    )
     policy = context_policy(o["clip"], o["drop"])
     context_tokens = o["max_model_len"] or _scenario_context(o["scenario_path"])
     if context_tokens is None and policy != "refuse":
@@ -268,6 +288,7 @@ def command(**o) -> None:
         trace = rescale_rate(trace, o["trace_rate"])
     trace = speedup(trace, o["speedup"])
     api_key = os.environ.get(o["api_key_env"]) or None
+    check_credentials(config)
     for ep in endpoints:  # before the schedule starts: a dead URL is one line, not a run of errors
         check_endpoint(ep, api_key=api_key, timeouts=config.timeouts)
     if len(rates) > 1:
@@ -278,9 +299,25 @@ def command(**o) -> None:
         for r in results:
             click.echo(
                 json.dumps(
-                    {"run_dir": str(r.run_dir), "run_id": r.run_id, "error_rate": round(r.error_rate, 4)}
+                    {
+                        "run_dir": str(r.run_dir),
+                        "run_id": r.run_id,
+                        "error_rate": round(r.error_rate, 4),
+                        "complete": r.complete,
+                        "verdict": r.verdict,
+                    }
                 )
             )
+    for r in results:
+        if r.verdict.startswith("invalid"):
+            click.echo(f"{r.run_dir}: {r.verdict}", err=True)
+    failed = [r for r in results if r.all_failed]
+    if failed:
+        r = failed[0]
+        errors = {k: v for s in r.summaries.values() for k, v in s["errors"].items()}
+        top = max(errors, key=errors.__getitem__) if errors else "no requests"
+        # Not a measurement of anything: the endpoint is wrong (bad input, exit 2), the records stay.
+        raise InputError(f"every request failed ({top}); records in {r.run_dir}")
     worst = max(r.error_rate for r in results)
     if o["fail_on_error_rate"] is not None and worst > o["fail_on_error_rate"]:
         click.echo(f"error rate {worst:.3f} exceeds --fail-on-error-rate {o['fail_on_error_rate']}", err=True)

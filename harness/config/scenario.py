@@ -5,6 +5,7 @@
     [simulate]                 simulate's options            [emulation]   serve's options
     [network]                  sites and shaped links (net, serve)
     [bench] [bench.quick]      bench's stage sizes           [replay]      replay --scenario defaults
+    [validity]                 bounds a measured run must keep to be called valid
 
 Every table is optional here; a command that needs one says so when it reads the scenario.
 """
@@ -29,6 +30,7 @@ from harness.config.deployment import (
 from harness.config.links import ModelledLink
 from harness.config.network import NetworkTable
 from harness.config.runs import BenchTable, EmulationSpec, ReplayTable, SimulateSpec
+from harness.config.validity import ValidityBounds
 
 LOCAL, REMOTE = "local", "remote"  # the site names serve runs: PD (decode, local prefill), PrfaaS prefill
 TOPOLOGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # it becomes a URL path and a file name
@@ -51,6 +53,7 @@ class ScenarioConfig:
     network: NetworkTable | None = None
     bench: BenchTable = dataclasses.field(default_factory=BenchTable)
     replay: ReplayTable | None = None
+    validity: ValidityBounds = dataclasses.field(default_factory=ValidityBounds)
 
     def remote_topologies(self) -> list[str]:
         """Topologies with a remote prefill site (they need [hardware] remote, [link] and, to be served,

@@ -115,6 +115,11 @@ class EmulatedClusters:
         return {t: f"{self.host_urls[LOCAL]}/{t}/v1" for t in self.topologies}
 
     @property
+    def network(self) -> Any:
+        """The shaped ``harness.network.Network`` the sites live in (None on loopback or before start)."""
+        return self._net
+
+    @property
     def pd_urls(self) -> dict[str, tuple[str, str]]:
         """(prefill URL, decode URL) of topologies with one prefill site (homogeneous: local, naive:
         remote), for clients that drive vLLM's PD legs themselves; prfaas needs its router."""

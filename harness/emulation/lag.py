@@ -2,7 +2,7 @@
 
 A probe sleeps ``interval_s`` wall seconds over and over and records how much later than due it
 woke; a loop busy serving (SSE writes, decode steps, KV frames) wakes late. The last ``keep``
-samples give the quantiles ``/metrics`` reports and ``benchmarks/bench_serve.py`` bounds.
+samples (10 minutes at the 5 ms interval) give the quantiles ``/metrics`` reports and ``benchmarks/bench_serve.py`` bounds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 class LagProbe:
     """Samples timer lateness on the running loop; ``speedup`` converts loop seconds to wall seconds."""
 
-    def __init__(self, *, speedup: float = 1.0, interval_s: float = 0.005, keep: int = 4000) -> None:
+    def __init__(self, *, speedup: float = 1.0, interval_s: float = 0.005, keep: int = 120_000) -> None:
         self.speedup, self.interval_s = speedup, interval_s
         self.samples: deque[float] = deque(maxlen=keep)
         self._task: asyncio.Task[None] | None = None

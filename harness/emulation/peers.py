@@ -13,6 +13,7 @@ import aiohttp
 
 from harness.emulation.api import ApiError
 from harness.emulation.wire import ClientRequest, WallClock, prefill_leg_body, prefill_result
+from harness.serving.cache import PrefixCache
 from harness.serving.instances import TokenStream
 from harness.serving.ports import PrefillJob
 from harness.serving.site import PrefillResult, ServeRequest, Site
@@ -107,6 +108,11 @@ class HttpSite:
     # ------------------------------------------------------------------ SiteView
     def cached_prefix(self, req: ServeRequest) -> int:
         return self._shadow.cached_prefix(req)
+
+    @property
+    def mirror(self) -> PrefixCache | None:
+        """The router's mirror of the site's prefix cache (``POST /reset`` clears it with the site's)."""
+        return self._shadow.cache
 
     def prefill_load_s(self, now: float) -> float:
         return max(0.0, self._load_s - (now - self._load_at))

@@ -11,6 +11,9 @@ Endpoints (``{t}`` is a topology name; the bare ``/v1/...`` paths serve the firs
          kv_transfer_params.do_remote_prefill a decode leg: wait for the KV transfer, decode, stream
     POST /{t}/internal/kv_push              a peer pulling a cached prefix: ``InProcessSite.push_kv``
     GET  /v1/models, /{t}/v1/models, /health, /metrics
+    POST /reset                             prefix caches (and the router's mirrors of its peers'),
+                                            counters and the lag window, here and (unless ``?local=1``)
+                                            on every peer site; 409 while requests are in flight
 
 The breakdown (``"prfaas"``) rides on the final chunk: the usage chunk when the client asked for
 usage, else the last token chunk; non-streamed responses carry it at top level.
@@ -26,6 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from harness.emulation import api
@@ -81,6 +85,7 @@ class SiteServer:
             [
                 web.get("/health", self.health),
                 web.get("/metrics", self.metrics),
+                web.post("/reset", self.reset),
                 web.get("/v1/models", self.models),
                 web.get("/{topology}/v1/models", self.models),
                 web.post("/v1/completions", self.completions),
@@ -125,6 +130,50 @@ class SiteServer:
         if request.query.get("reset_lag"):
             self.lag.reset()
         return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        """Start a measured run from a known state: empty prefix caches, zeroed counters, a fresh lag
+        window, on this site and (unless ``?local=1``) every peer site of its topologies."""
+        busy = self._in_flight()
+        if busy:
+            err = ApiError(409, f"site {self.site} has {busy} requests in flight; reset between runs")
+            return web.json_response(err.body(), status=409)
+        for node in self.nodes.values():
+            node.accepted = node.rejected = node.failed = 0
+            node.cluster.routes.clear()
+            for port in node.cluster.ports.values():
+                cache = getattr(port, "mirror", None) if port is not self._here(node) else node.site.cache
+                if cache is not None:
+                    cache.clear()
+            for inst in (*node.site.prefill_instances, *node.site.decode_instances):
+                inst.completed = 0
+            for d in node.site.decode_instances:
+                d.steps = 0
+        self.lag.reset()
+        sites = {self.site: "ok"}
+        if not request.query.get("local"):
+            peers = {url.rsplit("/", 1)[0] for node in self.nodes.values() for url in node.peers.values()}
+            for url in sorted(peers):
+                sites[url] = await self._reset_peer(url)
+        ok = all(v == "ok" for v in sites.values())
+        return web.json_response(
+            {"status": "ok" if ok else "partial", "sites": sites}, status=200 if ok else 502
+        )
+
+    def _in_flight(self) -> int:
+        busy = 0
+        for node in self.nodes.values():
+            busy += node.waiting
+            busy += sum(p.queue_depth for p in node.site.prefill_instances)
+            busy += sum(len(d.active) + len(d.pending) for d in node.site.decode_instances)
+        return busy
+
+    async def _reset_peer(self, base_url: str) -> str:
+        try:
+            async with self.peers.session().post(base_url + "/reset?local=1") as resp:
+                return "ok" if resp.status == 200 else f"HTTP {resp.status}: {(await resp.text())[:200]}"
+        except aiohttp.ClientError as exc:
+            return f"unreachable: {exc}"
 
     # ------------------------------------------------------------------ generation
     async def completions(self, request: web.Request) -> web.StreamResponse:

@@ -32,6 +32,8 @@ ERROR_CLASSES = (
     "stream_disconnect",  # ... after it started (mid-stream), or EOF without [DONE]
     "malformed_sse",
     "stream_error",  # the server sent an error object inside the stream
+    "not_sse",  # a 2xx answer that is not an event stream (an HTML page, say); the content type is named
+    "bad_usage",  # usage counts that cannot be (negative, NaN, not integers)
     "cancelled",  # the run was interrupted while this request was in flight
 )
 
@@ -148,6 +150,7 @@ class Client:
             # Leaf task: finish with a record instead of propagating, so an interrupted run keeps it.
             _fail(rec, "cancelled", "run interrupted")
         _finish(rec, st, self.t0)
+        rec.end_s = time.monotonic() - self.t0
         return rec
 
     async def _run(self, session: aiohttp.ClientSession, job: Job, rec: RequestRecord, st: _Stream) -> None:
@@ -172,6 +175,10 @@ class Client:
             if resp.status >= 400:
                 text = (await resp.content.read(300)).decode("utf-8", "replace")
                 raise _Failure(f"http_{resp.status}", text.strip() or resp.reason or "")
+            ctype = resp.headers.get("Content-Type", "")
+            if ctype and not ctype.lower().startswith("text/event-stream"):
+                text = (await resp.content.read(120)).decode("utf-8", "replace")
+                raise _Failure("not_sse", f"content type {ctype!r}, not text/event-stream: {text.strip()!r}")
             # Read whatever bytes arrived and split lines here: one await per network read, not per
             # line. Events that arrive in the same read share its timestamp (that is when they arrived).
             content, times, tail = resp.content, st.times, b""
@@ -265,20 +272,11 @@ def check_endpoint(endpoint: Endpoint, *, api_key: str | None, timeouts: Timeout
     the URL without credentials otherwise; the key never appears in it."""
     urls = [endpoint.prefill_url or "", endpoint.decode_url or ""] if endpoint.pd else [endpoint.url]
     for url in urls:
-        shown = redact_url(url)
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 -- raises on a port outside 0..65535
-        except ValueError as exc:
-            raise InputError(f"endpoint {endpoint.name!r}: {shown} is not a valid URL ({exc})") from None
-        if api_key and (parts.username is not None or parts.password is not None):
-            raise InputError(
-                f"endpoint {endpoint.name!r}: {shown} carries user:password@ and an API key is set too; "
-                "both would be the Authorization header, so give only one"
-            )
+        # The URL itself (scheme, host, port) was checked when the Endpoint was made, and URL
+        # credentials beside an API key by ``runner.check_credentials``: call that first.
         problem = asyncio.run(_answers(url + "/v1/models", api_key, timeouts.connect_s))
         if problem:
-            raise InputError(f"endpoint {endpoint.name!r}: {shown} {problem}")
+            raise InputError(f"endpoint {endpoint.name!r}: {redact_url(url)} {problem}")
 
 
 async def _answers(url: str, api_key: str | None, connect_s: float) -> str | None:
@@ -329,6 +327,18 @@ def _engine(kv: dict[str, Any]) -> str | None:
     return str(engine) if engine else None
 
 
+def _bad_counts(usage: dict[str, Any]) -> str:
+    """The usage counts no server can mean (negative, NaN, fractional, not numbers), as ``key=value``."""
+    details = usage.get("prompt_tokens_details")
+    counts = {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    if isinstance(details, dict):
+        counts["cached_tokens"] = details.get("cached_tokens")
+    return ", ".join(
+        f"{k}={v!r}" for k, v in counts.items()
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0)
+    )  # fmt: skip
+
+
 def _warn(rec: RequestRecord, text: str) -> None:
     rec.warning = text if not rec.warning else f"{rec.warning};{text}"
 
@@ -351,6 +361,11 @@ def _finish(rec: RequestRecord, st: _Stream, t0: float) -> None:
     if usage is None:
         if rec.status != STATUS_ERROR:
             _warn(rec, "no_usage")
+        return
+    bad = _bad_counts(usage)
+    if bad:
+        if rec.status != STATUS_ERROR:
+            _fail(rec, "bad_usage", f"impossible usage: {bad}")
         return
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if isinstance(prompt, int):

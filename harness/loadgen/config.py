@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from harness.config.validity import ValidityBounds
 from harness.errors import InputError
+from harness.loadgen.conditions import RelayReader
 
 APIS = ("completions", "chat")
 ARRIVALS = ("trace", "poisson", "gamma", "constant")
@@ -17,7 +19,11 @@ _PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 def _base_url(url: str, what: str) -> str:
     """``http://host:port`` plus any path prefix, without ``/v1/...``; InputError if not http(s)."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 -- raises on a port outside 0..65535 or not a number
+    except ValueError as exc:
+        raise InputError(f"{what} is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"{what} must be an http(s) URL like http://127.0.0.1:8000, got {url!r}")
     path = parts.path.rstrip("/")
@@ -161,6 +167,12 @@ class ReplayConfig:
     # Told (endpoint name, t0) as each endpoint's run clock starts: t0 is the time.monotonic() of its
     # zero, the first request's scheduled send (bench starts the emulator's link events from it).
     on_start: Callable[[str, float], None] | None = field(default=None, compare=False)
+    # The verdict's bounds; its send-lag bound is ``max_send_lag_s`` (one figure in force).
+    validity: ValidityBounds = field(default_factory=ValidityBounds)
+    reset: bool = True  # reset each server's caches and counters before each endpoint's run
+    site_urls: tuple[str, ...] = ()  # more server roots whose /metrics report a site's loop lag
+    relay_lag: RelayReader | None = None  # the relays' lateness (``EmulatedClusters.relay_lag``)
+    link_goodput: dict[str, Any] | None = None  # measured before the run: {"src->dst": {measured, expected}}
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -180,6 +192,10 @@ class ReplayConfig:
         if self.tokenize_url:
             object.__setattr__(self, "tokenize_url", _base_url(self.tokenize_url, "--tokenize-url"))
 
+    def bounds(self) -> ValidityBounds:
+        """The verdict's bounds in force (``validity`` with the send-lag bound of ``max_send_lag_s``)."""
+        return replace(self.validity, send_lag_p99_ms=self.max_send_lag_s * 1e3)
+
     def describe(self) -> dict[str, Any]:
         """Configuration for meta.json: no API key, no URL credentials."""
         return {
@@ -193,4 +209,6 @@ class ReplayConfig:
             "shaping_backend": self.shaping_backend,
             "max_send_lag_s": self.max_send_lag_s,
             "extra_body": self.extra_body,
+            "validity": self.bounds().to_dict(),
+            "reset": self.reset,
         }

@@ -8,15 +8,19 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from harness.loadgen.config import Endpoint, ReplayConfig
+from harness.errors import InputError
+from harness.loadgen.config import Endpoint, ReplayConfig, redact_url
 from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.progress import Progress, print_summary
+from harness.loadgen.runstate import measurements, run_conditions, run_start
 from harness.loadgen.schedule import Schedule, build_schedule
 from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
 from harness.loadgen.stats import RunStats
@@ -25,6 +29,7 @@ from harness.loadgen.workers import run_workers
 from harness.records import RunWriter, new_run_id
 from harness.traces.frame import Trace
 from harness.traces.prompts import PromptFits, PromptSynth, load_tokenizer
+from harness.validity import UNKNOWN, combine, verdict
 
 _LEAD_S = 0.05
 
@@ -37,11 +42,17 @@ class ReplayResult:
     run_id: str
     summaries: dict[str, dict[str, Any]]
     complete: bool = True
+    verdict: str = UNKNOWN  # "valid" | "invalid: reasons" (``harness.validity``)
 
     @property
     def error_rate(self) -> float:
         n = sum(s["requests"] for s in self.summaries.values())
         return sum(s["failed"] for s in self.summaries.values()) / n if n else 0.0
+
+    @property
+    def all_failed(self) -> bool:
+        """Not one request of any endpoint succeeded (an unreachable endpoint, a server that died)."""
+        return all(s["requests"] == s["failed"] for s in self.summaries.values())
 
 
 def replay(
@@ -59,6 +70,7 @@ def replay(
     With ``config.tokenize_url`` the prompts are fitted to that server's tokenizer before the schedule
     starts (``prompt_fits`` reuses an earlier fitting of the same trace rows, as a sweep does).
     """
+    check_credentials(config)
     schedule = build_schedule(trace, config.load)
     tok = load_tokenizer(config.tokenizer) if config.tokenizer else None  # fail early on a bad file
     preparation = None
@@ -89,9 +101,11 @@ def replay(
     }
     summaries: dict[str, dict[str, Any]] = {}
     saturated: dict[str, bool] = {}
+    verdicts: dict[str, str] = {}
     with RunWriter(out_dir, meta) as writer:
         for ep in config.endpoints:
             stats = RunStats()
+            start = run_start(ep, config, _warner(ep.name))
             try:
                 _run_endpoint(ep, trace, schedule, config, writer, stats, tok, prompt_fits, run_id, quiet)
             finally:
@@ -99,12 +113,60 @@ def replay(
                 p99 = summary["send_lag_s"]["p99"]
                 saturated[ep.name] = p99 is not None and p99 > config.max_send_lag_s
                 summary["client_saturated"] = saturated[ep.name]
+                # A closed loop bounded only by --duration schedules no count: it is done when time is up.
+                load = config.load
+                timed = schedule.closed_loop and load.max_requests is None and load.duration_s is not None
+                summary["scheduled"] = None if timed else len(schedule)
+                summary["start_state"] = start.describe()
+                summary["conditions"] = run_conditions(start, config)
+                judged = verdict(measurements(summary), config.bounds())
+                summary["validity"] = judged.to_dict()
+                verdicts[ep.name] = judged.text()
                 summaries[ep.name] = summary
-                writer.update_meta(summaries=summaries, client_saturated=any(saturated.values()))
+                writer.update_meta(
+                    summaries=summaries,
+                    client_saturated=any(saturated.values()),
+                    validity={"verdict": combine(verdicts), "by_topology": verdicts},
+                )
                 print_summary(
                     ep.name, summary, quiet=quiet, saturated=saturated[ep.name], bound_s=config.max_send_lag_s
                 )
-    return ReplayResult(writer.run_dir, run_id, summaries)
+        # Complete means every scheduled request of every endpoint ended (ok or failed), uninterrupted.
+        missing = {
+            n: s["scheduled"] - s["requests"]
+            for n, s in summaries.items()
+            if s["scheduled"] is not None and s["requests"] < s["scheduled"]
+        }
+        complete = not missing
+        writer.close(
+            complete=complete,
+            reason=None
+            if complete
+            else "unfinished requests: " + ", ".join(f"{n} {k}" for n, k in missing.items()),
+        )
+    return ReplayResult(writer.run_dir, run_id, summaries, complete, combine(verdicts))
+
+
+def _warner(name: str) -> Callable[[str], None]:
+    """Warnings about a run's state print even with --quiet: they are problems."""
+
+    def warn(line: str) -> None:
+        print(f"{name}: warning: {line}", file=sys.stderr)
+
+    return warn
+
+
+def check_credentials(config: ReplayConfig) -> None:
+    """URL credentials and an API key would both be the Authorization header: refuse before any work."""
+    if not os.environ.get(config.api_key_env):
+        return
+    for ep in config.endpoints:
+        for url in (ep.url, ep.prefill_url, ep.decode_url):
+            if url and "@" in urlsplit(url).netloc:
+                raise InputError(
+                    f"endpoint {ep.name!r}: {redact_url(url)} carries user:password@ and ${config.api_key_env} "
+                    "is set too; both would be the Authorization header, so give only one"
+                )
 
 
 def replay_sweep(

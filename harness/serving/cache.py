@@ -80,6 +80,11 @@ class PrefixCache:
             while len(blocks) > self.capacity_blocks:
                 blocks.popitem(last=False)
 
+    def clear(self) -> None:
+        """Forget every block and zero the counters (a fresh cache of the same capacity)."""
+        self._blocks.clear()
+        self.lookup_tokens = self.hit_tokens = self.lookup_blocks = self.hit_blocks = 0
+
     @property
     def hit_rate(self) -> float:
         """Token hit rate over every ``lookup`` so far (0 before the first)."""

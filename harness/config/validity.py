@@ -1,0 +1,37 @@
+"""``[validity]``: the bounds a measured run must keep to be called valid (``harness.validity``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from pydantic import Field
+
+from harness.config.base import Float, Fraction, NonNegative, table
+
+Share = Annotated[Float, Field(ge=0, le=1)]
+
+
+@table
+class ValidityBounds:
+    """Bounds on a run's own conditions; docs/analysis.md says why each default is what it is.
+
+    send_lag_p99_ms       the client's send lag p99
+    loop_lag_p99_ms       each emulated site's event-loop lag p99 (wall ms)
+    relay_delay_error_ms  the relay's achieved added delay p99 minus the configured delay
+    link_goodput_share    TCP goodput measured before the run / what the configured rate carries (at least)
+    failed_share          failed requests / requests
+    cpu_steal_share       CPU time stolen by the hypervisor / all CPU time during the run
+    cpu_other_share       CPU time of processes outside the run / all CPU time during the run
+    """
+
+    send_lag_p99_ms: NonNegative = 10.0
+    loop_lag_p99_ms: NonNegative = 10.0
+    relay_delay_error_ms: NonNegative = 1.0
+    link_goodput_share: Fraction = 0.9
+    failed_share: Share = 0.01
+    cpu_steal_share: Share = 0.10
+    cpu_other_share: Share = 0.50
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,140 @@
+"""Whether a measured run can be trusted: measurements of the run's own conditions against stated bounds.
+
+A replay measures the system under test only while the client keeps its schedule, the emulated sites
+keep their clocks, the relay adds the delay it was told to, the link carries its rate, requests
+succeed and nothing else takes the machine. ``verdict`` judges each of those (pure: a measurements
+mapping and ``ValidityBounds`` in, a ``Verdict`` out). A figure that was not measured is ``unknown``
+and never makes a run invalid by itself; docs/analysis.md states the bounds.
+
+Measurements (every key optional, seconds / fractions / Mbit/s / ms as named)::
+
+    send_lag_p99_s          the client's send lag p99
+    loop_lag_p99_s          {site: event-loop lag p99 of that emulated site over the run}
+    relay                   {"src->dst": {"delay_ms": configured, "achieved_ms_p99": measured}}
+    link_goodput_mbit       {"src->dst": {"measured": Mbit/s, "expected": Mbit/s}}
+    failed_share            failed requests / requests
+    cpu                     {"steal_share", "other_share"}: of all CPU time during the run
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness.config.validity import ValidityBounds
+
+VALID = "valid"
+UNKNOWN = "unknown"
+
+__all__ = ["UNKNOWN", "VALID", "ValidityBounds", "Verdict", "combine", "verdict"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``valid`` with no reasons, or invalid with one line per broken bound; ``checks`` has every figure."""
+
+    reasons: tuple[str, ...]
+    checks: dict[str, Any]
+
+    @property
+    def valid(self) -> bool:
+        return not self.reasons
+
+    def text(self) -> str:
+        """``valid`` or ``invalid: reason; reason``."""
+        return VALID if self.valid else "invalid: " + "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.text(),
+            "valid": self.valid,
+            "reasons": list(self.reasons),
+            "checks": self.checks,
+        }
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+class _Judge:
+    """Collects checks and reasons; a figure that is None is ``unknown``."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.checks: dict[str, Any] = {}
+
+    def check(self, name: str, value: float | None, limit: float, text: str, *, low: bool = False) -> None:
+        if value is None:
+            self.checks[name] = UNKNOWN
+            return
+        broken = value < limit if low else value > limit
+        self.checks[name] = {"value": value, "bound": limit, "ok": not broken}
+        if broken:
+            self.reasons.append(text)
+
+    def each(self, name: str, per: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+        """The entries of a per-site/per-direction figure, sorted; ``unknown`` when there are none."""
+        if not per:
+            self.checks[name] = UNKNOWN
+        return sorted((per or {}).items())
+
+
+def verdict(measurements: Mapping[str, Any], bounds: ValidityBounds | None = None) -> Verdict:
+    """Judge ``measurements`` (module docstring) against ``bounds``."""
+    b = bounds or ValidityBounds()
+    j = _Judge()
+    lag = _num(measurements.get("send_lag_p99_s"))
+    j.check("send_lag_p99_ms", None if lag is None else lag * 1e3, b.send_lag_p99_ms,
+            f"client send-lag p99 {_ms(lag)} > {b.send_lag_p99_ms:g} ms (the client fell behind its schedule)")  # fmt: skip
+    for site, value in j.each("loop_lag_p99_ms", measurements.get("loop_lag_p99_s")):
+        v = _num(value)
+        j.check(f"loop_lag_p99_ms[{site}]", None if v is None else v * 1e3, b.loop_lag_p99_ms,
+                f"site {site} event-loop lag p99 {_ms(v)} > {b.loop_lag_p99_ms:g} ms")  # fmt: skip
+    for direction, r in j.each("relay_delay_error_ms", measurements.get("relay")):
+        configured, achieved = _num(r.get("delay_ms")), _num(r.get("achieved_ms_p99"))
+        err = None if configured is None or achieved is None else achieved - configured
+        j.check(f"relay_delay_error_ms[{direction}]", err, b.relay_delay_error_ms,
+                f"relay {direction} added {achieved} ms at p99 for {configured} ms configured "
+                f"(error > {b.relay_delay_error_ms:g} ms)")  # fmt: skip
+    for direction, g in j.each("link_goodput_share", measurements.get("link_goodput_mbit")):
+        measured, expected = _num(g.get("measured")), _num(g.get("expected"))
+        share = None if measured is None or not expected else measured / expected
+        j.check(f"link_goodput_share[{direction}]", share, b.link_goodput_share,
+                f"link {direction} carried {measured or 0:.0f} of {expected or 0:.0f} Mbit/s before the run "
+                f"(< {b.link_goodput_share:.0%})", low=True)  # fmt: skip
+    failed = _num(measurements.get("failed_share"))
+    j.check("failed_share", failed, b.failed_share,
+            f"{failed or 0:.1%} of requests failed (> {b.failed_share:.1%})")  # fmt: skip
+    cpu = measurements.get("cpu") or {}
+    steal, other = _num(cpu.get("steal_share")), _num(cpu.get("other_share"))
+    j.check("cpu_steal_share", steal, b.cpu_steal_share,
+            f"CPU steal {steal or 0:.0%} of CPU time (> {b.cpu_steal_share:.0%})")  # fmt: skip
+    j.check("cpu_other_share", other, b.cpu_other_share,
+            f"other processes used {other or 0:.0%} of CPU time (> {b.cpu_other_share:.0%})")  # fmt: skip
+    return Verdict(tuple(j.reasons), j.checks)
+
+
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def combine(verdicts: Mapping[str, str | None]) -> str:
+    """One verdict for several (``label -> valid / invalid: … / unknown``, e.g. per topology): invalid
+    with every reason, each prefixed by its label when there are several labels; else valid only when
+    all are."""
+    texts = {k: v for k, v in verdicts.items() if v is not None}
+    labelled = len(texts) > 1
+    reasons = [
+        f"{label}: {reason}" if labelled else reason
+        for label, text in texts.items()
+        if text.startswith("invalid: ")
+        for reason in text.removeprefix("invalid: ").split("; ")
+    ]
+    if reasons:
+        return "invalid: " + "; ".join(dict.fromkeys(reasons))
+    return VALID if texts and all(t == VALID for t in texts.values()) else UNKNOWN

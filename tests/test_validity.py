@@ -1,0 +1,95 @@
+"""The validity verdict (pure): each bound, unknown figures, combining runs, and the [validity] table."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.config.validity import ValidityBounds
+from harness.errors import ScenarioError
+from harness.scenario import load_scenario
+from harness.validity import UNKNOWN, VALID, combine, verdict
+
+CLEAN = {
+    "send_lag_p99_s": 0.002,
+    "loop_lag_p99_s": {"local": 0.003, "remote": 0.004},
+    "relay": {"remote->local": {"delay_ms": 1.25, "achieved_ms_p99": 1.30}},
+    "link_goodput_mbit": {"remote->local": {"measured": 770.0, "expected": 774.0}},
+    "failed_share": 0.0,
+    "cpu": {"steal_share": 0.0, "other_share": 0.2},
+}
+
+
+def test_a_run_within_every_bound_is_valid_and_every_figure_is_checked():
+    v = verdict(CLEAN)
+    assert v.valid and v.text() == VALID and v.reasons == ()
+    assert v.checks["send_lag_p99_ms"] == {"value": 2.0, "bound": 10.0, "ok": True}
+    assert v.checks["loop_lag_p99_ms[remote]"]["value"] == pytest.approx(4.0)
+    assert v.checks["relay_delay_error_ms[remote->local]"]["value"] == pytest.approx(0.05)
+    assert v.checks["link_goodput_share[remote->local]"]["value"] == pytest.approx(770 / 774)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"send_lag_p99_s": 0.16}, "client send-lag p99 160.0 ms > 10 ms"),
+        (
+            {"loop_lag_p99_s": {"local": 0.003, "remote": 0.025}},
+            "site remote event-loop lag p99 25.0 ms > 10 ms",
+        ),
+        (
+            {"relay": {"remote->local": {"delay_ms": 4.0, "achieved_ms_p99": 6.4}}},
+            "relay remote->local added 6.4 ms",
+        ),
+        (
+            {"link_goodput_mbit": {"a->b": {"measured": 400.0, "expected": 774.0}}},
+            "link a->b carried 400 of 774",
+        ),
+        ({"failed_share": 134 / 200}, "67.0% of requests failed (> 1.0%)"),
+        ({"cpu": {"steal_share": 0.25, "other_share": 0.1}}, "CPU steal 25% of CPU time (> 10%)"),
+        ({"cpu": {"steal_share": 0.0, "other_share": 0.9}}, "other processes used 90% of CPU time (> 50%)"),
+    ],
+)
+def test_each_broken_bound_makes_the_run_invalid_with_its_reason(change, words):
+    v = verdict({**CLEAN, **change})
+    assert not v.valid and len(v.reasons) == 1
+    assert words in v.reasons[0] and v.text() == "invalid: " + v.reasons[0]
+
+
+def test_several_broken_bounds_are_all_named_and_bounds_are_configurable():
+    bad = {**CLEAN, "send_lag_p99_s": 0.05, "failed_share": 0.5}
+    assert len(verdict(bad).reasons) == 2
+    loose = ValidityBounds(send_lag_p99_ms=100.0, failed_share=0.6)
+    assert verdict(bad, loose).valid
+
+
+def test_unmeasured_figures_are_unknown_and_never_invalid_by_themselves():
+    v = verdict({"send_lag_p99_s": 0.001, "failed_share": 0.0, "loop_lag_p99_s": {"local": float("nan")}})
+    assert v.valid
+    for key in ("relay_delay_error_ms", "link_goodput_share", "cpu_steal_share", "cpu_other_share"):
+        assert v.checks[key] == UNKNOWN
+    assert v.checks["loop_lag_p99_ms[local]"] == UNKNOWN
+
+
+def test_combining_runs():
+    assert combine({"x": VALID, "y": VALID}) == VALID
+    assert combine({"x": VALID, "y": UNKNOWN}) == UNKNOWN
+    assert combine({"x": VALID, "y": None}) == VALID  # a simulation has no verdict to combine
+    assert combine({"x": "invalid: a; b"}) == "invalid: a; b"
+    assert combine({"x": VALID, "y": "invalid: a", "z": "invalid: a; b"}) == "invalid: y: a; z: a; z: b"
+    assert combine({}) == UNKNOWN
+
+
+def test_the_scenario_validity_table_is_typed_and_refuses_unknown_keys(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[validity]\nsend_lag_p99_ms = 25\nfailed_share = 0.05\n")
+    bounds = load_scenario(path).config.validity
+    assert bounds.send_lag_p99_ms == 25.0 and bounds.failed_share == 0.05 and bounds.cpu_other_share == 0.5
+    for bad, words in (
+        ("bogus = 1", "bogus"),
+        ("failed_share = 1.5", "failed_share"),
+        ("link_goodput_share = 0", "link_goodput_share"),
+        ('send_lag_p99_ms = "10"', "send_lag_p99_ms"),
+    ):
+        path.write_text(f"[validity]\n{bad}\n")
+        with pytest.raises(ScenarioError, match=words):
+            load_scenario(path)
