@@ -40,7 +40,7 @@ def retime(trace: Trace, rate_rps: float, seed: int) -> Trace:
 
 # A Λ_max probe's arrivals span at least this many TTFT bounds (docs/simulate.md, "Probe size"): a queue
 # that grows by a share ε of the offered rate adds about ε × span seconds of waiting, so over such a span
-# any ε above 1 / (4 × 0.8 × 20) ≈ 1.6% adds more than a quarter of the bound and fails the trend test.
+# any ε above 1 / (2 × 0.8 × 20) ≈ 3% adds more than half the bound and fails the trend test.
 PROBE_SPAN_TTFT_BOUNDS = 20
 
 
@@ -63,6 +63,14 @@ def cycle_rows(trace: Trace, n: int) -> Trace:
     passes = np.repeat(np.arange(n) // len(trace), lengths)
     stride = int(trace.hash_values.max()) - int(trace.hash_values.min()) + 1
     return out.replace(hash_values=out.hash_values + passes * stride)
+
+
+def exact_rate(trace: Trace, rate_rps: float) -> Trace:
+    """The arrivals scaled so that their span is exactly ``(n − 1) / rate_rps``: Poisson arrivals given
+    their count and span (a Λ_max probe offers the rate it is judged at, not a Poisson draw ±1/√n)."""
+    start = trace.arrival_s[0]
+    scale = (len(trace) - 1) / rate_rps / (trace.arrival_s[-1] - start)
+    return trace.replace(arrival_s=start + (trace.arrival_s - start) * scale)
 
 
 def scenario_rate(setup: SimSetup) -> float | None:
@@ -109,6 +117,8 @@ def build_workload(
             out = retime(out, rate, seed)
     if len(out) == 0:
         raise ScenarioError("the workload has no requests (check --requests/--duration)")
+    if by_span and len(out) > 1:
+        out = exact_rate(out, rate)
     # A synthetic distribution reaching the context limit (the paper's goes to 128K) is clipped (and
     # recorded); a trace follows the command's rule (refuse, --clip, --drop).
     policy = context if trace is not None else "clip"
