@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from harness.analysis.figures import attainment_vs_rate
+from harness.analysis.runs import load_bundle
 from harness.analysis.summary import Slo
 from harness.cli import main
 from harness.scenario import load_scenario
@@ -125,3 +127,12 @@ def test_cli_json_meta_and_probes_csv_carry_every_probe_and_its_verdict(tiny, se
     assert table["rate_rps"].tolist() == pytest.approx([p["rate_rps"] for p in probes])
     assert table["passed"].tolist() == [p["passed"] for p in probes]
     assert set(table["topology"]) == {"homogeneous"}
+
+    # The dashboard's figure plots them: attainment, and achieved/offered on the second axis, by rate.
+    fig = attainment_vs_rate({}, load_bundle([run_dir]))
+    by_rate = sorted(probes, key=lambda p: p["rate_rps"])
+    att, ratio = fig.data
+    assert list(att.x) == list(ratio.x) == [p["rate_rps"] for p in by_rate]
+    assert list(att.y) == [p["attainment"] for p in by_rate]
+    assert list(ratio.y) == pytest.approx([p["achieved_rps"] / p["offered_rps"] for p in by_rate])
+    assert ratio.yaxis == "y2" and "Λ_max" in att.name
