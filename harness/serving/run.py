@@ -47,6 +47,9 @@ class SimulateRequest:
     out_dir: Path = Path("results")
 
 
+SEARCH_STEP = 1.2  # from the planner's Λ_max, up or down by 20% until the verdict changes, then bisect
+
+
 def search_topology(
     setup: SimSetup, topo: TopologyPlan, slo: Slo, workload: Workload
 ) -> RateSearch[ProbeVerdict]:
@@ -58,7 +61,18 @@ def search_topology(
         trace = workload(rate=rate, min_span_s=span)[0]
         return judge_probe(run_topology(setup.stack, topo, trace, slo=slo).records, rate, slo)
 
-    return find_max_rate(probe, lambda _, verdict: verdict.passed, start_rps=topo.planner_lambda_max)
+    def ceiling(rate: float, verdict: ProbeVerdict) -> float:
+        # An overloaded probe completes at the deployment's capacity: any rate whose completions would
+        # have to exceed it by more than the tolerance fails the same way.
+        return verdict.achieved_rps / (1 - THROUGHPUT_TOL)
+
+    return find_max_rate(
+        probe,
+        lambda _, verdict: verdict.passed,
+        start_rps=topo.planner_lambda_max,
+        step=SEARCH_STEP,
+        ceiling=ceiling,
+    )
 
 
 def _stability_rule(slo: Slo) -> dict[str, Any]:

@@ -40,8 +40,8 @@ def retime(trace: Trace, rate_rps: float, seed: int) -> Trace:
 
 # A Λ_max probe's arrivals span at least this many TTFT bounds (docs/simulate.md, "Probe size"): a queue
 # that grows by a share ε of the offered rate adds about ε × span seconds of waiting, so over such a span
-# any ε above 1 / (2 × 0.8 × 20) ≈ 3% adds more than half the bound and fails the trend test.
-PROBE_SPAN_TTFT_BOUNDS = 20
+# any ε above 1 / (2 × 0.8 × 40) ≈ 1.6% adds more than half the bound and fails the trend test.
+PROBE_SPAN_TTFT_BOUNDS = 40
 
 
 def probe_span_s(ttft_bound_s: float | None) -> float | None:
