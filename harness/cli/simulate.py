@@ -38,14 +38,17 @@ def _fmt(value, spec: str = ".3g") -> str:
 @click.option(
     "--requests",
     type=click.IntRange(min=1),
-    help="Number of requests (synthetic), or the first N of the trace.",
+    help="Number of requests (synthetic), or the first N of the trace; a --find-max-rate probe takes "
+    "at least 40 TTFT bounds of arrivals.",
 )
 @click.option("--duration", type=float, help="Seconds of arrivals to simulate.")
 @click.option(
     "--topology", "topologies", help="Comma-separated topology names (default: all in the scenario)."
 )
 @click.option(
-    "--find-max-rate", is_flag=True, help="Bisect for the highest Poisson rate meeting the SLO attainment."
+    "--find-max-rate",
+    is_flag=True,
+    help="Search for the highest Poisson rate that meets the SLO attainment in steady state.",
 )
 @click.option(
     "--ttft-slo",
