@@ -86,19 +86,19 @@ def judge_probe(
     ok = m.ok_mask(records)
     t0, t1 = float(np.nanmin(arrival)), float(np.nanmax(arrival))
     w0 = t0 + warmup_share * (t1 - t0)
-    span = t1 - w0
+    window_s = t1 - w0
     in_window = (arrival >= w0) & (arrival <= t1)
-    offered = float(in_window.sum()) / span if span > 0 else float("nan")
+    offered = float(in_window.sum()) / window_s if window_s > 0 else float("nan")
     done = ok & (last >= w0) & (last <= t1)
-    achieved = float(done.sum()) / span if span > 0 else float("nan")
+    achieved = float(done.sum()) / window_s if window_s > 0 else float("nan")
     attainment = m.slo_attainment(records[in_window], slo.ttft_s, slo.tpot_s)
 
-    grid = np.linspace(w0, t1, _GRID_POINTS) if span > 0 else np.array([w0])
+    grid = np.linspace(w0, t1, _GRID_POINTS) if window_s > 0 else np.array([w0])
     # A failed request is not waiting: it counts against attainment and throughput instead.
     depth = waiting_counts(arrival[ok], first[ok], grid).astype(float)
-    slope = float(np.polyfit(grid, depth, 1)[0]) if span > 0 else 0.0
+    slope = float(np.polyfit(grid, depth, 1)[0]) if window_s > 0 else 0.0
     bound_s = slo.ttft_s if slo.ttft_s is not None else float("inf")
-    slope_bound = trend_share * bound_s * achieved / span if span > 0 else float("inf")
+    slope_bound = trend_share * bound_s * achieved / window_s if window_s > 0 else float("inf")
 
     # Instability first: it is the diagnosis (an overloaded probe usually misses the SLO as well).
     reason: Reason | None = None
@@ -112,7 +112,7 @@ def judge_probe(
         reason = "unstable"
         detail = (
             f"waiting requests grow {slope:.3g}/s (bound {slope_bound:.3g}/s): "
-            f"{slope * span / achieved:.3g} s more wait over the {span:.0f} s window, "
+            f"{slope * window_s / achieved:.3g} s more wait over the {window_s:.0f} s window, "
             f"more than {trend_share:g} x the {bound_s:g} s TTFT bound"
         )
     elif not attainment >= slo.attainment:
