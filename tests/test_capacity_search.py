@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -20,7 +21,8 @@ from harness.serving.rate_search import find_max_rate
 from harness.serving.run import SimulateRequest, simulate
 from harness.serving.runner import run_topology
 from harness.serving.stability import THROUGHPUT_TOL
-from harness.serving.workload import PROBE_SPAN_TTFT_BOUNDS, build_workload
+from harness.serving.workload import PROBE_SPAN_TTFT_BOUNDS, build_workload, cycle_rows, exact_rate, retime
+from harness.traces.frame import Trace, offsets_from_lists
 
 # Two 8xH20 prefill instances, every prompt 8,000 tokens, two output tokens (decode is never the
 # bottleneck): capacity is exactly 2 / T_prefill(8,000).
@@ -136,3 +138,26 @@ def test_cli_json_meta_and_probes_csv_carry_every_probe_and_its_verdict(tiny, se
     assert list(att.y) == [p["attainment"] for p in by_rate]
     assert list(ratio.y) == pytest.approx([p["achieved_rps"] / p["offered_rps"] for p in by_rate])
     assert ratio.yaxis == "y2" and "Λ_max" in att.name
+
+
+def test_a_short_trace_is_cycled_and_each_pass_shares_prefixes_only_within_itself():
+    values, offsets = offsets_from_lists([[1, 2], [1, 2, 3], [7]])  # row 1 shares row 0's prefix
+    trace = Trace(
+        arrival_s=np.array([0.0, 1.0, 2.0]),
+        input_tokens=np.array([1024, 1536, 512]),
+        output_tokens=np.array([10, 20, 30]),
+        hash_values=values,
+        hash_offsets=offsets,
+        block_tokens=512,
+    )
+    out = cycle_rows(trace, 7)
+    assert out.input_tokens.tolist() == [1024, 1536, 512] * 2 + [1024]
+    ids = [out.hash_ids(i).tolist() for i in range(7)]
+    assert ids[:3] == [[1, 2], [1, 2, 3], [7]]
+    assert ids[3][:2] == ids[4][:2] and len(ids[6]) == 2  # within a pass, as the trace shares
+    passes = [{i for row in ids[a:b] for i in row} for a, b in ((0, 3), (3, 6), (6, 7))]
+    assert not passes[0] & passes[1] and not passes[1] & passes[2]  # across passes, nothing
+
+    timed = exact_rate(retime(out, 2.0, seed=0), 2.0)  # n - 1 gaps summing to (n - 1) / rate
+    assert timed.arrival_s[-1] - timed.arrival_s[0] == pytest.approx(6 / 2.0)
+    assert np.all(np.diff(timed.arrival_s) >= 0)
