@@ -65,7 +65,7 @@ def find_max_rate(scenario) -> None:
             entry = result["topologies"][name]
             wall = time.perf_counter() - t0
             total += wall
-            print(f"{name:<12} {wall:>7.2f} {entry['lambda_max']:>6.2f} {entry['probes']:>6}")
+            print(f"{name:<12} {wall:>7.2f} {entry['lambda_max']:>6.2f} {entry['probe_count']:>6}")
     print(f"{'all':<12} {total:>7.2f}")
 
 

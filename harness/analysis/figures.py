@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 
 from harness.analysis import metrics as m
 from harness.analysis.runs import Bundle, Run
+from harness.analysis.summary import Slo
 from harness.analysis.tables import source_order
 
 _LAYOUT: dict[str, Any] = {
@@ -295,10 +296,29 @@ def sweep(bundle: Bundle, kind: str) -> go.Figure:
     return fig
 
 
-def attainment_vs_rate(result: Mapping[str, Any]) -> go.Figure:
-    """Measured SLO attainment against offered rate (rate sweeps), the target, and where Λ_max falls."""
+def _search_probes(bundle: Bundle | None) -> Iterator[tuple[str, list[Mapping[str, Any]], float]]:
+    """(label, probes sorted by rate, attainment target) of every topology a ``simulate --find-max-rate``
+    searched."""
+    for run in bundle.runs if bundle is not None else ():
+        summary = run.meta.get("summary") if run.meta.get("find_max_rate") else None
+        for name, entry in (summary or {}).items():
+            probes = entry.get("probes") if isinstance(entry, Mapping) else None
+            if isinstance(probes, list) and probes:
+                lam = entry.get("lambda_max")
+                label = f"{name} ({run.source} search): Λ_max {'–' if lam is None else f'{lam:.3g}'} req/s"
+                yield label, sorted(probes, key=lambda p: p["rate_rps"]), Slo.from_meta(run.meta).attainment
+
+
+def attainment_vs_rate(result: Mapping[str, Any], bundle: Bundle | None = None) -> go.Figure:
+    """Measured SLO attainment against offered rate (rate sweeps, and every probe of a Λ_max search with
+    its achieved/offered throughput over the measured window), the target, and where Λ_max falls."""
     title = "SLO attainment vs offered rate (measured Λ_max)"
-    fig = _fig(title, xaxis={"title": "offered rate (req/s)"}, yaxis={"title": "SLO attainment"})
+    fig = _fig(
+        title,
+        xaxis={"title": "offered rate (req/s)"},
+        yaxis={"title": "SLO attainment"},
+        yaxis2={"title": "achieved / offered", "overlaying": "y", "side": "right", "showgrid": False},
+    )
     target = None
     for source, per in sorted(result.get("lambda_max", {}).items(), key=lambda kv: source_order(kv[0])):
         for name, found in per.items():
@@ -306,8 +326,24 @@ def attainment_vs_rate(result: Mapping[str, Any]) -> go.Figure:
             label = f"{name} ({source}): Λ_max {'–' if lam is None else f'{lam:.3g}'} req/s"
             fig.add_scatter(x=found["rates_rps"], y=found["attainment"], mode="lines+markers", name=label)
             target = found["target"]
+    for label, probes, search_target in _search_probes(bundle):
+        rates = [p["rate_rps"] for p in probes]
+        verdicts = ["pass" if p["passed"] else f"{p['reason']}: {p['detail']}" for p in probes]
+        fig.add_scatter(
+            x=rates, y=[p["attainment"] for p in probes], mode="lines+markers", name=label, text=verdicts,
+            marker={"symbol": ["circle" if p["passed"] else "x" for p in probes]},
+        )  # fmt: skip
+        fig.add_scatter(
+            x=rates, y=[p["achieved_rps"] / p["offered_rps"] for p in probes], mode="lines+markers",
+            name=f"{label.split(' (')[0]}: achieved / offered", yaxis="y2", line={"dash": "dot"}, text=verdicts,
+        )  # fmt: skip
+        target = target or search_target
     if target is None:
-        return missing(title, "no rate sweep in these runs (simulate --rate-sweep, replay --rate a,b,c)")
+        return missing(
+            title,
+            "no rate sweep or Λ_max search in these runs "
+            "(simulate --rate-sweep or --find-max-rate, replay --rate a,b,c)",
+        )
     fig.add_hline(y=target, line={"dash": "dot", "color": "gray"}, annotation_text=f"target {target:g}")
     return fig
 
@@ -323,5 +359,5 @@ def all_figures(bundle: Bundle, result: Mapping[str, Any]) -> list[tuple[str, go
         ("queues", queue_depths(bundle)),
         ("breakdown", breakdown_bars(bundle)),
         *((f"sweep-{k}", sweep(bundle, k)) for k in SWEEPS),
-        ("attainment", attainment_vs_rate(result)),
+        ("attainment", attainment_vs_rate(result, bundle)),
     ]

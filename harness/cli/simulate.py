@@ -38,14 +38,17 @@ def _fmt(value, spec: str = ".3g") -> str:
 @click.option(
     "--requests",
     type=click.IntRange(min=1),
-    help="Number of requests (synthetic), or the first N of the trace.",
+    help="Number of requests (synthetic), or the first N of the trace; a --find-max-rate probe takes "
+    "at least 40 TTFT bounds of arrivals.",
 )
 @click.option("--duration", type=float, help="Seconds of arrivals to simulate.")
 @click.option(
     "--topology", "topologies", help="Comma-separated topology names (default: all in the scenario)."
 )
 @click.option(
-    "--find-max-rate", is_flag=True, help="Bisect for the highest Poisson rate meeting the SLO attainment."
+    "--find-max-rate",
+    is_flag=True,
+    help="Search for the highest Poisson rate that meets the SLO attainment in steady state.",
 )
 @click.option(
     "--ttft-slo",
@@ -120,4 +123,22 @@ def command(
         if find_max_rate:
             line += f" {_fmt(row.get('lambda_max'), '.2f'):>8} {_fmt(row['planner_lambda_max'], '.2f'):>9}"
         click.echo(line)
+    if find_max_rate:
+        _echo_probes(result)
     click.echo(f"run directory: {result['run_dir']}")
+
+
+def _echo_probes(result) -> None:
+    """Every probe of the Λ_max search, in the order run, with why it failed."""
+    click.echo(
+        f"\nprobes: {'topology':<12} {'rate':>7} {'n':>6} {'attain':>7} {'ach/off':>7} {'queue/s':>8} "
+        f"{'bound/s':>8}  verdict"
+    )
+    for name, entry in result["topologies"].items():
+        for p in entry.get("probes") or []:
+            verdict = "pass" if p["passed"] else f"{p['reason']}: {p['detail']}"
+            click.echo(
+                f"        {name:<12} {p['rate_rps']:>7.3f} {p['requests']:>6} {_fmt(p['attainment'], '.1%'):>7} "
+                f"{_fmt(p['achieved_rps'] / p['offered_rps'], '.1%'):>7} {p['queue_slope_rps']:>+8.3g} "
+                f"{p['queue_slope_bound_rps']:>8.3g}  {verdict}"
+            )

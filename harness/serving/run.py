@@ -1,7 +1,7 @@
 """``prfaas-bench simulate`` as a library call: every topology at every rate, or at its Λ_max.
 
 The pieces live beside it: the requests (``workload``), one topology's run and the run directory
-(``runner``), and the Λ_max search (``rate_search``).
+(``runner``), the Λ_max search (``rate_search``) and its verdict on one probe (``stability``).
 """
 
 from __future__ import annotations
@@ -13,15 +13,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from harness.analysis.summary import Slo
 from harness.errors import ScenarioError
 from harness.records import new_run_id
+from harness.serving.build import TopologyPlan
 from harness.serving.config import SimSetup
-from harness.serving.rate_search import find_max_rate
-from harness.serving.runner import RunDirectory, TopologyRun, run_topology
-from harness.serving.workload import build_workload, scenario_rate
-from harness.traces.context import ContextPolicy
+from harness.serving.rate_search import RateSearch, find_max_rate
+from harness.serving.runner import RunDirectory, run_topology
+from harness.serving.stability import THROUGHPUT_TOL, TREND_SHARE, WARMUP_SHARE, ProbeVerdict, judge_probe
+from harness.serving.workload import PROBE_SPAN_TTFT_BOUNDS, build_workload, probe_span_s, scenario_rate
+from harness.traces.context import ContextFit, ContextPolicy
 from harness.traces.frame import Trace
+
+Workload = Callable[..., tuple[Trace, ContextFit]]  # build_workload with the run's fixed arguments bound
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,42 @@ class SimulateRequest:
     out_dir: Path = Path("results")
 
 
-def meets_attainment(slo: Slo) -> Callable[[float, TopologyRun], bool]:
-    """The Λ_max search's verdict on one probe: its SLO attainment reaches the target."""
+SEARCH_STEP = 1.2  # from the planner's Λ_max, up or down by 20% until the verdict changes, then bisect
 
-    def passes(rate: float, run: TopologyRun) -> bool:
-        return (run.summary.slo_attainment or 0.0) >= slo.attainment
 
-    return passes
+def search_topology(
+    setup: SimSetup, topo: TopologyPlan, slo: Slo, workload: Workload
+) -> RateSearch[ProbeVerdict]:
+    """The Λ_max search for one topology: the highest rate whose probe meets the SLO in steady state
+    (``harness.serving.stability``), each probe's arrivals spanning ``probe_span_s`` at least."""
+    span = probe_span_s(slo.ttft_s)
+
+    def probe(rate: float) -> ProbeVerdict:
+        trace = workload(rate=rate, min_span_s=span)[0]
+        return judge_probe(run_topology(setup.stack, topo, trace, slo=slo).records, rate, slo)
+
+    def ceiling(rate: float, verdict: ProbeVerdict) -> float:
+        # An overloaded probe completes at the deployment's capacity: any rate whose completions would
+        # have to exceed it by more than the tolerance fails the same way.
+        return verdict.achieved_rps / (1 - THROUGHPUT_TOL)
+
+    return find_max_rate(
+        probe,
+        lambda _, verdict: verdict.passed,
+        start_rps=topo.planner_lambda_max,
+        step=SEARCH_STEP,
+        ceiling=ceiling,
+    )
+
+
+def _stability_rule(slo: Slo) -> dict[str, Any]:
+    return {
+        "warmup_share": WARMUP_SHARE,
+        "throughput_tol": THROUGHPUT_TOL,
+        "trend_share": TREND_SHARE,
+        "probe_span_ttft_bounds": PROBE_SPAN_TTFT_BOUNDS,
+        "probe_span_s": probe_span_s(slo.ttft_s),
+    }
 
 
 def _check(req: SimulateRequest) -> None:
@@ -82,6 +117,8 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
     if req.find_max_rate:
         # Λ_max is a steady-state figure: a transient link fault has no place in its probes.
         setup = replace(setup, stack=replace(setup.stack, link_events=()))
+    span = probe_span_s(slo.ttft_s) if req.find_max_rate else None
+    probe_rows: list[dict[str, Any]] = []
 
     run_id = new_run_id("sim")
     meta = {
@@ -93,6 +130,7 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
         "workload": "trace" if req.trace is not None else "synthetic",
         "trace_source": req.trace.source if req.trace is not None else None,
         "context": fit.as_dict(),
+        **({"stability_rule": _stability_rule(slo)} if req.find_max_rate else {}),
         **setup.describe(),
     }
     result: dict[str, Any] = {"topologies": {}, "run_dir": str(req.out_dir / run_id)}
@@ -111,29 +149,30 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
             }
             run_rates = rates
             if req.find_max_rate:
-                found = find_max_rate(
-                    lambda rate, topo=topo: run_topology(setup.stack, topo, workload(rate=rate)[0], slo=slo),
-                    meets_attainment(slo),
-                    start_rps=topo.planner_lambda_max,
+                found = search_topology(setup, topo, slo, workload)
+                probes = [verdict.as_dict() for _, verdict, _ in found.history]
+                probe_rows += [{"topology": name, **p} for p in probes]
+                entry.update(
+                    lambda_max=found.rate_rps,
+                    probe_count=found.probes,
+                    bracketed=found.bracketed,  # False: no probe failed, Λ_max is only a lower bound
+                    probes=probes,
+                    stability=None if found.at_rate is None else found.at_rate.as_dict(),
                 )
-                if not found.bracketed:  # the requests all fit in the SLO even arriving at once
-                    raise ScenarioError(
-                        f"--find-max-rate: the SLO is still met at {found.rate_rps:.3g} req/s, so "
-                        f"{len(workload(rate=found.rate_rps)[0])} requests are too few to load the system; "
-                        "give more (--requests or [simulate] requests)"
-                    )
-                entry.update(lambda_max=found.rate_rps, probes=found.probes)
                 run_rates = [found.rate_rps] if found.rate_rps > 0 else []
             runs = {}
             for rate in run_rates:
                 label = name if len(run_rates) == 1 else f"{name}@{rate:g}rps"
-                done = run_dir.run(setup.stack, topo, workload(rate=rate)[0], label=label, slo=slo)
+                trace = workload(rate=rate, min_span_s=span)[0]  # at Λ_max: the passing probe's requests
+                done = run_dir.run(setup.stack, topo, trace, label=label, slo=slo)
                 runs[label] = {"rate_rps": rate, **vars(done.summary)}
             if len(runs) == 1:
                 entry.update(next(iter(runs.values())))
             else:
                 entry["runs"] = runs
             result["topologies"][name] = entry
+        if probe_rows:  # every probe of the search, for the dashboard's attainment-vs-rate figure
+            pd.DataFrame(probe_rows).to_csv(run_dir.path / "probes.csv", index=False)
         run_dir.finish(result["topologies"])
     return result
 
