@@ -8,7 +8,7 @@ import time
 
 import click
 
-from harness.cli._options import parse_names, warn
+from harness.cli._options import context_options, context_policy, parse_names, warn
 from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
 from harness.errors import ScenarioError
 
@@ -35,8 +35,9 @@ def _raise_exit(_sig, _frame) -> None:
 @click.option("--connections", type=int, help="TCP connections per site pair for KV.")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Name prefix of the namespaces.")
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
+@context_options
 def command(
-    scenario, speedup, netns, port_base, topologies, kv_rate_mbit, connections, prefix, as_json
+    scenario, speedup, netns, port_base, topologies, kv_rate_mbit, connections, prefix, as_json, clip, drop
 ) -> None:
     """Bring up one process per site, print the endpoint URLs, and serve until Ctrl-C.
 
@@ -55,6 +56,7 @@ def command(
         kv_rate_mbit=kv_rate_mbit,
         connections=connections,
         prefix=prefix,
+        context=context_policy(clip, drop),  # a trace workload's over-long rows, as in plan and simulate
     )
     warn(clusters.scenario.warnings("serve", speedup=clusters.spec.speedup))
     previous = signal.signal(signal.SIGTERM, _raise_exit)

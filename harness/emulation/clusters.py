@@ -38,6 +38,7 @@ from harness.errors import CapabilityError, ScenarioError
 from harness.scenario import Scenario, load_scenario
 from harness.serving.build import LOCAL, REMOTE
 from harness.serving.config import SimSetup, prepare
+from harness.traces.context import ContextPolicy
 
 DEFAULT_PREFIX = "pfbsv-"
 _READY_TIMEOUT_S = 60.0
@@ -83,11 +84,15 @@ class EmulatedClusters:
         kv_rate_mbit: float | None = None,
         connections: int | None = None,
         prefix: str = DEFAULT_PREFIX,
+        context: ContextPolicy = "refuse",
     ) -> None:
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         flags = {"speedup": speedup, "kv_rate_mbit": kv_rate_mbit, "connections": connections}
         self.spec: EmulationSpec = override(self.scenario.config.emulation, flags)
-        self.setup: SimSetup = prepare(self.scenario, topologies=topologies)
+        # A trace workload's rows beyond the model's context follow ``context`` (refuse, clip, drop),
+        # here and in every site process, so the topologies they plan are the ones simulate planned.
+        self.context = context
+        self.setup: SimSetup = prepare(self.scenario, topologies=topologies, context=context)
         self.topologies = list(self.setup.topologies)
         self.model = self.spec.model_name or self.setup.deployment.model.name
         self.sites = [LOCAL] + (
@@ -136,6 +141,7 @@ class EmulatedClusters:
             "topologies": {t: asdict(p) for t, p in self.setup.topologies.items()},
             "urls": self.urls,
             "emulation": asdict(self.spec),
+            "context": self.context,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -269,6 +275,7 @@ class EmulatedClusters:
                 scenario=str(self.scenario.path),
                 site=site,
                 topologies=self.topologies,
+                context=self.context,
                 emulation=emulation,
                 model=self.model,
                 byte_scale=self.byte_scale,
