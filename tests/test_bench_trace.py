@@ -122,3 +122,18 @@ def test_replay_hits_the_prefix_cache_where_simulate_does(root, bench_run, topol
     same = pd.Series(rep.cached_tokens.to_numpy() == sim.cached_tokens.to_numpy())
     assert same.mean() >= 0.9, same.mean()
     assert (sim.cached_tokens > 0).mean() >= 0.5
+
+
+def test_serve_takes_the_context_rule_for_an_over_long_trace(tmp_path):
+    # Without root: the rule is applied when the clusters are described, before any process starts;
+    # the sites get it in their config (test above: they plan under it too).
+    from harness.emulation.clusters import EmulatedClusters
+    from harness.errors import InputError
+
+    path = _scenario(tmp_path)
+    with pytest.raises(InputError, match="exceed the model's context of 32,768 tokens"):
+        EmulatedClusters(path, netns=False)
+    for policy in ("clip", "drop"):
+        clusters = EmulatedClusters(path, netns=False, context=policy)
+        assert clusters.context == policy
+        assert clusters.setup.deployment.workload.context.policy == policy
