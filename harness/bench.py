@@ -3,6 +3,7 @@
     results/bench-<stamp>/
       plan.json, plan_sweep_{bandwidth,threshold,split}.csv   the analytic planner
       capacity/     simulate --find-max-rate: Λ_max per topology in virtual time
+      workload.json which requests the paired stages run: source, rows, rate, arrivals, context rule
       simulate/     the replay's exact workload, simulated (the paired reference for replay)
       replay/       the same workload replayed over HTTP against the emulated clusters
       report.html   the dashboard; analysis.json the numbers behind it
@@ -10,6 +11,11 @@
 Every stage is a library call (plan: ``harness.model``, simulate: ``harness.serving``, serve:
 ``harness.emulation``, replay: ``harness.loadgen``, analysis: ``harness.analysis``); this module only
 chooses the workload both time-based stages share and wires the stages together.
+
+The paired workload is the one ``simulate --rate R --requests N`` builds (``build_workload``): on a
+trace scenario, the trace's first ``replay_requests`` rows as they are — prompt and output lengths,
+prefix block ids — re-timed to Poisson arrivals at the rate under test; on a synthetic one, requests
+drawn from its distribution. The Λ_max search, too, runs on the trace when there is one.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.errors import InputError, ScenarioError
 from harness.jsonsafe import json_safe
 from harness.scenario import load_scenario
-from harness.traces.context import ContextPolicy, fit_context
+from harness.traces.context import ContextFit, ContextPolicy
+from harness.traces.frame import Trace
 
 Say = Callable[[str], None]
 
@@ -78,7 +87,7 @@ def run_bench(
     from harness.model.study import plan_deployment, standard_sweeps
     from harness.serving.config import prepare
     from harness.serving.run import SimulateRequest, simulate
-    from harness.serving.workload import synthetic_trace
+    from harness.serving.workload import build_workload
 
     started = time.monotonic()
     scenario = load_scenario(scenario_path)  # every table is validated before anything runs
@@ -115,10 +124,16 @@ def run_bench(
 
     # 2. Capacity in virtual time: the highest Poisson rate meeting the SLO, per topology.
     t = _stage(say, 2, total, f"simulate: Λ_max search, {spec.capacity_requests} requests per probe")
+    source = deployment.workload.read  # the trace as read (the context rule applies per stage), or None
     capacity = simulate(
         setup,
         SimulateRequest(
-            find_max_rate=True, requests=spec.capacity_requests, seed=spec.seed, out_dir=out_dir / "capacity"
+            trace=source,
+            find_max_rate=True,
+            requests=spec.capacity_requests,
+            seed=spec.seed,
+            context=context,
+            out_dir=out_dir / "capacity",
         ),
     )
     _flatten(out_dir / "capacity")
@@ -130,21 +145,27 @@ def run_bench(
 
     # 3. The paired workload, simulated.
     rate = spec.replay_rate_rps or round(0.75 * min(lambdas.values()), 2)
-    # Replay sends exactly what simulate runs: prompts clipped to the context as simulate clips them.
-    trace, fit = fit_context(
-        synthetic_trace(setup, spec.replay_requests, rate, spec.seed), deployment.model.context_length, "clip"
+    # One workload for both stages, built once: replay sends exactly the requests simulate runs.
+    trace, fit = build_workload(
+        setup, trace=source, rate=rate, seed=spec.seed, requests=spec.replay_requests, context=context
     )
+    workload = _describe_workload(trace, fit, source=source, rate=rate, seed=spec.seed)
+    (out_dir / "workload.json").write_text(json.dumps(json_safe(workload), indent=2) + "\n")
     t = _stage(say, 3, total, f"simulate: {len(trace)} requests at {rate:g} req/s on every topology")
-    simulate(setup, SimulateRequest(trace=trace, seed=spec.seed, out_dir=out_dir / "simulate"))
+    say(f"      {workload['rows']}")
+    simulate(
+        setup, SimulateRequest(trace=trace, seed=spec.seed, context=context, out_dir=out_dir / "simulate")
+    )
     _flatten(out_dir / "simulate")
     say(f"      done ({_since(t)})")
 
     # 4. The same requests over HTTP against the emulated clusters, KV across the shaped link.
     t = _stage(say, 4, total, "serve + replay: emulated clusters over real HTTP and a shaped link")
     # Its own namespace prefix, so a bench never sweeps (or trips over) a `serve` the user left running.
-    # Link events start again at each topology's replay start (its run clock's zero), as in simulate.
+    # The sites plan their topologies as simulate did (the same context rule), and link events start
+    # again at each topology's replay start (its run clock's zero), as in simulate.
     with EmulatedClusters(
-        scenario, speedup=spec.speedup, netns=netns, prefix=prefix, events_from="arm"
+        scenario, speedup=spec.speedup, netns=netns, prefix=prefix, context=context, events_from="arm"
     ) as clusters:
         s = clusters.spec.speedup
         emu = clusters.describe()
@@ -175,6 +196,7 @@ def run_bench(
                 "scenario": str(scenario.path),
                 "config_warnings": warnings + clusters.warnings,
                 "context": fit.as_dict(),
+                "workload": workload,
             },
             on_start=lambda name, t0: clusters.arm_events(t0, label=name),
         )
@@ -199,6 +221,35 @@ def run_bench(
         backend=emu["backend"],
         seconds=time.monotonic() - started,
     )
+
+
+def _describe_workload(
+    trace: Trace, fit: ContextFit, *, source: Trace | None, rate: float, seed: int
+) -> dict[str, Any]:
+    """What the paired stages run, for ``workload.json`` and the replay's meta.json."""
+    n = len(trace) + (fit.rows if fit.policy == "drop" else 0)  # rows taken from the trace
+    blocks = int(trace.hash_offsets[-1])
+    repeated = blocks - len(np.unique(trace.hash_values))  # blocks an earlier row already named
+    rows = (
+        f"trace rows 0–{n - 1} of {len(source):,}: their prompt and output lengths and prefix blocks "
+        f"({repeated:,} of {blocks:,} repeat an earlier row's); arrivals re-timed to Poisson({rate:g}/s)"
+        if source is not None
+        else f"{len(trace)} synthetic requests, Poisson({rate:g}/s)"
+    )
+    if fit.rows:
+        rows += f"; {fit.describe()}"
+    return {
+        "kind": "synthetic" if source is None else "trace",
+        "source": trace.source,
+        "rows": rows,
+        "first_rows": None if source is None else n,
+        "requests": len(trace),
+        "prefix_blocks": blocks,
+        "repeated_blocks": repeated,
+        "rate_rps": rate,
+        "arrivals": f"Poisson({rate:g}/s) seed={seed}",
+        "context": fit.as_dict(),
+    }
 
 
 def _flatten(parent: Path) -> None:

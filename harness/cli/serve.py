@@ -7,7 +7,7 @@ import time
 
 import click
 
-from harness.cli._options import parse_names, warn
+from harness.cli._options import context_options, context_policy, parse_names, warn
 from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
 from harness.errors import ScenarioError
 from harness.lifeline import exit_on_signals
@@ -40,8 +40,20 @@ _ZERO = {"first-request": "the first request", "ready": "now (serve is ready)"}
     help="Zero of the run clock [[network.events]] count from: the first request, or serve being ready.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
+@context_options
 def command(
-    scenario, speedup, netns, port_base, topologies, kv_rate_mbit, connections, prefix, events_from, as_json
+    scenario,
+    speedup,
+    netns,
+    port_base,
+    topologies,
+    kv_rate_mbit,
+    connections,
+    prefix,
+    events_from,
+    as_json,
+    clip,
+    drop,
 ) -> None:
     """Bring up one process per site, print the endpoint URLs, and serve until Ctrl-C.
 
@@ -61,6 +73,7 @@ def command(
         connections=connections,
         prefix=prefix,
         events_from=events_from,
+        context=context_policy(clip, drop),  # a trace workload's over-long rows, as in plan and simulate
     )
     warn(clusters.scenario.warnings("serve", speedup=clusters.spec.speedup))
     # Forked helpers (pyroute2's) get the default action back, so only serve itself unwinds.

@@ -46,6 +46,7 @@ from harness.scenario import Scenario, load_scenario
 from harness.serving.build import LOCAL, REMOTE
 from harness.serving.config import SimSetup, prepare
 from harness.serving.linkevents import SERVED, events_meta, model_timeline, with_link_delay
+from harness.traces.context import ContextPolicy
 
 DEFAULT_PREFIX = "pfbsv-"
 _READY_TIMEOUT_S = 60.0
@@ -76,13 +77,17 @@ class EmulatedClusters:
         connections: int | None = None,
         prefix: str = DEFAULT_PREFIX,
         events_from: str = "first-request",
+        context: ContextPolicy = "refuse",
     ) -> None:
         if events_from not in EVENTS_FROM:
             raise ValueError(f"events_from must be one of {EVENTS_FROM}, got {events_from!r}")
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         flags = {"speedup": speedup, "kv_rate_mbit": kv_rate_mbit, "connections": connections}
         self.spec: EmulationSpec = override(self.scenario.config.emulation, flags)
-        self.setup: SimSetup = prepare(self.scenario, topologies=topologies)
+        # A trace workload's rows beyond the model's context follow ``context`` (refuse, clip, drop),
+        # here and in every site process, so the topologies they plan are the ones simulate planned.
+        self.context = context
+        self.setup: SimSetup = prepare(self.scenario, topologies=topologies, context=context)
         self.topologies = list(self.setup.topologies)
         self.model = self.spec.model_name or self.setup.deployment.model.name
         self.sites = [LOCAL] + (
@@ -144,6 +149,7 @@ class EmulatedClusters:
             "urls": self.urls,
             "emulation": asdict(self.spec),
             "link_events_from": self.events_from if self._changes else None,
+            "context": self.context,
         }
 
     @property
@@ -307,6 +313,7 @@ class EmulatedClusters:
                 scenario=str(self.scenario.path),
                 site=site,
                 topologies=self.topologies,
+                context=self.context,
                 emulation=emulation,
                 model=self.model,
                 byte_scale=self.byte_scale,

@@ -32,6 +32,7 @@ from harness.emulation.spec import EmulationSpec
 from harness.emulation.wire import WallClock
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
+from harness.traces.context import ContextPolicy
 
 READY = "READY"
 FIRST_REQUEST = "FIRST-REQUEST"
@@ -44,6 +45,7 @@ class SiteConfig:
     scenario: str
     site: str
     topologies: list[str]
+    context: ContextPolicy  # the rule for a trace's prompts beyond the context (as the parent's)
     emulation: dict
     model: str
     byte_scale: float
@@ -75,7 +77,7 @@ def receive_sockets(names: list[str], channel: socket.socket) -> dict[str, socke
 async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: asyncio.Event) -> None:
     """Serve ``config``'s site until ``stop`` is set; everything opened here is closed on the way out."""
     spec = EmulationSpec(**config.emulation)
-    setup = prepare(load_scenario(config.scenario), topologies=config.topologies)
+    setup = prepare(load_scenario(config.scenario), topologies=config.topologies, context=config.context)
     s = spec.speedup
     pace = None if config.app_pace_mbit is None else config.app_pace_mbit * 1e6 / 8 / s  # bytes per loop s
     delay_loop_s = config.app_delay_ms / 1e3 * s
