@@ -145,7 +145,9 @@ def _wait_for_records(path, n: int, proc) -> None:
     ("workers", "mode"), [(1, []), (2, []), (1, ["--rate", "inf", "--concurrency", "4"])]
 )
 def test_sigint_keeps_every_record_and_marks_the_run_incomplete(tmp_path, workers, mode):
-    trace = _mooncake_file(tmp_path / "t.jsonl", 40, gap_ms=50, n_out=40)
+    trace = _mooncake_file(
+        tmp_path / "t.jsonl", 40, gap_ms=500, n_out=40
+    )  # arrivals spread over 20 s: Ctrl-C lands mid-run even on a loaded machine
     out = tmp_path / "run"
     with ServerThread(FakeServer(itl_s=0.05)) as srv:  # 2 s per request: many in flight at Ctrl-C
         cmd = [sys.executable, "-m", "harness", "replay", "--endpoint", srv.url, "--model", "m", "--trace", trace,

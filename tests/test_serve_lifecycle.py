@@ -106,7 +106,8 @@ def test_ctrl_c_or_sigterm_removes_processes_and_namespaces(root, sig):
         sites = _site_pids(proc.pid)
         assert len(sites) == 2 and len(_namespaces(prefix)) == 2
         os.kill(proc.pid, sig)
-        assert proc.wait(timeout=30) != 0
+        # Teardown (site processes, relays, namespaces) is slow, not hung, on a loaded machine: wait long.
+        assert proc.wait(timeout=120) != 0
         assert _wait_gone(sites) == []
         assert _namespaces(prefix) == []
     finally:
