@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ SHARED_TRACES = REPO.parent / "shared" / "traces"
 MOONCAKE = SHARED_TRACES / "mooncake_conversation_trace.jsonl"
 AZURE_CODE = SHARED_TRACES / "azure_llm_2023_code.csv"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would
+# every process the tests start (Python keeps an inherited SIG_IGN): the Ctrl-C tests would then send a
+# signal nobody hears. Catching it here makes it the default again in every child after exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def need(condition: bool, reason: str) -> None:
