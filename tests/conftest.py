@@ -66,3 +66,18 @@ def net_prefix(name: str) -> str:
     """A network prefix of this test session: "pfb" + a 2-character session tag + ``name`` + "-"
     (``name`` at most 3 characters), so test runs of two checkouts on one host never share one."""
     return f"pfb{RUN_TAG}{name}-"
+
+
+@pytest.fixture(scope="session")
+def real_vllm(tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM (CPU build) serving a tiny random-weight Llama, shared by the whole session.
+
+    Needs the cached venv of ``make vllm-venv``; starting takes about two minutes on two cores."""
+    from realengine.vllm import VENV, VllmServer, build_tiny_model, vllm_python
+
+    python = vllm_python()
+    need(python is not None, f"no vLLM venv at {VENV} (make vllm-venv installs it: ~3.5 GB, several minutes)")
+    work = tmp_path_factory.mktemp("vllm")
+    model = build_tiny_model(work / "model", python)
+    with VllmServer(python, model, work / "server.log") as server:
+        yield server
