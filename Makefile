@@ -11,8 +11,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python  ## venv + editable install
+# The editable install is redone only when the package's metadata changes (code edits need none).
+$(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
+	@touch $@
+
+install: $(VENV)/.installed  ## venv + editable install (skipped when nothing changed)
 
 install-test: $(BIN)/python  ## install with test extras and system test tools (Chromium when root)
 	$(BIN)/pip install -q -e '.[test]'
@@ -46,11 +50,12 @@ lint: install-test
 plan: install
 	$(PB) plan $(SCENARIO)
 
+# BENCH_ARGS passes flags through, e.g. two benches on one host: make bench BENCH_ARGS="--prefix pfbb2-"
 bench: install  ## the README's main command: plan, simulate, serve + replay, analyse, report
-	$(PB) bench $(SCENARIO)
+	$(PB) bench $(BENCH_ARGS) $(SCENARIO)
 
-bench-quick: install  ## the same, small (about a minute)
-	$(PB) bench --quick $(SCENARIO)
+bench-quick: install  ## the same, small (about 3 minutes)
+	$(PB) bench --quick $(BENCH_ARGS) $(SCENARIO)
 
 clean:
 	rm -rf $(VENV) .venv-3.* build *.egg-info .pytest_cache .ruff_cache

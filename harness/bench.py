@@ -104,13 +104,9 @@ def run_bench(
         )
     for line in warnings:  # after every check, so a bad scenario's error is the only line
         warn(f"warning: {line}")
-    out_dir = Path(out_root) / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=False)
-    except OSError as exc:
-        raise InputError(
-            f"cannot create the run directory ({exc.strerror or exc})", where=str(out_dir)
-        ) from None
+    out_dir = _new_run_dir(
+        Path(out_root), f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}"
+    )
     total = 5
 
     # 1. The analytic plan and its sweeps.
@@ -250,6 +246,23 @@ def _describe_workload(
         "arrivals": f"Poisson({rate:g}/s) seed={seed}",
         "context": fit.as_dict(),
     }
+
+
+def _new_run_dir(root: Path, name: str) -> Path:
+    """``root/name``, or ``root/name-2``, ``-3``… when another run started in the same second: two
+    benches on one host never share (or refuse) a directory."""
+    for n in range(1, 1000):
+        out_dir = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=False)
+            return out_dir
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise InputError(
+                f"cannot create the run directory ({exc.strerror or exc})", where=str(out_dir)
+            ) from None
+    raise InputError("no free run directory name", where=str(root / name))
 
 
 def _flatten(parent: Path) -> None:

@@ -164,3 +164,16 @@ def test_bench_cli_unusable_out_is_one_line(tmp_path):
     # The case study's knobs that bench overrides are warned about first; the error is one line.
     errors = [line for line in res.stderr.splitlines() if not line.startswith("warning: ")]
     assert len(errors) == 1 and str(blocker / "sub") in errors[0] and errors[0].startswith("error: ")
+
+
+def test_two_benches_started_in_the_same_second_get_separate_run_directories(tmp_path):
+    """The run directory is named by the second a bench starts: a second bench in that second gets
+    ``-2`` instead of failing (or writing into the first one's directory)."""
+    from harness.bench import _new_run_dir
+
+    first = _new_run_dir(tmp_path, "bench-20261201-120000")
+    (first / "records.jsonl").write_text("{}\n")
+    second = _new_run_dir(tmp_path, "bench-20261201-120000")
+    assert first != second and second.name == "bench-20261201-120000-2"
+    assert first.is_dir() and second.is_dir() and not any(second.iterdir())
+    assert (first / "records.jsonl").read_text() == "{}\n"
