@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import net_prefix as P
 from synthetic_runs import SyntheticTopology, write_synthetic_run
 
 from harness.analysis import analyze, load_bundle
@@ -96,7 +97,7 @@ def test_quick_bench_end_to_end(root, tmp_path):
         + "[bench]\nspeedup = 4\nreplay_requests = 30\ncapacity_requests = 300\n"
     )
     res = CliRunner().invoke(
-        main, ["bench", str(scenario), "--out", str(tmp_path / "out"), "--quiet", "--prefix", "pfbbt-"]
+        main, ["bench", str(scenario), "--out", str(tmp_path / "out"), "--quiet", "--prefix", P("bt")]
     )
     assert res.exit_code == 0, res.output
     (out,) = (tmp_path / "out").iterdir()
@@ -105,6 +106,7 @@ def test_quick_bench_end_to_end(root, tmp_path):
         assert (out / f).is_file(), f
     assert f"report: {out / 'report.html'}" in res.output
     assert "plan (Λ_max): prfaas vs homogeneous 1.56×" in res.output  # the headline closes the output
+    assert res.output.count("plan (Λ_max): ") == 1  # and is printed once, not also above the summary
 
     result = json.loads((out / "analysis.json").read_text())
     side = result["side_by_side"]
@@ -112,12 +114,19 @@ def test_quick_bench_end_to_end(root, tmp_path):
         sim, rep = side[name]["simulate"], side[name]["replay"]
         # The same router decides on the same requests in both: the same share goes remote.
         assert rep["offload_share"] == pytest.approx(sim["offload_share"])
-        assert rep["ttft_p50_s"] == pytest.approx(sim["ttft_p50_s"], rel=0.25), name
+        # Latencies agree when the replay could be trusted; otherwise bench must say it could not
+        # (issue 12: never an invalid comparison presented as a finding).
+        if result["validity"] == "valid":
+            assert rep["ttft_p50_s"] == pytest.approx(sim["ttft_p50_s"], rel=0.25), name
+        else:
+            assert result["validity"].startswith("invalid: ")
+            assert "replay (vs homogeneous): invalid: " in res.output
+            assert "INVALID RUNS, not a finding" in res.output
     meta = json.loads((out / "replay" / "meta.json").read_text())
     assert meta["complete"] and meta["time_scale"] == 4 and meta["shaping_backend"] != "loopback"
     # Nothing left behind: the bench's namespaces are gone.
     leftover = (
-        [n for n in os.listdir("/run/netns") if n.startswith("pfbbt-")] if Path("/run/netns").is_dir() else []
+        [n for n in os.listdir("/run/netns") if n.startswith(P("bt"))] if Path("/run/netns").is_dir() else []
     )
     assert leftover == []
 

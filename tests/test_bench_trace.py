@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import net_prefix as P
 
 from harness.bench import run_bench
 from harness.records import read_records
@@ -60,7 +61,7 @@ def bench_run(tmp_path_factory):
         return
     result = run_bench(
         _scenario(tmp), out_root=tmp / "out", say=lambda _: None, warn=lambda _: None,
-        progress=False, prefix="pfbbtr-", context="clip",
+        progress=False, prefix=P("btr"), context="clip",
     )  # fmt: skip
     yield result.out_dir
 

@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import net_prefix as P
 
 REPO = Path(__file__).resolve().parent.parent
 REQUESTS = 40
@@ -57,7 +58,7 @@ def matrix(tmp_path_factory):
     def get(name: str) -> tuple[list[dict], float]:
         if name not in runs:
             run_dir = fidelity.run_workload(
-                name, tmp, prefix="pfbfdt-", use_slice=True, replay_requests=REQUESTS, capacity_requests=300
+                name, tmp, prefix=P("fdt"), use_slice=True, replay_requests=REQUESTS, capacity_requests=300
             )
             meta = json.loads((run_dir / "replay" / "meta.json").read_text())
             assert meta["complete"] and meta["shaping_backend"] != "loopback"

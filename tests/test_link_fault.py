@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import net_prefix as P
 
 from harness.analysis import load_bundle
 from harness.analysis.figures import latency_over_time, link_utilisation
@@ -175,7 +176,7 @@ def test_bench_replays_the_fault_over_the_shaped_link_as_simulate_does(root, tmp
 
     res = CliRunner().invoke(
         main,
-        ["bench", str(_small(tmp_path)), "--out", str(tmp_path / "out"), "--quiet", "--prefix", "pfbfl-"],
+        ["bench", str(_small(tmp_path)), "--out", str(tmp_path / "out"), "--quiet", "--prefix", P("fl")],
     )
     assert res.exit_code == 0, res.output
     (out,) = (tmp_path / "out").iterdir()
@@ -206,7 +207,7 @@ def test_bench_replays_the_fault_over_the_shaped_link_as_simulate_does(root, tmp
     assert (out / "report.html").stat().st_size > 1_000_000
     assert json.loads((out / "simulate" / "meta.json").read_text())["link_events"]["events"] == meta["events"]
     leftover = (
-        [n for n in os.listdir("/run/netns") if n.startswith("pfbfl-")] if Path("/run/netns").is_dir() else []
+        [n for n in os.listdir("/run/netns") if n.startswith(P("fl"))] if Path("/run/netns").is_dir() else []
     )
     assert leftover == []
 
@@ -219,7 +220,7 @@ def test_serve_starts_the_events_at_the_first_request(root, tmp_path):
 
     from harness.emulation.clusters import EmulatedClusters
 
-    with EmulatedClusters(_small(tmp_path), speedup=10, topologies=["prfaas"], prefix="pfbff-") as c:
+    with EmulatedClusters(_small(tmp_path), speedup=10, topologies=["prfaas"], prefix=P("ff")) as c:
         assert c.link_events()["applied"] == {}  # serving, but the run clock has not started
         body = {"model": c.model, "prompt": "w " * 500, "max_tokens": 2}
         req = urllib.request.Request(

@@ -65,6 +65,20 @@ def test_an_invalid_replay_prints_its_reasons_instead_of_ratios(tmp_path):
     assert '<div class="validity invalid">' in page and "client send-lag p99 160.0 ms" in page
 
 
+def test_an_invalid_comparison_table_says_so_in_its_title(tmp_path):
+    """The terminal's ratio table of invalid runs is titled as not a finding; simulate's is not."""
+    from rich.console import Console
+
+    from harness.analysis.tables import print_tables
+
+    _, result = _runs(tmp_path, INVALID)
+    console = Console(width=200, record=True)
+    print_tables(result, console)
+    titles = [line for line in console.export_text().splitlines() if "(ratio [95% bootstrap CI])" in line]
+    assert any(t.startswith("replay: vs homogeneous") and "INVALID RUNS, not a finding" in t for t in titles)
+    assert any(t.startswith("simulate: vs homogeneous") and "INVALID" not in t for t in titles)
+
+
 def test_a_valid_replay_keeps_its_ratios_and_a_green_banner(tmp_path):
     bundle, result = _runs(tmp_path, "valid")
     assert result["validity"] == "valid"

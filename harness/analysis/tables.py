@@ -105,7 +105,12 @@ def breakdown_table(result: Mapping[str, Any]) -> Table:
 
 
 def comparison_table(source: str, comp: Mapping[str, Any]) -> Table:
-    t = Table(title=f"{source}: vs {comp['baseline']} (ratio [95% bootstrap CI])", title_justify="left")
+    """Ratios against the baseline; an invalid comparison says so in its title, in red, so its ratios are
+    never read as a finding."""
+    title = f"{source}: vs {comp['baseline']} (ratio [95% bootstrap CI])"
+    if _invalid(comp.get("validity")):
+        title = f"[bold red]{title}: INVALID RUNS, not a finding (see validity above)[/]"
+    t = Table(title=title, title_justify="left")
     for h in (
         "topology",
         "throughput",
@@ -199,15 +204,16 @@ def _source_verdict(result: Mapping[str, Any], source: str) -> str | None:
     return next((v for v in verdicts if _invalid(v)), None)
 
 
-def render(result: Mapping[str, Any]) -> Group:
-    """All tables for a terminal: per topology, breakdown, comparisons, side by side, notes."""
+def render(result: Mapping[str, Any], with_headline: bool = True) -> Group:
+    """All tables for a terminal: per topology, breakdown, comparisons, side by side, notes, and the
+    headline lines unless the caller prints them itself (bench, after its run summary)."""
     parts: list[Any] = [validity_line(result)] if result.get("validity") else []
     parts += [main_table(result), breakdown_table(result)] if result["topologies"] else []
     parts += [comparison_table(src, comp) for src, comp in result["comparison"].items()]
     if show_side_by_side(result["side_by_side"]):
         parts.append(side_by_side_table(result["side_by_side"]))
     parts += [f"[yellow]note:[/] {n}" for n in result["notes"]]
-    parts += [f"[bold]{line}[/]" for line in headline(result)]
+    parts += [f"[bold]{line}[/]" for line in headline(result)] if with_headline else []
     return Group(*parts)
 
 
@@ -218,8 +224,10 @@ def validity_line(result: Mapping[str, Any]) -> Text:
     return Text(f"validity: {verdict}", style=style)
 
 
-def print_tables(result: Mapping[str, Any], console: Console | None = None) -> None:
-    (console or Console(width=200)).print(render(result))
+def print_tables(
+    result: Mapping[str, Any], console: Console | None = None, with_headline: bool = True
+) -> None:
+    (console or Console(width=200)).print(render(result, with_headline))
 
 
 def write_csv(result: Mapping[str, Any], path: str | Path) -> Path:

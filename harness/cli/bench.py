@@ -56,7 +56,7 @@ def command(
         prefix=prefix,
         context=context_policy(clip, drop),
     )
-    print_tables(result.analysis)
+    print_tables(result.analysis, with_headline=False)  # printed once, below
     click.echo("")
     click.echo(f"shaping backend: {result.backend}; finished in {result.seconds:.0f} s")
     click.echo(f"report: {result.report}")
