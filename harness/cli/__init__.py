@@ -15,6 +15,13 @@ from harness.errors import HarnessError
 
 
 class _Root(click.Group):
+    # --help lists the commands in the order of the work (then any others), not alphabetically.
+    ORDER = ("bench", "plan", "simulate", "serve", "replay", "analyze", "report", "compare", "trace", "net")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return [n for n in self.ORDER if n in names] + [n for n in names if n not in self.ORDER]
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -37,18 +44,12 @@ class _Root(click.Group):
 def main() -> None:
     """Benchmark cross-datacenter prefill/decode disaggregation (Prefill-as-a-Service, PrfaaS).
 
-    \b
-    bench      the main job: plan, simulate, replay, analyse, report
-    plan       analytic throughput model (the PrfaaS paper's equations), grid search, sweeps
-    simulate   discrete-event simulation of the serving stack in virtual time
-    serve      emulated clusters over real HTTP on a shaped inter-site link
-    replay     replay a trace against OpenAI-compatible endpoints
-    analyze    metrics and the three-way comparison; report: Plotly dashboard
-    fake-server  an OpenAI-compatible server with set timings, to check a pipeline
+    Start with `bench SCENARIO` (plan, simulate, serve + replay, analyse, report); each stage is also a
+    command of its own. `COMMAND --help` explains one.
     """
 
 
-# Sub-commands (click lists them alphabetically in --help); each module defines ``command``. Plain
+# Sub-commands; each module defines ``command``. Plain
 # imports, so a missing or broken module is an ImportError, not a silently absent command.
 from harness.cli import analyze, bench, compare, fakeserver, net, plan, replay, report, serve, simulate, trace  # noqa: E402
 

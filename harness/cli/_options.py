@@ -46,6 +46,18 @@ def context_options(command):
     )(command)
 
 
+def prefix_option(default: str, what: str):
+    """``--prefix``: the name prefix of everything a run creates; one rule, said the same way everywhere."""
+    return click.option(
+        "--prefix",
+        default=default,
+        show_default=True,
+        help=f"Name prefix of {what}: 'pfb', lowercase letters or digits, then '-', at most 12 "
+        "characters (e.g. pfbb2-). A prefix is owned by one live run; give a second run on this host "
+        "its own.",
+    )
+
+
 def context_policy(clip: bool, drop: bool) -> ContextPolicy:
     """The policy ``--clip`` / ``--drop`` choose (``refuse`` without either)."""
     if clip and drop:

@@ -6,24 +6,26 @@ import click
 
 from harness.analysis.tables import print_tables
 from harness.bench import run_bench
-from harness.cli._options import context_options, context_policy
+from harness.cli._options import context_options, context_policy, prefix_option
 
 
 @click.command("bench")
 @click.argument("scenario", type=click.Path(dir_okay=False), default="workloads/paper-case-study.toml")
 @click.option("--quick", is_flag=True, help="Small stages (the scenario's [bench.quick]); about 3 minutes.")
-@click.option("--out", "out_root", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    "out_root",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the run directory (bench-<time>) is created.",
+)
 @click.option(
     "--netns/--no-netns",
     default=None,
     help="Sites in network namespaces on a shaped link (default when root), or loopback (labelled).",
 )
-@click.option(
-    "--prefix",
-    default="pfbbn-",
-    show_default=True,
-    help="Namespace prefix of the emulated sites (distinct from serve's, so neither sweeps the other).",
-)
+@prefix_option("pfbbn-", "the emulated sites' namespaces, links and relays (distinct from serve's)")
 @click.option("--quiet", is_flag=True, help="No progress bars (stage lines still print).")
 @context_options
 def command(

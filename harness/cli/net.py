@@ -8,18 +8,11 @@ import time
 
 import click
 
-from harness.cli._options import warn
+from harness.cli._options import prefix_option, warn
 from harness.errors import CapabilityError, ScenarioError
 from harness.scenario import load_scenario
 
-
-def _prefix_option(f):
-    return click.option(
-        "--prefix",
-        default="pfb-",
-        show_default=True,
-        help="Name prefix of every object (namespaces pfb-<site>); one network per prefix.",
-    )(f)
+_prefix_option = prefix_option("pfb-", "every object (namespaces <prefix><site>); one network per prefix")
 
 
 @click.group("net")

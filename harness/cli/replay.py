@@ -113,7 +113,13 @@ def _scenario_context(path: str | None) -> int | None:
     "--model", default=None, help="Model name sent in every request (required here or in [replay])."
 )
 @click.option("--name", default=None, help="Topology name of a single endpoint (default: 'default').")
-@click.option("--api", type=click.Choice(APIS), default="completions", show_default=True)
+@click.option(
+    "--api",
+    type=click.Choice(APIS),
+    default="completions",
+    show_default=True,
+    help="/v1/completions (prompt text) or /v1/chat/completions (one user message).",
+)
 @click.option(
     "--trace",
     "trace_path",
@@ -169,17 +175,43 @@ def _scenario_context(path: str | None) -> int | None:
     default=None,
     help="Closed loop (with --rate inf) or a cap on in-flight requests.",
 )
-@click.option("--max-requests", type=int, default=None)
+@click.option(
+    "--max-requests",
+    type=int,
+    default=None,
+    help="Requests to send: the schedule's first N (with --rate or a closed loop the trace's rows are "
+    "taken in order and cycle).",
+)
 @click.option("--duration", type=float, default=None, help="Seconds of schedule to run.")
 @click.option("--warmup", type=float, default=0.0, help="Mark requests of the first S seconds as warmup.")
 @click.option("--cooldown", type=float, default=0.0, help="Mark requests of the last S seconds as cooldown.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for synthetic arrivals and prompt text."
+)
 @click.option(
     "--workers", type=int, default=1, show_default=True, help="Client processes sharing one schedule."
 )
-@click.option("--timeout-connect", type=float, default=10.0, show_default=True)
-@click.option("--timeout-first-token", type=float, default=600.0, show_default=True)
-@click.option("--timeout-total", type=float, default=3600.0, show_default=True)
+@click.option(
+    "--timeout-connect",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to open a connection (connect_timeout).",
+)
+@click.option(
+    "--timeout-first-token",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds from the send to the first token before the request fails (first_token_timeout).",
+)
+@click.option(
+    "--timeout-total",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds from the send to the stream's end before the request fails (total_timeout).",
+)
 @click.option(
     "--prefill-url", default=None, help="Drive a PD pair directly (vLLM PD-proxy protocol): prefill server."
 )

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from harness.cli._options import context_options, context_policy, parse_names, warn
+from harness.cli._options import context_options, context_policy, parse_names, prefix_option, warn
 from harness.emulation.clusters import DEFAULT_PREFIX, EmulatedClusters
 from harness.errors import ScenarioError
 from harness.lifeline import exit_on_signals
@@ -31,7 +31,7 @@ _ZERO = {"first-request": "the first request", "ready": "now (serve is ready)"}
     "--kv-rate-mbit", type=float, help="Emulated inter-site rate (default: [emulation] kv_rate_mbit)."
 )
 @click.option("--connections", type=int, help="TCP connections per site pair for KV.")
-@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Name prefix of the namespaces.")
+@prefix_option(DEFAULT_PREFIX, "the sites' namespaces, links and relays")
 @click.option(
     "--events-from",
     type=click.Choice(["first-request", "ready"]),

@@ -60,7 +60,14 @@ def _fmt(value, spec: str = ".3g") -> str:
     "--seed", type=int, help="Seed for synthetic lengths and Poisson arrivals (default [simulate] seed)."
 )
 @context_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="results",
+    show_default=True,
+    help="Where the run directory is created.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def command(
     scenario, trace_path, trace_timestamps, rate, rate_sweep, requests, duration, topologies, find_max_rate,
