@@ -46,7 +46,8 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self._thread.start()
-        self._ready.wait(10)
+        if not self._ready.wait(120):  # generous: a busy machine can starve the thread for seconds
+            raise RuntimeError("fake server thread did not start in 120 s")
         if self._error is not None:
             self._thread.join(10)
             raise RuntimeError(f"fake server did not start: {self._error!r}") from self._error

@@ -243,6 +243,9 @@ def serve_fake(server: FakeServer, host: str, port: int, *, on_ready: Callable[[
     asyncio.run(main())
 
 
+START_TIMEOUT_S = 120.0
+
+
 @contextlib.contextmanager
 def fake_server_process(*args: str) -> Iterator[str]:
     """``prfaas-bench fake-server ARGS`` on a free loopback port in its own process; yields its base URL.
@@ -255,16 +258,19 @@ def fake_server_process(*args: str) -> Iterator[str]:
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "harness", "fake-server", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A fresh interpreter importing aiohttp, numpy and pandas takes ~1 s idle but far longer on a busy
+    # machine; the wait ends as soon as the port answers or the process exits.
+    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        for _ in range(200):
+        while True:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             if proc.poll() is not None:
                 raise RuntimeError(f"fake server exited with {proc.returncode}: {' '.join(cmd)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fake server on port {port} did not start in {START_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
-        else:
-            raise RuntimeError(f"fake server on port {port} did not start")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
