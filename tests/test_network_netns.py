@@ -91,7 +91,7 @@ def test_teardown_ends_what_a_spawned_process_left_in_its_session(relay_ok, tmp_
     pid_file = tmp_path / "child.pid"
     table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "rate_mbit": 10}]}
     with _net(table, P("t13")).up() as net:
-        leader = net.spawn("a", ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; exit 0"])
+        leader = net.spawn("a", ["sh", "-c", f"sleep 600 & echo $! > {pid_file}; exit 0"])
         deadline = time.monotonic() + 60
         while start_ticks(leader.pid) is not None and time.monotonic() < deadline:
             time.sleep(0.01)  # until the leader has written the child's pid and exited (a zombie)
