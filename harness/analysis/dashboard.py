@@ -222,6 +222,8 @@ def headline_card(bundle: Bundle, result: Mapping[str, Any]) -> str:
     gain = f'<div class="gain">PrfaaS vs homogeneous: {" · ".join(gains)}</div>' if gains else ""
     verdict = result.get("validity")
     verdict_text = "no measured run (plan and simulate only)" if verdict is None else str(verdict)
+    if verdict_text.startswith("invalid: "):  # the banner above lists the reasons
+        verdict_text = f"invalid ({len(verdict_text.split('; '))} reasons, listed above)"
     ladder = (result.get("capacity_ladder") or {}).get("validity")
     if ladder:
         verdict_text += f"; capacity ladder: {ladder}"
