@@ -95,21 +95,6 @@ def _stage_selector(
                       "xanchor": "left", "y": 1, "yanchor": "bottom", "pad": {"b": 6}, "font": {"size": 11}}]
     )  # fmt: skip
     return fig
-    first = next((s for s in _SHOWN_FIRST if s in stages), stages[0])
-    buttons = [
-        {"label": f"stage: {s}", "method": "update",
-         "args": [{"visible": [t.meta == s for t in fig.data]},
-                  {"xaxis.autorange": True, "yaxis.autorange": True, **layouts.get(s, {})}]}
-        for s in stages
-    ]  # fmt: skip
-    for t in fig.data:
-        t.visible = t.meta == first
-    fig.update_layout(layouts.get(first, {}))
-    fig.update_layout(
-        updatemenus=[{"type": "dropdown", "buttons": buttons, "active": stages.index(first), "x": 0,
-                      "xanchor": "left", "y": 1, "yanchor": "bottom", "pad": {"b": 6}, "font": {"size": 11}}]
-    )  # fmt: skip
-    return fig
 
 
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +108,7 @@ _STAGE_COLOURS = {"plan": "#9ca3af", "capacity search": "#6366f1", "paired simul
                   "simulate": "#0ea5e9", "replay": "#f59e0b"}  # fmt: skip
 
 
-def throughput_bars(result: Mapping[str, Any], bundle: Bundle | None = None) -> go.Figure:
+def throughput_bars(result: Mapping[str, Any], bundle: Bundle) -> go.Figure:
     """Per topology, one bar per stage: the plan's Λ_max, then each run's throughput (95% block-bootstrap
     CI) with its goodput marked on the bar. A bar is always one run; rate sweeps and ladder rungs are
     left to the SLO-attainment-vs-rate panel."""
@@ -131,18 +116,16 @@ def throughput_bars(result: Mapping[str, Any], bundle: Bundle | None = None) -> 
         "Throughput per topology and stage (error bars: 95% bootstrap CI; ▬ goodput)",
         barmode="group", scattermode="group", yaxis={"title": "req/s"},
     )  # fmt: skip
-    stages = run_stages(bundle) if bundle is not None else {}
+    stages = run_stages(bundle)
     plan = result.get("plan") or {}
     if plan.get("topologies"):
         names = list(plan["topologies"])
         fig.add_bar(name="plan Λ_max", x=names, y=[plan["topologies"][n].get("lambda_max") for n in names],
                     offsetgroup="plan", marker_color=_STAGE_COLOURS["plan"])  # fmt: skip
     by_stage: dict[str, list[Mapping[str, Any]]] = {}
-    for key, e in result["topologies"].items():
-        if split_label(e["topology"])[1] is not None:
-            continue
-        label = stages.get(e.get("run_id"), e["source"]) if stages else e["source"]
-        by_stage.setdefault(label if stages or key == e["topology"] else key, []).append(e)
+    for e in result["topologies"].values():
+        if split_label(e["topology"])[1] is None:
+            by_stage.setdefault(stages.get(e.get("run_id"), e["source"]), []).append(e)
     for label in sorted(by_stage, key=stage_order):
         if label.startswith("replay ×"):
             continue
