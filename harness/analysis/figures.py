@@ -317,7 +317,8 @@ def queue_depths(bundle: Bundle) -> go.Figure:
     if stages <= set(from_records):
         fig.layout.title.text = f"{title}: waiting for prefill, from the records"
     elif from_records:
-        fig.layout.title.text = f"{title} ({', '.join(dict.fromkeys(from_records))}: from the records)"
+        stages_text = ", ".join(dict.fromkeys(from_records))
+        fig.layout.title.text = f"{title} ({stages_text}: waiting for prefill, from the records)"
     return _stage_selector(fig)
 
 
