@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_TRACES = REPO.parent / "shared" / "traces"
-MOONCAKE = SHARED_TRACES / "mooncake_conversation_trace.jsonl"
-AZURE_CODE = SHARED_TRACES / "azure_llm_2023_code.csv"
+DATA = REPO / "tests" / "data"  # slices of the real traces, shipped with their licences (data/README.md)
+MOONCAKE_SLICE = DATA / "mooncake_conversation_head300.jsonl"
+AZURE_CODE_SLICE = DATA / "azure_code_2023_head300.csv"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would
@@ -31,15 +31,15 @@ def need(condition: bool, reason: str) -> None:
 
 
 @pytest.fixture
-def mooncake_path() -> Path:
-    need(MOONCAKE.is_file(), f"real trace not found at {MOONCAKE} (../shared/traces beside the checkout)")
-    return MOONCAKE
+def mooncake_slice() -> Path:
+    """The first 300 rows of the Mooncake conversation trace (tests/data; facts in its README)."""
+    return MOONCAKE_SLICE
 
 
 @pytest.fixture
-def azure_code_path() -> Path:
-    need(AZURE_CODE.is_file(), f"real trace not found at {AZURE_CODE} (../shared/traces beside the checkout)")
-    return AZURE_CODE
+def azure_code_slice() -> Path:
+    """The header and first 300 rows of the Azure 2023 code trace (tests/data; facts in its README)."""
+    return AZURE_CODE_SLICE
 
 
 @pytest.fixture

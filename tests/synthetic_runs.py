@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +139,28 @@ def write_synthetic_plan(run_dir: str | Path) -> Path:
         run_dir / "plan_sweep_bandwidth.csv", index=False
     )
     return run_dir
+
+
+def _probes(lam: float) -> list[dict[str, object]]:
+    # A Λ_max search's probes as simulate --find-max-rate records them: passes up to lam, then a failure.
+    return [
+        {"rate_rps": r, "passed": r <= lam, "reason": None if r <= lam else "slo", "detail": "attainment",
+         "attainment": 1.0 if r <= lam else 0.9, "achieved_rps": min(r, lam), "offered_rps": r}
+        for r in (lam / 2, lam * 0.9, lam, lam * 1.1)
+    ]  # fmt: skip
+
+
+def write_synthetic_bench(out: str | Path, topologies: Mapping[str, SyntheticTopology]) -> Path:
+    """A directory laid out as ``make bench`` writes it: plan.json and sweeps, ``capacity/`` (a Λ_max
+    search: simulate at 1.3× each topology's rate, with its probes), ``sim/`` (the paired simulate) and
+    ``rep/`` (the replay of the same topologies, without time series)."""
+    out = Path(out)
+    at_max = {n: replace(t, rate_rps=t.rate_rps * 1.3, queue_s=2.0) for n, t in topologies.items()}
+    summary = {n: {"lambda_max": t.rate_rps, "probes": _probes(t.rate_rps)} for n, t in at_max.items()}
+    write_synthetic_run(
+        out / "capacity", at_max, n=300, seed=11, meta={"find_max_rate": True, "summary": summary}
+    )
+    write_synthetic_run(out / "sim", topologies, n=150)
+    write_synthetic_run(out / "rep", topologies, n=100, source="replay", seed=3, timeseries=False)
+    write_synthetic_plan(out)
+    return out

@@ -39,9 +39,9 @@ def _mooncake_file(path, n: int, gap_ms: int = 100, n_in: int = 600, n_out: int 
     return str(path)
 
 
-def test_done_when_command_on_the_real_trace(tmp_path, mooncake_path):
+def test_done_when_command_on_the_real_trace(tmp_path, mooncake_slice):
     with ServerThread(FakeServer()) as srv:
-        args = ["replay", "--endpoint", srv.url, "--model", "m", "--trace", str(mooncake_path)]
+        args = ["replay", "--endpoint", srv.url, "--model", "m", "--trace", str(mooncake_slice)]
         args += ["--window", "0:60", "--speedup", "10", "--out", str(tmp_path / "run"), "--quiet"]
         res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output

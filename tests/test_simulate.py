@@ -144,9 +144,8 @@ def test_paper_case_study_resolves_to_table_6(paper):
 
 
 # ---------------------------------------------------------------------------------------------- prefix cache
-def test_prefix_cache_hit_ratio_bounded_by_and_approaching_trace_reuse(paper, mooncake_path):
-    trace = read_trace(mooncake_path)
-    trace = trace.take(np.arange(2000))
+def test_prefix_cache_hit_ratio_bounded_by_and_approaching_trace_reuse(paper, mooncake_slice):
+    trace = read_trace(mooncake_slice)  # 300 rows: an 8 GiB cache evicts blocks used again, 64 GiB keeps them
     reuse = prefix_reuse(trace)
     gib = 2**30
     rates = []

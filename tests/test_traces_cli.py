@@ -22,20 +22,21 @@ def run():
     return invoke
 
 
-def test_inspect_mooncake_json(run, mooncake_path):
-    res = run("trace", "inspect", str(mooncake_path), "--json", "--above", "32768")
+def test_inspect_mooncake_json(run, mooncake_slice):
+    res = run("trace", "inspect", str(mooncake_slice), "--json", "--above", "32768")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["requests"] == 12_031 and out["format"] == "mooncake"
-    assert out["input_tokens"]["mean"] == pytest.approx(12_035, abs=1)
-    assert out["share_above"] == {"32768": pytest.approx(0.069, abs=0.001)}
-    assert out["prefix_reuse"] == pytest.approx(0.37, abs=0.01)
+    # the slice's facts (tests/data/README.md)
+    assert out["requests"] == 300 and out["format"] == "mooncake"
+    assert out["input_tokens"]["mean"] == pytest.approx(4_269_971 / 300)
+    assert out["share_above"] == {"32768": pytest.approx(29 / 300)}
+    assert out["prefix_reuse"] == pytest.approx(676 / 8490)
 
 
-def test_inspect_table(run, azure_code_path):
-    res = run("trace", "inspect", str(azure_code_path))
+def test_inspect_table(run, azure_code_slice):
+    res = run("trace", "inspect", str(azure_code_slice))
     assert res.exit_code == 0
-    assert "8,819" in res.output and "prefix reuse    0.0%" in res.output
+    assert "requests        300" in res.output and "prefix reuse    0.0%" in res.output
 
 
 def test_bad_line_exit_2_names_file_and_line(run, tmp_path):
@@ -55,32 +56,33 @@ def test_missing_file_exit_2(run, tmp_path):
     assert res.exit_code == 2 and "nope.jsonl: no such file" in res.output
 
 
-def test_convert_applies_transforms_in_order(run, mooncake_path, tmp_path):
+def test_convert_applies_transforms_in_order(run, mooncake_slice, tmp_path):
     out = tmp_path / "busy.parquet"
     res = run(
-        "trace", "convert", str(mooncake_path), str(out),
-        "--window", "600:600", "--sample", "0.5", "--seed", "3", "--clip", "8192", "--speedup", "2",
+        "trace", "convert", str(mooncake_slice), str(out),
+        "--window", "20:60", "--sample", "0.5", "--seed", "3", "--clip", "8192", "--speedup", "2",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    src = read_trace(mooncake_path)
-    in_window = int(((src.arrival_s >= 600) & (src.arrival_s < 1200)).sum())
+    src = read_trace(mooncake_slice)
+    in_window = int(((src.arrival_s >= 20) & (src.arrival_s < 80)).sum())
     got = read_trace(out)
-    assert len(got) == round(in_window / 2)
-    assert got.arrival_s.max() < 300 and got.input_tokens.max() <= 8192
+    assert len(got) == round(in_window / 2) and in_window > 100
+    assert got.arrival_s.max() < 30 and got.input_tokens.max() <= 8192
+    assert (src.input_tokens[(src.arrival_s >= 20) & (src.arrival_s < 80)] > 8192).any()  # clip has work
     assert np.array_equal(np.diff(got.hash_offsets), -(-got.input_tokens // 512))
     assert f"{len(got):,} requests" in res.output and "clipped" in res.output
 
 
-def test_convert_rate_and_rejections(run, azure_code_path, tmp_path):
+def test_convert_rate_and_rejections(run, azure_code_slice, tmp_path):
     out = tmp_path / "a.parquet"
-    assert run("trace", "convert", str(azure_code_path), str(out), "--rate", "10").exit_code == 0
+    assert run("trace", "convert", str(azure_code_slice), str(out), "--rate", "10").exit_code == 0
     t = read_trace(out)
     assert (len(t) - 1) / t.duration_s == pytest.approx(10.0)
-    res = run("trace", "convert", str(azure_code_path), str(out), "--rate", "10", "--speedup", "2")
+    res = run("trace", "convert", str(azure_code_slice), str(out), "--rate", "10", "--speedup", "2")
     assert res.exit_code == 2 and "only one" in res.output
-    res = run("trace", "convert", str(azure_code_path), str(out), "--window", "1e9:10")
+    res = run("trace", "convert", str(azure_code_slice), str(out), "--window", "1e9:10")
     assert res.exit_code == 2 and "no requests" in res.output
-    res = run("trace", "convert", str(azure_code_path), str(out), "--window", "abc")
+    res = run("trace", "convert", str(azure_code_slice), str(out), "--window", "abc")
     assert res.exit_code == 2 and "START:DURATION" in res.output
 
 
@@ -104,11 +106,11 @@ def test_synth_deterministic_and_described(run, tmp_path):
     assert np.all(ta.output_tokens == 1024)
 
 
-def test_synth_sessions_and_empirical(run, tmp_path, mooncake_path):
+def test_synth_sessions_and_empirical(run, tmp_path, mooncake_slice):
     out = tmp_path / "s.parquet"
     res = run(
         "trace", "synth", str(out), "-n", "300", "--arrival", "gamma:2,3",
-        "--lengths", f"empirical:{mooncake_path}", "--output", f"empirical:{mooncake_path}",
+        "--lengths", f"empirical:{mooncake_slice}", "--output", f"empirical:{mooncake_slice}",
         "--sessions", "turns=3,concurrent=4", "--turn-lengths", "fixed:100",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -139,10 +141,10 @@ def test_synth_bad_specs_exit_2(run, tmp_path, args, message):
     assert not (tmp_path / "x.parquet").exists()
 
 
-def test_output_never_overwrites_a_raw_trace(run, mooncake_path, tmp_path):
+def test_output_never_overwrites_a_raw_trace(run, mooncake_slice, tmp_path):
     # Regression: `trace convert T.jsonl T.jsonl` replaced the source trace with Parquet.
     src = tmp_path / "t.jsonl"
-    src.write_bytes(mooncake_path.read_bytes()[:100_000].rsplit(b"\n", 1)[0] + b"\n")
+    src.write_bytes(mooncake_slice.read_bytes()[:100_000].rsplit(b"\n", 1)[0] + b"\n")
     before = src.read_bytes()
     res = run("trace", "convert", str(src), str(src))
     assert res.exit_code == 2 and str(src) in res.output and "refusing to overwrite" in res.output

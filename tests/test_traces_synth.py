@@ -139,8 +139,8 @@ def test_paper_workload_split():
     assert np.all(t.output_tokens == 1024)
 
 
-def test_empirical_from_real_trace(mooncake_path):
-    real = read_trace(mooncake_path)
+def test_empirical_from_real_trace(mooncake_slice):
+    real = read_trace(mooncake_slice)
     t = synthesize(SynthSpec(30_000, Empirical(real.input_tokens), Poisson(3.0)), 2)
     assert set(np.unique(t.input_tokens)) <= set(np.unique(real.input_tokens))
     assert t.input_tokens.mean() == pytest.approx(real.input_tokens.mean(), rel=0.03)

@@ -1,5 +1,7 @@
-"""One self-contained HTML dashboard: plotly.js embedded (works offline), a header naming the runs,
-the summary and comparison tables, and every figure of :mod:`harness.analysis.figures`."""
+"""One self-contained HTML dashboard: plotly.js embedded (works offline), a header naming the runs, a
+headline card (Λ_max by plan, simulate and replay, the PrfaaS gain, the verdict, what ran where), the
+summary and comparison tables, and every figure of :mod:`harness.analysis.figures`, each under its own
+HTML heading (a heading wraps; a Plotly title would run under the toolbar in a narrow column)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from plotly.offline import get_plotlyjs
 from harness import __version__
 from harness.analysis.figures import all_figures
 from harness.analysis.runs import Bundle
+from harness.analysis.stages import run_stages, stage_order
 from harness.analysis.tables import (
     BREAKDOWN_COLUMNS,
     MAIN_COLUMNS,
@@ -44,7 +47,19 @@ th:first-child, td:first-child { text-align: left; }
 .grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 16px; }
 @media (max-width: 1100px) { .grid { grid-template-columns: minmax(0, 1fr); } }
 .note { color: #92400e; font-size: 13px; }
+section.figure h2 { margin: 4px 0 2px; font-size: 14px; font-weight: 600; }
+.card { border-left: 4px solid #2563eb; }
+.card .gain { font-size: 18px; margin: 10px 0 6px; }
+.card .gain strong { font-size: 22px; }
+.card td.num { font-size: 16px; font-variant-numeric: tabular-nums; }
+.card ul { margin: 6px 0; padding-left: 20px; font-size: 13px; }
 """
+# The toolbar keeps what a reader uses (save as PNG, zoom, pan, reset): fewer buttons, less width.
+_PLOTLY_CONFIG = {
+    "displaylogo": False, "responsive": True,
+    "modeBarButtonsToRemove": ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"],
+}  # fmt: skip
+BASELINE, SUBJECT = "homogeneous", "prfaas"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -60,7 +75,7 @@ def _tables(result: Mapping[str, Any]) -> str:
         [[k, e["source"], *(fmt(e.get(c), kind) for c, _, kind in MAIN_COLUMNS)] for k, e in topo.items()],
     )
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in headline(result))
-    parts = [f"<section><h2>Headline</h2><ul>{lines}</ul></section>"] if lines else []
+    parts = [f"<section><h2>Ratios at equal load</h2><ul>{lines}</ul></section>"] if lines else []
     if topo:
         parts.append(f"<section><h2>Per topology (latencies from the scheduled send)</h2>{main}</section>")
     brk = _table(
@@ -100,6 +115,126 @@ def _tables(result: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def lambda_max_by_stage(result: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """topology → {"plan", "simulate", "replay"} → {"value", "low", "high"} (req/s; None where unknown).
+
+    plan: ``plan.topologies.<t>.lambda_max``; simulate: the Λ_max search (``capacity_ladder.lambda_max.<t>
+    .simulate``, else ``side_by_side.<t>.simulate.lambda_max_rps``); replay: the capacity ladder over HTTP
+    (``capacity_ladder.lambda_max.<t>.replay_ladder`` with its bracket ``capacity_ladder.sources.replay.<t>
+    .low_rps``/``high_rps``), else a replay rate sweep (``lambda_max.replay.<t>.lambda_max_rps``)."""
+    plan = (result.get("plan") or {}).get("topologies") or {}
+    ladder = result.get("capacity_ladder") or {}
+    side, swept = result.get("side_by_side") or {}, (result.get("lambda_max") or {}).get("replay") or {}
+    rungs = (ladder.get("sources") or {}).get("replay") or {}
+    names = [*plan, *(n for n in ladder.get("lambda_max") or {} if n not in plan)]
+    names += [n for n in side if n not in names and "@" not in n]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for n in names:
+        lad = (ladder.get("lambda_max") or {}).get(n) or {}
+        sim = lad.get("simulate", ((side.get(n) or {}).get("simulate") or {}).get("lambda_max_rps"))
+        rep = lad.get("replay_ladder", (swept.get(n) or {}).get("lambda_max_rps"))
+        bracket = rungs.get(n) or {}
+        out[n] = {
+            "plan": {"value": (plan.get(n) or {}).get("lambda_max")},
+            "simulate": {"value": sim},
+            "replay": {"value": rep, "low": bracket.get("low_rps"), "high": bracket.get("high_rps")},
+        }
+    return out
+
+
+def _rate(cell: Mapping[str, Any]) -> str:
+    if cell.get("value") is None:
+        return "–"
+    lo, hi = cell.get("low"), cell.get("high")
+    return f"{cell['value']:.2f}" + ("" if lo is None or hi is None else f" [{lo:.2f}–{hi:.2f}]")
+
+
+def _gains(result: Mapping[str, Any], lams: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    # PrfaaS over homogeneous by stage: Λ_max ratios; replay's with the ladder's 95% interval.
+    if SUBJECT not in lams or BASELINE not in lams:
+        return []
+    ladder_gain = ((result.get("capacity_ladder") or {}).get("gain") or {}).get(
+        f"{SUBJECT}_vs_{BASELINE}"
+    ) or {}
+    out = []
+    for stage in ("plan", "simulate", "replay"):
+        a, b = lams[SUBJECT][stage]["value"], lams[BASELINE][stage]["value"]
+        g = ladder_gain.get("replay_ladder") if stage == "replay" else None
+        if isinstance(g, Mapping) and g.get("value") is not None:
+            ci = "" if g.get("ci_low") is None else f" [{g['ci_low']:.2f}–{g['ci_high']:.2f}] (95% CI)"
+            out.append(f"{stage} <strong>{g['value']:.2f}×</strong>{ci}")
+        elif a and b:
+            out.append(f"{stage} <strong>{a / b:.2f}×</strong>")
+        else:
+            out.append(f"{stage} –")
+    return out
+
+
+def _where(bundle: Bundle, result: Mapping[str, Any]) -> list[str]:
+    # One line per stage: what ran, on what clock, how many requests at which offered rate.
+    stages = run_stages(bundle)
+    by_run = {r.run_id: r for r in bundle.runs}
+    lines = []
+    if result.get("plan"):
+        lines.append(
+            "plan: the paper's closed-form throughput model (§3.4), no queues, grid search over t and N_p/N_d"
+        )
+    for rid, label in sorted(stages.items(), key=lambda kv: stage_order(kv[1])):
+        run = by_run[rid]
+        entries = [e for e in result["topologies"].values() if e.get("run_id") == rid]
+        n = sum(e.get("requests") or 0 for e in entries)
+        rates = sorted({round(e["offered_rps"], 3) for e in entries if e.get("offered_rps") is not None})
+        load = f"{n:,} requests" + (f" at {', '.join(f'{r:g}' for r in rates)} req/s" if rates else "")
+        if run.source == "replay":
+            scale = run.meta.get("time_scale")
+            clock = f"real time over HTTP, link shaped by {run.backend or 'an unrecorded backend'}" + (
+                f", emulator sped up {scale:g}× (read in model seconds)" if scale and scale != 1 else ""
+            )
+        elif run.meta.get("find_max_rate"):
+            clock = "virtual time (the same serving stack), probes at rising rates"
+        else:
+            clock = "virtual time (the same serving stack)"
+        lines.append(
+            f"{label}: {clock}; {load} over {len(entries)} topolog{'y' if len(entries) == 1 else 'ies'}"
+        )
+    return lines
+
+
+def headline_card(bundle: Bundle, result: Mapping[str, Any]) -> str:
+    """The card at the top: Λ_max per topology by plan, simulate and replay, the PrfaaS gain over
+    homogeneous (replay's with its 95% CI), the validity verdict, and what was measured where."""
+    lams = lambda_max_by_stage(result)
+    if not lams and not bundle.runs:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td>"
+        + "".join(f'<td class="num">{html.escape(_rate(v[s]))}</td>' for s in ("plan", "simulate", "replay"))
+        + "</tr>"
+        for n, v in lams.items()
+    )
+    table = (
+        "<table><thead><tr><th>Λ_max (req/s)</th><th>plan</th><th>simulate (Λ_max search)</th>"
+        f"<th>replay over HTTP [bracket]</th></tr></thead><tbody>{rows}</tbody></table>"
+        if rows
+        else ""
+    )
+    gains = _gains(result, lams)
+    gain = f'<div class="gain">PrfaaS vs homogeneous: {" · ".join(gains)}</div>' if gains else ""
+    verdict = result.get("validity")
+    verdict_text = "no measured run (plan and simulate only)" if verdict is None else str(verdict)
+    if verdict_text.startswith("invalid: "):  # the banner above lists the reasons
+        verdict_text = f"invalid ({len(verdict_text.split('; '))} reasons, listed above)"
+    ladder = (result.get("capacity_ladder") or {}).get("validity")
+    if ladder:
+        verdict_text += f"; capacity ladder: {ladder}"
+    where = "".join(f"<li>{html.escape(w)}</li>" for w in _where(bundle, result))
+    return (
+        f'<section class="card"><h2>Headline</h2>{table}{gain}'
+        f"<div><strong>validity:</strong> {html.escape(verdict_text)}</div>"
+        f"<div><strong>measured where:</strong><ul>{where}</ul></div></section>"
+    )
+
+
 def validity_banner(result: Mapping[str, Any]) -> str:
     """The measured runs' verdict across the top: red with every reason when invalid, green when
     valid, amber when unknown; nothing when no run was measured (plan and simulate only)."""
@@ -131,13 +266,7 @@ def render_html(bundle: Bundle, result: Mapping[str, Any], *, title: str = "prfa
         )
         or "no runs (plan only)"
     )
-    figures = "\n".join(
-        '<section class="figure">'
-        + fig.to_html(full_html=False, include_plotlyjs=False, div_id=anchor,
-                      config={"displaylogo": False, "responsive": True})
-        + "</section>"
-        for anchor, fig in all_figures(bundle, result)
-    )  # fmt: skip
+    figures = "\n".join(_figure(anchor, fig) for anchor, fig in all_figures(bundle, result))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -150,6 +279,7 @@ def render_html(bundle: Bundle, result: Mapping[str, Any], *, title: str = "prfa
 </header>
 {validity_banner(result)}
 <main>
+{headline_card(bundle, result)}
 {_tables(result)}
 <div class="grid">
 <!-- a fixed column count: each figure is sized when its script runs, before later items exist -->
@@ -157,6 +287,14 @@ def render_html(bundle: Bundle, result: Mapping[str, Any], *, title: str = "prfa
 </div>
 </main></body></html>
 """
+
+
+def _figure(anchor: str, fig: Any) -> str:
+    # The figure's title becomes the section's heading; the figure keeps only its plot.
+    title = fig.layout.title.text or ""
+    fig.update_layout(title_text=None)
+    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=anchor, config=_PLOTLY_CONFIG)
+    return f'<section class="figure"><h2>{html.escape(title)}</h2>{div}</section>'
 
 
 def write_report(bundle: Bundle, result: Mapping[str, Any], out: str | Path, **kwargs: Any) -> Path:

@@ -1,6 +1,11 @@
 """The dashboard's Plotly figures. Each builder returns a figure; missing data gives a figure that
 says what is missing instead of an error, so the page always has every panel. The timelines (latency
-over time, link) shade the link events a run went through (its meta.json's ``link_events``)."""
+over time, link) shade the link events a run went through (its meta.json's ``link_events``).
+
+Every trace and every bar is one run's one topology, named by topology and grouped in the legend by
+its stage (:mod:`harness.analysis.stages`); colour is the topology's in every figure. Timelines of
+several stages show one stage at a time, chosen with a selector: their clocks differ (a capacity
+search runs for many model minutes, a paired run for one)."""
 
 from __future__ import annotations
 
@@ -12,16 +17,24 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from harness.analysis import metrics as m
-from harness.analysis.runs import Bundle, Run
+from harness.analysis.capacity import split_label
+from harness.analysis.runs import Bundle
+from harness.analysis.stages import Series, colour, run_stages, series, stage_order
 from harness.analysis.summary import Slo
 from harness.analysis.tables import source_order
 
 _LAYOUT: dict[str, Any] = {
     "template": "plotly_white",
     "height": 380,
-    "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
-    "legend": {"orientation": "h", "y": -0.2, "font": {"size": 10}},
-}
+    # the title is the dashboard's heading above the figure; the top margin holds the stage selector
+    # (left) and the toolbar (right), so neither covers a title
+    "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
+    "legend": {"x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top", "font": {"size": 10},
+               "groupclick": "toggleitem", "grouptitlefont": {"size": 11}},
+}  # fmt: skip
+# Line style by stage: measured solid, its simulated pair dashed, the Λ_max search dotted.
+_DASH = {"replay": "solid", "paired simulate": "dash", "simulate": "dash", "capacity search": "dot"}
+_SHOWN_FIRST = ("replay", "paired simulate", "simulate")  # the stage a selector opens on
 _MAX_POINTS = 400  # per CDF / time line: keeps the page small without changing the picture
 BREAKDOWN = (
     ("queue", m.ttft_queue), ("prefill", m.ttft_prefill), ("KV transfer (exposed)", m.ttft_transfer),
@@ -40,14 +53,48 @@ def missing(title: str, why: str) -> go.Figure:
     return fig
 
 
-def _series(bundle: Bundle) -> Iterator[tuple[str, Run, pd.DataFrame]]:
-    """(label, run, measured successful records) per run and topology."""
-    multi = len(bundle.runs) > 1
-    for run in sorted(bundle.runs, key=lambda r: source_order(r.source)):
-        for name, df in run.records.groupby("topology", sort=True):
-            df = m.measured(df)
-            label = f"{name} ({run.source})" if multi else str(name)
-            yield label, run, df[m.ok_mask(df)]
+def _line(fig: go.Figure, s: Series, x: Any, y: Any, *, name: str | None = None, **kw: Any) -> None:
+    """One run's one topology as a line: named by topology, grouped under its stage, coloured by topology."""
+    line = {"color": colour(s.topology), "dash": _DASH.get(s.stage, "dashdot"), **kw.pop("line", {})}
+    fig.add_scatter(
+        x=x, y=y, mode=kw.pop("mode", "lines"), name=name or s.topology, legendgroup=s.stage,
+        legendgrouptitle_text=s.stage, line=line, meta=s.stage, **kw,
+    )  # fmt: skip
+
+
+def _stage_selector(
+    fig: go.Figure, layouts: Mapping[str, Mapping[str, Any]] | None = None, *, together: tuple[str, ...] = ()
+) -> go.Figure:
+    """Show one stage at a time, chosen in a dropdown, when the traces (``meta`` = stage) come from
+    several; ``together`` is one view of stages drawn on the same axes (a replay and its simulated
+    pair); ``layouts`` are layout changes per stage (e.g. its y-axis title). The figure grows to fit
+    the longest legend of a view."""
+    stages = sorted(dict.fromkeys(t.meta for t in fig.data), key=stage_order)
+    layouts = layouts or {}
+    pair = tuple(st for st in together if st in stages)
+    views = [pair] if len(pair) > 1 else []
+    views += [(st,) for st in stages if not (len(pair) > 1 and st in pair)]
+    rows = max(len(v) + sum(t.meta in v for t in fig.data) for v in views)  # group titles + entries
+    fig.update_layout(height=max(fig.layout.height or 0, 110 + 20 * rows))
+    if len(views) < 2:
+        for st in stages:
+            fig.update_layout(layouts.get(st, {}))
+        return fig
+    first = next((v for s in _SHOWN_FIRST for v in views if s in v), views[0])
+    buttons = [
+        {"label": f"stage: {' + '.join(v)}", "method": "update",
+         "args": [{"visible": [t.meta in v for t in fig.data]},
+                  {"xaxis.autorange": True, "yaxis.autorange": True, **layouts.get(v[0], {})}]}
+        for v in views
+    ]  # fmt: skip
+    for t in fig.data:
+        t.visible = t.meta in first
+    fig.update_layout(layouts.get(first[0], {}))
+    fig.update_layout(
+        updatemenus=[{"type": "dropdown", "buttons": buttons, "active": views.index(first), "x": 0,
+                      "xanchor": "left", "y": 1, "yanchor": "bottom", "pad": {"b": 6}, "font": {"size": 11}}]
+    )  # fmt: skip
+    return fig
 
 
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,18 +104,32 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[idx], y[idx]
 
 
-def throughput_bars(result: Mapping[str, Any]) -> go.Figure:
-    """Throughput (95% block-bootstrap CI) and goodput per topology, grouped by source; plan Λ_max."""
+_STAGE_COLOURS = {"plan": "#9ca3af", "capacity search": "#6366f1", "paired simulate": "#0ea5e9",
+                  "simulate": "#0ea5e9", "replay": "#f59e0b"}  # fmt: skip
+
+
+def throughput_bars(result: Mapping[str, Any], bundle: Bundle) -> go.Figure:
+    """Per topology, one bar per stage: the plan's Λ_max, then each run's throughput (95% block-bootstrap
+    CI) with its goodput marked on the bar. A bar is always one run; rate sweeps and ladder rungs are
+    left to the SLO-attainment-vs-rate panel."""
     fig = _fig(
-        "Throughput per topology (error bars: 95% bootstrap CI)", barmode="group", yaxis={"title": "req/s"}
-    )
-    entries = sorted(result["topologies"].values(), key=lambda e: source_order(e["source"]))
+        "Throughput per topology and stage (error bars: 95% bootstrap CI; ▬ goodput)",
+        barmode="group", scattermode="group", yaxis={"title": "req/s"},
+    )  # fmt: skip
+    stages = run_stages(bundle)
     plan = result.get("plan") or {}
     if plan.get("topologies"):
         names = list(plan["topologies"])
-        fig.add_bar(name="plan Λ_max", x=names, y=[plan["topologies"][n].get("lambda_max") for n in names])
-    for source in dict.fromkeys(e["source"] for e in entries):
-        es = [e for e in entries if e["source"] == source]
+        fig.add_bar(name="plan Λ_max", x=names, y=[plan["topologies"][n].get("lambda_max") for n in names],
+                    offsetgroup="plan", marker_color=_STAGE_COLOURS["plan"])  # fmt: skip
+    by_stage: dict[str, list[Mapping[str, Any]]] = {}
+    for e in result["topologies"].values():
+        if split_label(e["topology"])[1] is None:
+            by_stage.setdefault(stages.get(e.get("run_id"), e["source"]), []).append(e)
+    for label in sorted(by_stage, key=stage_order):
+        if label.startswith("replay ×"):
+            continue
+        es = by_stage[label]
         y = [e["throughput_rps"] for e in es]
         err_hi = [
             (e["throughput_ci_high"] or v) - v if v is not None else 0 for e, v in zip(es, y, strict=True)
@@ -76,26 +137,34 @@ def throughput_bars(result: Mapping[str, Any]) -> go.Figure:
         err_lo = [
             v - (e["throughput_ci_low"] or v) if v is not None else 0 for e, v in zip(es, y, strict=True)
         ]
+        x = [e["topology"] for e in es]
         fig.add_bar(
-            name=f"{source} throughput", x=[e["topology"] for e in es], y=y,
+            name=label, x=x, y=y, offsetgroup=label, marker_color=_STAGE_COLOURS.get(label.split(" (")[0]),
             error_y={"type": "data", "array": err_hi, "arrayminus": err_lo},
         )  # fmt: skip
-        fig.add_bar(name=f"{source} goodput", x=[e["topology"] for e in es], y=[e["goodput_rps"] for e in es])
+        fig.add_scatter(
+            name="goodput", x=x, y=[e["goodput_rps"] for e in es], offsetgroup=label, mode="markers",
+            legendgroup="goodput", legendrank=2000, showlegend=not any(t.name == "goodput" for t in fig.data),
+            marker={"symbol": "line-ew-open", "size": 16, "color": "#111827", "line": {"width": 3}},
+        )  # fmt: skip
     if not fig.data:
         return missing(fig.layout.title.text, "no requests or plan results in these runs")
     return fig
 
 
 def cdf(bundle: Bundle, fn: Callable[[pd.DataFrame], np.ndarray], title: str, unit: str = "s") -> go.Figure:
-    """Empirical CDF of a per-request metric, one line per topology (and source)."""
+    """Empirical CDF of a per-request metric, one line per run and topology (grouped by stage); a
+    replay and its paired simulation are drawn together, other stages one at a time."""
     fig = _fig(title, xaxis={"title": unit}, yaxis={"title": "fraction of requests", "range": [0, 1]})
-    for label, _, df in _series(bundle):
-        v = np.sort(fn(df)[np.isfinite(fn(df))])
+    for s in series(bundle):
+        v = fn(s.records)
+        v = np.sort(v[np.isfinite(v)])
         if len(v):
-            y = np.arange(1, len(v) + 1) / len(v)
-            x, y = _thin(v, y)
-            fig.add_scatter(x=x, y=y, mode="lines", name=label)
-    return fig if fig.data else missing(title, "no successful requests with this metric in these runs")
+            x, y = _thin(v, np.arange(1, len(v) + 1) / len(v))
+            _line(fig, s, x, y)
+    if not fig.data:
+        return missing(title, "no successful requests with this metric in these runs")
+    return _stage_selector(fig, together=("paired simulate", "replay"))
 
 
 def link_event_spans(bundle: Bundle) -> tuple[list[tuple[float, float | None, str]], tuple[float, float]]:
@@ -143,36 +212,37 @@ def _mark_link_events(fig: go.Figure, bundle: Bundle) -> go.Figure:
 
 
 def latency_over_time(bundle: Bundle, bins: int = 40) -> go.Figure:
-    """TTFT p50 (solid) and p90 (dotted) in time bins of the scheduled send."""
+    """TTFT p50 (solid) and p90 (dotted) in time bins of the scheduled send; one stage at a time."""
     title = "Latency over time (TTFT by scheduled send time)"
     fig = _fig(title, xaxis={"title": "scheduled send (s)"}, yaxis={"title": "TTFT (s)"})
-    for label, _, df in _series(bundle):
-        t, v = m.col(df, "scheduled_s"), m.ttft(df)
+    for s in series(bundle):
+        t, v = m.col(s.records, "scheduled_s"), m.ttft(s.records)
         keep = np.isfinite(t) & np.isfinite(v)
         if keep.sum() < 2:
             continue
         frame = pd.DataFrame({"bin": pd.cut(t[keep], bins), "v": v[keep]})
         g = frame.groupby("bin", observed=True)["v"]
         centers = [iv.mid for iv in g.median().index]
-        fig.add_scatter(x=centers, y=g.median().to_numpy(), mode="lines", name=f"{label} p50")
-        fig.add_scatter(x=centers, y=g.quantile(0.9).to_numpy(), mode="lines", name=f"{label} p90",
-                        line={"dash": "dot"})  # fmt: skip
-    return (
-        _mark_link_events(fig, bundle) if fig.data else missing(title, "no successful requests in these runs")
-    )
+        _line(fig, s, centers, g.median().to_numpy(), name=f"{s.topology} p50", line={"dash": "solid"})
+        _line(fig, s, centers, g.quantile(0.9).to_numpy(), name=f"{s.topology} p90", line={"dash": "dot"})
+    if not fig.data:
+        return missing(title, "no successful requests in these runs")
+    return _stage_selector(_mark_link_events(fig, bundle))
 
 
-def _timeseries_columns(bundle: Bundle, words: tuple[str, ...]) -> Iterator[tuple[str, str, pd.DataFrame]]:
-    multi = len(bundle.runs) > 1
-    for run in bundle.runs:
-        ts = run.timeseries
-        if ts is None:
-            continue
-        cols = [c for c in ts.columns if c != "time_s" and any(w in c.lower() for w in words)
-                and pd.api.types.is_numeric_dtype(ts[c])]  # fmt: skip
-        for name, part in ts.groupby("topology", sort=True):
-            for c in cols:
-                yield f"{name}{f' ({run.source})' if multi else ''}: {c}", c, part.sort_values("time_s")
+def _timeseries_columns(
+    bundle: Bundle, words: tuple[str, ...]
+) -> Iterator[tuple[Series, list[str], pd.DataFrame]]:
+    """Per run and topology: the time-series columns naming one of ``words`` that are ever non-zero
+    (an idle direction adds a flat line and a legend entry, nothing else), and the rows sorted by time."""
+    for s in series(bundle):
+        ts = s.run.timeseries
+        part = None if ts is None else ts[ts["topology"] == s.topology].sort_values("time_s")
+        cols = [] if part is None else [
+            c for c in part.columns if c != "time_s" and any(w in c.lower() for w in words)
+            and pd.api.types.is_numeric_dtype(part[c]) and part[c].fillna(0).ne(0).any()
+        ]  # fmt: skip
+        yield s, cols, part if part is not None else pd.DataFrame()
 
 
 def egress_from_records(df: pd.DataFrame, step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -191,73 +261,106 @@ def egress_from_records(df: pd.DataFrame, step: float) -> tuple[np.ndarray, np.n
 
 
 def link_utilisation(bundle: Bundle) -> go.Figure:
-    """Link columns of timeseries.parquet; else cross-site KV egress rebuilt from the records."""
+    """Link columns of timeseries.parquet; for a run without them, cross-site KV egress rebuilt from its
+    records. One stage at a time."""
     title = "Link utilisation over time"
     fig = _fig(title, xaxis={"title": "time (s)"})
-    columns = list(_timeseries_columns(bundle, ("link", "egress", "util", "gbps")))
-    fractions = all("util" in c for _, c, _ in columns)
-    fig.update_yaxes(title="utilisation (fraction of link rate)" if fractions else "Gbit/s (or as named)")
-    for label, c, part in columns:
-        x, y = _thin(part["time_s"].to_numpy(float), part[c].to_numpy(float))
-        short = label.replace("link_utilisation ", "").replace("link_utilization ", "")
-        fig.add_scatter(x=x, y=y, mode="lines", name=short)
+    units: dict[str, str] = {}
+    for s, cols, part in _timeseries_columns(bundle, ("link", "egress", "util", "gbps")):
+        for c in cols:
+            x, y = _thin(part["time_s"].to_numpy(float), part[c].to_numpy(float))
+            direction = c.replace("link_utilisation ", "").replace("link_utilization ", "")
+            _line(fig, s, x, y, name=f"{s.topology} {direction}", line={"dash": "solid"})
+            fraction = "util" in c
+            units[s.stage] = "utilisation (fraction of link rate)" if fraction else "Gbit/s (or as named)"
+        if cols:
+            continue
+        df = s.records
+        x, y = egress_from_records(df, step=max(m.duration(df) / 200, 1e-3) if len(df) else 1.0)
+        if len(x) and y.any():
+            x, y = _thin(x, y)
+            _line(fig, s, x, y, name=f"{s.topology} KV egress", line={"dash": "solid"})
+            units[s.stage] = "Gbit/s (KV egress from the records)"
     if not fig.data:
+        return missing(title, "no link time series and no cross-site KV transfers in these runs")
+    if all("records" in u for u in units.values()):
         fig.layout.title.text = f"{title}: cross-site KV egress from the records"
-        fig.update_yaxes(title="Gbit/s")
-        for label, _, df in _series(bundle):
-            x, y = egress_from_records(df, step=max(m.duration(df) / 200, 1e-3) if len(df) else 1.0)
-            if len(x) and y.any():
-                x, y = _thin(x, y)
-                fig.add_scatter(x=x, y=y, mode="lines", name=label)
-    return (
-        _mark_link_events(fig, bundle)
-        if fig.data
-        else missing(title, "no link time series and no cross-site KV transfers in these runs")
-    )
+    layouts = {st: {"yaxis.title.text": u} for st, u in units.items()}
+    return _stage_selector(_mark_link_events(fig, bundle), layouts)
 
 
 def queue_depths(bundle: Bundle) -> go.Figure:
-    """Queue columns of timeseries.parquet; else requests waiting for prefill, from the records."""
+    """Queue columns of timeseries.parquet (requests waiting: prefill queues, decode pending); for a run
+    without them, requests waiting for prefill rebuilt from its records. One stage at a time."""
     title = "Queue depths over time"
-    fig = _fig(title, xaxis={"title": "time (s)"}, yaxis={"title": "requests"})
-    for label, c, part in _timeseries_columns(bundle, ("queue", "batch", "inflight", "in_flight")):
-        x, y = _thin(part["time_s"].to_numpy(float), part[c].to_numpy(float))
-        fig.add_scatter(x=x, y=y, mode="lines", name=label)
+    fig = _fig(title, xaxis={"title": "time (s)"}, yaxis={"title": "requests waiting"})
+    from_records = []
+    for s, cols, part in _timeseries_columns(bundle, ("queue", "pending", "inflight", "in_flight")):
+        for c in cols:
+            x, y = _thin(part["time_s"].to_numpy(float), part[c].to_numpy(float))
+            _line(fig, s, x, y, name=f"{s.topology} {c.replace('_', ' ')}", line={"dash": "solid"})
+        if cols:
+            continue
+        sched, start = m.col(s.records, "scheduled_s"), m.col(s.records, "prefill_start_s")
+        keep = np.isfinite(sched) & np.isfinite(start)
+        if not keep.any():
+            continue
+        times = np.concatenate([sched[keep], start[keep]])
+        steps = np.concatenate([np.ones(keep.sum()), -np.ones(keep.sum())])
+        order = np.argsort(times, kind="stable")
+        x, y = _thin(times[order], np.cumsum(steps[order]))
+        _line(fig, s, x, y, line={"shape": "hv", "dash": "solid"})
+        from_records.append(s.stage)
     if not fig.data:
+        return missing(title, "no queue time series and no prefill start times in these runs")
+    stages = {t.meta for t in fig.data}
+    if stages <= set(from_records):
         fig.layout.title.text = f"{title}: waiting for prefill, from the records"
-        for label, _, df in _series(bundle):
-            sched, start = m.col(df, "scheduled_s"), m.col(df, "prefill_start_s")
-            keep = np.isfinite(sched) & np.isfinite(start)
-            if not keep.any():
-                continue
-            times = np.concatenate([sched[keep], start[keep]])
-            steps = np.concatenate([np.ones(keep.sum()), -np.ones(keep.sum())])
-            order = np.argsort(times, kind="stable")
-            x, y = _thin(times[order], np.cumsum(steps[order]))
-            fig.add_scatter(x=x, y=y, mode="lines", line={"shape": "hv"}, name=label)
+    elif from_records:
+        stages_text = ", ".join(dict.fromkeys(from_records))
+        fig.layout.title.text = f"{title} ({stages_text}: waiting for prefill, from the records)"
+    return _stage_selector(fig)
+
+
+def breakdown_means(df: pd.DataFrame) -> tuple[dict[str, float], float, int] | None:
+    """Mean of each TTFT part, and the mean TTFT, over the requests that report all four parts; the
+    parts add up to that TTFT request by request, so their means do too. None when no request does."""
+    parts = {name: fn(df) for name, fn in BREAKDOWN}
+    keep = np.isfinite(m.ttft(df))
+    for v in parts.values():
+        keep &= np.isfinite(v)
+    if not keep.any():
+        return None
     return (
-        fig if fig.data else missing(title, "no queue time series and no prefill start times in these runs")
+        {n: float(v[keep].mean()) for n, v in parts.items()},
+        float(m.ttft(df)[keep].mean()),
+        int(keep.sum()),
     )
 
 
 def breakdown_bars(bundle: Bundle) -> go.Figure:
-    """Mean TTFT split into queue, prefill, exposed KV transfer and first token (means add up)."""
-    title = "TTFT breakdown (mean seconds; the parts add up to mean TTFT)"
-    fig = _fig(title, barmode="stack", yaxis={"title": "s"})
-    labels, parts = [], {name: [] for name, _ in BREAKDOWN}
-    for label, _, df in _series(bundle):
-        vals = {name: fn(df) for name, fn in BREAKDOWN}
-        if not any(np.isfinite(v).any() for v in vals.values()):
-            continue
-        labels.append(label)
-        for name, v in vals.items():
-            parts[name].append(float(np.nanmean(v)) if np.isfinite(v).any() else 0.0)
-    if not labels:
+    """Mean TTFT split into queue, prefill, exposed KV transfer and first token, one bar per run and
+    topology (stage, then topology); ◆ marks the mean TTFT of the same requests, where the bar ends."""
+    title = "TTFT breakdown (mean over requests that report all four parts; ◆ their mean TTFT)"
+    rows: list[tuple[Series, dict[str, float], float, int]] = []
+    for s in series(bundle):
+        if (found := breakdown_means(s.records)) is not None:
+            rows.append((s, *found))
+    if not rows:
         return missing(
             title, "no prefill/transfer timestamps in these runs (the endpoint did not report them)"
         )
-    for name, ys in parts.items():
-        fig.add_bar(name=name, x=labels, y=ys)
+    y = [[s.stage for s, *_ in rows], [s.topology for s, *_ in rows]]
+    fig = _fig(
+        title, barmode="stack", height=max(380, 130 + 24 * len(rows)), xaxis={"title": "s"},
+        yaxis={"autorange": "reversed"},
+    )  # fmt: skip
+    for name, _ in BREAKDOWN:
+        fig.add_bar(name=name, y=y, x=[parts[name] for _, parts, _, _ in rows], orientation="h")
+    fig.add_scatter(
+        name="mean TTFT", y=y, x=[ttft for *_, ttft, _ in rows], mode="markers",
+        text=[f"{n} requests" for *_, n in rows], marker={"symbol": "diamond", "size": 9, "color": "#111827"},
+    )  # fmt: skip
     return fig
 
 
@@ -305,7 +408,7 @@ def _search_probes(bundle: Bundle | None) -> Iterator[tuple[str, list[Mapping[st
             probes = entry.get("probes") if isinstance(entry, Mapping) else None
             if isinstance(probes, list) and probes:
                 lam = entry.get("lambda_max")
-                label = f"{name} ({run.source} search): Λ_max {'–' if lam is None else f'{lam:.3g}'} req/s"
+                label = f"{name} (capacity search): Λ_max {'–' if lam is None else f'{lam:.3g}'} req/s"
                 yield label, sorted(probes, key=lambda p: p["rate_rps"]), Slo.from_meta(run.meta).attainment
 
 
@@ -318,6 +421,15 @@ def attainment_vs_rate(result: Mapping[str, Any], bundle: Bundle | None = None) 
         xaxis={"title": "offered rate (req/s)"},
         yaxis={"title": "SLO attainment"},
         yaxis2={"title": "achieved / offered", "overlaying": "y", "side": "right", "showgrid": False},
+        # below the plot, not beside it: the right-hand side holds the second axis
+        legend={
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "y": 0,
+            "yref": "container",
+            "yanchor": "bottom",
+        },
     )
     target = None
     for source, per in sorted(result.get("lambda_max", {}).items(), key=lambda kv: source_order(kv[0])):
@@ -351,7 +463,7 @@ def attainment_vs_rate(result: Mapping[str, Any], bundle: Bundle | None = None) 
 def all_figures(bundle: Bundle, result: Mapping[str, Any]) -> list[tuple[str, go.Figure]]:
     """Every dashboard panel, in page order, as (anchor id, figure)."""
     return [
-        ("throughput", throughput_bars(result)),
+        ("throughput", throughput_bars(result, bundle)),
         ("ttft-cdf", cdf(bundle, m.ttft, "TTFT CDF (from the scheduled send)")),
         ("tpot-cdf", cdf(bundle, m.tpot, "TPOT CDF (excludes TTFT)")),
         ("latency-time", latency_over_time(bundle)),
