@@ -49,7 +49,10 @@ def test_most_tokens_in_one_read_is_unresolved():
     assert chunk_timing([1.0, 1.0, 1.0, 1.0, 2.0], [], total=5).itl_unresolved  # 4 of 5 in one read
     assert not chunk_timing([1.0, 1.0, 2.0, 3.0], [], total=4).itl_unresolved  # 2 of 4: not most
     one = chunk_timing([0.0, 0.1, 0.2], [], total=3)
-    assert one.itl_s == pytest.approx([0.1, 0.1]) and (one.tokens_per_chunk_max, one.itl_unresolved) == (1, False)
+    assert one.itl_s == pytest.approx([0.1, 0.1]) and (one.tokens_per_chunk_max, one.itl_unresolved) == (
+        1,
+        False,
+    )
     assert token_gaps([5.0], [(0, 3)]) == [0.0, 0.0]
 
 
