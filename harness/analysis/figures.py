@@ -251,7 +251,7 @@ def breakdown_bars(bundle: Bundle) -> go.Figure:
             continue
         labels.append(label)
         for name, v in vals.items():
-            parts[name].append(float(np.nanmean(v)) if np.isfinite(v).any() else 0.0)
+            parts[name].append(float(np.nanmean(v)) if np.isfinite(v).any() else None)  # no bar: not measured
     if not labels:
         return missing(
             title, "no prefill/transfer timestamps in these runs (the endpoint did not report them)"

@@ -21,7 +21,7 @@ from harness.loadgen.chunks import chunk_timing, chunk_tokens
 from harness.loadgen.config import Endpoint, Timeouts, redact_url
 from harness.loadgen.schedule import PHASES
 from harness.loadgen.sse import BAD, CONTENT, DONE, EMPTY, FULL, classify, parse_chunk, prfaas_fields
-from harness.pdproxy import prefill_leg_body
+from harness.pdproxy import NO_KV_TRANSFER, prefill_leg_body
 from harness.records import STATUS_ERROR, RequestRecord
 
 ERROR_CLASSES = (
@@ -261,7 +261,7 @@ class Client:
             rec.cached_tokens = _cached(usage)
         kv = obj.get("kv_transfer_params") if isinstance(obj, dict) else None
         if not isinstance(kv, dict):
-            _warn(rec, "pd_no_kv_transfer_params")
+            _warn(rec, NO_KV_TRANSFER)
             return None
         # Breakdown fields a prefill server puts beside vLLM's keys (the emulated endpoints do); they
         # replace the client's view of the leg. Fields of the decode stream's breakdown come later and win.

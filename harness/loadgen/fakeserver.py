@@ -12,7 +12,8 @@ running ``usage`` on every chunk when ``stream_options.continuous_usage_stats`` 
 ``usage_deltas`` is off: a server that ignores the option), and empty-text tokens (``empty_text``: the
 first n tokens decode to "", as partial UTF-8 bytes do) are set as vLLM shows them. Also: ``/v1/models``, ``/health``, vLLM's ``POST /tokenize``
 (counting with ``tokenizer`` if set, else words), and vLLM's PD-proxy fields (a prefill leg with
-``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back). A body it cannot read gets
+``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back, unless ``kv_connector`` is
+off). A body it cannot read gets
 vLLM's 400.
 
 Faults on demand (``mode``, or per request ``mode_for(n)``): ok, stall (no response), stall_body
@@ -63,6 +64,7 @@ class FakeServer:
     chunk_tokens: tuple[int, ...] = (1,)  # tokens per chunk, cycled; the last chunk holds what is left
     usage_deltas: bool = True  # honour stream_options.continuous_usage_stats (running usage per chunk)
     empty_text: int = 0  # the first n tokens have empty text (partial UTF-8 bytes)
+    kv_connector: bool = True  # False: a prefill leg gets no kv_transfer_params (vLLM without a connector)
     keep_bodies: bool = False
     tokenizer: Any = None  # a tokenizers.Tokenizer for /tokenize; None: a token is a whitespace word
     tokenize_calls: int = 0
@@ -231,7 +233,7 @@ class FakeServer:
         out: dict[str, Any] = {**head, "object": "chat.completion" if chat else "text_completion",
                                "choices": [choice], "usage": usage}  # fmt: skip
         kv_in = body.get("kv_transfer_params")
-        if isinstance(kv_in, dict) and kv_in.get("do_remote_decode"):
+        if isinstance(kv_in, dict) and kv_in.get("do_remote_decode") and self.kv_connector:
             out["kv_transfer_params"] = {
                 "do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": "fake-prefill",
                 "remote_block_ids": [1, 2, 3], "remote_host": "127.0.0.1", "remote_port": 5600,
