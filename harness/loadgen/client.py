@@ -59,6 +59,14 @@ class Job:
 # tokens is counted exactly; a server that ignores the option sends none and each chunk counts as one.
 STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 
+
+def stream_options(extra_body: dict[str, Any]) -> dict[str, Any]:
+    """The ``stream_options`` requests carry: ours, unless ``--extra-body`` replaces them (for a server
+    that refuses ``continuous_usage_stats``, say). Recorded in meta.json."""
+    options = extra_body.get("stream_options", STREAM_OPTIONS)
+    return dict(options) if isinstance(options, dict) else options
+
+
 _MAX_LINE = 1 << 22  # an SSE line this long without a newline is not a token stream
 
 
@@ -106,7 +114,7 @@ class Client:
             "ignore_eos": True,
             "temperature": 0.0,
             "stream": True,
-            "stream_options": dict(STREAM_OPTIONS),
+            "stream_options": stream_options({}),
         }
         if self.ep.api == "chat":
             body["messages"] = [{"role": "user", "content": job.prompt}]
