@@ -145,3 +145,22 @@ def test_instant_streams_are_flagged_unresolved(tmp_path):
     # itl_s=0: the server writes each whole stream at once; the client reads it in one go
     df = _replay(FakeServer(itl_s=0.0), tmp_path / "run")
     assert (df["output_tokens_received"] == N_OUT).all() and df["itl_unresolved"].all()
+
+
+def test_unresolved_itl_is_left_out_of_itl_and_noted():
+    from harness.analysis.analyze import _record_notes
+    from harness.analysis.summary import Slo, summarize
+    from harness.records import RequestRecord, records_frame
+
+    def rec(i: int, itl: list[float], unresolved: bool) -> RequestRecord:
+        return RequestRecord(run_id="r", topology="t", request_id=str(i), trace_row=i, scheduled_s=0.0,
+                             first_token_s=1.0, last_token_s=1.0 + sum(itl), itl_s=itl,
+                             output_tokens_received=len(itl) + 1, itl_unresolved=unresolved)  # fmt: skip
+
+    df = records_frame([rec(0, [0.1, 0.3], False).to_dict(), rec(1, [0.0, 0.0, 0.0, 2.0], True).to_dict()])
+    assert sorted(m.itl(df)) == pytest.approx([0.1, 0.3])  # the one-read gaps are not ITL
+    assert m.tpot(df) == pytest.approx([0.2, 0.5])  # TPOT holds for both
+    s = summarize(df, Slo())
+    assert s["itl_unresolved"] == 1 and s["itl_max_s"] == pytest.approx(0.3)
+    (note,) = _record_notes("t", s)
+    assert note.startswith("t: ITL unresolved on 1 of 2 successful requests")

@@ -20,7 +20,7 @@ from harness.errors import InputError
 from harness.loadgen.chunks import chunk_timing, chunk_tokens
 from harness.loadgen.config import Endpoint, Timeouts, redact_url
 from harness.loadgen.schedule import PHASES
-from harness.loadgen.sse import BAD, CONTENT, DONE, EMPTY, FULL, classify, parse_chunk, prfaas_fields
+from harness.loadgen.sse import BAD, CONTENT, DONE, FULL, classify, is_token, parse_chunk, prfaas_fields
 from harness.pdproxy import NO_KV_TRANSFER, prefill_leg_body
 from harness.records import STATUS_ERROR, RequestRecord
 
@@ -209,12 +209,13 @@ class Client:
                     if len(line) < 2:  # blank separator ("" or "\r")
                         continue
                     kind, payload, completion = classify(line)
-                    if kind == CONTENT and completion < 0 and st.counted < 0:
-                        if not times:
-                            st.cm.reschedule(st.total_deadline)
-                        times.append(now)
-                    elif kind <= EMPTY:  # CONTENT or EMPTY with a running count, or counted stream
-                        st.add(now, completion, kind == CONTENT, payload)
+                    if kind == CONTENT:
+                        if completion < 0 and st.counted < 0:
+                            if not times:
+                                st.cm.reschedule(st.total_deadline)
+                            times.append(now)
+                        else:  # a running count, or a token in a stream that counted so far
+                            st.add(now, completion, payload if completion >= 0 else None)
                     elif kind == FULL:
                         self._full(payload, rec, st, now)
                     elif kind == DONE:
@@ -231,7 +232,7 @@ class Client:
             raise _Failure("malformed_sse", payload[:200].decode("utf-8", "replace")) from None
         if chunk.error:
             raise _Failure("stream_error", chunk.error)
-        st.add(now, chunk.completion_tokens, chunk.has_token, None)
+        st.add(now, chunk.completion_tokens, None, chunk.has_token)
         if chunk.usage is not None:
             st.usage = chunk.usage
         if chunk.prfaas is not None:
@@ -335,19 +336,17 @@ class _Stream:
         self.times = []
         self.multi = []
 
-    def add(self, now: float, completion: int, token: bool, payload: bytes | None) -> None:
+    def add(self, now: float, completion: int, payload: bytes | None, token: bool = True) -> None:
         """A chunk with choices arrived at ``now``: it holds the tokens its running count added since
-        the last one when the stream counts from its start, else one if ``token``."""
-        if completion >= 0:
-            if payload is not None:
-                self.usage_line = payload
-            if self.counted >= 0 or not self.times:
-                k = completion - max(self.counted, 0)
-                self.counted = max(completion, self.counted)
-            else:  # a count that appears mid-stream is a total, not a running count
-                k = 1 if token else 0
-        else:
-            k = 1 if token else 0
+        the last one when the stream counts from its start, else one if it holds a token (``token``,
+        or what ``payload``'s text says)."""
+        if completion >= 0 and payload is not None:
+            self.usage_line = payload
+        if completion >= 0 and (self.counted >= 0 or not self.times):
+            k = completion - max(self.counted, 0)
+            self.counted = max(completion, self.counted)
+        else:  # no count, or one that appears mid-stream: a total, not a running count
+            k = 1 if (token if payload is None else is_token(payload)) else 0
         if k <= 0:
             return
         if not self.times:

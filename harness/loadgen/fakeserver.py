@@ -207,20 +207,22 @@ class FakeServer:
         """The token chunks of one stream: ``(event, tokens in it)``; with ``running``, each carries
         the running usage as vLLM's continuous usage stats do."""
         events: list[tuple[bytes, int]] = []
-        same: dict[tuple[int, bool], bytes] = {}  # without a running count, equal chunks encode once
+        # Equal chunks encode once; a running count is filled into the encoded bytes (no dumps per token).
+        same: dict[tuple[int, bool], bytes] = {}
+        usage = {"prompt_tokens": n_prompt, "total_tokens": _TOTAL, "completion_tokens": _SENT}
         sent = 0
         while sent < n_out:
             k = min(self.chunk_tokens[len(events) % len(self.chunk_tokens)], n_out - sent)
             texts = max(0, sent + k - max(self.empty_text, sent))  # tokens of this chunk that decode
             sent += k
             key = (texts, sent == n_out)
-            if running or key not in same:
+            if key not in same:
                 obj = {**head, "choices": [_choice(chat, " tok" * texts, finish if key[1] else None)]}
-                if running:
-                    obj["usage"] = {"prompt_tokens": n_prompt, "total_tokens": n_prompt + sent,
-                                    "completion_tokens": sent}  # fmt: skip
-                same[key] = _event(obj)
-            events.append((same[key], k))
+                same[key] = _event({**obj, "usage": usage} if running else obj)
+            event = same[key]
+            if running:
+                event = event.replace(_TOTAL_B, b"%d" % (n_prompt + sent)).replace(_SENT_B, b"%d" % sent)
+            events.append((event, k))
         return events
 
     async def _whole(self, body, head, chat: bool, n_out: int, finish: str, usage) -> web.Response:
@@ -251,6 +253,10 @@ def _choice(chat: bool, text: str, finish: str | None) -> dict[str, Any]:
 
 async def _health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+_TOTAL, _SENT = "\x00total", "\x00sent"  # placeholders of the running usage, as JSON encodes them
+_TOTAL_B, _SENT_B = (json.dumps(x).encode() for x in (_TOTAL, _SENT))
 
 
 def _event(obj: dict[str, Any]) -> bytes:

@@ -63,10 +63,10 @@ def classify(line: bytes) -> tuple[int, bytes, int]:
     """Kind of one SSE line (without its newline), its data payload, and the running
     ``usage.completion_tokens`` the chunk carries (-1 when it carries none).
 
-    CONTENT: a chunk that carries a generated token: text, or an empty text that is neither chat's
-    role chunk nor an end chunk with a ``finish_reason``; EMPTY: a chunk without (role-only, end,
-    no text); DONE: ``[DONE]``; FULL: parse the payload with ``parse_chunk``; SKIP: blank line,
-    comment, ``event:``/``id:``/``retry:`` field; BAD: not SSE.
+    CONTENT: a chunk that carries a generated token (``is_token``), or any chunk with choices and a
+    running count (the count says how many tokens it holds; its text is not looked at); EMPTY: a
+    chunk without a token (role-only, end, no text); DONE: ``[DONE]``; FULL: parse the payload with
+    ``parse_chunk``; SKIP: blank line, comment, ``event:``/``id:``/``retry:`` field; BAD: not SSE.
     """
     if line.endswith(b"\r"):
         line = line[:-1]
@@ -81,19 +81,22 @@ def classify(line: bytes) -> tuple[int, bytes, int]:
             return DONE, payload, -1
         if payload[:1] != b"{" or payload[-1:] != b"}":
             return BAD, payload, -1
-    completion = -1
     k = _KEYS.search(payload)
     if k is not None:
         if k.group(1) is None or _NEEDS_PARSE.search(payload, k.end()):
             return FULL, payload, -1
-        completion = int(k.group(1))
+        return CONTENT, payload, int(k.group(1))
+    return CONTENT if is_token(payload) else EMPTY, payload, -1
+
+
+def is_token(payload: bytes) -> bool:
+    """Whether a chunk's text says it holds a generated token: a text string that is non-empty, or
+    empty in a chunk that is neither chat's role chunk nor an end chunk with a ``finish_reason``."""
     m = _TEXT.search(payload)
     if m is None or m.group(1) is None:  # no text, or a null one
-        return EMPTY, payload, completion
-    # a string value whose next byte does not close it at once is text; an empty one may be a token
-    if m.group(2) != b'"' or not _NOT_A_TOKEN.search(payload):
-        return CONTENT, payload, completion
-    return EMPTY, payload, completion
+        return False
+    # a string value whose next byte does not close it at once is text
+    return m.group(2) != b'"' or not _NOT_A_TOKEN.search(payload)
 
 
 @dataclass(slots=True)
