@@ -13,20 +13,13 @@ import urllib.request
 
 import pytest
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
 from test_pd_connectorless import check_flagged, pd_run
+from test_real_vllm import _counter
 
 from harness.cli import main
 from harness.records import read_meta, read_records
 
 pytestmark = pytest.mark.vllm
-
-
-def _counter(text: str, name: str) -> float:
-    for family in text_string_to_metric_families(text):
-        if family.name == name:
-            return sum(s.value for s in family.samples if s.name.endswith("_total") or s.name == name)
-    raise KeyError(name)
 
 
 def _empty_text_chunks(url: str, n_out: int) -> tuple[int, int]:
