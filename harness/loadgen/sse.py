@@ -1,6 +1,6 @@
 """Server-sent-event lines of an OpenAI-compatible stream, classified cheaply.
 
-Most lines of a stream are token chunks; deciding "content token or not" must not cost a
+Most lines of a stream are token chunks; deciding "generated token or not" must not cost a
 ``json.loads`` per token. Inside a JSON string every ``"`` is escaped, so the byte pattern
 ``"text":"`` (or ``"content":"``) can only be a key; the byte after it says whether the text is empty.
 Lines that may carry usage, errors, routing (``PRFAAS_KEY``) or ``kv_transfer_params`` are parsed fully.
