@@ -3,7 +3,9 @@
 Most lines of a stream are token chunks; deciding "generated token or not" must not cost a
 ``json.loads`` per token. Inside a JSON string every ``"`` is escaped, so the byte pattern
 ``"text":"`` (or ``"content":"``) can only be a key; the byte after it says whether the text is empty.
-Lines that may carry usage, errors, routing (``PRFAAS_KEY``) or ``kv_transfer_params`` are parsed fully.
+Lines that carry the final usage (``"choices": []``), errors, routing (``PRFAAS_KEY``) or
+``kv_transfer_params`` are parsed fully; a running ``usage.completion_tokens`` beside choices is read
+off the bytes.
 
 Server-reported breakdown (the wire format the emulated endpoints send, see docs/replay.md): any chunk —
 by convention the final usage chunk, the one with ``"choices": []`` — may carry a JSON object under the
