@@ -80,6 +80,14 @@ def _replay(server: FakeServer, out, *, n: int = 3, api: str = "completions", **
     return read_records(out)
 
 
+def _longest_zero_run(gaps: np.ndarray) -> int:
+    best = run = 0
+    for g in gaps:
+        run = run + 1 if g == 0 else 0
+        best = max(best, run)
+    return best
+
+
 def _chunks_of(pattern: tuple[int, ...], n: int) -> list[int]:
     out: list[int] = []
     while sum(out) < n:
@@ -106,14 +114,16 @@ def test_tokens_per_chunk_from_a_real_stream(tmp_path, pattern, deltas, api):
         assert itl.sum() == pytest.approx(span)
         if deltas or pattern == (1,):
             # one gap per token: the first chunk's extras are 0, a chunk of k shares its gap k ways
-            assert rec["tokens_per_chunk_max"] == max(chunks) and not rec["itl_unresolved"]
+            assert rec["tokens_per_chunk_max"] == max(chunks)
+            # tokens of one read have gap 0 (a busy client may read two chunks at once)
+            assert rec["itl_unresolved"] == (2 * (_longest_zero_run(itl) + 1) > N_OUT)
             assert len(itl) == N_OUT - 1
             assert itl.mean() == pytest.approx(tpot[i])
             assert (itl[: chunks[0] - 1] == 0).all()
             start = chunks[0] - 1
             for k in chunks[1:]:
                 group = itl[start : start + k]
-                assert group.max() - group.min() <= 1e-12 and group[0] > 0
+                assert group.max() - group.min() <= 1e-12
                 start += k
         else:
             # tokens packed without counts: only the total is known, gaps stay per chunk
