@@ -20,6 +20,10 @@ PD_PREFILL_KV_PARAMS: Mapping[str, Any] = {
     "remote_port": None,
 }
 
+# The client's warning on a PD request whose prefill leg returned no kv_transfer_params: the prefill
+# server has no KV connector, so the decode server computed the prompt again and no KV moved.
+NO_KV_TRANSFER = "pd_no_kv_transfer_params"
+
 # Options that only make sense for the decode leg (streaming, a floor on output tokens).
 _DECODE_ONLY = ("stream_options", "min_tokens", "min_completion_tokens")
 

@@ -57,8 +57,15 @@ class RequestRecord:
     first_byte_s: float | None = None
     first_token_s: float | None = None
     last_token_s: float | None = None
-    # Gaps between successive content tokens, seconds (len = output_tokens_received - 1).
+    # Gaps between successive generated tokens, seconds (len = output_tokens_received - 1 when the
+    # tokens per chunk are known; a chunk of k tokens gives k gaps of its gap / k, see loadgen/chunks.py).
     itl_s: list[float] = field(default_factory=list)
+    # Generated tokens per token-bearing chunk: mean, and max (None when the server packed tokens
+    # without per-chunk counts). itl_unresolved: the gaps do not resolve tokens (most tokens came in
+    # one read, or packed without counts).
+    tokens_per_chunk: float | None = None
+    tokens_per_chunk_max: int | None = None
+    itl_unresolved: bool = False
     prompt_tokens_trace: int = 0
     prompt_tokens_server: int | None = None
     output_tokens_requested: int = 0
@@ -112,6 +119,7 @@ RECORD_SCHEMA = pa.schema(
         ("run_id", _S), ("topology", _S), ("request_id", _S), ("trace_row", _I),
         ("scheduled_s", _F), ("sent_s", _F), ("first_byte_s", _F), ("first_token_s", _F),
         ("last_token_s", _F), ("itl_s", pa.list_(_F)),
+        ("tokens_per_chunk", _F), ("tokens_per_chunk_max", _I), ("itl_unresolved", pa.bool_()),
         ("prompt_tokens_trace", _I), ("prompt_tokens_server", _I),
         ("output_tokens_requested", _I), ("output_tokens_received", _I), ("cached_tokens", _I),
         ("route", _S), ("prefill_site", _S), ("prefill_instance", _S), ("decode_site", _S),

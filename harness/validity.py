@@ -13,6 +13,8 @@ Measurements (every key optional, seconds / fractions / Mbit/s / ms as named)::
     relay                   {"src->dst": {"delay_ms": configured, "achieved_ms_p99": measured}}
     link_goodput_mbit       {"src->dst": {"measured": Mbit/s, "expected": Mbit/s}}
     failed_share            failed requests / requests
+    pd_no_kv_share          PD requests whose prefill server returned no kv_transfer_params / requests:
+                            any makes the run invalid (no KV moved; the decode server prefilled again)
     cpu                     {"steal_share", "other_share"}: of all CPU time during the run
 """
 
@@ -110,6 +112,10 @@ def verdict(measurements: Mapping[str, Any], bounds: ValidityBounds | None = Non
     failed = _num(measurements.get("failed_share"))
     j.check("failed_share", failed, b.failed_share,
             f"{failed or 0:.1%} of requests failed (> {b.failed_share:.1%})")  # fmt: skip
+    no_kv = _num(measurements.get("pd_no_kv_share"))
+    j.check("pd_no_kv_share", no_kv, 0.0,
+            f"{no_kv or 0:.0%} of PD requests moved no KV: the prefill server returned no kv_transfer_params "
+            "(no KV connector), so the decode server prefilled again and TTFT is not a disaggregated one")  # fmt: skip
     cpu = measurements.get("cpu") or {}
     steal, other = _num(cpu.get("steal_share")), _num(cpu.get("other_share"))
     j.check("cpu_steal_share", steal, b.cpu_steal_share,

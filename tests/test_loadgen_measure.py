@@ -85,7 +85,7 @@ def test_completions_body_forces_trace_lengths(tmp_path):
     for body in server.bodies:
         assert body["model"] == "mx" and body["stream"] is True
         assert body["max_tokens"] == body["min_tokens"] == 5 and body["ignore_eos"] is True
-        assert body["stream_options"] == {"include_usage": True}
+        assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
         assert len(body["prompt"].split()) == 40
     df = read_records(tmp_path)
     assert (df.prompt_tokens_server == 40).all() and df.warning.isna().all()

@@ -110,8 +110,13 @@ def _line(obj) -> bytes:
         (_line({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}), EMPTY),
         (_line({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}), EMPTY),
         (_line({"choices": [{"index": 0, "delta": {"content": None}, "finish_reason": "length"}]}), EMPTY),
-        (_line({"choices": [{"index": 0, "text": ""}]}), EMPTY),
+        # an empty text is a generated token (a partial UTF-8 byte) unless it ends the stream
+        (_line({"choices": [{"index": 0, "text": "", "finish_reason": None}]}), CONTENT),
+        (_line({"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]}), CONTENT),
+        (_line({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}), EMPTY),
+        (_line({"choices": [{"index": 0, "text": None}]}), EMPTY),
         (_line({"choices": [], "usage": {"prompt_tokens": 1}}), FULL),
+        (_line({"usage": {"prompt_tokens": 1, "completion_tokens": 3}, "choices": []}), FULL),
         (_line({"error": {"message": "boom"}}), FULL),
         (b"data: [DONE]", DONE),
         (b"data:[DONE]\r", DONE),
@@ -126,13 +131,30 @@ def test_classify(line, kind):
     assert classify(line)[0] == kind
 
 
+def test_a_running_count_is_read_off_the_bytes_and_a_final_usage_is_parsed():
+    usage = {"prompt_tokens": 5, "total_tokens": 9, "completion_tokens": 4}
+    kind, _, completion = classify(
+        _line({"choices": [{"index": 0, "text": "", "finish_reason": None}], "usage": usage})
+    )
+    assert (kind, completion) == (CONTENT, 4)
+    # the usage before the empty choices: still the final usage chunk, parsed
+    assert classify(_line({"usage": usage, "choices": []}))[0] == FULL
+    assert (
+        classify(_line({"choices": [{"text": "x"}], "usage": usage, "prfaas": {"route": "local"}}))[0] == FULL
+    )
+    assert classify(_line({"choices": [{"text": "x"}]}))[2] == -1
+
+
 def test_fast_path_agrees_with_a_full_parse_on_awkward_text():
     texts = ['"', '\\"text\\":\\"', '"content":"', "", "\n", "é", "}", '{"text":""}', " "]
     for t in texts:
-        for obj in ({"choices": [{"text": t}]}, {"choices": [{"delta": {"content": t}}]}):
-            kind, payload = classify(_line(obj))
-            expected = parse_chunk(payload).has_content
-            assert (kind == CONTENT) == expected, (t, kind)
+        for finish in (None, "length"):
+            choices = ({"text": t, "finish_reason": finish}, {"delta": {"content": t}, "finish_reason": finish},
+                       {"delta": {"role": "assistant", "content": t}, "finish_reason": finish})  # fmt: skip
+            for choice in choices:
+                kind, payload, _ = classify(_line({"choices": [choice]}))
+                expected = parse_chunk(payload).has_token
+                assert (kind == CONTENT) == expected, (choice, kind)
 
 
 def test_prfaas_fields_are_typed_and_moved_to_the_run_clock():

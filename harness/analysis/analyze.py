@@ -72,6 +72,24 @@ def run_verdict(run: Run, topology: str | None = None) -> str | None:
     return text if isinstance(text, str) else UNKNOWN
 
 
+def _record_notes(key: str, s: dict[str, Any]) -> list[str]:
+    """What the records themselves say about how far a topology's figures can be read."""
+    notes = []
+    if s.get("pd_no_kv_transfer"):
+        notes.append(
+            f"{key}: {s['pd_no_kv_transfer']} of {s['requests']} PD requests got no kv_transfer_params "
+            "from the prefill server (no KV connector): no KV moved, the decode server prefilled the "
+            "prompt again, so 'KV transfer' is not measured and 'first token' holds that second prefill"
+        )
+    if s.get("itl_unresolved"):
+        notes.append(
+            f"{key}: ITL unresolved on {s['itl_unresolved']} of {s['requests'] - s['failed']} successful "
+            "requests (most of their tokens arrived in one read, or chunks held several tokens without "
+            "per-chunk counts); ITL percentiles leave them out, TPOT and token counts still hold"
+        )
+    return notes
+
+
 def _kinds(run: Run) -> dict[str, str]:
     topos = run.meta.get("topologies")
     if not isinstance(topos, dict):
@@ -191,6 +209,7 @@ def analyze(
             points.append((run.source, split_label(name)[0], rate, summary["slo_attainment"]))
             target = slo.attainment
         members.append((run, name, rate, df))
+        notes += _record_notes(key, summary)
 
     for r in bundle.runs:
         if r.meta.get("client_saturated"):

@@ -2,15 +2,20 @@
 
 The definitions (they differ across tools; these are ours, see docs/analysis.md):
 
-- TTFT  = first content token − scheduled send (no coordinated omission: from *scheduled*, not sent)
-- ITL   = gaps between successive content tokens
+- TTFT  = first generated token − scheduled send (no coordinated omission: from *scheduled*, not
+  sent); a token counts even when its text is empty (a partial UTF-8 byte)
+- ITL   = gaps between successive generated tokens (a chunk of k tokens gives k gaps of its gap / k);
+  requests whose ITL is unresolved (``itl_unresolved``: most tokens in one read, or tokens packed
+  without per-chunk counts) are left out of it
 - TPOT  = (last token − first token) / (output tokens − 1); excludes TTFT; undefined for one token
 - E2E   = last token − scheduled send
 - send lag = actual send − scheduled send (the client's own lateness)
 - TTFT breakdown, which sums to TTFT when every boundary is known:
   queue = prefill start − scheduled (or the server's ``prefill_queue_s``), prefill = prefill end −
   prefill start, KV transfer (exposed) = max(0, transfer end − prefill end), first token = first
-  token − max(prefill end, transfer end)
+  token − max(prefill end, transfer end); a PD request whose prefill server returned no
+  ``kv_transfer_params`` (warning ``pd_no_kv_transfer_params``: no KV connector, the decode server
+  prefilled again) has no KV transfer to measure: NaN, not 0
 - throughput = successful requests / duration; output tok/s = tokens received / duration, where
   duration = the schedule's span: earliest scheduled send − the last end of any request (a success's
   last token, a failure's end), so failures never shorten it
@@ -30,6 +35,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from harness.pdproxy import NO_KV_TRANSFER
 from harness.records import STATUS_OK
 
 Better = Literal["higher", "lower", "none"]
@@ -73,12 +79,26 @@ def ok_mask(df: pd.DataFrame) -> np.ndarray:
     return (df["status"] == STATUS_OK).to_numpy(dtype=bool, na_value=False)
 
 
+def warned(df: pd.DataFrame, name: str) -> np.ndarray:
+    """Rows whose ``warning`` names ``name``."""
+    if "warning" not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    return df["warning"].str.contains(name, regex=False, na=False).to_numpy(dtype=bool)
+
+
+def itl_unresolved(df: pd.DataFrame) -> np.ndarray:
+    """Rows whose inter-token gaps do not resolve tokens (``itl_unresolved``; older records: no)."""
+    if "itl_unresolved" not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    return df["itl_unresolved"].fillna(False).to_numpy(dtype=bool)
+
+
 # --- per request -------------------------------------------------------------------------------
 
 
 @metric("ttft", "s")
 def ttft(df: pd.DataFrame) -> np.ndarray:
-    """Time to first content token, from the scheduled send."""
+    """Time to first generated token, from the scheduled send."""
     return col(df, "first_token_s") - col(df, "scheduled_s")
 
 
@@ -105,10 +125,15 @@ def send_lag(df: pd.DataFrame) -> np.ndarray:
 
 @metric("itl", "s")
 def itl(df: pd.DataFrame) -> np.ndarray:
-    """Inter-token latencies of all requests, flattened (not aligned with rows)."""
+    """Inter-token latencies of requests whose ITL is resolved, flattened (not aligned with rows)."""
     if "itl_s" not in df.columns:
         return np.empty(0)
-    parts = [np.asarray(x, dtype=float) for x in df["itl_s"] if x is not None and len(x)]
+    keep = ~itl_unresolved(df)
+    parts = [
+        np.asarray(x, dtype=float)
+        for x, k in zip(df["itl_s"], keep, strict=True)
+        if k and x is not None and len(x)
+    ]
     return np.concatenate(parts) if parts else np.empty(0)
 
 
@@ -133,9 +158,11 @@ def _ready(df: pd.DataFrame) -> np.ndarray:
 
 @metric("ttft_transfer", "s")
 def ttft_transfer(df: pd.DataFrame) -> np.ndarray:
-    """Exposed KV transfer: max(0, transfer end − prefill end); 0 when nothing was transferred."""
+    """Exposed KV transfer: max(0, transfer end − prefill end); 0 when nothing was transferred, NaN
+    when a PD prefill server returned no KV to transfer (not measured)."""
     pe = col(df, "prefill_end_s")
-    return np.where(np.isnan(pe), np.nan, np.maximum(0.0, _ready(df) - pe))
+    unknown = np.isnan(pe) | warned(df, NO_KV_TRANSFER)
+    return np.where(unknown, np.nan, np.maximum(0.0, _ready(df) - pe))
 
 
 @metric("ttft_first_token", "s")

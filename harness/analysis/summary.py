@@ -12,6 +12,7 @@ import pandas as pd
 
 from harness.analysis import metrics as m
 from harness.analysis.stats import percentile
+from harness.pdproxy import NO_KV_TRANSFER
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0))
 LATENCIES = (("ttft", m.ttft), ("tpot", m.tpot), ("e2e", m.e2e))
@@ -97,6 +98,11 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
     }
     if "warning" in df.columns:  # non-fatal findings (e.g. server usage ≠ trace lengths)
         out["warnings"] = int(df["warning"].notna().sum())
+    # PD requests without a KV transfer (no connector: the decode server prefilled again)
+    out["pd_no_kv_transfer"] = int(m.warned(df, NO_KV_TRANSFER).sum())
+    out["itl_unresolved"] = int(m.itl_unresolved(good).sum())
+    most = m.col(good, "tokens_per_chunk_max")
+    out["tokens_per_chunk_max"] = int(np.nanmax(most)) if np.isfinite(most).any() else None
     if "error_class" in df.columns:
         errors = df.loc[~ok, "error_class"].fillna("unknown").value_counts()
         out["errors"] = {str(k): int(v) for k, v in errors.items()}

@@ -97,7 +97,9 @@ def breakdown_table(result: Mapping[str, Any]) -> Table:
     t.add_column("TTFT p50", justify="right")
     for key, e in result["topologies"].items():
         cells = [
-            f"{fmt(e.get(f'{k}_p50_s'), 's')} / {fmt(e.get(f'{k}_mean_s'), 's')}"
+            "not measured"  # a PD pair without a KV connector: no KV moved (analyze's note says more)
+            if k == "ttft_transfer" and e.get("pd_no_kv_transfer") and e.get(f"{k}_mean_s") is None
+            else f"{fmt(e.get(f'{k}_p50_s'), 's')} / {fmt(e.get(f'{k}_mean_s'), 's')}"
             for k, _ in BREAKDOWN_COLUMNS
         ]
         t.add_row(key, *cells, fmt(e.get("ttft_p50_s"), "s"))

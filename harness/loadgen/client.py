@@ -7,6 +7,7 @@ escape: they become ``status="error"`` with an ``error_class`` (see ``ERROR_CLAS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -16,16 +17,17 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from harness.errors import InputError
+from harness.loadgen.chunks import chunk_timing, chunk_tokens
 from harness.loadgen.config import Endpoint, Timeouts, redact_url
 from harness.loadgen.schedule import PHASES
-from harness.loadgen.sse import BAD, CONTENT, DONE, FULL, classify, parse_chunk, prfaas_fields
-from harness.pdproxy import prefill_leg_body
+from harness.loadgen.sse import BAD, CONTENT, DONE, FULL, classify, is_token, parse_chunk, prfaas_fields
+from harness.pdproxy import NO_KV_TRANSFER, prefill_leg_body
 from harness.records import STATUS_ERROR, RequestRecord
 
 ERROR_CLASSES = (
     "connect_error",  # refused, DNS: nothing listening
     "connect_timeout",
-    "first_token_timeout",  # no content token within Timeouts.first_token_s of the send
+    "first_token_timeout",  # no generated token within Timeouts.first_token_s of the send
     "total_timeout",
     "http_<code>",  # e.g. http_500, http_429
     "connection_reset",  # the connection died before the response started
@@ -34,6 +36,7 @@ ERROR_CLASSES = (
     "stream_error",  # the server sent an error object inside the stream
     "not_sse",  # a 2xx answer that is not an event stream (an HTML page, say); the content type is named
     "bad_usage",  # usage counts that cannot be (negative, NaN, not integers)
+    "no_tokens",  # the stream ended normally ([DONE]) without one generated token: no TTFT to measure
     "cancelled",  # the run was interrupted while this request was in flight
 )
 
@@ -50,6 +53,18 @@ class Job:
     output_tokens: int
     phase: int
     data: bytes = b""  # the encoded request body (``Client.prepare``), built before the send time
+
+
+# vLLM (and SGLang) then put the running completion_tokens on every chunk, so a chunk holding several
+# tokens is counted exactly; a server that ignores the option sends none and each chunk counts as one.
+STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
+
+
+def stream_options(extra_body: dict[str, Any]) -> dict[str, Any]:
+    """The ``stream_options`` requests carry: ours, unless ``--extra-body`` replaces them (for a server
+    that refuses ``continuous_usage_stats``, say). Recorded in meta.json."""
+    options = extra_body.get("stream_options", STREAM_OPTIONS)
+    return dict(options) if isinstance(options, dict) else options
 
 
 _MAX_LINE = 1 << 22  # an SSE line this long without a newline is not a token stream
@@ -99,7 +114,7 @@ class Client:
             "ignore_eos": True,
             "temperature": 0.0,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": stream_options({}),
         }
         if self.ep.api == "chat":
             body["messages"] = [{"role": "user", "content": job.prompt}]
@@ -140,7 +155,7 @@ class Client:
             if st.times:
                 _fail(rec, "total_timeout", f"no end within {self.timeouts.total_s}s of send")
             else:
-                _fail(rec, "first_token_timeout", f"no content token within {self.timeouts.first_token_s}s")
+                _fail(rec, "first_token_timeout", f"no generated token within {self.timeouts.first_token_s}s")
         except aiohttp.ClientConnectorError as exc:
             _fail(rec, "connect_error", str(exc))
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
@@ -181,6 +196,7 @@ class Client:
                 raise _Failure("not_sse", f"content type {ctype!r}, not text/event-stream: {text.strip()!r}")
             # Read whatever bytes arrived and split lines here: one await per network read, not per
             # line. Events that arrive in the same read share its timestamp (that is when they arrived).
+            # The common chunk (one token, no running count) is handled inline; the rest by ``st.add``.
             content, times, tail = resp.content, st.times, b""
             while True:
                 data = await content.readany()
@@ -192,11 +208,14 @@ class Client:
                 for line in lines:
                     if len(line) < 2:  # blank separator ("" or "\r")
                         continue
-                    kind, payload = classify(line)
+                    kind, payload, completion = classify(line)
                     if kind == CONTENT:
-                        if not times:
-                            st.cm.reschedule(st.total_deadline)
-                        times.append(now)
+                        if completion < 0 and st.counted < 0:
+                            if not times:
+                                st.cm.reschedule(st.total_deadline)
+                            times.append(now)
+                        else:  # a running count, or a token in a stream that counted so far
+                            st.add(now, completion, payload if completion >= 0 else None)
                     elif kind == FULL:
                         self._full(payload, rec, st, now)
                     elif kind == DONE:
@@ -213,10 +232,7 @@ class Client:
             raise _Failure("malformed_sse", payload[:200].decode("utf-8", "replace")) from None
         if chunk.error:
             raise _Failure("stream_error", chunk.error)
-        if chunk.has_content:
-            if not st.times:
-                st.cm.reschedule(st.total_deadline)
-            st.times.append(now)
+        st.add(now, chunk.completion_tokens, None, chunk.has_token)
         if chunk.usage is not None:
             st.usage = chunk.usage
         if chunk.prfaas is not None:
@@ -254,7 +270,7 @@ class Client:
             rec.cached_tokens = _cached(usage)
         kv = obj.get("kv_transfer_params") if isinstance(obj, dict) else None
         if not isinstance(kv, dict):
-            _warn(rec, "pd_no_kv_transfer_params")
+            _warn(rec, NO_KV_TRANSFER)
             return None
         # Breakdown fields a prefill server puts beside vLLM's keys (the emulated endpoints do); they
         # replace the client's view of the leg. Fields of the decode stream's breakdown come later and win.
@@ -304,14 +320,40 @@ async def _answers(url: str, api_key: str | None, connect_s: float) -> str | Non
 
 @dataclass(slots=True)
 class _Stream:
+    """One stream's state: a time per token-bearing chunk (the read it arrived in), and, sparse,
+    ``(chunk index, tokens)`` for the chunks that held other than one token."""
+
     cm: Any = None
     total_deadline: float = 0.0
     headers_s: float | None = None
     times: list[float] = None  # type: ignore[assignment]
+    multi: list[tuple[int, int]] = None  # type: ignore[assignment]
+    counted: int = -1  # the server's running completion_tokens; -1: it sends none (one token per chunk)
     usage: dict[str, Any] | None = None
+    usage_line: bytes | None = None  # the last chunk with choices and usage: its usage, if no later one
 
     def __post_init__(self) -> None:
         self.times = []
+        self.multi = []
+
+    def add(self, now: float, completion: int, payload: bytes | None, token: bool = True) -> None:
+        """A chunk with choices arrived at ``now``: it holds the tokens its running count added since
+        the last one when the stream counts from its start, else one if it holds a token (``token``,
+        or what ``payload``'s text says)."""
+        if completion >= 0 and payload is not None:
+            self.usage_line = payload
+        if completion >= 0 and (self.counted >= 0 or not self.times):
+            k = completion - max(self.counted, 0)
+            self.counted = max(completion, self.counted)
+        else:  # no count, or one that appears mid-stream: a total, not a running count
+            k = 1 if (token if payload is None else is_token(payload)) else 0
+        if k <= 0:
+            return
+        if not self.times:
+            self.cm.reschedule(self.total_deadline)
+        if k != 1:
+            self.multi.append((len(self.times), k))
+        self.times.append(now)
 
 
 def _cached(usage: dict[str, Any]) -> int | None:
@@ -350,14 +392,27 @@ def _fail(rec: RequestRecord, error_class: str, message: str) -> None:
 
 
 def _finish(rec: RequestRecord, st: _Stream, t0: float) -> None:
-    """Token times -> first/last/ITL; server usage reconciled with the trace's lengths."""
+    """Token times -> first/last/ITL and tokens per chunk; server usage reconciled with the trace's
+    lengths; an ok stream without a generated token becomes ``no_tokens``."""
     times = st.times
+    tokens = chunk_tokens(len(times), st.multi)
     if times:
         rec.first_token_s = times[0] - t0
         rec.last_token_s = times[-1] - t0
-        rec.itl_s = [b - a for a, b in zip(times, times[1:], strict=False)]  # noqa: RUF007
-    rec.output_tokens_received = len(times)
+    rec.output_tokens_received = tokens
     usage = st.usage
+    if usage is None and st.usage_line is not None:
+        with contextlib.suppress(ValueError):
+            usage = parse_chunk(st.usage_line).usage
+    completion = None if usage is None else usage.get("completion_tokens")
+    if times:
+        total = completion if isinstance(completion, int) and st.counted < 0 else tokens
+        ct = chunk_timing(times, st.multi, total)
+        rec.itl_s, rec.itl_unresolved = ct.itl_s, ct.itl_unresolved
+        rec.tokens_per_chunk, rec.tokens_per_chunk_max = ct.tokens_per_chunk, ct.tokens_per_chunk_max
+    elif rec.status != STATUS_ERROR and rec.output_tokens_requested > 0:
+        said = f" (the server's usage says completion_tokens={completion})" if completion is not None else ""
+        _fail(rec, "no_tokens", f"the stream ended without a generated token{said}")
     if usage is None:
         if rec.status != STATUS_ERROR:
             _warn(rec, "no_usage")

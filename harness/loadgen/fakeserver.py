@@ -6,14 +6,20 @@ fields (``id``, ``object``, ``created``, ``model``, ``choices[].text`` or ``delt
 ``finish_reason``, ``stop_reason``), one word (`` tok``) per token, the usage chunk when
 ``stream_options.include_usage`` asks for it, ``max_tokens``/``min_tokens``/``ignore_eos`` honoured.
 The first token comes ``first_token_delay_s`` after the request, the others ``itl_s`` apart; usage
-counts whitespace words as prompt tokens. Also: ``/v1/models``, ``/health``, vLLM's ``POST /tokenize``
+counts whitespace words as prompt tokens. Tokens per chunk (``chunk_tokens``, a cycle of counts: a
+chunk of k tokens goes out k·``itl_s`` after the previous one, as a stream interval sends them), the
+running ``usage`` on every chunk when ``stream_options.continuous_usage_stats`` asks (unless
+``usage_deltas`` is off: a server that ignores the option), and empty-text tokens (``empty_text``: the
+first n tokens decode to "", as partial UTF-8 bytes do) are set as vLLM shows them. Also: ``/v1/models``, ``/health``, vLLM's ``POST /tokenize``
 (counting with ``tokenizer`` if set, else words), and vLLM's PD-proxy fields (a prefill leg with
-``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back). A body it cannot read gets
+``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back, unless ``kv_connector`` is
+off). A body it cannot read gets
 vLLM's 400.
 
 Faults on demand (``mode``, or per request ``mode_for(n)``): ok, stall (no response), stall_body
 (headers then silence), reset (abort before responding), disconnect (abort mid-stream), garbage (a
-non-SSE line mid-stream), no_done (EOF without [DONE]), error_event, http_500, http_429.
+non-SSE line mid-stream), no_done (EOF without [DONE]), error_event, http_500, http_429, no_tokens (a
+normal end, usage included, without one generated token).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from harness.errors import InputError
 
 FAULTS = (
     "stall", "stall_body", "reset", "disconnect", "garbage", "no_done", "error_event", "http_500", "http_429",
+    "no_tokens",
 )  # fmt: skip
 MAX_MODEL_LEN = 1 << 20
 
@@ -54,6 +61,10 @@ class FakeServer:
     cached_tokens: int | None = None
     prfaas: dict[str, Any] | None = None
     role_chunk_delay_s: float = 0.0  # chat: the role-only chunk goes out first, this long before content
+    chunk_tokens: tuple[int, ...] = (1,)  # tokens per chunk, cycled; the last chunk holds what is left
+    usage_deltas: bool = True  # honour stream_options.continuous_usage_stats (running usage per chunk)
+    empty_text: int = 0  # the first n tokens have empty text (partial UTF-8 bytes)
+    kv_connector: bool = True  # False: a prefill leg gets no kv_transfer_params (vLLM without a connector)
     keep_bodies: bool = False
     tokenizer: Any = None  # a tokenizers.Tokenizer for /tokenize; None: a token is a whitespace word
     tokenize_calls: int = 0
@@ -148,31 +159,38 @@ class FakeServer:
         if mode == "stall_body":
             await asyncio.sleep(3600)
         head["object"] = "chat.completion.chunk" if chat else "text_completion"
+        options = body.get("stream_options") or {}
+        running = self.usage_deltas and bool(
+            options.get("include_usage") and options.get("continuous_usage_stats")
+        )
         if chat:
             role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                     "finish_reason": None}  # fmt: skip
-            await resp.write(_event({**head, "choices": [role]}))
+            zero = {"usage": {"prompt_tokens": n_prompt, "total_tokens": n_prompt, "completion_tokens": 0}}
+            await resp.write(_event({**head, "choices": [role], **(zero if running else {})}))
             if self.role_chunk_delay_s:
                 await asyncio.sleep(self.role_chunk_delay_s)
         if self.first_token_delay_s:
             await asyncio.sleep(self.first_token_delay_s)
-        tok, last = (_event({**head, "choices": [_choice(chat, " tok", end)]}) for end in (None, finish))
+        events = self._chunks(head, chat, 0 if mode == "no_tokens" else n_out, finish, n_prompt, running)
         if self.itl_s == 0 and mode == "ok":
-            await resp.write(tok * (n_out - 1) + last)  # stream "instantly": one write
+            await resp.write(b"".join(e for e, _ in events))  # stream "instantly": one write
         else:
-            for i in range(n_out):
+            for i, (event, k) in enumerate(events):
                 if i and self.itl_s:
-                    await asyncio.sleep(self.itl_s)
-                if i == n_out // 2 and mode in ("disconnect", "garbage"):
+                    await asyncio.sleep(self.itl_s * k)
+                if i == len(events) // 2 and mode in ("disconnect", "garbage"):
                     if mode == "garbage":
                         await resp.write(b"this is not server-sent events\n\n")
                         await asyncio.sleep(0.05)
                     else:
-                        await resp.write(tok)
+                        await resp.write(event)
                         await asyncio.sleep(0.05)
                         request.transport.abort()
                         return resp
-                await resp.write(last if i == n_out - 1 else tok)
+                await resp.write(event)
+        if mode == "no_tokens":
+            usage = {**usage, "completion_tokens": 0, "total_tokens": n_prompt}
         if mode == "error_event":
             await resp.write(_event({"error": {"message": "fake engine error", "code": 500}}))
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -185,6 +203,28 @@ class FakeServer:
         await resp.write_eof()
         return resp
 
+    def _chunks(self, head, chat: bool, n_out: int, finish: str, n_prompt: int, running: bool):
+        """The token chunks of one stream: ``(event, tokens in it)``; with ``running``, each carries
+        the running usage as vLLM's continuous usage stats do."""
+        events: list[tuple[bytes, int]] = []
+        # Equal chunks encode once; a running count is filled into the encoded bytes (no dumps per token).
+        same: dict[tuple[int, bool], bytes] = {}
+        usage = {"prompt_tokens": n_prompt, "total_tokens": _TOTAL, "completion_tokens": _SENT}
+        sent = 0
+        while sent < n_out:
+            k = min(self.chunk_tokens[len(events) % len(self.chunk_tokens)], n_out - sent)
+            texts = max(0, sent + k - max(self.empty_text, sent))  # tokens of this chunk that decode
+            sent += k
+            key = (texts, sent == n_out)
+            if key not in same:
+                obj = {**head, "choices": [_choice(chat, " tok" * texts, finish if key[1] else None)]}
+                same[key] = _event({**obj, "usage": usage} if running else obj)
+            event = same[key]
+            if running:
+                event = event.replace(_TOTAL_B, b"%d" % (n_prompt + sent)).replace(_SENT_B, b"%d" % sent)
+            events.append((event, k))
+        return events
+
     async def _whole(self, body, head, chat: bool, n_out: int, finish: str, usage) -> web.Response:
         text = " tok" * n_out
         if chat:
@@ -195,7 +235,7 @@ class FakeServer:
         out: dict[str, Any] = {**head, "object": "chat.completion" if chat else "text_completion",
                                "choices": [choice], "usage": usage}  # fmt: skip
         kv_in = body.get("kv_transfer_params")
-        if isinstance(kv_in, dict) and kv_in.get("do_remote_decode"):
+        if isinstance(kv_in, dict) and kv_in.get("do_remote_decode") and self.kv_connector:
             out["kv_transfer_params"] = {
                 "do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": "fake-prefill",
                 "remote_block_ids": [1, 2, 3], "remote_host": "127.0.0.1", "remote_port": 5600,
@@ -213,6 +253,10 @@ def _choice(chat: bool, text: str, finish: str | None) -> dict[str, Any]:
 
 async def _health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+_TOTAL, _SENT = "\x00total", "\x00sent"  # placeholders of the running usage, as JSON encodes them
+_TOTAL_B, _SENT_B = (json.dumps(x).encode() for x in (_TOTAL, _SENT))
 
 
 def _event(obj: dict[str, Any]) -> bytes:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from harness.errors import InputError
+from harness.loadgen.client import stream_options
 from harness.loadgen.config import Endpoint, ReplayConfig, redact_url
 from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.progress import Progress, print_summary
@@ -93,6 +94,9 @@ def replay(
             "token_exact": tok is not None or prompt_fits is not None,
             "preparation": preparation.describe() if preparation else None,
         },
+        # continuous_usage_stats asks for the running completion_tokens on every chunk (tokens per chunk);
+        # each record's tokens_per_chunk_max is None where the server sent no such counts.
+        "stream_options": stream_options(config.extra_body),
         "breakdown_wire_format": {
             "key": PRFAAS_KEY,
             "fields": {k: v.__name__ for k, v in PRFAAS_FIELDS.items()},

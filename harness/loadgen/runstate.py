@@ -25,6 +25,7 @@ from harness.loadgen.conditions import (
     server_roots,
 )
 from harness.loadgen.config import Endpoint, ReplayConfig
+from harness.pdproxy import NO_KV_TRANSFER
 
 
 @dataclass
@@ -92,5 +93,6 @@ def measurements(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "send_lag_p99_s": summary["send_lag_s"]["p99"],
         "failed_share": summary["failed"] / n if n else None,
+        "pd_no_kv_share": summary["warnings"].get(NO_KV_TRANSFER, 0) / n if n else None,
         **summary.get("conditions", {}),
     }

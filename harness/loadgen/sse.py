@@ -1,9 +1,11 @@
 """Server-sent-event lines of an OpenAI-compatible stream, classified cheaply.
 
-Most lines of a stream are token chunks; deciding "content token or not" must not cost a
+Most lines of a stream are token chunks; deciding "generated token or not" must not cost a
 ``json.loads`` per token. Inside a JSON string every ``"`` is escaped, so the byte pattern
 ``"text":"`` (or ``"content":"``) can only be a key; the byte after it says whether the text is empty.
-Lines that may carry usage, errors, routing (``PRFAAS_KEY``) or ``kv_transfer_params`` are parsed fully.
+Lines that carry the final usage (``"choices": []``), errors, routing (``PRFAAS_KEY``) or
+``kv_transfer_params`` are parsed fully; a running ``usage.completion_tokens`` beside choices is read
+off the bytes.
 
 Server-reported breakdown (the wire format the emulated endpoints send, see docs/replay.md): any chunk —
 by convention the final usage chunk, the one with ``"choices": []`` — may carry a JSON object under the
@@ -47,50 +49,84 @@ EPOCH_FIELDS = (
 CONTENT, EMPTY, DONE, FULL, SKIP, BAD = range(6)
 
 # A key can be matched on raw bytes: inside a JSON string every quote is escaped, so ``t":`` never
-# occurs there. Lines that carry usage (not null), errors, routing or kv_transfer_params need a parse.
-_NEEDS_PARSE = re.compile(rb'"(?:prfaas|error|kv_transfer_params)"|"usage": *[^n ]')
+# occurs there. Lines that carry errors, routing, kv_transfer_params or a usage-only chunk
+# (``"choices": []``) need a parse; a running ``completion_tokens`` beside choices (vLLM's
+# ``continuous_usage_stats``) is read off the bytes, so a counted stream costs no parse per token.
+_KEYS = re.compile(rb'"(?:prfaas|error|kv_transfer_params)"|"choices": *\[\]|"completion_tokens": *(\d+)')
+_NEEDS_PARSE = re.compile(rb'"(?:prfaas|error|kv_transfer_params)"|"choices": *\[\]')
 # the first byte of the text value: '"' means empty; anything else (after the opening quote) is text
 _TEXT = re.compile(rb'"(?:text|content)": *(")?(.)')
+# An empty text is still a generated token (a partial UTF-8 byte, say) unless the chunk is chat's
+# role chunk or a bare end-of-stream chunk with a finish reason.
+_NOT_A_TOKEN = re.compile(rb'"role":|"finish_reason": *"')
 
 
-def classify(line: bytes) -> tuple[int, bytes]:
-    """Kind of one SSE line (without its newline) and its data payload.
+def classify(line: bytes) -> tuple[int, bytes, int]:
+    """Kind of one SSE line (without its newline), its data payload, and the running
+    ``usage.completion_tokens`` the chunk carries (-1 when it carries none).
 
-    CONTENT: a chunk with non-empty text; EMPTY: a chunk without (role-only, empty text);
-    DONE: ``[DONE]``; FULL: parse the payload with ``parse_chunk``; SKIP: blank line, comment,
-    ``event:``/``id:``/``retry:`` field; BAD: not SSE.
+    CONTENT: a chunk that carries a generated token (``is_token``), or any chunk with choices and a
+    running count (the count says how many tokens it holds; its text is not looked at); EMPTY: a
+    chunk without a token (role-only, end, no text); DONE: ``[DONE]``; FULL: parse the payload with
+    ``parse_chunk``; SKIP: blank line, comment, ``event:``/``id:``/``retry:`` field; BAD: not SSE.
     """
     if line.endswith(b"\r"):
         line = line[:-1]
     if not line.startswith(b"data:"):
         if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
-            return SKIP, b""
-        return BAD, line
+            return SKIP, b"", -1
+        return BAD, line, -1
     payload = line[6:] if line[5:6] == b" " else line[5:]
     if payload[:1] != b"{" or payload[-1:] != b"}":
         payload = payload.strip(b" ")
         if payload == b"[DONE]":
-            return DONE, payload
+            return DONE, payload, -1
         if payload[:1] != b"{" or payload[-1:] != b"}":
-            return BAD, payload
-    if _NEEDS_PARSE.search(payload):
-        return FULL, payload
+            return BAD, payload, -1
+    k = _KEYS.search(payload)
+    if k is not None:
+        if k.group(1) is None or _NEEDS_PARSE.search(payload, k.end()):
+            return FULL, payload, -1
+        return CONTENT, payload, int(k.group(1))
+    return CONTENT if is_token(payload) else EMPTY, payload, -1
+
+
+def is_token(payload: bytes) -> bool:
+    """Whether a chunk's text says it holds a generated token: a text string that is non-empty, or
+    empty in a chunk that is neither chat's role chunk nor an end chunk with a ``finish_reason``."""
     m = _TEXT.search(payload)
-    # a string value ('"' captured) whose next byte does not close it at once
-    if m is not None and m.group(1) and m.group(2) != b'"':
-        return CONTENT, payload
-    return EMPTY, payload
+    if m is None or m.group(1) is None:  # no text, or a null one
+        return False
+    # a string value whose next byte does not close it at once is text
+    return m.group(2) != b'"' or not _NOT_A_TOKEN.search(payload)
 
 
 @dataclass(slots=True)
 class Chunk:
-    """What a fully parsed chunk says."""
+    """What a fully parsed chunk says. ``completion_tokens`` is the running count a chunk with choices
+    carries (continuous usage stats), -1 when none."""
 
-    has_content: bool = False
+    has_token: bool = False
+    completion_tokens: int = -1
     usage: dict[str, Any] | None = None
     prfaas: dict[str, Any] | None = None
     kv_transfer_params: dict[str, Any] | None = None
     error: str | None = None
+
+
+def _is_token(choice: Any) -> bool:
+    # classify's rule on parsed JSON: a text string, non-empty or not a role/end chunk.
+    if not isinstance(choice, dict):
+        return False
+    text = choice.get("text")
+    delta = choice.get("delta")
+    if text is None and isinstance(delta, dict):
+        if "role" in delta:
+            return bool(delta.get("content"))
+        text = delta.get("content")
+    if not isinstance(text, str):
+        return False
+    return bool(text) or not isinstance(choice.get("finish_reason"), str)
 
 
 def parse_chunk(payload: bytes) -> Chunk:
@@ -99,15 +135,14 @@ def parse_chunk(payload: bytes) -> Chunk:
     if not isinstance(obj, dict):
         raise ValueError("SSE data is not a JSON object")
     chunk = Chunk()
-    for choice in obj.get("choices") or ():
-        text = choice.get("text")
-        if text is None:
-            text = (choice.get("delta") or {}).get("content")
-        if text:
-            chunk.has_content = True
+    choices = obj.get("choices") or ()
+    chunk.has_token = any(_is_token(c) for c in choices)
     usage = obj.get("usage")
     if isinstance(usage, dict):
         chunk.usage = usage
+        count = usage.get("completion_tokens")
+        if choices and isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            chunk.completion_tokens = count
     extra = obj.get(PRFAAS_KEY)
     if isinstance(extra, dict):
         chunk.prfaas = extra
