@@ -96,6 +96,7 @@ def rows(name: str, run_dir: Path) -> list[dict[str, Any]]:
             "rate_rps": workload["rate_rps"],
             "requests": workload["requests"],
             "send_lag_p99_s": rep["send_lag_p99_s"],
+            "validity": rep.get("validity"),
             **{key: (sim[key], rep[key]) for key, *_ in METRICS},
         })  # fmt: skip
     return out

@@ -19,8 +19,9 @@ what this run can resolve:
 
 Not asserted here: plan against simulate's Λ_max. The slices hold 300 requests, which arrive within
 ~100 s at the trace's rate, too few for a Λ_max search to reach steady state; docs/fidelity.md gives the
-whole-trace figures. The run is gated (not skipped) on the client keeping its schedule: a send-lag p99
-above 250 ms means the machine could not run the replay, and the test fails saying so.
+whole-trace figures. A replay the harness's own verdict calls invalid (a machine too busy to run it:
+send lag, event-loop lag, CPU taken by others) must give its reasons instead of agreeing; a valid or
+unmeasured one must agree, and a send-lag p99 above 250 ms still fails saying so.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ def test_simulate_and_replay_agree(root, matrix, workload):
     for r in rows:
         where = f"{workload} / {r['topology']}"
         assert r["requests"] == REQUESTS
+        verdict = r["validity"]
+        if verdict is not None and verdict.startswith("invalid"):
+            # The harness says this replay cannot be trusted (a machine too busy for it): issue 12's
+            # contract is that it says so with its reasons, not that it agrees.
+            assert verdict.startswith("invalid: ") and len(verdict) > len("invalid: "), where
+            continue
         lag = r["send_lag_p99_s"]
         assert lag <= MAX_SEND_LAG_S, (
             f"{where}: send lag p99 {lag * 1e3:.0f} ms, the client missed its schedule"

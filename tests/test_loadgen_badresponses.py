@@ -104,6 +104,8 @@ def test_a_run_of_failures_is_complete_invalid_and_its_ends_are_recorded(tmp_pat
         result, df = _replay(srv.url, tmp_path, n=4)
     meta = read_meta(tmp_path)
     assert meta["complete"] is True and result.complete
-    assert meta["validity"]["verdict"].startswith("invalid: 100.0% of requests failed")
+    # The failed share is one of the reasons (a busy machine may add a send-lag reason before it).
+    assert meta["validity"]["verdict"].startswith("invalid: ")
+    assert "100.0% of requests failed" in meta["validity"]["verdict"]
     assert meta["summaries"]["t"]["validity"]["checks"]["failed_share"]["value"] == 1.0
     assert (df.end_s >= df.sent_s).all()
