@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from harness.analysis import metrics as m
 from harness.analysis.runs import Bundle, Run
 from harness.analysis.summary import Slo
 from harness.analysis.tables import source_order
+from harness.analysis.telemetry import server_series
 
 _LAYOUT: dict[str, Any] = {
     "template": "plotly_white",
@@ -142,24 +144,68 @@ def _mark_link_events(fig: go.Figure, bundle: Bundle) -> go.Figure:
     return fig
 
 
+def ttft_bins(df: pd.DataFrame, bins: int = 40) -> tuple[list[float], np.ndarray, np.ndarray] | None:
+    """(bin centres, TTFT p50, TTFT p90) in time bins of the scheduled send; None under two requests."""
+    t, v = m.col(df, "scheduled_s"), m.ttft(df)
+    keep = np.isfinite(t) & np.isfinite(v)
+    if keep.sum() < 2:
+        return None
+    g = pd.DataFrame({"bin": pd.cut(t[keep], bins), "v": v[keep]}).groupby("bin", observed=True)["v"]
+    return [iv.mid for iv in g.median().index], g.median().to_numpy(), g.quantile(0.9).to_numpy()
+
+
 def latency_over_time(bundle: Bundle, bins: int = 40) -> go.Figure:
     """TTFT p50 (solid) and p90 (dotted) in time bins of the scheduled send."""
     title = "Latency over time (TTFT by scheduled send time)"
     fig = _fig(title, xaxis={"title": "scheduled send (s)"}, yaxis={"title": "TTFT (s)"})
     for label, _, df in _series(bundle):
-        t, v = m.col(df, "scheduled_s"), m.ttft(df)
-        keep = np.isfinite(t) & np.isfinite(v)
-        if keep.sum() < 2:
+        if (binned := ttft_bins(df, bins)) is None:
             continue
-        frame = pd.DataFrame({"bin": pd.cut(t[keep], bins), "v": v[keep]})
-        g = frame.groupby("bin", observed=True)["v"]
-        centers = [iv.mid for iv in g.median().index]
-        fig.add_scatter(x=centers, y=g.median().to_numpy(), mode="lines", name=f"{label} p50")
-        fig.add_scatter(x=centers, y=g.quantile(0.9).to_numpy(), mode="lines", name=f"{label} p90",
-                        line={"dash": "dot"})  # fmt: skip
+        centers, p50, p90 = binned
+        fig.add_scatter(x=centers, y=p50, mode="lines", name=f"{label} p50")
+        fig.add_scatter(x=centers, y=p90, mode="lines", name=f"{label} p90", line={"dash": "dot"})
     return (
         _mark_link_events(fig, bundle) if fig.data else missing(title, "no successful requests in these runs")
     )
+
+
+_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def server_timeline(bundle: Bundle, bins: int = 40) -> go.Figure:
+    """The servers' own series under the client's TTFT, on one shared time axis: TTFT p50 (top), running
+    (solid) and waiting (dotted) requests, KVCache usage. One colour and one legend entry per topology."""
+    title = "Server telemetry under the client's latency (replay's /metrics scrapes)"
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.05, row_heights=[0.4, 0.3, 0.3])
+    fig.update_layout(**{**_LAYOUT, "height": 560}, title={"text": title, "font": {"size": 14}})
+    labels = [(label, run, df) for label, run, df in _series(bundle) if run.server_metrics is not None]
+    for i, (label, run, df) in enumerate(labels):
+        colour, group = _COLOURS[i % len(_COLOURS)], {"legendgroup": label, "name": label}
+        series = server_series(run.server_metrics)
+        series = series[series["topology"] == df["topology"].iloc[0]] if len(df) else series.iloc[:0]
+        if series.empty:
+            continue
+        shown = {"showlegend": True}
+        if (binned := ttft_bins(df, bins)) is not None:
+            fig.add_scatter(x=binned[0], y=binned[1], mode="lines", line={"color": colour}, **group, **shown,
+                            hovertemplate="TTFT p50 %{y:.3f} s", row=1, col=1)  # fmt: skip
+            shown = {"showlegend": False}
+        t = series["time_s"].to_numpy(float)
+        for row, col, dash, what in ((2, "running", None, "running"), (2, "waiting", "dot", "waiting"),
+                                     (3, "kv_usage", None, "KV usage")):  # fmt: skip
+            if col not in series or not series[col].notna().any():
+                continue
+            y = series[col].to_numpy(float) * (100 if col == "kv_usage" else 1)
+            fig.add_scatter(x=t, y=y, mode="lines", line={"color": colour, "dash": dash, "shape": "hv"},
+                            hovertemplate=f"{what} %{{y:.3g}}", **group, **shown, row=row, col=1)  # fmt: skip
+            shown = {"showlegend": False}
+    if not fig.data:
+        return missing(title, "no server metrics in these runs (replay scrapes /metrics: --scrape-interval)")
+    fig.update_yaxes(title_text="TTFT p50 (s)", row=1, col=1)
+    fig.update_yaxes(title_text="running — / waiting ···", row=2, col=1)
+    fig.update_yaxes(title_text="KV usage (%)", row=3, col=1)
+    fig.update_xaxes(title_text="time on the run clock (s)", row=3, col=1)
+    return _mark_link_events(fig, bundle)
 
 
 def _timeseries_columns(bundle: Bundle, words: tuple[str, ...]) -> Iterator[tuple[str, str, pd.DataFrame]]:
@@ -355,6 +401,7 @@ def all_figures(bundle: Bundle, result: Mapping[str, Any]) -> list[tuple[str, go
         ("ttft-cdf", cdf(bundle, m.ttft, "TTFT CDF (from the scheduled send)")),
         ("tpot-cdf", cdf(bundle, m.tpot, "TPOT CDF (excludes TTFT)")),
         ("latency-time", latency_over_time(bundle)),
+        ("server-timeline", server_timeline(bundle)),
         ("link", link_utilisation(bundle)),
         ("queues", queue_depths(bundle)),
         ("breakdown", breakdown_bars(bundle)),
