@@ -5,6 +5,7 @@ time axis, and the dashboard draws them under the client's latency."""
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -109,7 +110,11 @@ def test_a_server_without_metrics_is_one_warning_and_no_series(tmp_path, capsys)
 def test_scrape_interval_flag_and_scenario_key(tmp_path):
     trace = tmp_path / "t.jsonl"
     trace.write_text(
-        "".join(json.dumps({"timestamp": 100 * i, "input_length": 20, "output_length": 30, "hash_ids": [i]}) + "\n" for i in range(3))
+        "".join(
+            json.dumps({"timestamp": 100 * i, "input_length": 20, "output_length": 30, "hash_ids": [i]})
+            + "\n"
+            for i in range(3)
+        )
     )
     with ServerThread(FakeServer(itl_s=0.02)) as srv:
         base = ["replay", "--endpoint", srv.url, "--model", "m", "--trace", str(trace), "--quiet"]
@@ -119,7 +124,9 @@ def test_scrape_interval_flag_and_scenario_key(tmp_path):
         bad = CliRunner().invoke(main, [*base, "--scrape-interval", "-1", "--out", str(tmp_path / "bad")])
         assert bad.exit_code == 2 and "--scrape-interval" in bad.output
         scenario = tmp_path / "s.toml"
-        scenario.write_text('name = "x"\n[replay]\nscrape_interval_s = 0.1\nscrape_metrics = ["vllm:num_requests_running"]\n')
+        scenario.write_text(
+            'name = "x"\n[replay]\nscrape_interval_s = 0.1\nscrape_metrics = ["vllm:num_requests_running"]\n'
+        )
         res = CliRunner().invoke(main, [*base, "--scenario", str(scenario), "--out", str(tmp_path / "s")])
         assert res.exit_code == 0, res.output
     config = read_meta(tmp_path / "s")["config"]
@@ -166,7 +173,9 @@ def test_emulator_replay_has_vllm_series_on_the_records_time_axis(clusters, tmp_
     assert {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
             "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"} <= names  # fmt: skip
     assert {json.loads(x)["topology"] for x in raw["labels"] if "topology" in json.loads(x)} == {
-        "homogeneous", "prfaas", "naive"
+        "homogeneous",
+        "prfaas",
+        "naive",
     }  # every topology a site serves is exposed, each with its label
     recs = read_records(out)
     series = server_series(raw)

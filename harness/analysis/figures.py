@@ -187,7 +187,7 @@ def server_timeline(bundle: Bundle, bins: int = 40) -> go.Figure:
             continue
         shown = {"showlegend": True}
         if (binned := ttft_bins(df, bins)) is not None:
-            fig.add_scatter(x=binned[0], y=binned[1], mode="lines", line={"color": colour}, **group, **shown,
+            fig.add_scatter(x=binned[0], y=binned[1], mode="lines+markers", line={"color": colour}, **group, **shown,
                             hovertemplate="TTFT p50 %{y:.3f} s", row=1, col=1)  # fmt: skip
             shown = {"showlegend": False}
         t = series["time_s"].to_numpy(float)

@@ -230,6 +230,14 @@ def _scenario_context(path: str | None) -> int | None:
     "server_metrics.parquet on the records' time axis (0 = off).",
 )
 @click.option(
+    "--metrics-url",
+    "metrics_urls",
+    multiple=True,
+    metavar="URL",
+    help="Another server whose /metrics replay reads besides the endpoints' own (repeatable): e.g. the "
+    "other sites `serve` lists, or the engines behind a proxy.",
+)
+@click.option(
     "--scrape-metric",
     "scrape_metrics",
     multiple=True,
@@ -288,6 +296,7 @@ def command(**o) -> None:
     config = dataclasses.replace(
         config, validity=bounds, reset=o["reset"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
         scrape_interval_s=o["scrape_interval"], scrape_metrics=tuple(o["scrape_metrics"]) or DEFAULT_PATTERNS,
+        site_urls=tuple(o["metrics_urls"]),
     )  # fmt: skip
     policy = context_policy(o["clip"], o["drop"])
     context_tokens = o["max_model_len"] or _scenario_context(o["scenario_path"])

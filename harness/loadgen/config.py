@@ -196,6 +196,7 @@ class ReplayConfig:
             raise InputError(
                 f"--scrape-interval must be >= 0 seconds (0 = off), got {self.scrape_interval_s}"
             )
+        object.__setattr__(self, "site_urls", tuple(_base_url(u, "--metrics-url") for u in self.site_urls))
         if self.tokenize_url:
             object.__setattr__(self, "tokenize_url", _base_url(self.tokenize_url, "--tokenize-url"))
 

@@ -129,6 +129,12 @@ def replay(
                 timed = schedule.closed_loop and load.max_requests is None and load.duration_s is not None
                 summary["scheduled"] = None if timed else len(schedule)
                 summary["start_state"] = start.describe()
+                if stats.first is not None and stats.first[1]:  # the first request hit a cache: warm
+                    summary["start_state"]["warm_cache"] = True
+                    _warner(ep.name)(
+                        f"the first request found {stats.first[1]} cached prompt tokens: the server's cache "
+                        "was warm at the start"
+                    )
                 summary["conditions"] = run_conditions(start, config)
                 judged = verdict(measurements(summary), config.bounds())
                 summary["validity"] = judged.to_dict()
