@@ -205,3 +205,28 @@ def test_emulator_replay_has_vllm_series_on_the_records_time_axis(clusters, tmp_
     assert rows == {"y", "y2", "y3"} and len([t for t in fig.data if t.showlegend]) == 1
     html = write_report(bundle, analyze(bundle, n_boot=50), tmp_path / "report.html").read_text()
     assert 'id="server-timeline"' in html
+
+
+def test_server_series_adds_servers_averages_kv_and_keeps_the_replayed_topology():
+    def row(server, metric, value, **labels):
+        return {"time_s": 1.0, "topology": "prfaas", "server": server, "metric": metric,
+                "labels": json.dumps(labels, sort_keys=True), "value": value}  # fmt: skip
+
+    raw = pd.DataFrame([
+        # a PD pair behind one endpoint: vLLM prefill and decode servers
+        row("p", "vllm:num_requests_running", 2.0, engine="0"), row("d", "vllm:num_requests_running", 3.0, engine="0"),
+        row("p", "vllm:kv_cache_usage_perc", 0.2, engine="0"), row("d", "vllm:kv_cache_usage_perc", 0.4, engine="0"),
+        row("d", "sglang:num_queue_reqs", 4.0),  # another engine's name for the same quantity
+        # an emulated site serving two topologies: the other one's samples are not this run's
+        row("s", "vllm:num_requests_waiting", 1.0, topology="prfaas", site="local"),
+        row("s", "vllm:num_requests_waiting", 7.0, topology="naive", site="local"),
+        row("s", "vllm:generation_tokens_total", 99.0),  # kept by --scrape-metric, no quantity
+    ])  # fmt: skip
+    (got,) = server_series(raw).to_dict("records")
+    assert got == {
+        "topology": "prfaas",
+        "time_s": 1.0,
+        "running": 5.0,
+        "waiting": 5.0,
+        "kv_usage": pytest.approx(0.3),
+    }

@@ -175,7 +175,7 @@ _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#
 def server_timeline(bundle: Bundle, bins: int = 40) -> go.Figure:
     """The servers' own series under the client's TTFT, on one shared time axis: TTFT p50 (top), running
     (solid) and waiting (dotted) requests, KVCache usage. One colour and one legend entry per topology."""
-    title = "Server telemetry under the client's latency (replay's /metrics scrapes)"
+    title = "Servers' /metrics under the client's TTFT (requests running —, waiting ···)"
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.05, row_heights=[0.4, 0.3, 0.3])
     fig.update_layout(**{**_LAYOUT, "height": 560}, title={"text": title, "font": {"size": 14}})
     labels = [(label, run, df) for label, run, df in _series(bundle) if run.server_metrics is not None]
@@ -202,7 +202,7 @@ def server_timeline(bundle: Bundle, bins: int = 40) -> go.Figure:
     if not fig.data:
         return missing(title, "no server metrics in these runs (replay scrapes /metrics: --scrape-interval)")
     fig.update_yaxes(title_text="TTFT p50 (s)", row=1, col=1)
-    fig.update_yaxes(title_text="running — / waiting ···", row=2, col=1)
+    fig.update_yaxes(title_text="requests", row=2, col=1)
     fig.update_yaxes(title_text="KV usage (%)", row=3, col=1)
     fig.update_xaxes(title_text="time on the run clock (s)", row=3, col=1)
     return _mark_link_events(fig, bundle)
