@@ -205,6 +205,11 @@ def test_emulator_replay_has_vllm_series_on_the_records_time_axis(clusters, tmp_
     assert rows == {"y", "y2", "y3"} and len([t for t in fig.data if t.showlegend]) == 1
     html = write_report(bundle, analyze(bundle, n_boot=50), tmp_path / "report.html").read_text()
     assert 'id="server-timeline"' in html
+    # Renamed (analyze --name), the run keeps its own topology's samples under the new name.
+    renamed = server_series(load_bundle([out], name="emu").runs[0].server_metrics)
+    own = server_series(run.server_metrics)
+    assert set(renamed["topology"]) == {"emu"}
+    assert renamed["running"].tolist() == own["running"].tolist()
 
 
 def test_server_series_adds_servers_averages_kv_and_keeps_the_replayed_topology():

@@ -45,7 +45,7 @@ def read_server_metrics(run_dir: Path, meta: Mapping[str, Any]) -> pd.DataFrame 
     return df.assign(time_s=df["time_s"] * scale) if scale != 1.0 else df
 
 
-def _own_topology(df: pd.DataFrame) -> pd.DataFrame:
+def own_topology(df: pd.DataFrame) -> pd.DataFrame:
     """The emulator labels each sample with the topology it belongs to; a replay of one topology keeps
     its own (others served by the same site are idle bystanders). Unlabelled samples stay."""
     label = df["labels"].map(lambda text: json.loads(text).get("topology") if text else None)
@@ -60,7 +60,7 @@ def server_series(df: pd.DataFrame) -> pd.DataFrame:
     known = df[df["metric"].isin(_BY_NAME)]
     if known.empty:
         return pd.DataFrame(columns=["topology", "time_s"])
-    known = _own_topology(known).assign(quantity=lambda d: d["metric"].map(_BY_NAME))
+    known = own_topology(known).assign(quantity=lambda d: d["metric"].map(_BY_NAME))
     mean = known["quantity"].isin(_AVERAGED)
     parts = [
         part.pivot_table("value", ["topology", "time_s"], "quantity", aggfunc=agg)
