@@ -64,16 +64,19 @@ def test_vllm_series_are_on_the_records_time_axis_and_in_the_dashboard(real_vllm
     recs = read_records(out)
     assert (recs["status"] == "ok").all()
     series = server_series(raw)
-    first, last = recs["first_token_s"].to_numpy(), recs["last_token_s"].to_numpy()
-    checked = 0
+    sent, end_s = recs["sent_s"].to_numpy(), recs["end_s"].to_numpy()
+    # Causality on one time axis: the engine holds only requests the client has sent and not yet fully
+    # received (it may finish before the API server has streamed the last tokens, so not the converse).
+    # ``tol`` covers where in its scrape pass (stamped at the midpoint) the server answered.
+    tol = 0.25
     for _, row in series.iterrows():
         t = row["time_s"]
-        if np.sum((first < t - 0.1) & (last > t + 0.1)):  # the records say a request was surely decoding
-            assert row["running"] >= 1 and row["kv_usage"] > 0, row
-            checked += 1
-    assert checked >= 2, (series, recs[["first_token_s", "last_token_s"]])
+        in_flight = np.sum((sent < t + tol) & (end_s > t - tol))
+        assert row["running"] + row["waiting"] <= in_flight, (row, in_flight)
+    busy = series[(series["running"] >= 1) & (series["kv_usage"] > 0)]
+    assert len(busy) >= 2, series  # the batch was seen running, with KV blocks in use
     end = series.iloc[-1]
-    assert end["time_s"] > last.max() and end["running"] == end["waiting"] == 0
+    assert end["time_s"] > end_s.max() and end["running"] == end["waiting"] == 0
     # vLLM's hit counter moved by exactly the cached tokens the responses reported (none: distinct prompts)
     assert end["prefix_hits"] - series.iloc[0]["prefix_hits"] == recs["cached_tokens"].sum()
     assert end["prefix_queries"] > series.iloc[0]["prefix_queries"]

@@ -75,7 +75,9 @@ def test_running_requests_follow_the_records_in_flight(tmp_path):
     records say were between send and end, wherever no send or end is near the scrape."""
     out = tmp_path / "run"
     with ServerThread(FakeServer(itl_s=0.05)) as srv:  # 45 tokens: 2.25 s per request, sends 0.5 s apart
-        cfg = ReplayConfig(endpoints=(Endpoint(name="x", model="m", url=srv.url),), progress=False)
+        cfg = ReplayConfig(
+            endpoints=(Endpoint(name="x", model="m", url=srv.url),), progress=False, scrape_interval_s=0.1
+        )
         replay(_spaced_trace(8, 0.5), cfg, out, quiet=True)
     recs = read_records(out)
     series = server_series(pd.read_parquet(out / "server_metrics.parquet"))
