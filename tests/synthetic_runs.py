@@ -164,3 +164,23 @@ def write_synthetic_bench(out: str | Path, topologies: Mapping[str, SyntheticTop
     write_synthetic_run(out / "rep", topologies, n=100, source="replay", seed=3, timeseries=False)
     write_synthetic_plan(out)
     return out
+
+
+def write_synthetic_server_metrics(run_dir: str | Path, step: float = 0.5) -> Path:
+    """server_metrics.parquet for a run directory, as replay's scrapes of a vLLM would give it: running
+    = the records in flight at each scrape, none waiting, KV usage growing with the running count."""
+    run_dir = Path(run_dir)
+    recs = pd.read_parquet(run_dir / "records.parquet")
+    labels = json.dumps({"engine": "0", "model_name": "synthetic"}, sort_keys=True)
+    rows = []
+    for topology, df in recs.groupby("topology"):
+        sent, end = df["sent_s"].to_numpy(float), df["last_token_s"].to_numpy(float)
+        for t in np.arange(0.0, np.nanmax(end) + step, step):
+            running = float(np.sum((sent <= t) & (end > t)))
+            for metric, value in (("vllm:num_requests_running", running), ("vllm:num_requests_waiting", 0.0),
+                                  ("vllm:kv_cache_usage_perc", running / 100)):  # fmt: skip
+                rows.append({"time_s": float(t), "topology": topology, "server": "http://127.0.0.1:8000",
+                             "metric": metric, "labels": labels, "value": value})  # fmt: skip
+    out = run_dir / "server_metrics.parquet"
+    pd.DataFrame(rows).to_parquet(out)
+    return out

@@ -152,8 +152,8 @@ def test_report_writes_self_contained_page(tmp_path):
     assert res.exit_code == 0, res.output
     page = out.read_text()
     assert not re.search(r"<script[^>]*\bsrc=", page)  # no script fetched from anywhere: works offline
-    # issue 7's ten panels plus measured SLO attainment vs offered rate
-    assert "Plotly.newPlot" in page and page.count('class="figure"') == 11
+    # issue 7's ten panels plus measured SLO attainment vs offered rate and the servers' telemetry
+    assert "Plotly.newPlot" in page and page.count('class="figure"') == 12
     assert "synthetic-simulate-0" in page  # the header names the run
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
@@ -174,6 +175,11 @@ def test_sigint_keeps_every_record_and_marks_the_run_incomplete(tmp_path, worker
     assert len(cancelled) >= 1 and (df.status[df.error_class.isna()] == "ok").all()
     if mode:  # closed loop: nothing new is sent after Ctrl-C (the open loop had sent all 40 by then)
         assert len(df) < 40
+    # The servers' series scraped so far are kept the same way (the fake server's running gauge).
+    scraped = pd.read_parquet(out / "server_metrics.parquet")
+    assert len(scraped) == len(list(iter_jsonl_records(out / "server_metrics.jsonl"))) > 0
+    running = scraped[scraped.metric == "vllm:num_requests_running"]
+    assert running.value.max() >= 1 and running.time_s.max() <= df.end_s.max() + 1.0
 
 
 def test_scenario_replay_table_names_endpoints_and_defaults(tmp_path):

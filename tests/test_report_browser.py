@@ -28,7 +28,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from synthetic_runs import SyntheticTopology, write_synthetic_bench, write_synthetic_run
+from synthetic_runs import (
+    SyntheticTopology,
+    write_synthetic_bench,
+    write_synthetic_run,
+    write_synthetic_server_metrics,
+)
 
 from harness.analysis import analyze, load_bundle
 from harness.analysis.dashboard import write_report
@@ -226,6 +231,7 @@ def _report(tmp_path: Path, *, full: bool) -> tuple[Path, int]:
             "naive": SyntheticTopology(rate_rps=2.4, remote_share=1.0),
         }
         write_synthetic_bench(tmp_path / "run", topos)
+        write_synthetic_server_metrics(tmp_path / "run" / "rep")  # replay's /metrics scrapes
         sweep = {f"{n}@{r:g}rps": replace(t, rate_rps=r) for n, t in topos.items() for r in (1.0, 2.0)}
         write_synthetic_run(
             tmp_path / "run" / "sweep", sweep, n=40, source="simulate", seed=7, timeseries=False
@@ -244,7 +250,8 @@ def test_every_figure_renders_without_console_errors(chromium, tmp_path):
     page, n_figures = _report(tmp_path, full=True)
     state, errors, _ = asyncio.run(_load(chromium, page, tmp_path / "profile"))
     # issue 7's list (throughput, 2 CDFs, latency, link, queues, breakdown, 3 Λ_max) + attainment vs rate
-    assert n_figures == 11
+    # + the servers' telemetry under the client's latency (issue 13)
+    assert n_figures == 12
     assert state["plots"] == n_figures
     assert state["rendered"] == n_figures
     assert all(n > 0 for n in state["traces"]), state["traces"]  # every panel has data here
@@ -256,6 +263,7 @@ def test_missing_data_figures_say_so(chromium, tmp_path):
     state, errors, _ = asyncio.run(_load(chromium, page, tmp_path / "profile"))
     assert state["rendered"] == state["plots"] == n_figures
     assert sum("no plan_sweep_" in t for t in state["texts"]) == 3
+    assert any("no server metrics" in t for t in state["texts"])
     assert any("no rate sweep" in t for t in state["texts"])
     assert errors == []
 

@@ -74,7 +74,7 @@ def test_every_panel_present_even_without_data(tmp_path):
     run = write_synthetic_run(tmp_path / "r", {"t": SyntheticTopology()}, n=5, timeseries=False)
     bundle = load_bundle([run])
     figs = all_figures(bundle, analyze(bundle, n_boot=100))
-    assert len(figs) == 11 and len({a for a, _ in figs}) == 11  # unique anchors
+    assert len(figs) == 12 and len({a for a, _ in figs}) == 12  # unique anchors
 
 
 BENCH_TOPOLOGIES = {

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from harness.analysis import metrics as m
 from harness.analysis.capacity import split_label
@@ -22,6 +23,7 @@ from harness.analysis.runs import Bundle
 from harness.analysis.stages import Series, colour, run_stages, series, stage_order
 from harness.analysis.summary import Slo
 from harness.analysis.tables import source_order
+from harness.analysis.telemetry import server_series
 
 _LAYOUT: dict[str, Any] = {
     "template": "plotly_white",
@@ -211,20 +213,26 @@ def _mark_link_events(fig: go.Figure, bundle: Bundle) -> go.Figure:
     return fig
 
 
+def ttft_bins(df: pd.DataFrame, bins: int = 40) -> tuple[list[float], np.ndarray, np.ndarray] | None:
+    """(bin centres, TTFT p50, TTFT p90) in time bins of the scheduled send; None under two requests."""
+    t, v = m.col(df, "scheduled_s"), m.ttft(df)
+    keep = np.isfinite(t) & np.isfinite(v)
+    if keep.sum() < 2:
+        return None
+    g = pd.DataFrame({"bin": pd.cut(t[keep], bins), "v": v[keep]}).groupby("bin", observed=True)["v"]
+    return [iv.mid for iv in g.median().index], g.median().to_numpy(), g.quantile(0.9).to_numpy()
+
+
 def latency_over_time(bundle: Bundle, bins: int = 40) -> go.Figure:
     """TTFT p50 (solid) and p90 (dotted) in time bins of the scheduled send; one stage at a time."""
     title = "Latency over time (TTFT by scheduled send time)"
     fig = _fig(title, xaxis={"title": "scheduled send (s)"}, yaxis={"title": "TTFT (s)"})
     for s in series(bundle):
-        t, v = m.col(s.records, "scheduled_s"), m.ttft(s.records)
-        keep = np.isfinite(t) & np.isfinite(v)
-        if keep.sum() < 2:
+        if (binned := ttft_bins(s.records, bins)) is None:
             continue
-        frame = pd.DataFrame({"bin": pd.cut(t[keep], bins), "v": v[keep]})
-        g = frame.groupby("bin", observed=True)["v"]
-        centers = [iv.mid for iv in g.median().index]
-        _line(fig, s, centers, g.median().to_numpy(), name=f"{s.topology} p50", line={"dash": "solid"})
-        _line(fig, s, centers, g.quantile(0.9).to_numpy(), name=f"{s.topology} p90", line={"dash": "dot"})
+        centers, p50, p90 = binned
+        _line(fig, s, centers, p50, name=f"{s.topology} p50", line={"dash": "solid"})
+        _line(fig, s, centers, p90, name=f"{s.topology} p90", line={"dash": "dot"})
     if not fig.data:
         return missing(title, "no successful requests in these runs")
     return _stage_selector(_mark_link_events(fig, bundle))
@@ -243,6 +251,49 @@ def _timeseries_columns(
             and pd.api.types.is_numeric_dtype(part[c]) and part[c].fillna(0).ne(0).any()
         ]  # fmt: skip
         yield s, cols, part if part is not None else pd.DataFrame()
+
+
+def server_timeline(bundle: Bundle, bins: int = 40) -> go.Figure:
+    """The servers' own series under the client's TTFT, on one shared time axis: TTFT p50 (top), running
+    (solid) and waiting (dotted) requests, KVCache usage. One legend entry per run's topology, grouped
+    under its stage, coloured by topology."""
+    title = "Servers' /metrics under the client's TTFT (requests running —, waiting ···)"
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.05, row_heights=[0.4, 0.3, 0.3])
+    fig.update_layout(**{**_LAYOUT, "height": 560}, title={"text": title, "font": {"size": 14}})
+    for s in series(bundle):
+        if s.run.server_metrics is None:
+            continue
+        found = server_series(s.run.server_metrics)
+        found = found[found["topology"] == s.topology]
+        if found.empty:
+            continue
+        group = {
+            "legendgroup": s.stage,
+            "legendgrouptitle_text": s.stage,
+            "name": s.topology,
+            "meta": s.stage,
+        }
+        shown = {"showlegend": True}
+        if (binned := ttft_bins(s.records, bins)) is not None:
+            fig.add_scatter(x=binned[0], y=binned[1], mode="lines+markers", line={"color": colour(s.topology)},
+                            hovertemplate="TTFT p50 %{y:.3f} s", **group, **shown, row=1, col=1)  # fmt: skip
+            shown = {"showlegend": False}
+        t = found["time_s"].to_numpy(float)
+        for row, col, dash, what in ((2, "running", None, "running"), (2, "waiting", "dot", "waiting"),
+                                     (3, "kv_usage", None, "KV usage")):  # fmt: skip
+            if col not in found or not found[col].notna().any():
+                continue
+            y = found[col].to_numpy(float) * (100 if col == "kv_usage" else 1)
+            fig.add_scatter(x=t, y=y, mode="lines", line={"color": colour(s.topology), "dash": dash, "shape": "hv"},
+                            hovertemplate=f"{what} %{{y:.3g}}", **group, **shown, row=row, col=1)  # fmt: skip
+            shown = {"showlegend": False}
+    if not fig.data:
+        return missing(title, "no server metrics in these runs (replay scrapes /metrics: --scrape-interval)")
+    fig.update_yaxes(title_text="TTFT p50 (s)", row=1, col=1)
+    fig.update_yaxes(title_text="requests", row=2, col=1)
+    fig.update_yaxes(title_text="KV usage (%)", row=3, col=1)
+    fig.update_xaxes(title_text="time on the run clock (s)", row=3, col=1)
+    return _mark_link_events(fig, bundle)
 
 
 def egress_from_records(df: pd.DataFrame, step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -467,6 +518,7 @@ def all_figures(bundle: Bundle, result: Mapping[str, Any]) -> list[tuple[str, go
         ("ttft-cdf", cdf(bundle, m.ttft, "TTFT CDF (from the scheduled send)")),
         ("tpot-cdf", cdf(bundle, m.tpot, "TPOT CDF (excludes TTFT)")),
         ("latency-time", latency_over_time(bundle)),
+        ("server-timeline", server_timeline(bundle)),
         ("link", link_utilisation(bundle)),
         ("queues", queue_depths(bundle)),
         ("breakdown", breakdown_bars(bundle)),

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from harness.analysis.telemetry import own_topology, read_server_metrics
 from harness.errors import HarnessError, InputError
 from harness.records import RECORD_SCHEMA, iter_jsonl_records, read_meta, read_records
 
@@ -32,6 +33,7 @@ class Run:
     meta: Mapping[str, Any]
     records: pd.DataFrame = field(repr=False)
     timeseries: pd.DataFrame | None = field(default=None, repr=False)
+    server_metrics: pd.DataFrame | None = field(default=None, repr=False)  # long form, model seconds
 
     @property
     def run_id(self) -> str:
@@ -237,7 +239,21 @@ def load_run(path: str | Path, *, name: str | None = None, notes: list[str] | No
     ts = _timeseries(
         p, str(topologies[0]) if len(topologies) else DEFAULT_TOPOLOGY, notes if notes is not None else []
     )
-    return Run(p, meta, records, ts)
+    return Run(p, meta, records, ts, _server_metrics(p, meta, name, notes if notes is not None else []))
+
+
+def _server_metrics(
+    path: Path, meta: Mapping[str, Any], name: str | None, notes: list[str]
+) -> pd.DataFrame | None:
+    try:
+        df = read_server_metrics(path, meta)
+    except Exception as exc:  # a damaged optional file must not hide the records
+        notes.append(
+            f"{path}: server metrics unreadable ({exc.__class__.__name__}: {exc}); figures skip them"
+        )
+        return None
+    # Renamed like the records, once the samples of other topologies (by their own name) are left out.
+    return own_topology(df).assign(topology=name) if df is not None and name is not None else df
 
 
 def load_bundle(paths: Iterable[str | Path], *, name: str | None = None) -> Bundle:

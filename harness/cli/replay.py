@@ -18,6 +18,7 @@ from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Ti
 from harness.loadgen.client import check_endpoint
 from harness.loadgen.runner import check_credentials
 from harness.loadgen.scenario import ReplaySection, parse_replay_section
+from harness.loadgen.telemetry import DEFAULT_INTERVAL_S, DEFAULT_PATTERNS
 from harness.model.presets import load_model
 from harness.scenario import load_scenario
 from harness.traces.context import fit_context
@@ -59,7 +60,8 @@ def _endpoints(specs: tuple[str, ...], name: str | None, model: str, api: str, p
 # flag -> [replay] key; a flag given on the command line wins over the scenario
 _FROM_SCENARIO = {
     "model": "model", "api": "api", "trace_path": "trace", "speedup": "speedup", "shaping_backend": "shaping_backend",
-    "warmup": "warmup_s", "cooldown": "cooldown_s", "seed": "seed",
+    "warmup": "warmup_s", "cooldown": "cooldown_s", "seed": "seed", "scrape_interval": "scrape_interval_s",
+    "scrape_metrics": "scrape_metrics",
 }  # fmt: skip
 
 
@@ -252,6 +254,30 @@ def _scenario_context(path: str | None) -> int | None:
     "/reset_prefix_cache or SGLang's /flush_cache); --no-reset keeps the state (recorded in meta).",
 )
 @click.option(
+    "--scrape-interval",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_INTERVAL_S,
+    show_default=True,
+    help="Scrape each server's Prometheus /metrics every S seconds during the run, into "
+    "server_metrics.parquet on the records' time axis (0 = off).",
+)
+@click.option(
+    "--metrics-url",
+    "metrics_urls",
+    multiple=True,
+    metavar="URL",
+    help="Another server whose /metrics replay reads besides the endpoints' own (repeatable): e.g. the "
+    "other sites `serve` lists, or the engines behind a proxy.",
+)
+@click.option(
+    "--scrape-metric",
+    "scrape_metrics",
+    multiple=True,
+    metavar="PATTERN",
+    help="Metric families to keep from /metrics (fnmatch, repeatable; replaces the default list of "
+    "vLLM's, SGLang's and the emulator's running/waiting/KV/prefix-cache/KV-transfer names; '*' keeps all).",
+)
+@click.option(
     "--time-scale",
     type=click.FloatRange(min=0, min_open=True),
     default=1.0,
@@ -300,8 +326,10 @@ def command(**o) -> None:
     if click.get_current_context().get_parameter_source("max_send_lag_ms") == ParameterSource.DEFAULT:
         o["max_send_lag_ms"] = bounds.send_lag_p99_ms
     config = dataclasses.replace(
-        config, validity=bounds, reset=o["reset"], max_send_lag_s=o["max_send_lag_ms"] / 1e3
-    )
+        config, validity=bounds, reset=o["reset"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
+        scrape_interval_s=o["scrape_interval"], scrape_metrics=tuple(o["scrape_metrics"]) or DEFAULT_PATTERNS,
+        site_urls=tuple(o["metrics_urls"]),
+    )  # fmt: skip
     policy = context_policy(o["clip"], o["drop"])
     context_tokens = o["max_model_len"] or _scenario_context(o["scenario_path"])
     if context_tokens is None and policy != "refuse":

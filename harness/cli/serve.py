@@ -96,7 +96,8 @@ def command(
                     "[[network.events]]: applied at their model times / "
                     f"{clusters.spec.speedup:g} after {_ZERO[info['link_events_from']]}"
                 )
-            click.echo(f"metrics: {clusters.host_urls['local']}/metrics   (Ctrl-C to stop)")
+            sites = "  ".join(f"{site} {url}/metrics" for site, url in clusters.host_urls.items())
+            click.echo(f"metrics: {sites}   (Ctrl-C to stop)")
         while True:
             time.sleep(0.5)
             clusters.check()

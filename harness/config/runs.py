@@ -153,6 +153,8 @@ class ReplayTable:
     warmup_s: NonNegative | None = None
     cooldown_s: NonNegative | None = None
     seed: Seed | None = None
+    scrape_interval_s: Annotated[Float, Field(ge=0, le=3600)] | None = None  # servers' /metrics; 0 = off
+    scrape_metrics: Annotated[list[Str], Field(min_length=1, max_length=256)] | None = None
     endpoints: dict[Str, Annotated[EndpointTable, BeforeValidator(_url_table)]] = dataclasses.field(
         default_factory=dict
     )

@@ -147,6 +147,7 @@ class EmulatedClusters:
             "model": self.model,
             "topologies": {t: asdict(p) for t, p in self.setup.topologies.items()},
             "urls": self.urls,
+            "sites": self.host_urls,  # each site's root: its /metrics (replay --metrics-url)
             "emulation": asdict(self.spec),
             "link_events_from": self.events_from if self._changes else None,
             "context": self.context,

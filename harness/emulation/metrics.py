@@ -1,4 +1,11 @@
-"""``/metrics`` of a site process: queue depths, batch sizes, KV bytes, link utilisation, cache hits."""
+"""``/metrics`` of a site process: queue depths, batch sizes, KV bytes, link utilisation, cache hits.
+
+Besides its own ``prfaas_*`` families, a site exposes vLLM's names with vLLM's meaning, one sample per
+topology and site (labels ``topology``, ``site``), so replay's telemetry reads the emulator as it reads a
+real vLLM: ``vllm:num_requests_running`` (prefilling plus decoding), ``vllm:num_requests_waiting``
+(queued for a prefill or a decode slot), ``vllm:kv_cache_usage_perc`` (decode KVCache reserved over
+capacity, 0..1, where the site decodes) and ``vllm:prefix_cache_queries``/``_hits`` (prompt tokens).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from harness.emulation.prometheus import MetricFamily
 
 if TYPE_CHECKING:
     from harness.emulation.server import SiteServer
+    from harness.serving.site import Site
 
 
 def collect(server: SiteServer) -> list[MetricFamily]:
@@ -47,8 +55,10 @@ def collect(server: SiteServer) -> list[MetricFamily]:
             ("loop_lag_seconds", "gauge", "Event-loop scheduling lag (wall seconds) over recent samples"),
         )
     }
+    v = _vllm_families()
     for node in server.nodes.values():
         t = {"topology": node.name, "site": server.site}
+        _add_vllm(v, node.site, t)
         m["requests_waiting"].add(node.waiting, **t)
         m["requests_accepted_total"].add(node.accepted, **t)
         m["requests_rejected_total"].add(node.rejected, **t)
@@ -80,4 +90,32 @@ def collect(server: SiteServer) -> list[MetricFamily]:
     m["kv_bytes_received_total"].add(server.receiver.bytes_received, **s)
     m["kv_transfers_in_flight"].add(server.sender.in_flight, role="send", **s)
     m["kv_transfers_in_flight"].add(server.receiver.in_flight, role="recv", **s)
-    return list(m.values())
+    return list(m.values()) + list(v.values())
+
+
+def _vllm_families() -> dict[str, MetricFamily]:
+    return {
+        name: MetricFamily(f"vllm:{name}", kind, text)
+        for name, kind, text in (
+            ("num_requests_running", "gauge", "Requests prefilling or decoding (vLLM's name)"),
+            ("num_requests_waiting", "gauge", "Requests queued for a prefill or a decode slot (vLLM's name)"),
+            ("kv_cache_usage_perc", "gauge", "Decode KVCache reserved / capacity, 1 = full (vLLM's name)"),
+            ("prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache"),
+            ("prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache"),
+        )
+    }
+
+
+def _add_vllm(v: dict[str, MetricFamily], site: Site, labels: dict[str, str]) -> None:
+    """One topology's part of a site, in vLLM's terms."""
+    prefills, decodes = site.prefill_instances, site.decode_instances
+    running = sum(p.running for p in prefills) + sum(len(d.active) for d in decodes)
+    waiting = sum(p.queue_depth - p.running for p in prefills) + sum(len(d.pending) for d in decodes)
+    v["num_requests_running"].add(running, **labels)
+    v["num_requests_waiting"].add(waiting, **labels)
+    capacity = sum(d.kv_capacity for d in decodes)
+    if capacity:
+        v["kv_cache_usage_perc"].add(sum(d.kv_used for d in decodes) / capacity, **labels)
+    if site.cache is not None:
+        v["prefix_cache_queries_total"].add(site.cache.lookup_tokens, **labels)
+        v["prefix_cache_hits_total"].add(site.cache.hit_tokens, **labels)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from harness.config.validity import ValidityBounds
 from harness.errors import InputError
 from harness.loadgen.conditions import RelayReader
+from harness.loadgen.telemetry import DEFAULT_INTERVAL_S, DEFAULT_PATTERNS
 
 APIS = ("completions", "chat")
 ARRIVALS = ("trace", "poisson", "gamma", "constant")
@@ -173,6 +174,8 @@ class ReplayConfig:
     site_urls: tuple[str, ...] = ()  # more server roots whose /metrics report a site's loop lag
     relay_lag: RelayReader | None = None  # the relays' lateness (``EmulatedClusters.relay_lag``)
     link_goodput: dict[str, Any] | None = None  # measured before the run: {"src->dst": {measured, expected}}
+    scrape_interval_s: float = DEFAULT_INTERVAL_S  # each server's /metrics during the run; 0 = off
+    scrape_metrics: tuple[str, ...] = DEFAULT_PATTERNS  # metric families kept (fnmatch patterns)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -189,6 +192,11 @@ class ReplayConfig:
             )
         if self.tokenizer and self.tokenize_url:
             raise InputError("use either --tokenizer FILE or --tokenize-url URL, not both")
+        if not (self.scrape_interval_s >= 0 and math.isfinite(self.scrape_interval_s)):
+            raise InputError(
+                f"--scrape-interval must be >= 0 seconds (0 = off), got {self.scrape_interval_s}"
+            )
+        object.__setattr__(self, "site_urls", tuple(_base_url(u, "--metrics-url") for u in self.site_urls))
         if self.tokenize_url:
             object.__setattr__(self, "tokenize_url", _base_url(self.tokenize_url, "--tokenize-url"))
 
@@ -211,4 +219,6 @@ class ReplayConfig:
             "extra_body": self.extra_body,
             "validity": self.bounds().to_dict(),
             "reset": self.reset,
+            "scrape_interval_s": self.scrape_interval_s,
+            "scrape_metrics": list(self.scrape_metrics),
         }

@@ -11,7 +11,7 @@ chunk of k tokens goes out k·``itl_s`` after the previous one, as a stream inte
 running ``usage`` on every chunk when ``stream_options.continuous_usage_stats`` asks (unless
 ``usage_deltas`` is off: a server that ignores the option), and empty-text tokens (``empty_text``: the
 first n tokens decode to "", as partial UTF-8 bytes do) are set as vLLM shows them. Also: ``/v1/models``, ``/health``, vLLM's ``POST /tokenize``
-(counting with ``tokenizer`` if set, else words), and vLLM's PD-proxy fields (a prefill leg with
+(counting with ``tokenizer`` if set, else words), ``/metrics`` with vLLM's running/waiting gauges, and vLLM's PD-proxy fields (a prefill leg with
 ``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back, unless ``kv_connector`` is
 off). A body it cannot read gets
 vLLM's 400.
@@ -37,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from harness.emulation.prometheus import CONTENT_TYPE, MetricFamily, render
 from harness.errors import InputError
 
 FAULTS = (
@@ -68,7 +69,9 @@ class FakeServer:
     keep_bodies: bool = False
     tokenizer: Any = None  # a tokenizers.Tokenizer for /tokenize; None: a token is a whitespace word
     tokenize_calls: int = 0
+    metrics: bool = True  # serve vLLM's /metrics (requests running = in flight here); False: 404
     requests: int = 0
+    in_flight: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -79,7 +82,17 @@ class FakeServer:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", _health)
+        if self.metrics:
+            app.router.add_get("/metrics", self._metrics)
         return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """vLLM's request gauges: every request in flight here is running; none waits."""
+        families = [
+            MetricFamily("vllm:num_requests_running", "gauge", "Requests in flight").add(self.in_flight),
+            MetricFamily("vllm:num_requests_waiting", "gauge", "Requests waiting").add(0),
+        ]
+        return web.Response(body=render(families).encode(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _models(self, request: web.Request) -> web.Response:
         card = {"id": self.model or "fake", "object": "model", "created": 0, "owned_by": "prfaas-bench",
@@ -98,10 +111,13 @@ class FakeServer:
         return web.json_response({"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
         try:
             return await self._respond(request)
         except ConnectionResetError:  # the client went away mid-stream (aiohttp's reset error subclasses it)
             return web.Response(status=499)
+        finally:
+            self.in_flight -= 1
 
     def _length(self, body: dict[str, Any]) -> tuple[int, str]:
         # Tokens to generate and the finish reason, as vLLM decides them for a model that emits EOS

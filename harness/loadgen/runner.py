@@ -25,9 +25,11 @@ from harness.loadgen.runstate import measurements, run_conditions, run_start
 from harness.loadgen.schedule import Schedule, build_schedule
 from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
 from harness.loadgen.stats import RunStats
+from harness.loadgen.telemetry import Scraper
 from harness.loadgen.tokenize import prepare_prompts
 from harness.loadgen.workers import run_workers
 from harness.records import RunWriter, new_run_id
+from harness.servermetrics import TelemetryLog
 from harness.traces.frame import Trace
 from harness.traces.prompts import PromptFits, PromptSynth, load_tokenizer
 from harness.validity import UNKNOWN, combine, verdict
@@ -106,14 +108,23 @@ def replay(
     summaries: dict[str, dict[str, Any]] = {}
     saturated: dict[str, bool] = {}
     verdicts: dict[str, str] = {}
-    with RunWriter(out_dir, meta) as writer:
+    with RunWriter(out_dir, meta) as writer, _telemetry(writer.run_dir) as telemetry:
         for ep in config.endpoints:
             stats = RunStats()
             start = run_start(ep, config, _warner(ep.name))
+            scraper = _scraper(ep, config, start.metric_roots, start.headers, telemetry)
+            ended = False
             try:
-                _run_endpoint(ep, trace, schedule, config, writer, stats, tok, prompt_fits, run_id, quiet)
+                _run_endpoint(
+                    ep, trace, schedule, config, writer, stats, tok, prompt_fits, run_id, quiet, scraper
+                )
+                ended = True
             finally:
+                if scraper is not None:
+                    scraper.stop(last=ended)  # after Ctrl-C, no last scrape: stop at once
                 summary = stats.summary()
+                if scraper is not None:
+                    summary["server_metrics"] = scraper.describe()
                 p99 = summary["send_lag_s"]["p99"]
                 saturated[ep.name] = p99 is not None and p99 > config.max_send_lag_s
                 summary["client_saturated"] = saturated[ep.name]
@@ -122,6 +133,12 @@ def replay(
                 timed = schedule.closed_loop and load.max_requests is None and load.duration_s is not None
                 summary["scheduled"] = None if timed else len(schedule)
                 summary["start_state"] = start.describe()
+                if stats.first is not None and stats.first[1]:  # the first request hit a cache: warm
+                    summary["start_state"]["warm_cache"] = True
+                    _warner(ep.name)(
+                        f"the first request found {stats.first[1]} cached prompt tokens: the server's cache "
+                        "was warm at the start"
+                    )
                 summary["conditions"] = run_conditions(start, config)
                 judged = verdict(measurements(summary), config.bounds())
                 summary["validity"] = judged.to_dict()
@@ -149,6 +166,25 @@ def replay(
             else "unfinished requests: " + ", ".join(f"{n} {k}" for n, k in missing.items()),
         )
     return ReplayResult(writer.run_dir, run_id, summaries, complete, combine(verdicts))
+
+
+@contextlib.contextmanager
+def _telemetry(run_dir: Path):
+    """The run's server-metrics log, turned into Parquet however the run ends."""
+    log = TelemetryLog(run_dir)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+def _scraper(ep: Endpoint, config: ReplayConfig, roots, headers, log: TelemetryLog) -> Scraper | None:
+    if not config.scrape_interval_s:
+        return None
+    return Scraper(
+        log.append, ep.name, roots, interval_s=config.scrape_interval_s, patterns=config.scrape_metrics,
+        headers=headers, warn=_warner(ep.name),
+    )  # fmt: skip
 
 
 def _warner(name: str) -> Callable[[str], None]:
@@ -217,13 +253,15 @@ def _fit_prompts(trace: Trace, rows: np.ndarray, config: ReplayConfig, quiet: bo
 
 
 def _run_endpoint(
-    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, tok, fits, run_id, quiet
+    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, tok, fits, run_id, quiet, scraper
 ) -> None:
     api_key = os.environ.get(config.api_key_env) or None
 
     def setup(t0: float, wall_offset_s: float) -> WorkerSetup:
         if config.on_start is not None:
             config.on_start(ep.name, t0)
+        if scraper is not None:
+            scraper.start(t0)
         return WorkerSetup(
             run_id=run_id,
             t0=t0,

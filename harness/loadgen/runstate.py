@@ -40,10 +40,16 @@ class RunStart:
     cpu: CpuSample | None = None
     relay: Mapping[str, Any] | None = None
 
+    def warm(self, root: str) -> bool:
+        """The server reports cache hits and was not reset just now. vLLM's hit counter counts over the
+        server's life (its /reset_prefix_cache empties the cache, not the counter): after a reset it says
+        nothing about the cache."""
+        return bool(self.cache_hits.get(root)) and not self.reset.get(root, "").startswith("/")
+
     def describe(self) -> dict[str, Any]:
         """For meta.json: the reset done and the cache state the run started from."""
-        warm = {r: h for r, h in self.cache_hits.items() if h}
-        return {"reset": self.reset, "cache_hits_at_start": self.cache_hits, "warm_cache": bool(warm)}
+        warm = any(self.warm(r) for r in self.cache_hits)
+        return {"reset": self.reset, "cache_hits_at_start": self.cache_hits, "warm_cache": warm}
 
 
 def run_start(ep: Endpoint, config: ReplayConfig, warn: Callable[[str], None]) -> RunStart:
@@ -65,7 +71,7 @@ def run_start(ep: Endpoint, config: ReplayConfig, warn: Callable[[str], None]) -
         metrics = read_metrics(root, reset_lag=True, headers=start.headers)
         hits = None if metrics is None else metrics.cache_hits
         start.cache_hits[root] = hits
-        if hits:
+        if start.warm(root):
             warn(f"{root} reports {hits:g} prefix-cache hit tokens before the run: its caches are warm")
     start.cpu = cpu_sample()
     start.relay = read_relay(config.relay_lag)

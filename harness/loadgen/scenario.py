@@ -11,6 +11,8 @@ replay defaults.
     warmup_s = 5
     cooldown_s = 5
     seed = 0
+    scrape_interval_s = 0.5                  # each server's /metrics during the run; 0 = off
+    scrape_metrics = ["vllm:num_requests_*"] # metric families kept (default: running/waiting/KV/cache)
     [replay.endpoints]
     prfaas = "http://127.0.0.1:18000/prfaas/v1"
     homogeneous = "http://127.0.0.1:18000/homogeneous/v1"
@@ -47,6 +49,8 @@ class ReplaySection:
     warmup_s: float | None = None
     cooldown_s: float | None = None
     seed: int | None = None
+    scrape_interval_s: float | None = None
+    scrape_metrics: tuple[str, ...] | None = None
     endpoints: Mapping[str, EndpointTable] = field(default_factory=dict)
 
     def build_endpoints(self, model: str, api: str) -> tuple[Endpoint, ...]:
@@ -88,5 +92,7 @@ def parse_replay_section(scenario: Scenario) -> ReplaySection:
         warmup_s=table.warmup_s,
         cooldown_s=table.cooldown_s,
         seed=table.seed,
+        scrape_interval_s=table.scrape_interval_s,
+        scrape_metrics=tuple(table.scrape_metrics) if table.scrape_metrics else None,
         endpoints=table.endpoints,
     )

@@ -24,6 +24,8 @@ class RunStats:
     warnings: Counter = field(default_factory=Counter)
     send_lag_s: array = field(default_factory=lambda: array("d"))
     started: float = field(default_factory=time.monotonic)
+    # ((scheduled_s, sent_s), cached tokens) of the first request sent: in a cold cache it hits nothing
+    first: tuple[tuple[float, float], int | None] | None = None
 
     def add(self, rec: RequestRecord) -> None:
         self.completed += 1
@@ -36,6 +38,9 @@ class RunStats:
                 self.warnings[w.split(":", 1)[0].split("=", 1)[0]] += 1
         if rec.sent_s is not None:
             self.send_lag_s.append(rec.sent_s - rec.scheduled_s)
+            when = (rec.scheduled_s, rec.sent_s)  # requests scheduled together: the one sent first
+            if rec.status != STATUS_ERROR and (self.first is None or when < self.first[0]):
+                self.first = (when, rec.cached_tokens)
 
     def send_lag_quantiles(self) -> dict[str, float | None]:
         if not self.send_lag_s:

@@ -84,6 +84,11 @@ class PrefillInstance:
         """Requests waiting or running here."""
         return len(self._queue) + self._running
 
+    @property
+    def running(self) -> int:
+        """Requests being prefilled now."""
+        return self._running
+
     def load_s(self, now: float) -> float:
         """Estimated seconds of work ahead of a new arrival (for least-loaded balancing)."""
         return max(0.0, self._busy_until - now) * self.busy + self._queued_work_s
