@@ -39,9 +39,8 @@ class WorkerSetup:
     timeouts: Timeouts
     api_key: str | None
     extra_body: dict[str, Any]
-    tokenizer: str | None
     seed: int
-    prompt_fits: PromptFits | None = None  # prompts fitted to a server's /tokenize before the run
+    prompt_fits: PromptFits | None = None  # prompts fitted to a tokenizer before the run
 
 
 class Jobs:

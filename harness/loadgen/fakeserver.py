@@ -55,7 +55,11 @@ class FakeServer:
     prfaas: dict[str, Any] | None = None
     role_chunk_delay_s: float = 0.0  # chat: the role-only chunk goes out first, this long before content
     keep_bodies: bool = False
-    tokenizer: Any = None  # a tokenizers.Tokenizer for /tokenize; None: a token is a whitespace word
+    # A tokenizers.Tokenizer: /tokenize and usage.prompt_tokens count with it (special tokens included,
+    # chat prompts through ``chat_template``); None: a token is a whitespace word.
+    tokenizer: Any = None
+    chat_template: str = "<|user|>\n{}\n<|assistant|>\n"
+    max_model_len: int = MAX_MODEL_LEN
     tokenize_calls: int = 0
     requests: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -76,15 +80,26 @@ class FakeServer:
         return web.json_response({"object": "list", "data": [card]})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
-        """vLLM's ``POST /tokenize`` for a completion prompt: count, max_model_len, token ids."""
+        """vLLM's ``POST /tokenize`` (a prompt, or chat ``messages``): count, max_model_len, token ids."""
         self.tokenize_calls += 1
         body = await request.json(loads=json.loads)
-        text = body["prompt"]
-        if self.tokenizer is None:
-            ids = list(range(len(text.split())))
+        model = body.get("model")
+        if self.model is not None and model != self.model:
+            error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "code": 404}
+            return web.json_response({"error": error}, status=404)
+        if "messages" in body:
+            ids = self._ids(body["messages"][-1]["content"], chat=True)
         else:
-            ids = self.tokenizer.encode(text, add_special_tokens=body.get("add_special_tokens", True)).ids
-        return web.json_response({"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids})
+            ids = self._ids(body["prompt"], special=body.get("add_special_tokens", True))
+        return web.json_response({"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids})
+
+    def _ids(self, text: str, *, chat: bool = False, special: bool = True) -> list[int]:
+        """Token ids as a vLLM with this tokenizer counts them (chat: the template, no special tokens)."""
+        if self.tokenizer is None:
+            return list(range(len(text.split())))
+        if chat:
+            return self.tokenizer.encode(self.chat_template.format(text), add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=special).ids
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -108,7 +123,7 @@ class FakeServer:
         try:
             body = await request.json(loads=json.loads)
             prompt = body["messages"][-1]["content"] if chat else body["prompt"]
-            words = len(prompt.split())
+            words = len(self._ids(prompt, chat=chat)) if self.tokenizer is not None else len(prompt.split())
             n_out, finish = self._length(body)
         except (ValueError, LookupError, TypeError, AttributeError):
             want = "messages[-1].content" if chat else "prompt"
