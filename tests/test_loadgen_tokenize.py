@@ -284,7 +284,9 @@ def test_a_block_is_exactly_its_size_in_tokens_so_shared_ids_share_exactly_k_blo
     for block_id in (0, 1, 2, 1000, 2001):
         assert len(tok.encode(synth.block_text(block_id), add_special_tokens=False).ids) == BLOCK
     ids = [
-        tok.encode(synth.prompt(trace.hash_ids(r), int(trace.input_tokens[r]), r), add_special_tokens=False).ids
+        tok.encode(
+            synth.prompt(trace.hash_ids(r), int(trace.input_tokens[r]), r), add_special_tokens=False
+        ).ids
         for r in range(3)
     ]
     for a, b in ((0, 1), (0, 2), (1, 2)):
@@ -393,7 +395,11 @@ def test_the_servers_max_model_len_decides_before_the_run(tmp_path, flag):
     sent = sorted(len(b["prompt"].split()) for b in server.bodies)
     assert sent == ([513, 700, 998, 998, 998] if flag == "--clip" else [513, 700])
     context = read_meta(out)["context"]
-    assert (context["context_tokens"], context["rows"], context["from"]) == (1000, 3, "server /tokenize max_model_len")
+    assert (context["context_tokens"], context["rows"], context["from"]) == (
+        1000,
+        3,
+        "server /tokenize max_model_len",
+    )
 
 
 def test_server_error_messages_reach_the_summaries(tmp_path):
