@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
+from realengine.results import counter, read_records
 
 from harness.cli import main
 from harness.records import read_meta
@@ -29,17 +29,6 @@ VLLM_BLOCK = 128  # vLLM's CPU prefix-cache block
 TEMPLATE = "<|user|>\n{}\n<|assistant|>\n"  # the tiny model's chat template, rendered for one user message
 
 pytestmark = pytest.mark.vllm
-
-
-def _counter(text: str, name: str) -> float:
-    for family in text_string_to_metric_families(text):
-        if family.name == name:
-            return sum(s.value for s in family.samples if s.name.endswith("_total") or s.name == name)
-    raise KeyError(name)
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
 
 def _mooncake_head(path: Path, n: int, max_output: int) -> Path:
@@ -72,7 +61,10 @@ def _implied_hits(trace, order: list[int]) -> dict[int, int]:
         ids, n = list(trace.hash_ids(row)), int(trace.input_tokens[row])
         shared = 0
         for ids2, n2 in done:
-            k = next((i for i, (a, b) in enumerate(zip(ids, ids2, strict=False)) if a != b), min(len(ids), len(ids2)))
+            k = next(
+                (i for i, (a, b) in enumerate(zip(ids, ids2, strict=False)) if a != b),
+                min(len(ids), len(ids2)),
+            )
             shared = max(shared, min(TRACE_BLOCK * k, n, n2))
         implied[row] = min(shared, n - 1) // VLLM_BLOCK * VLLM_BLOCK
         done.append((ids, n))
@@ -85,10 +77,10 @@ def test_200_mooncake_rows_the_server_counts_input_length_and_caches_what_hash_i
     usage_mismatch, and vLLM's cached tokens within one of its blocks of what the hash ids imply."""
     path = _mooncake_head(tmp_path / "m200.jsonl", 200, max_output=8)
     out = tmp_path / "run"
-    before = _counter(real_vllm.metrics_text(), "vllm:prefix_cache_hits")
+    before = counter(real_vllm.metrics_text(), "vllm:prefix_cache_hits")
     res = _replay(real_vllm.url, path, out, "--tokenize-url", real_vllm.url, "--clip")
     assert res.exit_code == 0, res.output
-    records = _records(out)
+    records = read_records(out)
     assert len(records) == 200 and all(r["status"] == "ok" for r in records), res.output
     meta = read_meta(out)
     assert meta["context"]["context_tokens"] == CONTEXT and meta["context"]["from"].startswith("server")
@@ -97,7 +89,9 @@ def test_200_mooncake_rows_the_server_counts_input_length_and_caches_what_hash_i
     trace, fit = fit_context(read_trace(path), CONTEXT, "clip")
     assert meta["context"]["rows"] == fit.rows > 0
     for r in records:
-        assert r["prompt_tokens_server"] == r["prompt_tokens_trace"] == int(trace.input_tokens[r["trace_row"]])
+        assert (
+            r["prompt_tokens_server"] == r["prompt_tokens_trace"] == int(trace.input_tokens[r["trace_row"]])
+        )
         assert "usage_mismatch" not in (r["warning"] or "")
     order = [r["trace_row"] for r in sorted(records, key=lambda r: r["sent_s"])]
     implied = _implied_hits(trace, order)
@@ -105,14 +99,15 @@ def test_200_mooncake_rows_the_server_counts_input_length_and_caches_what_hash_i
     assert worst <= VLLM_BLOCK, worst
     assert sum(implied.values()) > 100 * TRACE_BLOCK  # the slice does reuse prefixes
     # The records' cached tokens are the server's own counter's.
-    hits = _counter(real_vllm.metrics_text(), "vllm:prefix_cache_hits") - before
+    hits = counter(real_vllm.metrics_text(), "vllm:prefix_cache_hits") - before
     assert hits == sum(r["cached_tokens"] for r in records)
 
 
 def _rows(path: Path, rows: list[tuple[int, int, list[int]]]) -> Path:
     path.write_text(
         "".join(
-            json.dumps({"timestamp": i * 100, "input_length": n, "output_length": out, "hash_ids": ids}) + "\n"
+            json.dumps({"timestamp": i * 100, "input_length": n, "output_length": out, "hash_ids": ids})
+            + "\n"
             for i, (n, out, ids) in enumerate(rows)
         )
     )
@@ -135,7 +130,7 @@ def test_chat_prompts_take_the_template_off_and_share_exact_blocks(real_vllm, tm
     assert res.exit_code == 0, res.output
     prep = read_meta(out)["prompts"]["preparation"]
     assert (prep["special_tokens"], prep["special_tokens_before_text"]) == (overhead, head)
-    by_row = {r["trace_row"]: r for r in _records(out)}
+    by_row = {r["trace_row"]: r for r in read_records(out)}
     assert [by_row[i]["prompt_tokens_server"] for i in range(3)] == [2000, 1900, 300]
     assert not any(r["warning"] for r in by_row.values())
     assert by_row[1]["cached_tokens"] == 3 * TRACE_BLOCK  # exactly the shared blocks, template head included
@@ -144,13 +139,15 @@ def test_chat_prompts_take_the_template_off_and_share_exact_blocks(real_vllm, tm
 def test_a_local_tokenizer_file_fits_before_the_run_and_counts_bos(real_vllm, tmp_path):
     """--tokenizer with the model's own tokenizer.json: fitted before the run (meta says how long it
     took), BOS taken off, so the server counts input_length on every request."""
-    path = _rows(tmp_path / "t.jsonl", [(n, 4, [i, 100 + i]) for i, n in enumerate([900, 700, 513, 40, 1024])])
+    path = _rows(
+        tmp_path / "t.jsonl", [(n, 4, [i, 100 + i]) for i, n in enumerate([900, 700, 513, 40, 1024])]
+    )
     out = tmp_path / "run"
     res = _replay(real_vllm.url, path, out, "--tokenizer", str(real_vllm.model_dir / "tokenizer.json"))
     assert res.exit_code == 0, res.output
     prep = read_meta(out)["prompts"]["preparation"]
     assert prep["source"] == "tokenizer" and prep["rows"] == 5 and prep["special_tokens"] == 1
-    records = _records(out)
+    records = read_records(out)
     assert all(r["prompt_tokens_server"] == r["prompt_tokens_trace"] and not r["warning"] for r in records)
 
 
@@ -162,7 +159,9 @@ def test_a_wrong_model_says_what_the_server_said(real_vllm, tmp_path):
          "--trace", str(path), "--out", str(tmp_path / "o")],
     )  # fmt: skip
     assert res.exit_code == 2
-    assert "The model `no-such-model` does not exist" in res.output and "no /tokenize endpoint" not in res.output
+    assert (
+        "The model `no-such-model` does not exist" in res.output and "no /tokenize endpoint" not in res.output
+    )
 
 
 def test_rows_beyond_max_model_len_are_refused_or_dropped_before_the_run(real_vllm, tmp_path):
@@ -173,7 +172,7 @@ def test_rows_beyond_max_model_len_are_refused_or_dropped_before_the_run(real_vl
     assert not (tmp_path / "refused").exists()  # nothing was sent
     res = _replay(real_vllm.url, path, tmp_path / "dropped", "--tokenize-url", real_vllm.url, "--drop")
     assert res.exit_code == 0, res.output
-    records = _records(tmp_path / "dropped")
+    records = read_records(tmp_path / "dropped")
     assert sorted(r["prompt_tokens_server"] for r in records) == [500, 1000]
 
 
@@ -184,7 +183,7 @@ def test_the_servers_refusal_reaches_the_summaries(real_vllm, tmp_path):
     out = tmp_path / "run"
     res = _replay(real_vllm.url, path, out)
     assert res.exit_code == 0, res.output
-    failed = [r for r in _records(out) if r["status"] != "ok"]
+    failed = [r for r in read_records(out) if r["status"] != "ok"]
     assert [r["error_class"] for r in failed] == ["http_400"]
     said = failed[0]["error_message"]
     assert "16384" in said and not said.startswith("{")  # the message, not the JSON around it
