@@ -6,8 +6,10 @@ fields (``id``, ``object``, ``created``, ``model``, ``choices[].text`` or ``delt
 ``finish_reason``, ``stop_reason``), one word (`` tok``) per token, the usage chunk when
 ``stream_options.include_usage`` asks for it, ``max_tokens``/``min_tokens``/``ignore_eos`` honoured.
 The first token comes ``first_token_delay_s`` after the request, the others ``itl_s`` apart; usage
-counts whitespace words as prompt tokens. Also: ``/v1/models``, ``/health``, vLLM's ``POST /tokenize``
-(counting with ``tokenizer`` if set, else words), and vLLM's PD-proxy fields (a prefill leg with
+counts whitespace words as prompt tokens (with ``tokenizer`` set: its tokens, special tokens included,
+chat prompts through ``chat_template``, as vLLM counts). Also: ``/v1/models``, ``/health``, vLLM's
+``POST /tokenize`` (a prompt or chat ``messages``; a wrong model gets vLLM's 404 with its message;
+``max_model_len`` as set), and vLLM's PD-proxy fields (a prefill leg with
 ``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back). A body it cannot read gets
 vLLM's 400.
 
