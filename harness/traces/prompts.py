@@ -196,10 +196,11 @@ class PromptSynth:
             self._cache.move_to_end((block_id, size))
             return hit
         idx = _word_indices(self.salt, block_id, size)
-        cum = np.cumsum(self.word_tokens[idx])
-        n = int(np.searchsorted(cum, size, side="right"))
-        have = int(cum[n - 1]) if n else 0
-        idx = np.concatenate([idx[:n], self._fill(_FILL_SALT, block_id, size - have)])
+        if self.fits is not None:  # not every word is one token: keep those that fit, then complete
+            cum = np.cumsum(self.word_tokens[idx])
+            n = int(np.searchsorted(cum, size, side="right"))
+            have = int(cum[n - 1]) if n else 0
+            idx = np.concatenate([idx[:n], self._fill(_FILL_SALT, block_id, size - have)])
         entry = _Block("".join(_WORDS[idx]), np.cumsum(_WORD_LEN[idx]), idx)
         self._cache[(block_id, size)] = entry
         if len(self._cache) > self._cache_blocks:
