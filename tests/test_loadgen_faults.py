@@ -126,9 +126,9 @@ def test_a_sink_that_fails_stops_the_run_with_its_error(load):
         ep = Endpoint(name="t", url=srv.url, model="m")
         setup = WorkerSetup(
             run_id="r", t0=time.monotonic(), wall_offset_s=time.time(), timeouts=FAST,
-            api_key=None, extra_body={}, tokenizer=None, seed=0,
+            api_key=None, extra_body={}, seed=0,
         )  # fmt: skip
-        synth = PromptSynth(None, block_tokens=trace.block_tokens, salt=0)
+        synth = PromptSynth(block_tokens=trace.block_tokens, salt=0)
         with pytest.raises(OSError, match="No space left"):
             asyncio.run(drive(ep, trace, build_schedule(trace, load), setup, sink, synth))
     assert len(kept) == 1

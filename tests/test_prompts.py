@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from harness.errors import InputError
+from harness.loadgen.tokenize import prepare_prompts
+from harness.traces.frame import Trace
 from harness.traces.prompts import VOCABULARY, PromptSynth, load_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -22,6 +24,18 @@ def _wordlevel(path) -> str:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(path))
     return str(path)
+
+
+def _trace(lengths: list[int], ids: list[list[int]], block: int) -> Trace:
+    n = len(lengths)
+    return Trace(
+        arrival_s=np.arange(n, dtype=float),
+        input_tokens=np.array(lengths, dtype=np.int64),
+        output_tokens=np.ones(n, dtype=np.int64),
+        hash_values=np.array([i for row in ids for i in row], dtype=np.int64),
+        hash_offsets=np.cumsum([0, *map(len, ids)]).astype(np.int64),
+        block_tokens=block,
+    )
 
 
 def _bpe(path) -> str:
@@ -75,13 +89,14 @@ def test_missing_hash_ids_get_per_request_filler_blocks():
 def test_with_tokenizer_prompt_is_token_exact(tmp_path, kind):
     path = (_wordlevel if kind == "wordlevel" else _bpe)(tmp_path / "tokenizer.json")
     tok = load_tokenizer(path)
-    s = PromptSynth(tok, block_tokens=64)
     rng = np.random.default_rng(0)
-    for n in [1, 2, 63, 64, 65, *rng.integers(1, 700, 20).tolist()]:
-        ids = rng.integers(0, 50, (n + 63) // 64).tolist()
-        p = s.prompt(ids, n, row=n)
-        assert len(tok.encode(p, add_special_tokens=False).ids) == n
-        assert s.count(p) == n
+    lengths = [1, 2, 63, 64, 65, *rng.integers(1, 700, 20).tolist()]
+    trace = _trace(lengths, [rng.integers(0, 50, (n + 63) // 64).tolist() for n in lengths], 64)
+    fits, prep = prepare_prompts(trace, range(len(lengths)), tokenizer=path, model="m")
+    assert prep.special.count == 0 and prep.source == "tokenizer"  # no post-processor: nothing added
+    s = PromptSynth(fits=fits, block_tokens=64)
+    for row, n in enumerate(lengths):
+        assert len(tok.encode(s.prompt(trace.hash_ids(row), n, row), add_special_tokens=False).ids) == n
 
 
 def test_block_cache_is_bounded():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
+from realengine.results import counter, read_records
 
 from harness.cli import main
 from harness.records import read_meta
@@ -20,18 +20,6 @@ DATA = Path(__file__).parent / "data"
 MOONCAKE_SLICE = DATA / "mooncake_conversation_head300.jsonl"
 
 pytestmark = pytest.mark.vllm
-
-
-def _counter(text: str, name: str) -> float:
-    """The value of a counter family in Prometheus exposition text (summed over its labels)."""
-    for family in text_string_to_metric_families(text):
-        if family.name == name:
-            return sum(s.value for s in family.samples if s.name.endswith("_total") or s.name == name)
-    raise KeyError(name)
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
 
 def test_a_short_replay_against_real_vllm_streams_every_output_token(real_vllm, tmp_path):
@@ -50,11 +38,11 @@ def test_a_short_replay_against_real_vllm_streams_every_output_token(real_vllm, 
          "--out", str(out), "--max-send-lag-ms", "1000"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    records = _records(out)
+    records = read_records(out)
     assert len(records) == 20
     assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
     assert sorted(r["output_tokens_received"] for r in records) == sorted(r["output_length"] for r in rows)
     assert read_meta(out)["complete"] is True
     # The server's own counter saw at least the prompt tokens every record says the server reported.
-    prompt_total = _counter(real_vllm.metrics_text(), "vllm:prompt_tokens")
+    prompt_total = counter(real_vllm.metrics_text(), "vllm:prompt_tokens")
     assert prompt_total >= sum(r["prompt_tokens_server"] for r in records)

@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 from click.testing import CliRunner
+from realengine.results import counter
 from test_pd_connectorless import check_flagged, pd_run
-from test_real_vllm import _counter
 
 from harness.cli import main
 from harness.records import read_meta, read_records
@@ -57,14 +57,14 @@ def test_every_generated_token_is_timed_and_sets_ttft(real_vllm, tmp_path, api):
     ]
     trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    before = _counter(real_vllm.metrics_text(), "vllm:generation_tokens")
+    before = counter(real_vllm.metrics_text(), "vllm:generation_tokens")
     res = CliRunner().invoke(
         main,
         ["replay", "--endpoint", real_vllm.url, "--model", "tiny-llama", "--api", api, "--trace", str(trace),
          "--out", str(out), "--max-send-lag-ms", "1000", "--quiet"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    generated = _counter(real_vllm.metrics_text(), "vllm:generation_tokens") - before
+    generated = counter(real_vllm.metrics_text(), "vllm:generation_tokens") - before
     df = read_records(out)
     assert len(df) == len(rows) and (df["status"] == "ok").all(), df["error_message"].tolist()
     assert df["first_token_s"].notna().all()  # no ok record without a first token

@@ -14,6 +14,8 @@ from harness.analysis import metrics as m
 from harness.analysis.stats import percentile
 from harness.pdproxy import NO_KV_TRANSFER
 
+_EXAMPLE_CHARS = 160  # of a server's error message, per failure class
+
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0))
 LATENCIES = (("ttft", m.ttft), ("tpot", m.tpot), ("e2e", m.e2e))
 BREAKDOWN = (
@@ -106,6 +108,11 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
     if "error_class" in df.columns:
         errors = df.loc[~ok, "error_class"].fillna("unknown").value_counts()
         out["errors"] = {str(k): int(v) for k, v in errors.items()}
+        if "error_message" in df.columns:  # the server's own words for each class (its first failure)
+            said = df.loc[~ok & df["error_message"].notna()].groupby(df["error_class"].fillna("unknown"))
+            out["error_examples"] = {
+                str(k): str(v)[:_EXAMPLE_CHARS] for k, v in said["error_message"].first().items()
+            }
     result = {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}
     if result["kv_bytes_total"] is not None:
         result["kv_bytes_total"] = int(result["kv_bytes_total"])

@@ -89,6 +89,23 @@ def main_table(result: Mapping[str, Any]) -> Table:
     return t
 
 
+def errors_table(result: Mapping[str, Any]) -> Table | None:
+    """Failures by class, each with the server's own message (its first), when any request failed."""
+    rows = [
+        (key, cls, n, e.get("error_examples", {}).get(cls, ""))
+        for key, e in result["topologies"].items()
+        for cls, n in (e.get("errors") or {}).items()
+    ]
+    if not rows:
+        return None
+    t = Table(title="Failures (the server's message, first of each class)", title_justify="left")
+    for col in ("topology", "error class", "count", "message"):
+        t.add_column(col, justify="right" if col == "count" else "left")
+    for key, cls, n, said in rows:
+        t.add_row(key, cls, str(n), Text(said))
+    return t
+
+
 def breakdown_table(result: Mapping[str, Any]) -> Table:
     t = Table(title="TTFT breakdown (p50 / mean)", title_justify="left")
     t.add_column("topology", style="bold")
@@ -211,6 +228,8 @@ def render(result: Mapping[str, Any], with_headline: bool = True) -> Group:
     headline lines unless the caller prints them itself (bench, after its run summary)."""
     parts: list[Any] = [validity_line(result)] if result.get("validity") else []
     parts += [main_table(result), breakdown_table(result)] if result["topologies"] else []
+    errors = errors_table(result) if result["topologies"] else None
+    parts += [errors] if errors is not None else []
     parts += [comparison_table(src, comp) for src, comp in result["comparison"].items()]
     if show_side_by_side(result["side_by_side"]):
         parts.append(side_by_side_table(result["side_by_side"]))

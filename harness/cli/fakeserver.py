@@ -32,7 +32,8 @@ from harness.loadgen.fakeserver import FAULTS, FakeServer, serve_fake
 @click.option(
     "--tokenizer",
     type=click.Path(dir_okay=False),
-    help="tokenizer.json that POST /tokenize counts with (default: one token per word).",
+    help="tokenizer.json that POST /tokenize and usage.prompt_tokens count with, special tokens included "
+    "(default: one token per word).",
 )
 @click.option("--fault", type=click.Choice(FAULTS), help="Misbehave this way (the list above).")
 @click.option(

@@ -19,6 +19,7 @@ from harness.loadgen.client import check_endpoint
 from harness.loadgen.runner import check_credentials
 from harness.loadgen.scenario import ReplaySection, parse_replay_section
 from harness.loadgen.telemetry import DEFAULT_INTERVAL_S, DEFAULT_PATTERNS
+from harness.loadgen.tokenize import server_context
 from harness.model.presets import load_model
 from harness.scenario import load_scenario
 from harness.traces.context import fit_context
@@ -149,7 +150,7 @@ def _scenario_context(path: str | None) -> int | None:
     type=click.IntRange(min=1),
     default=None,
     help="The served model's context (tokens), for --clip/--drop and the refusal (default: the "
-    "scenario's [model] preset, else unchecked).",
+    "scenario's [model] preset, else unchecked; with --tokenize-url the server's max_model_len if smaller).",
 )
 @context_options
 @click.option(
@@ -332,9 +333,17 @@ def command(**o) -> None:
     )  # fmt: skip
     policy = context_policy(o["clip"], o["drop"])
     context_tokens = o["max_model_len"] or _scenario_context(o["scenario_path"])
+    context_from = "--max-model-len" if o["max_model_len"] else "scenario"
+    api_key = os.environ.get(o["api_key_env"]) or None
+    if o["tokenize_url"]:  # the server's own limit, asked before the run: rows beyond it never go out
+        check_credentials(config)
+        served = server_context(o["tokenize_url"], model=o["model"], api_key=api_key)
+        if served is not None and (context_tokens is None or served < context_tokens):
+            context_tokens, context_from = served, "server /tokenize max_model_len"
     if context_tokens is None and policy != "refuse":
         raise InputError(
-            "--clip/--drop need the model's context: give --max-model-len (or a --scenario with [model])"
+            "--clip/--drop need the model's context: give --max-model-len (or a --scenario with [model], "
+            "or --tokenize-url)"
         )
     trace = read_trace(o["trace_path"], o["fmt"], skip_bad=o["skip_bad"])
     if win is not None:
@@ -343,11 +352,11 @@ def command(**o) -> None:
         trace, _ = clip_lengths(trace, o["max_input"])
     if context_tokens is not None:
         trace, fit = fit_context(trace, context_tokens, policy, where=o["trace_path"])
-        config = dataclasses.replace(config, meta_extra={**config.meta_extra, "context": fit.as_dict()})
+        context = {**fit.as_dict(), "from": context_from}
+        config = dataclasses.replace(config, meta_extra={**config.meta_extra, "context": context})
     if o["trace_rate"] is not None:
         trace = rescale_rate(trace, o["trace_rate"])
     trace = speedup(trace, o["speedup"])
-    api_key = os.environ.get(o["api_key_env"]) or None
     check_credentials(config)
     for ep in endpoints:  # before the schedule starts: a dead URL is one line, not a run of errors
         check_endpoint(ep, api_key=api_key, timeouts=config.timeouts)

@@ -19,6 +19,7 @@ import aiohttp
 from harness.errors import InputError
 from harness.loadgen.chunks import chunk_timing, chunk_tokens
 from harness.loadgen.config import Endpoint, Timeouts, redact_url
+from harness.loadgen.errortext import scrub, server_message
 from harness.loadgen.schedule import PHASES
 from harness.loadgen.sse import BAD, CONTENT, DONE, FULL, classify, is_token, parse_chunk, prfaas_fields
 from harness.pdproxy import NO_KV_TRANSFER, prefill_leg_body
@@ -97,6 +98,7 @@ class Client:
         self.timeouts = timeouts
         self.extra_body = dict(extra_body or {})
         self.headers = {"Content-Type": "application/json"}
+        self._secrets = (api_key,) if api_key else ()
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         if endpoint.pd:
@@ -166,6 +168,8 @@ class Client:
             _fail(rec, "cancelled", "run interrupted")
         _finish(rec, st, self.t0)
         rec.end_s = time.monotonic() - self.t0
+        if rec.error_message:  # a server may echo the key or a URL's credentials back
+            rec.error_message = scrub(rec.error_message, self._secrets)
         return rec
 
     async def _run(self, session: aiohttp.ClientSession, job: Job, rec: RequestRecord, st: _Stream) -> None:
@@ -188,8 +192,8 @@ class Client:
             st.headers_s = mono() - t0
             rec.first_byte_s = st.headers_s
             if resp.status >= 400:
-                text = (await resp.content.read(300)).decode("utf-8", "replace")
-                raise _Failure(f"http_{resp.status}", text.strip() or resp.reason or "")
+                said = server_message(await resp.content.read(2048))
+                raise _Failure(f"http_{resp.status}", said or resp.reason or "")
             ctype = resp.headers.get("Content-Type", "")
             if ctype and not ctype.lower().startswith("text/event-stream"):
                 text = (await resp.content.read(120)).decode("utf-8", "replace")
@@ -258,8 +262,7 @@ class Client:
             raw = await resp.read()
             rec.prefill_end_s = time.monotonic() - self.t0
             if resp.status >= 400:
-                msg = raw[:300].decode("utf-8", "replace").strip()
-                raise _Failure(f"http_{resp.status}", f"prefill leg: {msg or resp.reason}")
+                raise _Failure(f"http_{resp.status}", f"prefill leg: {server_message(raw) or resp.reason}")
         try:
             obj = json.loads(raw)
         except ValueError:

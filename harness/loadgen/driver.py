@@ -39,9 +39,8 @@ class WorkerSetup:
     timeouts: Timeouts
     api_key: str | None
     extra_body: dict[str, Any]
-    tokenizer: str | None
     seed: int
-    prompt_fits: PromptFits | None = None  # prompts fitted to a server's /tokenize before the run
+    prompt_fits: PromptFits | None = None  # prompts fitted to a tokenizer before the run
 
 
 class Jobs:
@@ -151,6 +150,7 @@ async def _closed(client, session, jobs: Jobs, schedule: Schedule, t0: float, si
     end = None if schedule.duration_s is None else t0 + schedule.duration_s
 
     async def loop() -> None:
+        await asyncio.sleep(max(t0 - mono(), 0))  # t0 is a little ahead: a send before it would be "warmup"
         for i in indices:
             now = mono()
             if end is not None and now >= end:

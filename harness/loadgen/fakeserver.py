@@ -6,14 +6,16 @@ fields (``id``, ``object``, ``created``, ``model``, ``choices[].text`` or ``delt
 ``finish_reason``, ``stop_reason``), one word (`` tok``) per token, the usage chunk when
 ``stream_options.include_usage`` asks for it, ``max_tokens``/``min_tokens``/``ignore_eos`` honoured.
 The first token comes ``first_token_delay_s`` after the request, the others ``itl_s`` apart; usage
-counts whitespace words as prompt tokens. Tokens per chunk (``chunk_tokens``, a cycle of counts: a
-chunk of k tokens goes out k·``itl_s`` after the previous one, as a stream interval sends them), the
-running ``usage`` on every chunk when ``stream_options.continuous_usage_stats`` asks (unless
+counts whitespace words as prompt tokens (with ``tokenizer`` set: its tokens, special tokens included,
+chat prompts through ``chat_template``, as vLLM counts). Tokens per chunk (``chunk_tokens``, a cycle of
+counts: a chunk of k tokens goes out k·``itl_s`` after the previous one, as a stream interval sends
+them), the running ``usage`` on every chunk when ``stream_options.continuous_usage_stats`` asks (unless
 ``usage_deltas`` is off: a server that ignores the option), and empty-text tokens (``empty_text``: the
-first n tokens decode to "", as partial UTF-8 bytes do) are set as vLLM shows them. Also: ``/v1/models``, ``/health``, vLLM's ``POST /tokenize``
-(counting with ``tokenizer`` if set, else words), ``/metrics`` with vLLM's running/waiting gauges, and vLLM's PD-proxy fields (a prefill leg with
-``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back, unless ``kv_connector`` is
-off). A body it cannot read gets
+first n tokens decode to "", as partial UTF-8 bytes do) are set as vLLM shows them. Also:
+``/v1/models``, ``/health``, vLLM's ``POST /tokenize`` (a prompt or chat ``messages``; a wrong model
+gets vLLM's 404 with its message; ``max_model_len`` as set), ``/metrics`` with vLLM's running/waiting
+gauges, and vLLM's PD-proxy fields (a prefill leg with ``kv_transfer_params.do_remote_decode`` gets
+``kv_transfer_params`` back, unless ``kv_connector`` is off). A body it cannot read gets
 vLLM's 400.
 
 Faults on demand (``mode``, or per request ``mode_for(n)``): ok, stall (no response), stall_body
@@ -67,7 +69,11 @@ class FakeServer:
     empty_text: int = 0  # the first n tokens have empty text (partial UTF-8 bytes)
     kv_connector: bool = True  # False: a prefill leg gets no kv_transfer_params (vLLM without a connector)
     keep_bodies: bool = False
-    tokenizer: Any = None  # a tokenizers.Tokenizer for /tokenize; None: a token is a whitespace word
+    # A tokenizers.Tokenizer: /tokenize and usage.prompt_tokens count with it (special tokens included,
+    # chat prompts through ``chat_template``); None: a token is a whitespace word.
+    tokenizer: Any = None
+    chat_template: str = "<|user|>\n{}\n<|assistant|>\n"
+    max_model_len: int = MAX_MODEL_LEN
     tokenize_calls: int = 0
     metrics: bool = True  # serve vLLM's /metrics (requests running = in flight here); False: 404
     requests: int = 0
@@ -100,15 +106,26 @@ class FakeServer:
         return web.json_response({"object": "list", "data": [card]})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
-        """vLLM's ``POST /tokenize`` for a completion prompt: count, max_model_len, token ids."""
+        """vLLM's ``POST /tokenize`` (a prompt, or chat ``messages``): count, max_model_len, token ids."""
         self.tokenize_calls += 1
         body = await request.json(loads=json.loads)
-        text = body["prompt"]
-        if self.tokenizer is None:
-            ids = list(range(len(text.split())))
+        model = body.get("model")
+        if self.model is not None and model != self.model:
+            error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "code": 404}
+            return web.json_response({"error": error}, status=404)
+        if "messages" in body:
+            ids = self._ids(body["messages"][-1]["content"], chat=True)
         else:
-            ids = self.tokenizer.encode(text, add_special_tokens=body.get("add_special_tokens", True)).ids
-        return web.json_response({"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids})
+            ids = self._ids(body["prompt"], special=body.get("add_special_tokens", True))
+        return web.json_response({"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids})
+
+    def _ids(self, text: str, *, chat: bool = False, special: bool = True) -> list[int]:
+        """Token ids as a vLLM with this tokenizer counts them (chat: the template, no special tokens)."""
+        if self.tokenizer is None:
+            return list(range(len(text.split())))
+        if chat:
+            return self.tokenizer.encode(self.chat_template.format(text), add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=special).ids
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
@@ -135,7 +152,7 @@ class FakeServer:
         try:
             body = await request.json(loads=json.loads)
             prompt = body["messages"][-1]["content"] if chat else body["prompt"]
-            words = len(prompt.split())
+            words = len(self._ids(prompt, chat=chat)) if self.tokenizer is not None else len(prompt.split())
             n_out, finish = self._length(body)
         except (ValueError, LookupError, TypeError, AttributeError):
             want = "messages[-1].content" if chat else "prompt"

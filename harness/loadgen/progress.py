@@ -69,6 +69,8 @@ def print_summary(name: str, summary: dict, *, quiet: bool, saturated: bool, bou
     if summary["errors"]:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(summary["errors"].items(), key=lambda kv: -kv[1]))
         print(f"{name}: failures by class: {detail}", file=out)
+        for k, said in summary.get("error_examples", {}).items():
+            print(f"{name}: {k}: {said}", file=out)  # the server's own words, e.g. why it refused
     if summary["warnings"] and not quiet:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(summary["warnings"].items()))
         print(f"{name}: warnings: {detail}", file=out)

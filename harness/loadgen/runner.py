@@ -31,7 +31,7 @@ from harness.loadgen.workers import run_workers
 from harness.records import RunWriter, new_run_id
 from harness.servermetrics import TelemetryLog
 from harness.traces.frame import Trace
-from harness.traces.prompts import PromptFits, PromptSynth, load_tokenizer
+from harness.traces.prompts import PromptFits, PromptSynth
 from harness.validity import UNKNOWN, combine, verdict
 
 _LEAD_S = 0.05
@@ -70,14 +70,14 @@ def replay(
     with the same schedule and prompts (paired). Records go to ``out_dir`` as they finish; Ctrl-C keeps
     them and marks the run incomplete (KeyboardInterrupt is re-raised).
 
-    With ``config.tokenize_url`` the prompts are fitted to that server's tokenizer before the schedule
-    starts (``prompt_fits`` reuses an earlier fitting of the same trace rows, as a sweep does).
+    With ``config.tokenize_url`` (a server's /tokenize) or ``config.tokenizer`` (a tokenizer.json) the
+    prompts are fitted before the schedule starts, so the run itself never tokenizes (``prompt_fits``
+    reuses an earlier fitting of the same trace rows, as a sweep does).
     """
     check_credentials(config)
     schedule = build_schedule(trace, config.load)
-    tok = load_tokenizer(config.tokenizer) if config.tokenizer else None  # fail early on a bad file
     preparation = None
-    if config.tokenize_url and prompt_fits is None:
+    if (config.tokenize_url or config.tokenizer) and prompt_fits is None:
         prompt_fits, preparation = _fit_prompts(trace, _rows(schedule), config, quiet)
     run_id = config.run_id or new_run_id("replay")
     meta = {
@@ -93,7 +93,7 @@ def replay(
         "prompts": {
             "tokenizer": config.tokenizer,
             "tokenize_url": config.describe()["tokenize_url"],
-            "token_exact": tok is not None or prompt_fits is not None,
+            "token_exact": prompt_fits is not None,
             "preparation": preparation.describe() if preparation else None,
         },
         # continuous_usage_stats asks for the running completion_tokens on every chunk (tokens per chunk);
@@ -115,9 +115,7 @@ def replay(
             scraper = _scraper(ep, config, start.metric_roots, start.headers, telemetry)
             ended = False
             try:
-                _run_endpoint(
-                    ep, trace, schedule, config, writer, stats, tok, prompt_fits, run_id, quiet, scraper
-                )
+                _run_endpoint(ep, trace, schedule, config, writer, stats, prompt_fits, run_id, quiet, scraper)
                 ended = True
             finally:
                 if scraper is not None:
@@ -215,7 +213,7 @@ def replay_sweep(
     """One run per offered rate, each in ``out_dir/rate-<r>``; same trace rows, same prompts."""
     subs = [replace(config, load=_rate_load(config, rate), run_id=None) for rate in rates]
     fits = None
-    if config.tokenize_url:  # fit once, for every row any rate's schedule uses
+    if config.tokenize_url or config.tokenizer:  # fit once, for every row any rate's schedule uses
         rows = np.unique(np.concatenate([_rows(build_schedule(trace, sub.load)) for sub in subs]))
         fits, _ = _fit_prompts(trace, rows, config, quiet)
     results = []
@@ -238,22 +236,38 @@ def _rows(schedule: Schedule) -> np.ndarray:
 
 
 def _fit_prompts(trace: Trace, rows: np.ndarray, config: ReplayConfig, quiet: bool):
-    assert config.tokenize_url is not None
+    apis = {e.api for e in config.endpoints}
+    if len(apis) > 1:
+        raise InputError("token-exact prompts need one --api for every endpoint (the special tokens differ)")
+    api = apis.pop()
     fits, prep = prepare_prompts(
-        trace, rows, url=config.tokenize_url, model=config.endpoints[0].model, salt=config.load.seed,
-        api_key=os.environ.get(config.api_key_env) or None,
+        trace, rows, url=config.tokenize_url, tokenizer=config.tokenizer, model=config.endpoints[0].model,
+        api=api, salt=config.load.seed, api_key=os.environ.get(config.api_key_env) or None,
     )  # fmt: skip
+    where = f"{config.describe()['tokenize_url']}/tokenize" if config.tokenize_url else config.tokenizer
     if not quiet:
         print(
-            f"prompts: {prep.rows} fitted to {config.describe()['tokenize_url']}/tokenize with "
-            f"{prep.calls} calls in {prep.seconds:.1f}s",
+            f"prompts: {prep.rows} fitted to {where} with {prep.calls} counts in {prep.seconds:.1f}s; "
+            f"{prep.special.count} special tokens per prompt taken off",
+            file=sys.stderr,
+        )
+    if config.tokenizer and api == "chat":
+        print(
+            "warning: a tokenizer.json has no chat template: the server's template tokens are not taken "
+            "off (--tokenize-url counts them)",
+            file=sys.stderr,
+        )
+    if prep.short_rows:
+        print(
+            f"warning: {prep.short_rows} prompts are no longer than the server's {prep.special.count} "
+            "special tokens: sent with one token of text",
             file=sys.stderr,
         )
     return fits, prep
 
 
 def _run_endpoint(
-    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, tok, fits, run_id, quiet, scraper
+    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, fits, run_id, quiet, scraper
 ) -> None:
     api_key = os.environ.get(config.api_key_env) or None
 
@@ -269,7 +283,6 @@ def _run_endpoint(
             timeouts=config.timeouts,
             api_key=api_key,
             extra_body=config.extra_body,
-            tokenizer=config.tokenizer,
             seed=config.load.seed,
             prompt_fits=fits,
         )
@@ -283,10 +296,10 @@ def _run_endpoint(
         if config.workers > 1:
             run_workers(
                 config.workers, ep, trace, schedule, setup, on_record,
-                lambda d: progress.update(stats, d - stats.completed), config.tokenizer,
+                lambda d: progress.update(stats, d - stats.completed),
             )  # fmt: skip
             return
-        synth = PromptSynth(tok, fits=fits, block_tokens=trace.block_tokens, salt=config.load.seed)
+        synth = PromptSynth(fits=fits, block_tokens=trace.block_tokens, salt=config.load.seed)
         counters = {"dispatched": 0}
 
         async def main() -> None:

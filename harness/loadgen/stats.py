@@ -11,6 +11,8 @@ import numpy as np
 
 from harness.records import STATUS_ERROR, RequestRecord
 
+EXAMPLE_CHARS = 160  # of a server's error message, in summaries
+
 
 @dataclass
 class RunStats:
@@ -21,6 +23,7 @@ class RunStats:
     dispatched: int = 0
     tokens: int = 0
     errors: Counter = field(default_factory=Counter)
+    error_examples: dict[str, str] = field(default_factory=dict)  # class -> the first message seen
     warnings: Counter = field(default_factory=Counter)
     send_lag_s: array = field(default_factory=lambda: array("d"))
     started: float = field(default_factory=time.monotonic)
@@ -33,6 +36,10 @@ class RunStats:
         if rec.status == STATUS_ERROR:
             self.failed += 1
             self.errors[rec.error_class or "unknown"] += 1
+            if rec.error_message:
+                self.error_examples.setdefault(
+                    rec.error_class or "unknown", rec.error_message[:EXAMPLE_CHARS]
+                )
         if rec.warning:
             for w in rec.warning.split(";"):
                 self.warnings[w.split(":", 1)[0].split("=", 1)[0]] += 1
@@ -60,6 +67,7 @@ class RunStats:
             "failed": self.failed,
             "error_rate": self.failed / self.completed if self.completed else 0.0,
             "errors": dict(self.errors),
+            "error_examples": dict(self.error_examples),
             "warnings": dict(self.warnings),
             "output_tokens": self.tokens,
             "elapsed_s": elapsed,

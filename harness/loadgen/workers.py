@@ -2,7 +2,7 @@
 
 Protocol over one pipe per worker (parent <-> worker):
 
-    worker -> ("ready",)                       after imports and tokenizer loading
+    worker -> ("ready",)                       after imports
     parent -> WorkerSetup                      carries the common t0
     worker -> ("records", [RequestRecord...], dispatched)   batches, every ~50 ms
     worker -> ("done", dispatched)             after the last record (also after SIGTERM)
@@ -32,7 +32,7 @@ from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.schedule import Schedule
 from harness.records import RequestRecord
 from harness.traces.frame import Trace
-from harness.traces.prompts import PromptSynth, load_tokenizer
+from harness.traces.prompts import PromptSynth
 
 _FLUSH_S = 0.05
 
@@ -42,16 +42,14 @@ def _worker_main(
     endpoint: Endpoint,
     trace: Trace,
     schedule: Schedule,
-    tokenizer: str | None,
     parent_pid: int,
 ) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        tok = load_tokenizer(tokenizer) if tokenizer else None
         conn.send(("ready",))
         setup: WorkerSetup = conn.recv()
-        synth = PromptSynth(tok, fits=setup.prompt_fits, block_tokens=trace.block_tokens, salt=setup.seed)
+        synth = PromptSynth(fits=setup.prompt_fits, block_tokens=trace.block_tokens, salt=setup.seed)
         counters = {"dispatched": 0}
         asyncio.run(_worker_async(conn, endpoint, trace, schedule, setup, synth, counters))
         conn.send(("done", counters["dispatched"]))
@@ -98,7 +96,6 @@ def run_workers(
     make_setup: Callable[[float, float], WorkerSetup],
     on_record: Callable[[RequestRecord], None],
     on_tick: Callable[[int], None],
-    tokenizer: str | None,
 ) -> None:
     """Run ``n`` worker processes over ``schedule``; ``on_record`` gets every record in the parent.
     The workers die with the calling thread (which this call keeps busy until they end).
@@ -114,7 +111,7 @@ def run_workers(
             parent, child = ctx.Pipe()
             p = ctx.Process(
                 target=_worker_main,
-                args=(child, endpoint, trace, schedule.part(k, n), tokenizer, os.getpid()),
+                args=(child, endpoint, trace, schedule.part(k, n), os.getpid()),
                 daemon=True,
             )
             p.start()

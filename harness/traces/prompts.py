@@ -6,12 +6,11 @@ share their first k blocks of text, and a server's prefix cache sees the reuse t
 
 Token exactness:
 
-* with a tokenizer (``tokenizers.Tokenizer``, e.g. a model's ``tokenizer.json``) a prompt encodes to
-  exactly ``input_tokens`` tokens (no special tokens counted): the text is trimmed or extended at its
-  tail, and only the tail block differs from the block cache;
-* with only a tokenizer's counts (a server's ``/tokenize``, see ``harness.loadgen.tokenize``) a prompt is
-  the first ``words`` words of the same word stream plus ``pad`` single-token filler words, a
-  ``PromptFits`` entry fitted before the run from the server's counts of each vocabulary word;
+* fitted (``PromptFits``, made before the run by ``harness.loadgen.tokenize`` from a server's
+  ``/tokenize`` or a local ``tokenizer.json``): every block is exactly ``block_tokens`` tokens of that
+  tokenizer (its own words while they fit, completed with one-token words), so two requests sharing k
+  block ids share exactly k blocks of tokens; a prompt is the first ``words`` words of the row's stream
+  plus ``pad`` one-token words, and the server's own special tokens (BOS, chat template) are taken off;
 * without one, a prompt has exactly ``input_tokens`` words from ``VOCABULARY``: common English words that
   are one token each (with their leading space) in byte-level BPE tokenizers. Measured against a
   65k-entry byte-level BPE tokenizer, prompts came out at exactly the requested length plus at most
@@ -106,15 +105,26 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 @dataclass(frozen=True)
 class PromptFits:
-    """Prompts fitted to a tokenizer known only through token counts (a server's ``/tokenize``).
+    """Prompts fitted, before a run, to a tokenizer known through its counts (a server's ``/tokenize``
+    or a local ``tokenizer.json``).
 
-    ``rows[row] = (input_tokens, words, pad)``: the row's prompt is the first ``words`` words of its
-    word stream (the same block text as always) and then ``pad`` words drawn from ``filler``, words
-    that are one token each for that tokenizer. Small and picklable, so worker processes get a copy.
+    ``word_tokens[v]`` is the token count of vocabulary word v (with its leading space); blocks are built
+    from it to be exactly ``block_tokens`` tokens. The server adds ``special_tokens`` of its own to every
+    prompt (BOS, a chat template), ``lead_tokens`` of them before the text: the text of a row is
+    ``input_tokens - special_tokens`` tokens and its first block is ``lead_tokens`` shorter, so trace
+    block k is server tokens ``[k*block, (k+1)*block)``. ``rows[row] = (input_tokens, words, pad)``: the
+    row's prompt is the first ``words`` words of its word stream and then ``pad`` one-token filler words.
+    Small and picklable, so worker processes get a copy.
     """
 
-    filler: tuple[str, ...]
+    word_tokens: tuple[int, ...]
+    special_tokens: int = 0
+    lead_tokens: int = 0
     rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+    def text_tokens(self, input_tokens: int) -> int:
+        """Tokens of text for a prompt the server counts as ``input_tokens`` (at least one)."""
+        return max(int(input_tokens) - self.special_tokens, 1)
 
 
 def _filler_block(row: int) -> int:
@@ -122,16 +132,26 @@ def _filler_block(row: int) -> int:
     return -(row * 4096) - 4095
 
 
+_FILL_SALT = 0x5F3759DF  # a separate draw for the one-token words that complete a block
+
+
+@dataclass(frozen=True)
+class _Block:
+    text: str
+    ends: np.ndarray  # character offset after each word
+    words: np.ndarray  # vocabulary indices
+
+
 class PromptSynth:
     """Builds prompts from hash ids; caches block text (LRU, ``cache_blocks`` entries).
 
     ``salt`` changes every block's text (a fresh prefix-cache universe for the same trace);
-    ``block_tokens`` must match the trace's block size (512 for Mooncake).
+    ``block_tokens`` must match the trace's block size (512 for Mooncake). Without ``fits`` every word
+    counts as one token; with them a block is exactly ``block_tokens`` tokens of that tokenizer.
     """
 
     def __init__(
         self,
-        tokenizer: Tokenizer | None = None,
         *,
         fits: PromptFits | None = None,
         block_tokens: int = DEFAULT_BLOCK_TOKENS,
@@ -140,107 +160,112 @@ class PromptSynth:
     ) -> None:
         if block_tokens <= 0:
             raise InputError(f"block_tokens must be positive, got {block_tokens}")
-        if tokenizer is not None and fits is not None:
-            raise InputError("give a tokenizer or fitted prompts, not both")
-        self.tokenizer = tokenizer
         self.fits = fits
         self.block_tokens = block_tokens
         self.salt = salt
-        self._cache: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()
+        if fits is None:
+            self.word_tokens = np.ones(len(VOCABULARY), dtype=np.int64)
+        else:
+            self.word_tokens = np.asarray(fits.word_tokens, dtype=np.int64)
+            if len(self.word_tokens) != len(VOCABULARY) or (self.word_tokens < 1).any():
+                raise InputError("fitted prompts need a count >= 1 for every vocabulary word")
+        self.filler = np.flatnonzero(self.word_tokens == 1)  # one-token words
+        self._first = max(block_tokens - (fits.lead_tokens if fits else 0), 1)
+        self._cache: OrderedDict[tuple[int, int], _Block] = OrderedDict()
         self._cache_blocks = cache_blocks
 
     @property
     def exact(self) -> bool:
-        """True when prompts are token-exact (a tokenizer is loaded, or prompts were fitted)."""
-        return self.tokenizer is not None or self.fits is not None
+        """True when prompts are token-exact (fitted to a tokenizer before the run)."""
+        return self.fits is not None
 
-    def _block(self, block_id: int) -> tuple[str, np.ndarray]:
-        hit = self._cache.get(block_id)
+    def _fill(self, key: int, block_id: int, n: int) -> np.ndarray:
+        """``n`` one-token words drawn for ``block_id`` (``key`` separates the draws' purposes)."""
+        if not n:
+            return np.zeros(0, dtype=np.intp)
+        if not len(self.filler):
+            raise InputError("no vocabulary word is one token for this tokenizer: no exact prompts")
+        return self.filler[_word_indices(self.salt + key, block_id, n) % len(self.filler)]
+
+    def _block(self, block_id: int, size: int | None = None) -> _Block:
+        """Block ``block_id`` as exactly ``size`` tokens (default ``block_tokens``): its own word draws
+        while they fit, completed with one-token words (none needed when every word is one token)."""
+        size = self.block_tokens if size is None else size
+        hit = self._cache.get((block_id, size))
         if hit is not None:
-            self._cache.move_to_end(block_id)
+            self._cache.move_to_end((block_id, size))
             return hit
-        idx = _word_indices(self.salt, block_id, self.block_tokens)
-        entry = ("".join(_WORDS[idx]), np.cumsum(_WORD_LEN[idx]))
-        self._cache[block_id] = entry
+        idx = _word_indices(self.salt, block_id, size)
+        if self.fits is not None:  # not every word is one token: keep those that fit, then complete
+            cum = np.cumsum(self.word_tokens[idx])
+            n = int(np.searchsorted(cum, size, side="right"))
+            have = int(cum[n - 1]) if n else 0
+            idx = np.concatenate([idx[:n], self._fill(_FILL_SALT, block_id, size - have)])
+        entry = _Block("".join(_WORDS[idx]), np.cumsum(_WORD_LEN[idx]), idx)
+        self._cache[(block_id, size)] = entry
         if len(self._cache) > self._cache_blocks:
             self._cache.popitem(last=False)
         return entry
 
     def block_text(self, block_id: int) -> str:
-        """The full text of one block (``block_tokens`` words)."""
-        return self._block(int(block_id))[0]
+        """The full text of one block (``block_tokens`` tokens; a row's first block is ``lead_tokens``
+        shorter)."""
+        return self._block(int(block_id)).text
 
-    def _blocks(self, hash_ids: Sequence[int], n_words: int, row: int) -> Iterator[tuple[int, int]]:
-        """(block id, words taken from it) for the first ``n_words`` words of a row's word stream."""
+    def _blocks(self, hash_ids: Sequence[int], n_words: int, row: int) -> Iterator[tuple[_Block, int]]:
+        """(block, words taken from it) for the first ``n_words`` words of a row's word stream."""
         remaining, k = n_words, 0
         while remaining > 0:
             # Past the trace's own ids (or with none), use per-request ids so tails never collide.
             block_id = int(hash_ids[k]) if k < len(hash_ids) else -(row * 4096 + k) - 1
-            take = min(remaining, self.block_tokens)
-            yield block_id, take
+            block = self._block(block_id, self._first if k == 0 else self.block_tokens)
+            take = min(remaining, len(block.words))
+            yield block, take
             remaining -= take
             k += 1
 
     def _words(self, hash_ids: Sequence[int], n_words: int, row: int) -> str:
-        parts: list[str] = []
-        for block_id, take in self._blocks(hash_ids, n_words, row):
-            text, ends = self._block(block_id)
-            parts.append(text if take == self.block_tokens else text[: ends[take - 1]])
+        parts = [
+            b.text if take == len(b.words) else b.text[: b.ends[take - 1]]
+            for b, take in self._blocks(hash_ids, n_words, row)
+        ]
         return "".join(parts)
 
     def word_stream(self, hash_ids: Sequence[int], n_words: int, row: int = 0) -> np.ndarray:
         """Vocabulary indices of the first ``n_words`` words of a row's prompt text."""
-        parts = [
-            _word_indices(self.salt, block_id, self.block_tokens)[:take]
-            for block_id, take in self._blocks(hash_ids, n_words, row)
-        ]
+        parts = [b.words[:take] for b, take in self._blocks(hash_ids, n_words, row)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
 
     def prompt(self, hash_ids: Sequence[int], input_tokens: int, row: int = 0) -> str:
-        """Prompt text for one request: ``input_tokens`` tokens (exact with a tokenizer, else words).
+        """Prompt text for one request of ``input_tokens`` tokens (exact when fitted, else words).
 
         ``row`` (the trace row) seeds filler blocks when the trace has fewer ids than blocks needed.
         """
         if input_tokens <= 0:
             raise InputError(f"input_tokens must be positive, got {input_tokens}")
-        if self.fits is not None:
-            fit = self.fits.rows.get(int(row))
-            if fit is None or fit[0] != input_tokens:
-                raise InputError(f"no fitted prompt of {input_tokens} tokens for trace row {row}")
-            return self.fitted_text(hash_ids, row, fit[1], fit[2], self.fits.filler)
-        text = self._words(hash_ids, input_tokens, row)
-        if self.tokenizer is None:
-            return text
-        return self._fit(text, input_tokens, row)
+        if self.fits is None:
+            return self._words(hash_ids, input_tokens, row)
+        fit = self.fits.rows.get(int(row))
+        if fit is None or fit[0] != input_tokens:
+            raise InputError(f"no fitted prompt of {input_tokens} tokens for trace row {row}")
+        return self.fitted_text(hash_ids, row, fit[1], fit[2])
 
-    def fitted_text(
-        self, hash_ids: Sequence[int], row: int, words: int, pad: int, filler: Sequence[str]
-    ) -> str:
-        """The first ``words`` words of the row's stream, then ``pad`` words drawn from ``filler``."""
-        pick = _word_indices(self.salt, _filler_block(row), pad) % len(filler) if pad else []
-        return self._words(hash_ids, words, row) + "".join(" " + filler[i] for i in pick)
+    def fitted_text(self, hash_ids: Sequence[int], row: int, words: int, pad: int) -> str:
+        """The first ``words`` words of the row's stream, then ``pad`` one-token words."""
+        return self._words(hash_ids, words, row) + "".join(_WORDS[self._fill(0, _filler_block(row), pad)])
 
-    def plan_fit(
-        self, hash_ids: Sequence[int], target: int, row: int, word_tokens: np.ndarray
-    ) -> tuple[int, int]:
-        """(words, pad) predicted to make ``target`` tokens if counts add up word by word.
+    def plan_fit(self, hash_ids: Sequence[int], target: int, row: int) -> tuple[int, int]:
+        """(words, pad) predicted to make ``target`` tokens of text if counts add up word by word.
 
-        ``word_tokens[v]`` is the token count of vocabulary word v (with its leading space), >= 1. Keeps
-        the longest prefix of the word stream that fits, then pads with single-token words; when every
-        word is one token this is the plain ``target``-word prompt.
+        Keeps the longest prefix of the word stream that fits, then pads with one-token words: every
+        whole block the prompt covers is then exactly its block size in tokens.
         """
-        cum = np.cumsum(word_tokens[self.word_stream(hash_ids, target, row)])
+        cum = np.cumsum(self.word_tokens[self.word_stream(hash_ids, target, row)])
         words = int(np.searchsorted(cum, target, side="right"))
         return words, target - (int(cum[words - 1]) if words else 0)
 
     def refit(
-        self,
-        hash_ids: Sequence[int],
-        row: int,
-        fit: tuple[int, int],
-        measured: int,
-        target: int,
-        word_tokens: np.ndarray,
+        self, hash_ids: Sequence[int], row: int, fit: tuple[int, int], measured: int, target: int
     ) -> tuple[int, int]:
         """Correct ``fit`` after a count of ``measured`` tokens (counts did not add up word by word)."""
         words, pad = fit
@@ -250,32 +275,7 @@ class PromptSynth:
         cut = min(pad, excess)
         pad, excess = pad - cut, excess - cut
         if excess:
-            tail = np.cumsum(word_tokens[self.word_stream(hash_ids, words, row)][::-1])
+            tail = np.cumsum(self.word_tokens[self.word_stream(hash_ids, words, row)][::-1])
             drop = min(int(np.searchsorted(tail, excess)), len(tail) - 1)
             words, pad = words - drop - 1, pad + int(tail[drop]) - excess
         return max(words, 0), max(pad, 0)
-
-    def count(self, text: str) -> int:
-        """Tokens in ``text`` (tokenizer if loaded, else words)."""
-        if self.tokenizer is None:
-            return len(text.split())
-        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def _fit(self, text: str, target: int, row: int) -> str:
-        """Trim or extend the tail until the text encodes to exactly ``target`` tokens."""
-        tok = self.tokenizer
-        assert tok is not None
-        filler = self._block(_filler_block(row))[0].split(" ")[1:]
-        extra = 0
-        for _ in range(64):
-            enc = tok.encode(text, add_special_tokens=False)
-            n = len(enc.ids)
-            if n == target:
-                return text
-            if n > target:
-                text = text[: enc.offsets[target - 1][1]]
-            else:
-                need = target - n
-                text += "".join(" " + filler[(extra + i) % len(filler)] for i in range(need))
-                extra += need
-        raise InputError(f"cannot build a prompt of exactly {target} tokens with this tokenizer")
