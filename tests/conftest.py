@@ -83,9 +83,10 @@ def real_vllm(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_sglang(tmp_path_factory: pytest.TempPathFactory):
-    """A real SGLang (the registry's build on CPU torch) serving the tiny Llama, shared by the session.
+    """A real SGLang (the registry's build on CPU torch) serving the tiny Llama, for one test module
+    (stopped after it, so it never runs beside the vLLM servers of other modules).
 
     Opt-in: needs ``make sglang-venv``, which .ci/run does not run, so this skips even under CI=true."""
     from realengine.sglang import VENV, SglangServer, sglang_python

@@ -1,7 +1,7 @@
 """A real SGLang (the registry's build, CPU torch, tiny random-weight Llama) driven by replay.
 
 Opt-in: the ``real_sglang`` fixture needs ``make sglang-venv`` and skips without it (CI included). One
-server serves the whole session; replay flushes its radix cache before each run.
+server serves the module; replay flushes its radix cache before each run.
 """
 
 from __future__ import annotations
