@@ -75,6 +75,7 @@ class VllmServer:
     model_dir: Path
     log_path: Path
     extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen | None = None
 
@@ -106,6 +107,7 @@ class VllmServer:
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
         )
+        env.update(self.extra_env)
         parent = os.getpid()
         log = self.log_path.open("wb")
         # Started from a thread that lives as long as the test process: PR_SET_PDEATHSIG follows the
