@@ -43,6 +43,7 @@ def main() -> None:
     simulate   discrete-event simulation of the serving stack in virtual time
     serve      emulated clusters over real HTTP on a shaped inter-site link
     replay     replay a trace against OpenAI-compatible endpoints
+    calibrate  fit the cost model (a hardware preset) to a live engine
     analyze    metrics and the three-way comparison; report: Plotly dashboard
     fake-server  an OpenAI-compatible server with set timings, to check a pipeline
     """
@@ -54,3 +55,7 @@ from harness.cli import analyze, bench, compare, fakeserver, net, plan, replay, 
 
 for _mod in (analyze, bench, compare, fakeserver, net, plan, replay, report, serve, simulate, trace):
     main.add_command(_mod.command)
+
+from harness.cli import calibrate  # noqa: E402
+
+main.add_command(calibrate.command)
