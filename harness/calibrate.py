@@ -7,10 +7,10 @@ the load generator's own):
   lengths spanning the server's context, several repeats each. Time to the first token is the prefill
   plus the fixed per-request cost (HTTP, tokenising, scheduling), which the fit separates as the
   intercept ``prefill_overhead_s``.
-* **decode**: B requests at once with long outputs (``ignore_eos``), for several B and two prompt
-  lengths. Once every one of them has its first token and before any ends, each step holds exactly B
-  sequences: the median gap between tokens in that window is one step at batch B, at the context the
-  B sequences hold at its midpoint.
+* **decode**: B requests at once, twice, with short and with long outputs (``ignore_eos``), for
+  several B and two prompt lengths. The long run's extra span over the short one is that many extra
+  steps at batch B: one step's time without per-token timestamps, which a busy server's frontend may
+  deliver in bursts (vLLM on two shared cores does).
 
 Every prompt has its own prefix block ids, so no request hits the prefix cache, and replay resets the
 server's caches before each run. The fit itself is ``harness.model.fit`` (pure); this module is the edge.
@@ -35,34 +35,33 @@ from harness.model.presets import Hardware, ModelSpec
 from harness.records import read_records
 from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace
 
-MIN_WINDOW_STEPS = 4  # fewer steady steps than this and a decode window says nothing
-
 
 @dataclass(frozen=True, kw_only=True)
 class CalibrationPlan:
-    """Which points to measure: prompt lengths × repeats for prefill; batch sizes × prompt lengths,
-    each with ``decode_output_tokens`` tokens, for decode."""
+    """Which points to measure: prompt lengths × repeats for prefill; batch sizes × prompt lengths ×
+    repeats for decode, each a pair of runs with the two output lengths of ``decode_tokens``."""
 
     prefill_tokens: tuple[int, ...]
     repeats: int
     decode_batches: tuple[int, ...]
     decode_prompts: tuple[int, ...]
-    decode_output_tokens: int
+    decode_tokens: tuple[int, int]
 
     @classmethod
     def spanning(cls, max_prompt_tokens: int, *, quick: bool = False) -> CalibrationPlan:
         """Lengths spaced geometrically from 64 tokens to ``max_prompt_tokens``; ``quick`` measures fewer
-        (5 lengths × 2, batches 1/4/8, 48 output tokens) than the full plan (8 × 3, 1/2/4/8/16, 128)."""
+        (5 lengths, batches 1/4/8, outputs of 16 and 400 tokens) than the full plan (8 lengths,
+        batches 1/2/4/8/16, 16 and 784), each point the median of 3 repeats."""
         if max_prompt_tokens < 256:
             raise InputError(f"--max-prompt-tokens must be at least 256, got {max_prompt_tokens}")
         count = 5 if quick else 8
         lengths = np.unique(np.geomspace(64, max_prompt_tokens, count).round().astype(int))
         return cls(
             prefill_tokens=tuple(int(n) for n in lengths),
-            repeats=2 if quick else 3,
+            repeats=3,
             decode_batches=(1, 4, 8) if quick else (1, 2, 4, 8, 16),
             decode_prompts=(128, max(256, max_prompt_tokens // 8)),
-            decode_output_tokens=48 if quick else 128,
+            decode_tokens=(16, 400 if quick else 784),
         )
 
 
@@ -133,30 +132,24 @@ def _prompt_tokens(rec: pd.Series) -> int:
     return int(server) if server is not None and not pd.isna(server) else int(rec["prompt_tokens_trace"])
 
 
-def decode_window(records: pd.DataFrame) -> tuple[int, int, float] | None:
-    """(batch, context tokens, step seconds) of the steady window of one decode run, in its own clock:
-    from the last first token to the first last token, every sequence decodes. None if that window
-    holds fewer than ``MIN_WINDOW_STEPS`` steps."""
-    times = [
-        float(r["first_token_s"]) + np.concatenate(([0.0], np.cumsum(np.asarray(r["itl_s"], dtype=float))))
-        for _, r in records.iterrows()
-    ]
-    start, end = max(t[0] for t in times), min(t[-1] for t in times)
-    gaps = np.concatenate([np.diff(t[(t >= start) & (t <= end)]) for t in times])
-    if len(gaps) < MIN_WINDOW_STEPS * len(times):
-        return None
-    mid = (start + end) / 2.0
-    context = sum(
-        _prompt_tokens(r) + int(np.searchsorted(t, mid, side="right"))
-        for (_, r), t in zip(records.iterrows(), times, strict=True)
-    )
-    return len(times), context, float(np.median(gaps))
+def _span_s(records: pd.DataFrame) -> float:
+    """From the first scheduled send to the last request's end (run clock)."""
+    return float(records["end_s"].max() - records["scheduled_s"].min())
 
 
-def measure(
-    target: Target, plan: CalibrationPlan, out: Path, *, echo=print
-) -> tuple[Measurements, dict[str, Any]]:
-    """Run the plan against the target; the measurements in model seconds and what was skipped."""
+def decode_point(short: pd.DataFrame, long: pd.DataFrame, extra_tokens: int) -> tuple[int, int, float]:
+    """(batch, context tokens, step seconds) from two runs of the same B prompts that differ only in
+    output length: the longer run's extra span is ``extra_tokens`` steps at batch B (the prefills and
+    the ramps at either end are the same in both), at the context the B sequences hold half-way
+    through those steps. Needs no per-token timing, which a server may deliver in bursts."""
+    batch = len(long)
+    outputs = int(short["output_tokens_requested"].iloc[0]) + extra_tokens / 2
+    context = int(sum(_prompt_tokens(r) for _, r in long.iterrows()) + batch * outputs)
+    return batch, context, (_span_s(long) - _span_s(short)) / extra_tokens
+
+
+def measure(target: Target, plan: CalibrationPlan, out: Path, *, echo=print) -> Measurements:
+    """Run the plan against the target; the measurements in model seconds."""
     runner = _Runner(target, out)
     scale = target.time_scale
     lengths = [n for n in plan.prefill_tokens for _ in range(plan.repeats)]
@@ -164,27 +157,31 @@ def measure(
         f"prefill: {len(lengths)} isolated requests, {len(plan.prefill_tokens)} lengths up to {max(lengths)} tokens"
     )
     rec = runner.run(lengths, 1, 1)
-    prefill_tokens = np.array([_prompt_tokens(r) for _, r in rec.iterrows()])
-    prefill_s = (rec["first_token_s"] - rec["scheduled_s"]).to_numpy(dtype=float) * scale
-    batches, contexts, steps, skipped = [], [], [], []
+    tokens = np.array([_prompt_tokens(r) for _, r in rec.iterrows()])
+    # max_tokens 1: the request's end is its one token (the first token's text may be empty or held back)
+    seconds = (rec["end_s"] - rec["scheduled_s"]).to_numpy(dtype=float) * scale
+    prefill_tokens = np.unique(tokens)
+    prefill_s = np.array([np.median(seconds[tokens == n]) for n in prefill_tokens])
+    points = []
+    short, long = plan.decode_tokens
     for p in plan.decode_prompts:
         for b in plan.decode_batches:
-            echo(f"decode: {b} at once, {p}-token prompts, {plan.decode_output_tokens} tokens each")
-            window = decode_window(runner.run([p] * b, plan.decode_output_tokens, b))
-            if window is None:
-                skipped.append({"batch": b, "prompt_tokens": p, "why": "no steady window"})
-                continue
-            batches.append(window[0])
-            contexts.append(window[1])
-            steps.append(window[2] * scale)
-    m = Measurements(
+            echo(
+                f"decode: {b} at once, {p}-token prompts, {short} and {long} tokens each, {plan.repeats} times"
+            )
+            runs = [
+                decode_point(runner.run([p] * b, short, b), runner.run([p] * b, long, b), long - short)
+                for _ in range(plan.repeats)
+            ]
+            points.append((runs[0][0], runs[0][1], float(np.median([r[2] for r in runs]))))
+    batch, context, step = (np.array(v) for v in zip(*points, strict=True))
+    return Measurements(
         prefill_tokens=prefill_tokens,
         prefill_s=prefill_s,
-        decode_batch=np.array(batches, dtype=int),
-        decode_context=np.array(contexts, dtype=int),
-        decode_step_s=np.array(steps, dtype=float),
+        decode_batch=batch.astype(int),
+        decode_context=context.astype(int),
+        decode_step_s=step.astype(float) * scale,
     )
-    return m, {"skipped": skipped, "runs": runner.runs}
 
 
 def calibrate(
@@ -198,7 +195,7 @@ def calibrate(
     echo=print,
 ) -> CalibrationFit:
     """Measure the target and fit ``nominal``'s calibration for ``gpus`` × it serving ``model``."""
-    m, _ = measure(target, plan, out / "runs", echo=echo)
+    m = measure(target, plan, out, echo=echo)
     try:
         return fit_calibration(model, nominal, gpus, m)
     except ValueError as exc:

@@ -62,7 +62,11 @@ def _echo(line: str) -> None:
     show_default=True,
     help="Longest prompt measured (keep it within the server's context).",
 )
-@click.option("--quick", is_flag=True, help="Fewer points (5 lengths × 2, batches 1/4/8, 48 output tokens).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Fewer points: 5 prompt lengths, batches 1/4/8, outputs of 16 and 400 tokens.",
+)
 @click.option("--tokenize-url", help="Fit prompts to exact token counts with this server's POST /tokenize.")
 @click.option(
     "--time-scale",
@@ -109,7 +113,7 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     header = (
         f"Calibrated by prfaas-bench calibrate against {endpoint.url} (model {served}) for {gpus} x this\n"
         f"hardware serving the {model.name} preset. Fit and residuals: {out.with_suffix('.fit.json').name}\n"
-        f"Command: {shlex.join(['prfaas-bench', *sys.argv[2:]]) if len(sys.argv) > 2 else 'prfaas-bench calibrate'}"
+        f"Command: {shlex.join(['prfaas-bench', *sys.argv[1:]])}"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(preset_toml(fit, header=header))

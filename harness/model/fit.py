@@ -41,8 +41,8 @@ class Measurements:
 
     prefill_tokens / prefill_s         one isolated prefill each (prompt tokens, seconds)
     decode_batch / decode_context / decode_step_s
-                                       one steady decode window each: sequences in the batch, context
-                                       tokens they hold in total, seconds per step
+                                       one decode point each: sequences in the batch, the context
+                                       tokens they hold in total, seconds per step (median of repeats)
     """
 
     prefill_tokens: np.ndarray
