@@ -38,11 +38,14 @@ from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace
 
 @dataclass(frozen=True, kw_only=True)
 class CalibrationPlan:
-    """Which points to measure: prompt lengths × repeats for prefill; batch sizes × prompt lengths ×
-    repeats for decode, each a pair of runs with the two output lengths of ``decode_tokens``."""
+    """Which points to measure: prompt lengths × ``prefill_repeats`` for prefill; batch sizes × prompt
+    lengths × ``decode_repeats`` for decode, each a pair of runs with the two output lengths of
+    ``decode_tokens``. Every point is the median of its repeats: on shared cores a delay is one-sided,
+    and one stalled request must not tilt the fit."""
 
     prefill_tokens: tuple[int, ...]
-    repeats: int
+    prefill_repeats: int
+    decode_repeats: int
     decode_batches: tuple[int, ...]
     decode_prompts: tuple[int, ...]
     decode_tokens: tuple[int, int]
@@ -50,16 +53,17 @@ class CalibrationPlan:
     @classmethod
     def spanning(cls, max_prompt_tokens: int, *, quick: bool = False) -> CalibrationPlan:
         """Lengths spaced geometrically from 64 tokens to ``max_prompt_tokens``; ``quick`` measures fewer
-        (5 lengths, batches 1/4/8, outputs of 16 and 400 tokens) than the full plan (8 lengths,
-        batches 1/2/4/8/16, 16 and 784), each point the median of 3 repeats."""
+        (6 lengths; batches 1/8/32; outputs of 16 and 400 tokens) than the full plan (10 lengths;
+        batches 1/2/4/8/16/32; 16 and 784). Prefills are repeated 5 times, decode pairs 3 times."""
         if max_prompt_tokens < 256:
             raise InputError(f"--max-prompt-tokens must be at least 256, got {max_prompt_tokens}")
-        count = 5 if quick else 8
+        count = 6 if quick else 10
         lengths = np.unique(np.geomspace(64, max_prompt_tokens, count).round().astype(int))
         return cls(
             prefill_tokens=tuple(int(n) for n in lengths),
-            repeats=3,
-            decode_batches=(1, 4, 8) if quick else (1, 2, 4, 8, 16),
+            prefill_repeats=5,
+            decode_repeats=3,
+            decode_batches=(1, 8, 32) if quick else (1, 2, 4, 8, 16, 32),
             decode_prompts=(128, max(256, max_prompt_tokens // 8)),
             decode_tokens=(16, 400 if quick else 784),
         )
@@ -152,7 +156,7 @@ def measure(target: Target, plan: CalibrationPlan, out: Path, *, echo=print) -> 
     """Run the plan against the target; the measurements in model seconds."""
     runner = _Runner(target, out)
     scale = target.time_scale
-    lengths = [n for n in plan.prefill_tokens for _ in range(plan.repeats)]
+    lengths = [n for _ in range(plan.prefill_repeats) for n in plan.prefill_tokens]  # interleaved
     echo(
         f"prefill: {len(lengths)} isolated requests, {len(plan.prefill_tokens)} lengths up to {max(lengths)} tokens"
     )
@@ -167,11 +171,11 @@ def measure(target: Target, plan: CalibrationPlan, out: Path, *, echo=print) -> 
     for p in plan.decode_prompts:
         for b in plan.decode_batches:
             echo(
-                f"decode: {b} at once, {p}-token prompts, {short} and {long} tokens each, {plan.repeats} times"
+                f"decode: {b} at once, {p}-token prompts, {short} and {long} tokens each, {plan.decode_repeats} times"
             )
             runs = [
                 decode_point(runner.run([p] * b, short, b), runner.run([p] * b, long, b), long - short)
-                for _ in range(plan.repeats)
+                for _ in range(plan.decode_repeats)
             ]
             points.append((runs[0][0], runs[0][1], float(np.median([r[2] for r in runs]))))
     batch, context, step = (np.array(v) for v in zip(*points, strict=True))

@@ -65,7 +65,7 @@ def _echo(line: str) -> None:
 @click.option(
     "--quick",
     is_flag=True,
-    help="Fewer points: 5 prompt lengths, batches 1/4/8, outputs of 16 and 400 tokens.",
+    help="Fewer points: 6 prompt lengths, batches 1/8/32, outputs of 16 and 400 tokens.",
 )
 @click.option("--tokenize-url", help="Fit prompts to exact token counts with this server's POST /tokenize.")
 @click.option(
@@ -90,7 +90,7 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     """Measure a live engine's prefill and decode-step times and fit a hardware preset to them.
 
     Prefill: isolated requests with max_tokens 1 at prompt lengths from 64 tokens to --max-prompt-tokens.
-    Decode: 1..16 requests at once with long outputs (ignore_eos); the steady steps' time against batch
+    Decode: 1..32 requests at once with long outputs (ignore_eos); the steady steps' time against batch
     and context. Every prompt is unique (no prefix-cache hits) and the server's caches are reset before
     each run. The fit uses the cost model's own terms for the --model-preset on --gpus × the nominal
     hardware, and writes a preset a scenario's [hardware] local can name by path.
