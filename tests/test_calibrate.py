@@ -3,9 +3,11 @@ recovers the preset an emulated ``serve`` runs on, over real HTTP."""
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +211,40 @@ def test_calibrate_recovers_the_preset_an_emulated_serve_runs(tmp_path):
     assert cal.decode_overhead_s == pytest.approx(ref.decode_overhead_s, rel=0.10)
     assert "prefill (tokens, measured s, predicted s, error)" in result.output
     assert Path(out.with_suffix(".runs")).is_dir()
+
+
+def test_a_server_that_is_not_openai_compatible_is_one_line_and_exit_2(tmp_path):
+    """A web server that answers every path with an HTML 404 passes the reachability check; the first
+    calibration request then fails, and that is one line naming the URL, with no preset written."""
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            body = b"<html>not here</html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _reply
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = CliRunner().invoke(
+            main,
+            ["calibrate", "--endpoint", url, "--model", "m", "--model-preset", "kimi-1t-hybrid", "--like", "H200",
+             "--quick", "--out", str(tmp_path / "p.toml")],
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and url in lines[0], result.output
+    assert not (tmp_path / "p.toml").exists()
