@@ -4,9 +4,9 @@ Two kinds of measurement, both driven by ``replay`` (so prompts, streaming, cach
 the load generator's own):
 
 * **prefill**: isolated requests (closed loop, one in flight), ``max_tokens`` 1, at several prompt
-  lengths spanning the server's context, several repeats each. Time to the first token is the prefill
-  plus the fixed per-request cost (HTTP, tokenising, scheduling), which the fit separates as the
-  intercept ``prefill_overhead_s``.
+  lengths spanning the server's context, several repeats each. The time to the request's end (its
+  one token) is the prefill plus the fixed per-request cost (HTTP, tokenising, scheduling), which the
+  fit separates as the intercept ``prefill_overhead_s``.
 * **decode**: B requests at once, twice, with short and with long outputs (``ignore_eos``), for
   several B and two prompt lengths. The long run's extra span over the short one is that many extra
   steps at batch B: one step's time without per-token timestamps, which a busy server's frontend may

@@ -89,11 +89,13 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
             tokenize_url, time_scale, api_key_env, out_path) -> None:  # fmt: skip
     """Measure a live engine's prefill and decode-step times and fit a hardware preset to them.
 
-    Prefill: isolated requests with max_tokens 1 at prompt lengths from 64 tokens to --max-prompt-tokens.
-    Decode: 1..32 requests at once with long outputs (ignore_eos); the steady steps' time against batch
-    and context. Every prompt is unique (no prefix-cache hits) and the server's caches are reset before
-    each run. The fit uses the cost model's own terms for the --model-preset on --gpus × the nominal
-    hardware, and writes a preset a scenario's [hardware] local can name by path.
+    Prefill: isolated requests with max_tokens 1 at prompt lengths from 64 tokens to
+    --max-prompt-tokens, 5 repeats each. Decode: 1 to 32 requests at once, run twice with short and long
+    outputs (ignore_eos); the extra span is that many steps at that batch and context. Every prompt is
+    unique (no prefix-cache hits) and the server's caches are reset before each run. The fit uses the
+    cost model's own terms for the --model-preset on --gpus x the nominal hardware (--like, or the peak
+    figures), and writes a preset a scenario's [hardware] local can name by path, its residuals beside
+    it. See docs/calibration.md.
     """
     model = load_model(model_preset)
     nominal = _nominal(like, peak_tflops, hbm_tbps, hbm_gb, name)
