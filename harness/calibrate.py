@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import pandas as pd
 
 from harness.errors import InputError
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, Timeouts, replay
+from harness.loadgen.tokenize import tokenize_endpoint
 from harness.model.fit import CalibrationFit, Measurements, fit_calibration
 from harness.model.presets import Hardware, ModelSpec
 from harness.records import read_records
@@ -79,6 +82,23 @@ class Target:
     tokenize_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     time_scale: float = 1.0
+
+
+def probe_tokenize(url: str, model: str, api_key: str | None = None) -> int | None:
+    """The server's ``max_model_len`` if ``url`` answers ``POST /tokenize`` (vLLM, SGLang) for ``model``,
+    else None: then prompts are fitted by words and the fit uses the token counts the server reports."""
+    body = json.dumps({"model": model, "prompt": "a"}).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(tokenize_endpoint(url), data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer = json.loads(resp.read())
+    except (OSError, ValueError, urllib.error.HTTPError):
+        return None
+    limit = answer.get("max_model_len") if isinstance(answer, dict) else None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
 
 
 def _trace(lengths: list[int], output_tokens: int, first_id: int) -> Trace:

@@ -143,13 +143,16 @@ def test_calibrate_writes_a_preset_and_simulate_with_it_agrees_with_replay(real_
         main,
         ["calibrate", "--endpoint", real_vllm.url, "--model", "tiny-llama", "--model-preset", str(TINY_PRESET),
          "--peak-tflops", "4", "--hbm-tbps", "0.05", "--hbm-gb", "2.4", "--name", "cpu-2core",
-         "--max-prompt-tokens", "8192", "--quick", "--tokenize-url", real_vllm.url, "--out", str(preset)],
+         "--quick", "--out", str(preset)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    # Found on its own: the server's /tokenize (token-exact prompts) and its context (16384 -> 8192).
+    assert "token-exact" in result.output
     hw = load_hardware(preset)
     assert hw.name == "cpu-2core" and hw.calibration.prefill_overhead_s > 0
     fit = json.loads(preset.with_suffix(".fit.json").read_text())
     assert len(fit["residuals"]["prefill"]) == 6 and len(fit["residuals"]["decode"]) == 6
+    assert max(fit["plan"]["prefill_tokens"]) == 8192
     print(result.output)
 
     burst = compare(real_vllm.url, real_vllm.model_dir, preset, tmp_path, burst=True)

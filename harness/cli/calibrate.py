@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from harness.calibrate import CalibrationPlan, Target, calibrate, fit_report, preset_toml
+from harness.calibrate import CalibrationPlan, Target, calibrate, fit_report, preset_toml, probe_tokenize
 from harness.errors import InputError
 from harness.loadgen import Endpoint, Timeouts
 from harness.loadgen.client import check_endpoint
@@ -58,16 +58,19 @@ def _echo(line: str) -> None:
 @click.option(
     "--max-prompt-tokens",
     type=click.IntRange(256, 10_000_000),
-    default=8192,
-    show_default=True,
-    help="Longest prompt measured (keep it within the server's context).",
+    help="Longest prompt measured. Default: half the server's max_model_len (from /tokenize), at most "
+    "32768; 8192 when the server does not say.",
 )
 @click.option(
     "--quick",
     is_flag=True,
     help="Fewer points: 6 prompt lengths, batches 1/8/32, outputs of 16 and 400 tokens.",
 )
-@click.option("--tokenize-url", help="Fit prompts to exact token counts with this server's POST /tokenize.")
+@click.option(
+    "--tokenize-url",
+    help="Fit prompts to exact token counts with this server's POST /tokenize (default: the endpoint, "
+    "when it answers /tokenize).",
+)
 @click.option(
     "--time-scale",
     type=click.FloatRange(min=0, min_open=True),
@@ -102,6 +105,12 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     api_key = os.environ.get(api_key_env) or None
     endpoint = Endpoint(name="engine", model=served, url=url)
     check_endpoint(endpoint, api_key=api_key, timeouts=Timeouts())
+    limit = probe_tokenize(tokenize_url or endpoint.url, served, api_key)
+    if limit is not None and tokenize_url is None:
+        tokenize_url = endpoint.url
+        _echo(f"prompts: token-exact with {endpoint.url}/tokenize")
+    if max_prompt_tokens is None:
+        max_prompt_tokens = min(limit // 2, 32768) if limit else 8192
     target = Target(
         url=endpoint.url,
         model=served,
