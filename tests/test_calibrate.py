@@ -248,3 +248,33 @@ def test_a_server_that_is_not_openai_compatible_is_one_line_and_exit_2(tmp_path)
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and url in lines[0], result.output
     assert not (tmp_path / "p.toml").exists()
+
+
+def test_the_tiny_llama_preset_describes_the_model_the_real_vllm_tests_serve():
+    """tests/realengine/tiny-llama.toml against tiny_model.py's CONFIG (read without importing it: it
+    needs the vLLM venv): parameter counts of a Llama from its config, and the same attention layout."""
+    import ast
+
+    source = (Path(__file__).parent / "realengine" / "tiny_model.py").read_text()
+    assign = next(
+        n
+        for n in ast.parse(source).body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "CONFIG"
+    )
+    cfg = ast.literal_eval(ast.unparse(assign.value).replace("VOCAB", source.split("VOCAB = ")[1].split()[0]))
+    h, i, v, layers = (
+        cfg["hidden_size"],
+        cfg["intermediate_size"],
+        cfg["vocab_size"],
+        cfg["num_hidden_layers"],
+    )
+    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
+    per_layer = h * h + 2 * h * kv + h * h + 3 * h * i + 2 * h  # q, k, v, o; gate/up/down; two norms
+    total = layers * per_layer + v * h * (1 if cfg["tie_word_embeddings"] else 2) + h
+    spec = load_model(Path(__file__).parent / "realengine" / "tiny-llama.toml")
+    assert spec.params_total == total and spec.params_active == total - v * h
+    att = spec.attention
+    assert (att.kind, att.layers, att.heads, att.kv_heads, att.head_dim) == (
+        "gqa", layers, cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    )  # fmt: skip
+    assert spec.context_length <= cfg["max_position_embeddings"]
