@@ -16,7 +16,19 @@ from harness.errors import HarnessError
 
 class _Root(click.Group):
     # --help lists the commands in the order of the work (then any others), not alphabetically.
-    ORDER = ("bench", "plan", "simulate", "serve", "replay", "analyze", "report", "compare", "trace", "net")
+    ORDER = (
+        "bench",
+        "plan",
+        "simulate",
+        "serve",
+        "replay",
+        "calibrate",
+        "analyze",
+        "report",
+        "compare",
+        "trace",
+        "net",
+    )
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = super().list_commands(ctx)
@@ -51,7 +63,33 @@ def main() -> None:
 
 # Sub-commands; each module defines ``command``. Plain
 # imports, so a missing or broken module is an ImportError, not a silently absent command.
-from harness.cli import analyze, bench, compare, fakeserver, net, plan, replay, report, serve, simulate, trace  # noqa: E402
+from harness.cli import (  # noqa: E402
+    analyze,
+    bench,
+    calibrate,
+    compare,
+    fakeserver,
+    net,
+    plan,
+    replay,
+    report,
+    serve,
+    simulate,
+    trace,
+)
 
-for _mod in (analyze, bench, compare, fakeserver, net, plan, replay, report, serve, simulate, trace):
+for _mod in (
+    analyze,
+    bench,
+    calibrate,
+    compare,
+    fakeserver,
+    net,
+    plan,
+    replay,
+    report,
+    serve,
+    simulate,
+    trace,
+):
     main.add_command(_mod.command)

@@ -36,10 +36,6 @@ class InstanceCost:
     def _peak(self) -> float:
         return self.gpus * self.hardware.peak_flops(self.model.compute_dtype)
 
-    @property
-    def _hbm_bytes_per_s(self) -> float:
-        return self.gpus * self.hardware.hbm_tbps * 1e12 * self.hardware.calibration.hbm_efficiency
-
     def prefill_time_s(self, new_tokens: int, cached_tokens: int = 0) -> float:
         """Seconds to prefill ``new_tokens`` on top of ``cached_tokens`` already in the prefix cache."""
         if new_tokens <= 0:
@@ -52,27 +48,40 @@ class InstanceCost:
         query-key pairs (n·c + n²/2 for n new on c cached) on average: T is linear in both, so this is
         the mean of ``prefill_time_s`` over those requests exactly."""
         cal = self.hardware.calibration
-        linear = new_tokens * self.model.linear_flops_per_token / (self._peak * cal.gemm_efficiency)
-        attention = pairs * self.model.attention.flops_per_query_key / (self._peak * cal.attention_efficiency)
-        return cal.prefill_overhead_s + linear + attention
+        linear, attention = self.prefill_work_s(new_tokens, pairs)
+        return cal.prefill_overhead_s + linear / cal.gemm_efficiency + attention / cal.attention_efficiency
+
+    def prefill_work_s(self, new_tokens: float, pairs: float) -> tuple[float, float]:
+        """The prefill's linear and attention terms at 100% of peak: ``prefill_time_s`` is the overhead
+        plus each divided by its efficiency (what ``harness.model.fit`` fits, term by term)."""
+        linear = new_tokens * self.model.linear_flops_per_token / self._peak
+        return linear, pairs * self.model.attention.flops_per_query_key / self._peak
 
     def decode_step_s(self, batch_size: int, context_tokens: int) -> float:
         """Seconds for one decode step of ``batch_size`` sequences with ``context_tokens`` in total."""
         if batch_size <= 0:
             return 0.0
         cal = self.hardware.calibration
+        streamed, compute, attention = self.decode_work_s(batch_size, context_tokens)
+        return (
+            cal.decode_overhead_s
+            + streamed / cal.hbm_efficiency
+            + compute / cal.decode_efficiency
+            + attention / cal.attention_efficiency
+        )
+
+    def decode_work_s(self, batch_size: int, context_tokens: int) -> tuple[float, float, float]:
+        """A decode step's memory, per-token compute and attention terms at 100% of HBM bandwidth and
+        peak: ``decode_step_s`` is the overhead plus each divided by its efficiency."""
+        hbm = self.gpus * self.hardware.hbm_tbps * 1e12
         streamed = (
             self.model.weight_bytes_read(batch_size)
             + batch_size * self.model.state_bytes_per_seq
             + context_tokens * self.model.kv_bytes_per_token
         )
-        compute = batch_size * self.model.linear_flops_per_token / (self._peak * cal.decode_efficiency)
-        attention = (
-            context_tokens
-            * self.model.attention.flops_per_query_key
-            / (self._peak * cal.attention_efficiency)
-        )
-        return cal.decode_overhead_s + streamed / self._hbm_bytes_per_s + compute + attention
+        compute = batch_size * self.model.linear_flops_per_token / self._peak
+        attention = context_tokens * self.model.attention.flops_per_query_key / self._peak
+        return streamed / hbm, compute, attention
 
     def kv_bytes(self, tokens: int) -> int:
         """KVCache bytes of one sequence of ``tokens`` tokens: fixed recurrent state plus per-token KV."""

@@ -1,0 +1,265 @@
+"""``calibrate``: measure a live OpenAI-compatible engine and fit the cost model's calibration to it.
+
+Two kinds of measurement, both driven by ``replay`` (so prompts, streaming, cache resets and records are
+the load generator's own):
+
+* **prefill**: isolated requests (closed loop, one in flight), ``max_tokens`` 1, at several prompt
+  lengths spanning the server's context, several repeats each. The time to the request's end (its
+  one token) is the prefill plus the fixed per-request cost (HTTP, tokenising, scheduling), which the
+  fit separates as the intercept ``prefill_overhead_s``.
+* **decode**: B requests at once, twice, with short and with long outputs (``ignore_eos``), for
+  several B and two prompt lengths. The long run's extra span over the short one is that many extra
+  steps at batch B: one step's time without per-token timestamps, which a busy server's frontend may
+  deliver in bursts (vLLM on two shared cores does).
+
+Every prompt has its own prefix block ids, so no request hits the prefix cache, and replay resets the
+server's caches before each run. The fit itself is ``harness.model.fit`` (pure); this module is the edge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import InputError
+from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, Timeouts, replay
+from harness.loadgen.tokenize import tokenize_endpoint
+from harness.model.fit import CalibrationFit, Measurements, fit_calibration
+from harness.model.presets import Hardware, ModelSpec
+from harness.records import read_records
+from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationPlan:
+    """Which points to measure: prompt lengths × ``prefill_repeats`` for prefill; batch sizes × prompt
+    lengths × ``decode_repeats`` for decode, each a pair of runs with the two output lengths of
+    ``decode_tokens``. Every point is the median of its repeats: on shared cores a delay is one-sided,
+    and one stalled request must not tilt the fit."""
+
+    prefill_tokens: tuple[int, ...]
+    prefill_repeats: int
+    decode_repeats: int
+    decode_batches: tuple[int, ...]
+    decode_prompts: tuple[int, ...]
+    decode_tokens: tuple[int, int]
+
+    @classmethod
+    def spanning(cls, max_prompt_tokens: int, *, quick: bool = False) -> CalibrationPlan:
+        """Lengths spaced geometrically from 64 tokens to ``max_prompt_tokens``; ``quick`` measures fewer
+        (6 lengths; batches 1/8/32; outputs of 16 and 400 tokens) than the full plan (10 lengths;
+        batches 1/2/4/8/16/32; 16 and 784). Prefills are repeated 5 times, decode pairs 3 times."""
+        if max_prompt_tokens < 256:
+            raise InputError(f"--max-prompt-tokens must be at least 256, got {max_prompt_tokens}")
+        count = 6 if quick else 10
+        lengths = np.unique(np.geomspace(64, max_prompt_tokens, count).round().astype(int))
+        return cls(
+            prefill_tokens=tuple(int(n) for n in lengths),
+            prefill_repeats=5,
+            decode_repeats=3,
+            decode_batches=(1, 8, 32) if quick else (1, 2, 4, 8, 16, 32),
+            decode_prompts=(128, max(256, max_prompt_tokens // 8)),
+            decode_tokens=(16, 400 if quick else 784),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """The engine to calibrate and how to read its clock (``time_scale``: model seconds per wall second,
+    the ``--speedup`` of an emulated ``serve``)."""
+
+    url: str
+    model: str
+    tokenize_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    time_scale: float = 1.0
+
+
+def probe_tokenize(url: str, model: str, api_key: str | None = None) -> int | None:
+    """The server's ``max_model_len`` if ``url`` answers ``POST /tokenize`` (vLLM, SGLang) for ``model``,
+    else None: then prompts are fitted by words and the fit uses the token counts the server reports."""
+    body = json.dumps({"model": model, "prompt": "a"}).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(tokenize_endpoint(url), data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer = json.loads(resp.read())
+    except (OSError, ValueError, urllib.error.HTTPError):
+        return None
+    limit = answer.get("max_model_len") if isinstance(answer, dict) else None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+
+
+def _trace(lengths: list[int], output_tokens: int, first_id: int) -> Trace:
+    """Rows of the given prompt lengths, each with prefix block ids no other row (or run) shares."""
+    counts = [math.ceil(n / DEFAULT_BLOCK_TOKENS) for n in lengths]
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return Trace(
+        arrival_s=np.zeros(len(lengths)),
+        input_tokens=np.asarray(lengths, dtype=np.int64),
+        output_tokens=np.full(len(lengths), output_tokens, dtype=np.int64),
+        hash_values=first_id + np.arange(offsets[-1], dtype=np.int64),
+        hash_offsets=offsets,
+        source="calibration",
+    )
+
+
+class _Runner:
+    """Runs replays of calibration traces against the target, each into its own directory."""
+
+    def __init__(self, target: Target, out: Path) -> None:
+        self.target, self.out = target, out
+        self.next_id = secrets.randbelow(2**40) * 1024  # block ids no earlier run of this server used
+        self.runs = 0
+
+    def run(self, lengths: list[int], output_tokens: int, concurrency: int) -> pd.DataFrame:
+        trace = _trace(lengths, output_tokens, self.next_id)
+        self.next_id += len(trace.hash_values)
+        config = ReplayConfig(
+            endpoints=(Endpoint(name="engine", model=self.target.model, url=self.target.url),),
+            load=LoadSpec(
+                arrival="constant", rate_rps=math.inf, concurrency=concurrency, max_requests=len(lengths)
+            ),
+            timeouts=Timeouts(first_token_s=600.0, total_s=1800.0),
+            api_key_env=self.target.api_key_env,
+            tokenize_url=self.target.tokenize_url,
+            max_send_lag_s=10.0,  # a closed loop of few requests: send lag is not what is measured
+            progress=False,
+            meta_extra={"calibration": True},
+        )
+        self.runs += 1
+        result = replay(trace, config, self.out / f"run{self.runs:02d}", quiet=True)
+        records = read_records(result.run_dir)
+        failed = records[records["status"] != "ok"]
+        if len(failed):
+            first = failed.iloc[0]
+            raise InputError(
+                f"calibration request failed against {self.target.url}: {first['error_class']}: "
+                f"{first['error_message']}"
+            )
+        return records
+
+
+def _prompt_tokens(rec: pd.Series) -> int:
+    server = rec["prompt_tokens_server"]
+    return int(server) if server is not None and not pd.isna(server) else int(rec["prompt_tokens_trace"])
+
+
+def _span_s(records: pd.DataFrame) -> float:
+    """From the first scheduled send to the last request's end (run clock)."""
+    return float(records["end_s"].max() - records["scheduled_s"].min())
+
+
+def decode_point(short: pd.DataFrame, long: pd.DataFrame, extra_tokens: int) -> tuple[int, int, float]:
+    """(batch, context tokens, step seconds) from two runs of the same B prompts that differ only in
+    output length: the longer run's extra span is ``extra_tokens`` steps at batch B (the prefills and
+    the ramps at either end are the same in both), at the context the B sequences hold half-way
+    through those steps. Needs no per-token timing, which a server may deliver in bursts."""
+    batch = len(long)
+    outputs = int(short["output_tokens_requested"].iloc[0]) + extra_tokens / 2
+    context = int(sum(_prompt_tokens(r) for _, r in long.iterrows()) + batch * outputs)
+    return batch, context, (_span_s(long) - _span_s(short)) / extra_tokens
+
+
+def measure(target: Target, plan: CalibrationPlan, out: Path, *, echo=print) -> Measurements:
+    """Run the plan against the target; the measurements in model seconds."""
+    runner = _Runner(target, out)
+    scale = target.time_scale
+    lengths = [n for _ in range(plan.prefill_repeats) for n in plan.prefill_tokens]  # interleaved
+    echo(
+        f"prefill: {len(lengths)} isolated requests, {len(plan.prefill_tokens)} lengths up to {max(lengths)} tokens"
+    )
+    rec = runner.run(lengths, 1, 1)
+    tokens = np.array([_prompt_tokens(r) for _, r in rec.iterrows()])
+    # max_tokens 1: the request's end is its one token (the first token's text may be empty or held back)
+    seconds = (rec["end_s"] - rec["scheduled_s"]).to_numpy(dtype=float) * scale
+    prefill_tokens = np.unique(tokens)
+    prefill_s = np.array([np.median(seconds[tokens == n]) for n in prefill_tokens])
+    points = []
+    short, long = plan.decode_tokens
+    for p in plan.decode_prompts:
+        for b in plan.decode_batches:
+            echo(
+                f"decode: {b} at once, {p}-token prompts, {short} and {long} tokens each, {plan.decode_repeats} times"
+            )
+            runs = [
+                decode_point(runner.run([p] * b, short, b), runner.run([p] * b, long, b), long - short)
+                for _ in range(plan.decode_repeats)
+            ]
+            points.append((runs[0][0], runs[0][1], float(np.median([r[2] for r in runs]))))
+    batch, context, step = (np.array(v) for v in zip(*points, strict=True))
+    return Measurements(
+        prefill_tokens=prefill_tokens,
+        prefill_s=prefill_s,
+        decode_batch=batch.astype(int),
+        decode_context=context.astype(int),
+        decode_step_s=step.astype(float) * scale,
+    )
+
+
+def calibrate(
+    target: Target,
+    model: ModelSpec,
+    nominal: Hardware,
+    gpus: int,
+    plan: CalibrationPlan,
+    out: Path,
+    *,
+    echo=print,
+) -> CalibrationFit:
+    """Measure the target and fit ``nominal``'s calibration for ``gpus`` × it serving ``model``."""
+    m = measure(target, plan, out, echo=echo)
+    try:
+        return fit_calibration(model, nominal, gpus, m)
+    except ValueError as exc:
+        raise InputError(f"calibration of {target.url}: {exc}") from None
+
+
+def preset_toml(fit: CalibrationFit, *, header: str) -> str:
+    """The fitted hardware preset in the format of ``harness/presets/hardware`` (``load_hardware`` reads it)."""
+    hw, cal = fit.hardware, fit.hardware.calibration
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    lines += [
+        f"name = {json.dumps(hw.name)}",
+        f"description = {json.dumps(hw.description)}",
+        *(
+            f"{k} = {getattr(hw, k)!r}"
+            for k in ("bf16_tflops", "fp8_tflops", "hbm_tbps", "hbm_gb", "price_per_gpu_hour")
+        ),
+        "",
+        "[calibration]",
+    ]
+    for name in ("prefill_overhead_s", "gemm_efficiency", "attention_efficiency", "decode_overhead_s",
+                 "decode_efficiency", "hbm_efficiency", "memory_utilization"):  # fmt: skip
+        note = "  # held at its bound" if name in fit.at_bound else ""
+        lines.append(f"{name} = {float(getattr(cal, name)):.6g}{note}")
+    return "\n".join(lines) + "\n"
+
+
+def fit_report(
+    fit: CalibrationFit, *, model: str, gpus: int, target: Target, plan: CalibrationPlan
+) -> dict[str, Any]:
+    """What goes in the JSON beside the preset: the fitted parameters, the plan and every residual."""
+    cal = fit.hardware.calibration
+    return {
+        "endpoint": target.url,
+        "served_model": target.model,
+        "model_preset": model,
+        "gpus_per_instance": gpus,
+        "time_scale": target.time_scale,
+        "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__},
+        "calibration": {k: getattr(cal, k) for k in cal.__dataclass_fields__},
+        "at_bound": list(fit.at_bound),
+        "residuals": fit.residuals(),
+    }
