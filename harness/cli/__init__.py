@@ -6,6 +6,7 @@ nothing the user did wrong ends in a traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -61,35 +62,11 @@ def main() -> None:
     """
 
 
-# Sub-commands; each module defines ``command``. Plain
-# imports, so a missing or broken module is an ImportError, not a silently absent command.
-from harness.cli import (  # noqa: E402
-    analyze,
-    bench,
-    calibrate,
-    compare,
-    fakeserver,
-    net,
-    plan,
-    replay,
-    report,
-    serve,
-    simulate,
-    trace,
-)
-
-for _mod in (
-    analyze,
-    bench,
-    calibrate,
-    compare,
-    fakeserver,
-    net,
-    plan,
-    replay,
-    report,
-    serve,
-    simulate,
-    trace,
-):
-    main.add_command(_mod.command)
+# Sub-commands, one module each defining ``command``; a missing or broken module is an ImportError at
+# start, never a silently absent command.
+_COMMANDS = (
+    "analyze", "bench", "calibrate", "compare", "fakeserver", "net", "plan", "replay", "report", "serve",
+    "simulate", "trace",
+)  # fmt: skip
+for _name in _COMMANDS:
+    main.add_command(importlib.import_module(f"harness.cli.{_name}").command)
