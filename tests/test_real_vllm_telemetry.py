@@ -68,13 +68,19 @@ def test_vllm_series_are_on_the_records_time_axis_and_in_the_dashboard(real_vllm
     # Causality on one time axis: the engine holds only requests the client has sent and not yet fully
     # received (it may finish before the API server has streamed the last tokens, so not the converse).
     # ``tol`` covers where in its scrape pass (stamped at the midpoint) the server answered.
-    tol = 0.25
-    for _, row in series.iterrows():
-        t = row["time_s"]
-        in_flight = np.sum((sent < t + tol) & (end_s > t - tol))
-        assert row["running"] + row["waiting"] <= in_flight, (row, in_flight)
-    busy = series[(series["running"] >= 1) & (series["kv_usage"] > 0)]
-    assert len(busy) >= 2, series  # the batch was seen running, with KV blocks in use
+    # Timestamps hold to ``tol`` only when the client kept its schedule: on a machine too busy for that
+    # (two CPU hogs and a real engine on two cores) the run's own verdict must say so instead.
+    verdict = read_meta(out)["validity"]["verdict"]
+    if verdict.startswith("invalid"):
+        assert verdict.startswith("invalid: ") and len(verdict) > len("invalid: ")
+    else:
+        tol = 0.25
+        for _, row in series.iterrows():
+            t = row["time_s"]
+            in_flight = np.sum((sent < t + tol) & (end_s > t - tol))
+            assert row["running"] + row["waiting"] <= in_flight, (row, in_flight)
+        busy = series[(series["running"] >= 1) & (series["kv_usage"] > 0)]
+        assert len(busy) >= 2, series  # the batch was seen running, with KV blocks in use
     end = series.iloc[-1]
     assert end["time_s"] > end_s.max() and end["running"] == end["waiting"] == 0
     # vLLM's hit counter moved by exactly the cached tokens the responses reported (none: distinct prompts)
