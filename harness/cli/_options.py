@@ -58,6 +58,18 @@ def prefix_option(default: str, what: str):
     )
 
 
+def time_scale_option(command):
+    """``--time-scale S``: model seconds per wall second, for runs against ``serve --speedup S``."""
+    return click.option(
+        "--time-scale",
+        type=click.FloatRange(min=0, min_open=True),
+        default=1.0,
+        show_default=True,
+        help="Against `serve --speedup S`, give S: times are read S times longer (the modelled "
+        "deployment's seconds).",
+    )(command)
+
+
 def context_policy(clip: bool, drop: bool) -> ContextPolicy:
     """The policy ``--clip`` / ``--drop`` choose (``refuse`` without either)."""
     if clip and drop:

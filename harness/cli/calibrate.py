@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from harness.calibrate import CalibrationPlan, Target, calibrate, fit_report, preset_toml, probe_tokenize
+from harness.cli._options import time_scale_option
 from harness.errors import InputError
 from harness.loadgen import Endpoint, Timeouts
 from harness.loadgen.client import check_endpoint
@@ -71,13 +72,7 @@ def _echo(line: str) -> None:
     help="Fit prompts to exact token counts with this server's POST /tokenize (default: the endpoint, "
     "when it answers /tokenize).",
 )
-@click.option(
-    "--time-scale",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Model seconds per wall second (the --speedup of an emulated serve).",
-)
+@time_scale_option
 @click.option(
     "--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable of the API key."
 )

@@ -11,7 +11,7 @@ import sys
 import click
 from click.core import ParameterSource
 
-from harness.cli._options import context_options, context_policy
+from harness.cli._options import context_options, context_policy, time_scale_option
 from harness.config.validity import ValidityBounds
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
@@ -278,14 +278,7 @@ def _scenario_context(path: str | None) -> int | None:
     help="Metric families to keep from /metrics (fnmatch, repeatable; replaces the default list of "
     "vLLM's, SGLang's and the emulator's running/waiting/KV/prefix-cache/KV-transfer names; '*' keeps all).",
 )
-@click.option(
-    "--time-scale",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Against `serve --speedup S`, give S: analysis then reads every time S times longer (the "
-    "modelled deployment's seconds).",
-)
+@time_scale_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only problems.")
 @click.option(
