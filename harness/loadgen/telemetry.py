@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fnmatch import translate
 from typing import Any
 
@@ -124,12 +124,7 @@ class ServerScrapes:
     warning: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "scrapes": self.scrapes,
-            "samples": self.samples,
-            "failed": self.failed,
-            "warning": self.warning,
-        }
+        return asdict(self)
 
 
 def _fetch(url: str, headers: Mapping[str, str], timeout_s: float) -> tuple[int, str]:
