@@ -17,12 +17,10 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from harness.capacity_ladder import LadderPlan
+from harness.capacity_ladder import LadderPlan, rung_requests, simulate_rung
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
 from harness.serving.run import SimulateRequest, search_slo, simulate
-from harness.serving.runner import run_topology
-from harness.serving.stability import judge_probe
 from harness.serving.workload import build_workload
 
 
@@ -36,9 +34,9 @@ def main() -> None:
     scenario = load_scenario(args.scenario)
     setup = prepare(scenario, warnings=[])
     slo = search_slo(setup)
-    trace = setup.deployment.workload.read
+    source = setup.deployment.workload.read
     with tempfile.TemporaryDirectory(prefix="ladder-noise-") as tmp:
-        found = simulate(setup, SimulateRequest(trace=trace, find_max_rate=True, out_dir=Path(tmp)))
+        found = simulate(setup, SimulateRequest(trace=source, find_max_rate=True, out_dir=Path(tmp)))
     lam = {n: e["lambda_max"] for n, e in found["topologies"].items()}
     stack = replace(setup.stack, link_events=())
     shares = tuple(float(x) for x in args.shares.split(","))
@@ -49,12 +47,10 @@ def main() -> None:
         plan = LadderPlan(shares=shares, span_s=span, lambda_max=lam)
         passed: dict[tuple[str, float], int] = {}
         for seed in range(args.seeds):
-            workload = partial(build_workload, setup, trace=trace, seed=seed)
+            workload = partial(build_workload, setup, trace=source, seed=seed)
             for name, share, rate, n in plan.rungs():
-                records = run_topology(
-                    stack, setup.topologies[name], workload(rate=rate, requests=n)[0], slo=slo
-                )
-                ok = judge_probe(records.records, rate, slo).passed
+                trace = rung_requests(workload, rate, n, span)  # exactly as bench's ladder
+                ok = simulate_rung(stack, setup.topologies[name], trace, rate, slo).passed
                 passed[name, share] = passed.get((name, share), 0) + ok
         for name in lam:
             cells = "  ".join(f"{passed.get((name, s), 0)}/{args.seeds:<4}" for s in shares)

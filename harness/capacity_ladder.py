@@ -5,8 +5,8 @@ over HTTP against the emulated clusters and simulated on the same requests, ever
     ladder/<topology>-x<share>/   one replay run per rung (caches and counters reset before each)
 
 A rung at share *f* offers ``f × Λ_max(simulate)`` for ``[bench] ladder_span_s`` model seconds: the
-scenario's requests (``build_workload``, as for the paired stage) re-timed to Poisson arrivals at that
-rate. The rungs run without the scenario's link events, like the search's probes: Λ_max is a
+scenario's requests built as a search probe is (``build_workload`` with ``min_span_s``: Poisson
+arrivals scaled to offer exactly that rate over the span; a trace cycled when it is too short). The rungs run without the scenario's link events, like the search's probes: Λ_max is a
 steady-state figure.
 """
 
@@ -24,11 +24,13 @@ from harness.serving.stability import ProbeVerdict
 if TYPE_CHECKING:
     from harness.emulation.clusters import EmulatedClusters
     from harness.loadgen.config import ReplayConfig
+    from harness.serving.build import StackSpec, TopologyPlan
     from harness.serving.config import SimSetup
     from harness.traces.context import ContextFit
     from harness.traces.frame import Trace
 
 Rungs = dict[str, dict[str, list[tuple[float, ProbeVerdict, str | None]]]]  # source → topology → rungs
+Workload = Callable[..., "tuple[Trace, ContextFit]"]  # build_workload with setup, trace, seed, context bound
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,26 @@ class LadderPlan:
         ]
 
 
+def rung_requests(workload: Workload, rate: float, n: int, span_s: float) -> Trace:
+    """A rung's requests, built as a Λ_max search probe is: ``n`` requests whose Poisson arrivals offer
+    exactly ``rate`` over ``span_s``."""
+    return workload(rate=rate, requests=n, min_span_s=span_s)[0]
+
+
+def simulate_rung(stack: StackSpec, topo: TopologyPlan, trace: Trace, rate: float, slo: Slo) -> ProbeVerdict:
+    """One rung in virtual time, judged as a Λ_max probe."""
+    from harness.serving.runner import run_topology
+    from harness.serving.stability import judge_probe
+
+    return judge_probe(run_topology(stack, topo, trace, slo=slo).records, rate, slo)
+
+
 def run_ladder(
     plan: LadderPlan,
     *,
     setup: SimSetup,
     slo: Slo,
-    workload: Callable[..., tuple[Trace, ContextFit]],  # build_workload with trace, seed, context bound
+    workload: Workload,
     clusters: EmulatedClusters,  # running
     config: ReplayConfig,  # the paired stage's
     out_dir: Path,
@@ -65,7 +81,6 @@ def run_ladder(
     """Simulate and replay every rung of ``plan``; returns the judged rungs of both sources."""
     from harness.analysis.runs import load_run
     from harness.loadgen.runner import replay
-    from harness.serving.runner import run_topology
     from harness.serving.stability import judge_probe
 
     rungs: Rungs = {"simulate": {}, "replay": {}}
@@ -75,9 +90,10 @@ def run_ladder(
     clusters.disarm_events()
     s = clusters.spec.speedup
     for name, share, rate, n in plan.rungs():
-        trace, _ = workload(rate=rate, requests=n)
-        simulated = run_topology(stack, setup.topologies[name], trace, slo=slo).records
-        rungs["simulate"].setdefault(name, []).append((share, judge_probe(simulated, rate, slo), None))
+        trace = rung_requests(workload, rate, n, plan.span_s)
+        rungs["simulate"].setdefault(name, []).append(
+            (share, simulate_rung(stack, setup.topologies[name], trace, rate, slo), None)
+        )
         (ep,) = [e for e in config.endpoints if e.name == name]
         rung_config = replace(
             config,
