@@ -157,3 +157,10 @@ def test_the_ladder_measured_over_http_brackets_lambda_max_and_the_gain(root, tm
     assert g["ci_low"] <= g["value"] <= g["ci_high"]
     simulated = lad["lambda_max"]["prfaas"]["simulate"] / lad["lambda_max"]["homogeneous"]["simulate"]
     assert lad["gain"]["prfaas_vs_homogeneous"]["simulate"] == pytest.approx(simulated)
+    # The headline says it once per topology, and the gain only when every replay rung was valid.
+    assert sum(line.startswith("Λ_max prfaas (req/s): plan ") for line in result.headline) == 1
+    (line,) = [x for x in result.headline if x.startswith("replay gain prfaas vs homogeneous: ")]
+    if lad["validity"] == "valid":
+        assert f"{g['value']:.2f}× [{g['ci_low']:.2f}–{g['ci_high']:.2f}]" in line
+    else:
+        assert lad["validity"].startswith("invalid: ") and "not a finding" in line
