@@ -7,6 +7,7 @@
       simulate/     the replay's exact workload, simulated (the paired reference for replay)
       replay/       the same workload replayed over HTTP against the emulated clusters
       ladder/       the capacity ladder: one replay per topology and rung around its simulated Λ_max
+      capacity_ladder.json  Λ_max read off the ladder's rungs (replay and simulate) and the gains
       report.html   the dashboard; analysis.json the numbers behind it
 
 Every stage is a library call (plan: ``harness.model``, simulate: ``harness.serving``, serve:
@@ -229,12 +230,10 @@ def run_bench(
         clusters.check()
     say(f"      done ({_since(t)})")
 
-    # 6. Analysis and the dashboard.
+    # 6. Analysis and the dashboard (``analyze`` reads capacity_ladder.json beside the runs).
     t = _stage(say, 6, total, "analyze + report")
-    bundle = load_bundle([out_dir])
-    result = analyze(bundle, seed=spec.seed)
     if ladder.rungs():
-        result["capacity_ladder"] = ladder_result(
+        found = ladder_result(
             rungs,
             target=search_slo(setup).attainment,
             plan=lambdas,
@@ -242,6 +241,9 @@ def run_bench(
             validity=combine({f"{n} x{sh:g}": v for n, r in rungs["replay"].items() for sh, _, v in r}),
             design={"shares": ladder.shares, "span_s": ladder.span_s, "speedup": s, "runs": "ladder/"},
         )
+        (out_dir / "capacity_ladder.json").write_text(json.dumps(json_safe(found), indent=2) + "\n")
+    bundle = load_bundle([out_dir])
+    result = analyze(bundle, seed=spec.seed)
     (out_dir / "analysis.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     report = write_report(bundle, result, out_dir / "report.html", title=f"prfaas-bench: {scenario.name}")
     say(f"      done ({_since(t)})")

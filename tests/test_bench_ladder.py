@@ -113,6 +113,7 @@ def test_the_ladder_measured_over_http_brackets_lambda_max_and_the_gain(root, tm
         progress=False, prefix=P("lad"),
     )  # fmt: skip
     lad = json.loads((result.out_dir / "analysis.json").read_text())["capacity_ladder"]
+    assert json.loads((result.out_dir / "capacity_ladder.json").read_text()) == lad  # what analyze re-reads
     target = lad["target"]
     slo = Slo(ttft_s=20.0, tpot_s=0.025, attainment=0.99)  # the scenario's [slo]
     assert target == slo.attainment
