@@ -220,7 +220,7 @@ def run_bench(
             say, 5, total,
             f"capacity ladder: {len(ladder.rungs())} rungs of {ladder.span_s:g} model s, at "
             f"{', '.join(f'{x:g}' for x in ladder.shares)} x each topology's simulated Λ_max"
-            if ladder.rungs() else "capacity ladder: skipped (--no-ladder, or [bench] ladder_shares = [])",
+            if ladder.rungs() else "capacity ladder: skipped (--no-ladder or no ladder_shares; --quick has none)",
         )  # fmt: skip
         rungs = run_ladder(
             ladder, setup=setup, slo=search_slo(setup), clusters=clusters, config=config,
