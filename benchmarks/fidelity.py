@@ -71,12 +71,13 @@ def scenario_for(
 
 
 def run_workload(name: str, out_dir: Path, *, prefix: str = "pfbfd-", **sizes: Any) -> Path:
-    """One bench run of workload ``name``; returns its run directory."""
+    """One bench run of workload ``name`` without the capacity ladder (the paired stage is what this
+    page compares); returns its run directory."""
     from harness.bench import run_bench
 
     path = scenario_for(name, out_dir, **sizes)
     return run_bench(path, out_root=out_dir / path.stem, say=lambda _: None, warn=lambda _: None, progress=False,
-                     prefix=prefix).out_dir  # fmt: skip
+                     prefix=prefix, with_ladder=False).out_dir  # fmt: skip
 
 
 def rows(name: str, run_dir: Path) -> list[dict[str, Any]]:

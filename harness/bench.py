@@ -6,6 +6,8 @@
       workload.json which requests the paired stages run: source, rows, rate, arrivals, context rule
       simulate/     the replay's exact workload, simulated (the paired reference for replay)
       replay/       the same workload replayed over HTTP against the emulated clusters
+      ladder/       the capacity ladder: one replay per topology and rung around its simulated Λ_max
+      capacity_ladder.json  Λ_max read off the ladder's rungs (replay and simulate) and the gains
       report.html   the dashboard; analysis.json the numbers behind it
 
 Every stage is a library call (plan: ``harness.model``, simulate: ``harness.serving``, serve:
@@ -25,11 +27,13 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.capacity_ladder import LadderPlan, run_ladder
 from harness.errors import InputError, ScenarioError
 from harness.jsonsafe import json_safe
 from harness.scenario import load_scenario
@@ -71,13 +75,16 @@ def run_bench(
     progress: bool = True,
     prefix: str = "pfbbn-",
     context: ContextPolicy = "refuse",
+    with_ladder: bool = True,
 ) -> BenchResult:
     """Plan, simulate, serve + replay, analyse and report one scenario; returns where it all went.
 
     ``warn`` gets one line per knob the bench overrides or ignores (also written to every stage's
     meta.json); ``prefix`` names the network namespaces of the replay stage (two benches at once need
-    two); ``context`` is the rule for a trace workload's prompts beyond the model's context."""
+    two); ``context`` is the rule for a trace workload's prompts beyond the model's context;
+    ``with_ladder=False`` skips the capacity ladder (stage 5) whatever the scenario's ``[bench]`` says."""
     from harness.analysis import analyze, load_bundle, write_report
+    from harness.analysis.ladder import ladder_result
     from harness.analysis.tables import headline
     from harness.emulation.clusters import EmulatedClusters
     from harness.loadgen.conditions import link_goodput
@@ -86,8 +93,9 @@ def run_bench(
     from harness.model.deployment import deployment_from_scenario
     from harness.model.study import plan_deployment, standard_sweeps
     from harness.serving.config import prepare
-    from harness.serving.run import SimulateRequest, simulate
+    from harness.serving.run import SimulateRequest, search_slo, simulate
     from harness.serving.workload import build_workload
+    from harness.validity import combine
 
     started = time.monotonic()
     scenario = load_scenario(scenario_path)  # every table is validated before anything runs
@@ -107,7 +115,7 @@ def run_bench(
     out_dir = _new_run_dir(
         Path(out_root), f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}"
     )
-    total = 5
+    total = 6
 
     # 1. The analytic plan and its sweeps.
     t = _stage(say, 1, total, "plan: the paper's throughput model, grid search and sweeps")
@@ -200,10 +208,40 @@ def run_bench(
         clusters.check()  # a link event that failed to apply spoils the run: say so
         if (events := clusters.link_events()) is not None:
             _add_meta(out_dir / "replay", link_events=events)
+        say(f"      done ({_since(t)})")
+
+        # 5. Capacity over HTTP: a rate ladder around each topology's simulated Λ_max, replay and simulate.
+        ladder = LadderPlan(
+            shares=spec.ladder_shares if with_ladder else (),
+            span_s=spec.ladder_span_s,
+            lambda_max={n: e["lambda_max"] for n, e in capacity["topologies"].items()},
+        )
+        t = _stage(
+            say, 5, total,
+            f"capacity ladder: {len(ladder.rungs())} rungs of {ladder.span_s:g} model s, at "
+            f"{', '.join(f'{x:g}' for x in ladder.shares)} x each topology's simulated Λ_max"
+            if ladder.rungs() else "capacity ladder: skipped (--no-ladder or no ladder_shares; --quick has none)",
+        )  # fmt: skip
+        rungs = run_ladder(
+            ladder, setup=setup, slo=search_slo(setup), clusters=clusters, config=config,
+            workload=partial(build_workload, setup, trace=source, seed=spec.seed, context=context),
+            out_dir=out_dir / "ladder", say=say, quiet=not progress,
+        )  # fmt: skip
+        clusters.check()
     say(f"      done ({_since(t)})")
 
-    # 5. Analysis and the dashboard.
-    t = _stage(say, 5, total, "analyze + report")
+    # 6. Analysis and the dashboard (``analyze`` reads capacity_ladder.json beside the runs).
+    t = _stage(say, 6, total, "analyze + report")
+    if ladder.rungs():
+        found = ladder_result(
+            rungs,
+            target=search_slo(setup).attainment,
+            plan=lambdas,
+            search=ladder.lambda_max,
+            validity=combine({f"{n} x{sh:g}": v for n, r in rungs["replay"].items() for sh, _, v in r}),
+            design={"shares": ladder.shares, "span_s": ladder.span_s, "speedup": s, "runs": "ladder/"},
+        )
+        (out_dir / "capacity_ladder.json").write_text(json.dumps(json_safe(found), indent=2) + "\n")
     bundle = load_bundle([out_dir])
     result = analyze(bundle, seed=spec.seed)
     (out_dir / "analysis.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")

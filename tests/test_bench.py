@@ -36,6 +36,13 @@ def test_bench_spec_reads_its_table_and_the_quick_variant(tmp_path):
     # No [bench.quick]: the quick run shrinks on its own.
     sc = _scenario(tmp_path, "[bench]\nreplay_requests = 100\n")
     assert sc.config.bench.resolve(quick=True).replay_requests < 100
+    # The capacity ladder: rungs sorted; --quick runs none unless [bench.quick] names its rungs.
+    sc = _scenario(tmp_path, "[bench]\nladder_shares = [1.15, 0.85, 1.0]\n")
+    assert sc.config.bench.resolve(quick=False).ladder_shares == (0.85, 1.0, 1.15)
+    assert sc.config.bench.resolve(quick=True).ladder_shares == ()
+    sc = _scenario(tmp_path, "[bench]\n[bench.quick]\nladder_shares = [0.9, 1.2]\nladder_span_s = 60\n")
+    quick = sc.config.bench.resolve(quick=True)
+    assert (quick.ladder_shares, quick.ladder_span_s) == ((0.9, 1.2), 60.0)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +52,9 @@ def test_bench_spec_reads_its_table_and_the_quick_variant(tmp_path):
         ("[bench]\nreplay_requests = 0\n", "[bench] replay_requests: must be >= 1, got 0"),
         ("[bench]\nspeedup = -2\n", "[bench] speedup: must be >= 0.01, got -2"),
         ("[bench]\n[bench.quick]\nseed = -1\n", "[bench.quick] seed: must be >= 0, got -1"),
+        ("[bench]\nladder_shares = [1, 0]\n", "[bench] ladder_shares[1]: must be > 0, got 0"),
+        ("[bench]\nladder_shares = 0.5\n", "[bench] ladder_shares: must be a list, got 0.5"),
+        ("[bench]\nladder_span_s = -1\n", "[bench] ladder_span_s: must be > 0, got -1"),
     ],
 )
 def test_bad_bench_table_names_the_table(tmp_path, table, message):
@@ -96,9 +106,8 @@ def test_quick_bench_end_to_end(root, tmp_path):
         CASE_STUDY.read_text().split("[bench]")[0]
         + "[bench]\nspeedup = 4\nreplay_requests = 30\ncapacity_requests = 300\n"
     )
-    res = CliRunner().invoke(
-        main, ["bench", str(scenario), "--out", str(tmp_path / "out"), "--quiet", "--prefix", P("bt")]
-    )
+    args = ["--out", str(tmp_path / "out"), "--quiet", "--prefix", P("bt"), "--no-ladder"]  # its own test
+    res = CliRunner().invoke(main, ["bench", str(scenario), *args])
     assert res.exit_code == 0, res.output
     (out,) = (tmp_path / "out").iterdir()
     assert (out / "report.html").stat().st_size > 1_000_000  # plotly.js is inlined

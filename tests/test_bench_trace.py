@@ -61,7 +61,7 @@ def bench_run(tmp_path_factory):
         return
     result = run_bench(
         _scenario(tmp), out_root=tmp / "out", say=lambda _: None, warn=lambda _: None,
-        progress=False, prefix=P("btr"), context="clip",
+        progress=False, prefix=P("btr"), context="clip", with_ladder=False,
     )  # fmt: skip
     yield result.out_dir
 

@@ -174,10 +174,8 @@ def test_bench_replays_the_fault_over_the_shaped_link_as_simulate_does(root, tmp
 
     from harness.cli import main
 
-    res = CliRunner().invoke(
-        main,
-        ["bench", str(_small(tmp_path)), "--out", str(tmp_path / "out"), "--quiet", "--prefix", P("fl")],
-    )
+    args = ["--out", str(tmp_path / "out"), "--quiet", "--prefix", P("fl"), "--no-ladder"]
+    res = CliRunner().invoke(main, ["bench", str(_small(tmp_path)), *args])
     assert res.exit_code == 0, res.output
     (out,) = (tmp_path / "out").iterdir()
     replayed = read_records(out / "replay")

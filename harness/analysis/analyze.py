@@ -249,4 +249,5 @@ def analyze(
         "lambda_max": capacity,
         "plan": plan,
         "notes": notes,
+        **({"capacity_ladder": dict(bundle.capacity_ladder)} if bundle.capacity_ladder else {}),
     }

@@ -464,8 +464,9 @@ def _search_probes(bundle: Bundle | None) -> Iterator[tuple[str, list[Mapping[st
 
 
 def attainment_vs_rate(result: Mapping[str, Any], bundle: Bundle | None = None) -> go.Figure:
-    """Measured SLO attainment against offered rate (rate sweeps, and every probe of a Λ_max search with
-    its achieved/offered throughput over the measured window), the target, and where Λ_max falls."""
+    """Measured SLO attainment against offered rate (rate sweeps, bench's capacity ladder in replay and
+    simulate, and every probe of a Λ_max search; the ladder's and the search's achieved/offered
+    throughput over the measured window on a second axis), the target, and where Λ_max falls."""
     title = "SLO attainment vs offered rate (measured Λ_max)"
     fig = _fig(
         title,
@@ -489,6 +490,24 @@ def attainment_vs_rate(result: Mapping[str, Any], bundle: Bundle | None = None) 
             label = f"{name} ({source}): Λ_max {'–' if lam is None else f'{lam:.3g}'} req/s"
             fig.add_scatter(x=found["rates_rps"], y=found["attainment"], mode="lines+markers", name=label)
             target = found["target"]
+    ladder = result.get("capacity_ladder") or {}
+    for source, per in sorted((ladder.get("sources") or {}).items(), key=lambda kv: source_order(kv[0])):
+        for name, fit in per.items():  # bench's capacity ladder: attainment, and achieved/offered on y2
+            rungs, lam = fit["rungs"], fit["lambda_max_rps"]
+            label = f"{name} ({source} ladder): Λ_max {'–' if lam is None else f'{lam:.3g}'} req/s"
+            verdicts = [f"x{r['share']:g}: {'pass' if r['passed'] else r['reason']}" for r in rungs]
+            style = {"legendgroup": label, "text": verdicts, "mode": "lines+markers"}
+            fig.add_scatter(
+                x=[r["rate_rps"] for r in rungs], y=[r["attainment"] for r in rungs], name=label, **style,
+                line={"dash": "solid" if source == "replay" else "dash"},
+                marker={"symbol": ["circle" if r["passed"] else "x" for r in rungs]},
+            )  # fmt: skip
+            fig.add_scatter(
+                x=[r["rate_rps"] for r in rungs], y=[r["achieved_rps"] / r["offered_rps"] for r in rungs],
+                name=f"{label.split(':')[0]}: achieved / offered", yaxis="y2", showlegend=False,
+                line={"dash": "dot"}, **style,
+            )  # fmt: skip
+        target = target or ladder.get("target")
     for label, probes, search_target in _search_probes(bundle):
         rates = [p["rate_rps"] for p in probes]
         verdicts = ["pass" if p["passed"] else f"{p['reason']}: {p['detail']}" for p in probes]

@@ -73,6 +73,7 @@ class Bundle:
     runs: list[Run]
     plans: list[Plan]
     notes: list[str] = field(default_factory=list)
+    capacity_ladder: Mapping[str, Any] | None = None  # bench's capacity_ladder.json, when given its dir
 
     def sweeps(self, kind: str) -> pd.DataFrame | None:
         """The first plan sweep of ``kind`` (``threshold``, ``split``, ``bandwidth``) found, if any."""
@@ -165,17 +166,23 @@ def _timeseries(path: Path, topology: str, notes: list[str]) -> pd.DataFrame | N
     return ts
 
 
+def _json_object(path: Path, notes: list[str], what: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` if there is one; a bad file becomes a note."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        notes.append(f"{path}: not valid JSON ({exc}); {what} skipped")
+        return None
+    if not isinstance(result, dict):
+        notes.append(f"{path}: not a JSON object; {what} skipped")
+        return None
+    return result
+
+
 def _plan(path: Path, notes: list[str]) -> Plan | None:
-    result = None
-    pj = path / "plan.json"
-    if pj.is_file():
-        try:
-            result = json.loads(pj.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            notes.append(f"{pj}: not valid JSON ({exc}); plan results skipped")
-        if result is not None and not isinstance(result, dict):
-            notes.append(f"{pj}: not a JSON object; plan results skipped")
-            result = None
+    result = _json_object(path / "plan.json", notes, "plan results")
     sweeps = {}
     for csv in sorted(path.glob("plan_sweep_*.csv")):
         try:
@@ -261,10 +268,12 @@ def load_bundle(paths: Iterable[str | Path], *, name: str | None = None) -> Bund
     runs: list[Run] = []
     plans: list[Plan] = []
     notes: list[str] = []
+    ladder = None
     for raw in paths:
         p = Path(raw)
         if not p.is_dir():
             raise InputError("no such run directory", where=str(p))
+        ladder = ladder or _json_object(p / "capacity_ladder.json", notes, "capacity ladder")
         plan = _plan(p, notes)
         if plan is not None:
             plans.append(plan)
@@ -282,4 +291,4 @@ def load_bundle(paths: Iterable[str | Path], *, name: str | None = None) -> Bund
             )
     if not any(p.sweeps for p in plans) and (computed := _computed_plan(runs, notes)) is not None:
         plans.append(computed)
-    return Bundle(runs, plans, notes)
+    return Bundle(runs, plans, notes, ladder)

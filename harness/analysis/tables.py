@@ -210,7 +210,76 @@ def headline(result: Mapping[str, Any]) -> list[str]:
                  for n, r in comp["rows"].items() if n != comp["baseline"]]  # fmt: skip
         if parts:
             lines.append(f"{group} (vs {comp['baseline']}): " + "; ".join(parts))
+    if result.get("capacity_ladder"):
+        lines += ladder_lines(result["capacity_ladder"])
     return lines
+
+
+def ladder_lines(lad: Mapping[str, Any]) -> list[str]:
+    """The capacity ladder's headline (``analysis.json`` ``capacity_ladder``): per topology Λ_max from
+    plan, simulate's search and replay's ladder (with its bracket), then replay's gains with their
+    interval beside simulate's and plan's. Invalid replay runs print their reasons instead of figures."""
+    invalid = _invalid(lad.get("validity"))
+    replay = (lad.get("sources") or {}).get("replay") or {}
+    lines = []
+    for name, lam in lad["lambda_max"].items():
+        fit = replay.get(name) or {}
+        if invalid:
+            measured = "replay not a finding (invalid runs)"
+        elif fit.get("lambda_max_rps") is not None:
+            measured = f"replay {fit['lambda_max_rps']:.2f} [{fit['low_rps']:.2f}–{fit['high_rps']:.2f}]"
+        elif fit.get("high_rps") is not None:
+            measured = f"replay < {fit['high_rps']:.2f} (the lowest rung failed)"
+        else:
+            measured = (
+                f"replay ≥ {fit['low_rps']:.2f} (every rung passed)" if fit.get("low_rps") else "replay –"
+            )
+        lines.append(
+            f"Λ_max {name} (req/s): plan {fmt(lam.get('plan'), 'f2')}, simulate {fmt(lam.get('simulate'), 'f2')}, "
+            f"{measured}"
+        )
+    for pair, g in lad["gain"].items():
+        label = pair.replace("_vs_", " vs ")
+        if invalid:
+            lines.append(
+                f"replay gain {label}: invalid runs, not a finding (reasons: the capacity ladder table)"
+            )
+            continue
+        rep = g.get("replay_ladder")
+        text = "– (a Λ_max not bracketed)" if rep is None else (
+            f"{rep['value']:.2f}× [{rep['ci_low']:.2f}–{rep['ci_high']:.2f}] (95% CI from the rungs)"
+        )  # fmt: skip
+        lines.append(
+            f"replay gain {label}: {text}; simulate {fmt(g.get('simulate'), 'x')}, plan {fmt(g.get('plan'), 'x')}"
+        )
+    return lines
+
+
+def ladder_table(lad: Mapping[str, Any]) -> Table:
+    """Every rung, replay beside simulate on the same requests: attainment, achieved / offered, verdict."""
+    t = Table(
+        title="Capacity ladder (each rung judged as a Λ_max probe; replay / simulate on the same requests)",
+        title_justify="left",
+    )
+    for h in ("topology", "× Λ_max sim", "req/s", "attainment", "achieved/offered", "verdict", "validity"):
+        t.add_column(h, justify="left" if h in ("topology", "verdict", "validity") else "right")
+    sources = lad["sources"]
+    for name, rep in (sources.get("replay") or {}).items():
+        sim = {r["share"]: r for r in ((sources.get("simulate") or {}).get(name) or {}).get("rungs", [])}
+        for r in rep["rungs"]:
+            s = sim.get(r["share"], {})
+
+            def pair(f: Any, r: Mapping[str, Any] = r, s: Mapping[str, Any] = s) -> str:
+                return f"{f(r)} / {f(s) if s else '–'}"
+
+            t.add_row(
+                name, f"{r['share']:g}", f"{r['rate_rps']:.3f}",
+                pair(lambda x: f"{x['attainment']:.1%}"),
+                pair(lambda x: f"{x['achieved_rps'] / x['offered_rps']:.1%}"),
+                pair(lambda x: "pass" if x["passed"] else x["reason"]),
+                r.get("validity") or "–",
+            )  # fmt: skip
+    return t
 
 
 def _invalid(verdict: str | None) -> str | None:
@@ -233,6 +302,7 @@ def render(result: Mapping[str, Any], with_headline: bool = True) -> Group:
     parts += [comparison_table(src, comp) for src, comp in result["comparison"].items()]
     if show_side_by_side(result["side_by_side"]):
         parts.append(side_by_side_table(result["side_by_side"]))
+    parts += [ladder_table(result["capacity_ladder"])] if result.get("capacity_ladder") else []
     parts += [f"[yellow]note:[/] {n}" for n in result["notes"]]
     parts += [f"[bold]{line}[/]" for line in headline(result)] if with_headline else []
     return Group(*parts)

@@ -26,6 +26,12 @@ from harness.cli._options import context_options, context_policy, prefix_option
     help="Sites in network namespaces on a shaped link (default when root), or loopback (labelled).",
 )
 @prefix_option("pfbbn-", "the emulated sites' namespaces, links and relays (distinct from serve's)")
+@click.option(
+    "--ladder/--no-ladder",
+    default=True,
+    help="Measure capacity over HTTP: replay and simulate each topology at [bench] ladder_shares of its "
+    "simulated Λ_max (default), or skip that stage.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars (stage lines still print).")
 @context_options
 def command(
@@ -34,6 +40,7 @@ def command(
     out_root: str,
     netns: bool | None,
     prefix: str,
+    ladder: bool,
     quiet: bool,
     clip: bool,
     drop: bool,
@@ -45,7 +52,9 @@ def command(
     2. simulate  Λ_max search in virtual time (queues, batching, caches, link contention)
     3. simulate  the replay's exact workload, for a paired comparison
     4. replay    the same requests over HTTP against emulated clusters, KV across a shaped link
-    5. analyze   tables, headline ratios and a self-contained dashboard
+    5. ladder    capacity over HTTP: each topology at a few rates around its simulated Λ_max,
+                 replayed and simulated; Λ_max from the rungs and the PrfaaS gain with its interval
+    6. analyze   tables, headline lines and a self-contained dashboard
     """
     result = run_bench(
         scenario,
@@ -57,6 +66,7 @@ def command(
         progress=not quiet,
         prefix=prefix,
         context=context_policy(clip, drop),
+        with_ladder=ladder,
     )
     print_tables(result.analysis, with_headline=False)  # printed once, below
     click.echo("")

@@ -87,9 +87,18 @@ class BenchSizes:
     capacity_requests: Requests | None = None
     speedup: Speedup | None = None
     seed: Seed | None = None
+    # The capacity ladder: offered rates as shares of each topology's simulated Λ_max ([] = no ladder)
+    ladder_shares: Annotated[list[Annotated[Float, Field(gt=0, le=10)]], Field(max_length=16)] | None = None
+    ladder_span_s: Annotated[Float, Field(gt=0, le=100_000)] | None = None  # model s of arrivals per rung
 
     def given(self) -> dict[str, Any]:
         return given(self, BenchSizes)
+
+
+# --quick has no capacity ladder unless [bench.quick] asks for one: a rung must span a few hundred
+# model seconds for its keep-up test to resolve a few percent, and 3 topologies x 3 rungs of that take
+# ~10 minutes (README, "What bench runs").
+QUICK_LADDER: dict[str, Any] = {"ladder_shares": ()}
 
 
 @table
@@ -98,11 +107,15 @@ class BenchTable(BenchSizes):
 
     def resolve(self, *, quick: bool) -> BenchSpec:
         """The sizes in force: ``[bench]``, then ``[bench.quick]`` over it when ``quick`` (without a
-        ``[bench.quick]`` table a quick run shrinks on its own)."""
+        ``[bench.quick]`` table a quick run shrinks on its own; it has no ladder unless
+        ``[bench.quick]`` gives ``ladder_shares``)."""
         chosen = self.given()
-        if quick:
+        if quick:  # no ladder unless [bench.quick] names one
             small = {"replay_requests": 60, "capacity_requests": 1000}
+            chosen.update(QUICK_LADDER)
             chosen.update((self.quick.given() if self.quick is not None else {}) or small)
+        if "ladder_shares" in chosen:
+            chosen["ladder_shares"] = tuple(sorted(chosen["ladder_shares"]))
         return BenchSpec(**chosen)
 
 
@@ -116,6 +129,9 @@ class BenchSpec:
     replay_requests   requests in that workload (the same requests go to every topology)
     capacity_requests requests per --find-max-rate probe
     speedup           emulator speed-up (default: the scenario's [emulation] speedup)
+    ladder_shares     the capacity ladder's rungs, as shares of each topology's simulated Λ_max; each
+                      rung is replayed and simulated and judged as a Λ_max probe (empty: no ladder)
+    ladder_span_s     arrival span of one rung in model seconds (requests = rate × span)
     """
 
     replay_rate_rps: float | None = None
@@ -123,6 +139,8 @@ class BenchSpec:
     capacity_requests: int = 2000
     speedup: float | None = None
     seed: int = 0
+    ladder_shares: tuple[float, ...] = (0.85, 1.0, 1.15)
+    ladder_span_s: float = 240.0
 
 
 @table

@@ -406,13 +406,24 @@ class EmulatedClusters:
         assert self._net is not None
         net = self._net
         with self._events_lock:
-            for _, sched in self._armed:
-                sched.stop()  # a change that failed is raised here, never passed over
-            for (src, dst), spec in self._base.items():
-                if net.link_spec(src, dst) != spec:
-                    net.set_link(src, dst, spec)
+            self._restore_links()
             sched = EventScheduler(self._changes, lambda ch: net.set_link(ch.src, ch.dst, ch.spec))
             self._armed.append((label, sched.start(t0)))
+
+    def disarm_events(self) -> None:
+        """Stop the link events and put every link back to its spec (bench's capacity ladder, like the
+        Λ_max search, measures a steady link)."""
+        if self._changes:
+            with self._events_lock:
+                self._restore_links()
+
+    def _restore_links(self) -> None:
+        assert self._net is not None
+        for _, sched in self._armed:
+            sched.stop()  # a change that failed is raised here, never passed over
+        for (src, dst), spec in self._base.items():
+            if self._net.link_spec(src, dst) != spec:
+                self._net.set_link(src, dst, spec)
 
     def link_events(self) -> dict[str, Any] | None:
         """For meta.json: the events (model seconds after the run clock's zero) and, per arming, each

@@ -22,7 +22,14 @@ from harness.serving.build import TopologyPlan
 from harness.serving.config import SimSetup
 from harness.serving.rate_search import RateSearch, find_max_rate
 from harness.serving.runner import RunDirectory, run_topology
-from harness.serving.stability import THROUGHPUT_TOL, TREND_SHARE, WARMUP_SHARE, ProbeVerdict, judge_probe
+from harness.serving.stability import (
+    THROUGHPUT_TOL,
+    TREND_SHARE,
+    WARMUP_SHARE,
+    ProbeVerdict,
+    judge_probe,
+    overload_ceiling,
+)
 from harness.serving.workload import PROBE_SPAN_TTFT_BOUNDS, build_workload, probe_span_s, scenario_rate
 from harness.traces.context import ContextFit, ContextPolicy
 from harness.traces.frame import Trace
@@ -61,17 +68,23 @@ def search_topology(
         trace = workload(rate=rate, min_span_s=span)[0]
         return judge_probe(run_topology(setup.stack, topo, trace, slo=slo).records, rate, slo)
 
-    def ceiling(rate: float, verdict: ProbeVerdict) -> float:
-        # An overloaded probe completes at the deployment's capacity: any rate whose completions would
-        # have to exceed it by more than the tolerance fails the same way.
-        return verdict.achieved_rps / (1 - THROUGHPUT_TOL)
-
     return find_max_rate(
         probe,
         lambda _, verdict: verdict.passed,
         start_rps=topo.planner_lambda_max,
         step=SEARCH_STEP,
-        ceiling=ceiling,
+        ceiling=lambda _, verdict: overload_ceiling(verdict),
+    )
+
+
+def search_slo(setup: SimSetup, *, ttft_s: float | None = None, attainment: float | None = None) -> Slo:
+    """The SLO a run is judged by: the scenario's ``[slo]`` (TTFT bound: ``[slo] ttft_s``, else
+    ``[simulate] ttft_slo_s``), with the command's overrides."""
+    scen = setup.deployment.slo
+    return Slo(
+        ttft_s=ttft_s or scen.ttft_s or setup.spec.ttft_slo_s,
+        tpot_s=scen.tpot_s,
+        attainment=attainment or scen.attainment,
     )
 
 
@@ -99,12 +112,7 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
     """Run the command: every topology, every rate (or the Λ_max search); returns the JSON summary."""
     _check(req)
     seed = setup.spec.seed if req.seed is None else req.seed
-    scen = setup.deployment.slo
-    slo = Slo(
-        ttft_s=req.ttft_slo_s or scen.ttft_s or setup.spec.ttft_slo_s,
-        tpot_s=scen.tpot_s,
-        attainment=req.attainment or scen.attainment,
-    )
+    slo = search_slo(setup, ttft_s=req.ttft_slo_s, attainment=req.attainment)
     rates: list[float | None] = list(req.rates)
     if not rates:
         rates = [None] if (req.trace is not None and req.trace_timestamps) else [scenario_rate(setup)]

@@ -137,3 +137,10 @@ def judge_probe(
         reason=reason,
         detail=detail,
     )
+
+
+def overload_ceiling(verdict: ProbeVerdict, throughput_tol: float = THROUGHPUT_TOL) -> float:
+    """The highest offered rate that could still keep up, from a probe that did not: an overloaded
+    deployment completes at its capacity, so any rate above its completions / (1 − tolerance) fails the
+    keep-up test too (the Λ_max search caps its bracket with it; the capacity ladder reads Λ_max off it)."""
+    return verdict.achieved_rps / (1 - throughput_tol)
