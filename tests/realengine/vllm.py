@@ -62,9 +62,29 @@ def build_tiny_model(dest: Path, python: Path) -> Path:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range, for a server that binds it later.
+
+    A port from ``bind(0)`` comes from the ephemeral range, where any test's outgoing connection can
+    take it before the server binds it (a NIXL side channel lost its port that way in a CI run beside
+    two CPU hogs: ``ZMQError: Address already in use``). Below that range only an explicit bind takes
+    a port, and the random pick makes two such binds colliding unlikely."""
+    low = _ephemeral_low()
+    rng = np.random.default_rng()
+    for port in rng.integers(max(1024, low - 12_000), low, size=200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", int(port)))
+            except OSError:
+                continue
+            return int(port)
+    raise RuntimeError(f"no free loopback port below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 @dataclass
