@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from harness.errors import InputError
-from harness.interop import aiperf, llmd, vllm_bench
+from harness.interop import aiperf, guidellm, llmd, vllm_bench
 from harness.jsonsafe import json_safe
 from harness.records import records_frame
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 _READERS: dict[str, tuple[Callable[..., Any], ...]] = {
     vllm_bench.FORMAT: (vllm_bench.looks_like, vllm_bench.to_records, vllm_bench.meta_of),
     aiperf.FORMAT: (aiperf.looks_like, aiperf.to_records, aiperf.meta_of),
+    guidellm.FORMAT: (guidellm.looks_like, guidellm.to_records, guidellm.meta_of),
 }
 # name -> from_records(records, meta, label=) giving the JSON object to write
 EXPORTS: dict[str, Callable[..., dict[str, Any]]] = {
