@@ -1,7 +1,9 @@
 """AIPerf's per-request export, ``profile_export.jsonl``: one JSON object a line, read into records.
 
-Format (ai-dynamo/aiperf, docs/tutorials/working-with-profile-exports.md): ``metadata`` with epoch
-nanoseconds ``request_start_ns`` / ``request_end_ns``, ``benchmark_phase`` and ``x_request_id``;
+Format (ai-dynamo/aiperf, docs/tutorials/working-with-profile-exports.md; ``MetricRecordInfo`` in
+AIPerf 0.13): ``metadata`` with epoch nanoseconds ``credit_issued_ns`` (when the rate limiter released
+the request: our scheduled time; absent for fixed schedules), ``request_start_ns`` (sent) and
+``request_end_ns``, ``benchmark_phase`` and ``x_request_id``;
 ``metrics``, each ``{"value": ..., "unit": ...}`` (``time_to_first_token`` and ``request_latency`` in
 ms, ``inter_chunk_latency`` a list of ms, ``input_sequence_length`` / ``output_sequence_length`` in
 tokens); ``error`` (``code``, ``type``, ``message``) or null. AIPerf times from the send and keeps no
@@ -61,20 +63,23 @@ def _ns(meta: Mapping[str, Any], key: str, line: int, where: str) -> int | float
 
 
 def to_records(rows: list[Mapping[str, Any]], *, run_id: str, where: str) -> list[dict[str, Any]]:
-    """One record per line; times in seconds from the first request's start."""
+    """One record per line; seconds from the earliest release (credit) or send."""
     starts = [_ns(r["metadata"], "request_start_ns", i, where) for i, r in enumerate(rows, 1)]
     if any(s is None for s in starts):
         line = starts.index(None) + 1
         raise InputError(f"line {line}: metadata.request_start_ns is missing", where=where)
-    zero = min(starts)
+    issued = [_ns(r["metadata"], "credit_issued_ns", i, where) for i, r in enumerate(rows, 1)]
+    zero = min(s if c is None else min(c, s) for s, c in zip(starts, issued, strict=True))
     out = []
-    for line, (row, start_ns) in enumerate(zip(rows, starts, strict=True), 1):
+    for line, (row, start_ns, issued_ns) in enumerate(zip(rows, starts, issued, strict=True), 1):
         meta, metrics, error = row["metadata"], row.get("metrics") or {}, row.get("error")
         start = (start_ns - zero) * 1e-9
         end_ns = _ns(meta, "request_end_ns", line, where)
         rec: dict[str, Any] = {
             "run_id": run_id, "topology": "default", "request_id": str(meta.get("x_request_id") or line - 1),
-            "trace_row": line - 1, "scheduled_s": start, "source": FORMAT,
+            "trace_row": line - 1, "source": FORMAT,
+            "scheduled_s": start if issued_ns is None else (issued_ns - zero) * 1e-9,
+            "sent_s": None if issued_ns is None else start,
             "phase": "warmup" if meta.get("benchmark_phase") == "warmup" else "measure",
             "end_s": None if end_ns is None else (end_ns - zero) * 1e-9,
         }  # fmt: skip
