@@ -85,6 +85,8 @@ def test_a_foreign_run_validates_and_a_run_with_no_success_leaves_latencies_out(
     # Nothing succeeded: no latency to report. Missing, never a zero.
     assert dead_agg["latency"] == {} and dead_agg["requests"]["failures"] == 10
     assert "time_to_first_token" in by_total[20]["results"]["request_performance"]["aggregate"]["latency"]
+    # vLLM's file does not say what output length was asked for: left out, not 0.
+    assert "output_seq_len" not in by_total[20]["scenario"]["load"]["standardized"]
 
 
 def test_the_schema_would_catch_a_wrong_report():

@@ -56,7 +56,9 @@ def _load(meta: Mapping[str, Any], df: pd.DataFrame, prompt: np.ndarray) -> dict
     config = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
     load = config.get("load") if isinstance(config.get("load"), Mapping) else {}
     rate = load.get("rate_rps") or meta.get("rate_rps")
+    # 0 is the records' "not known" for a requested length (other tools' files do not say it).
     out_len = m.col(df, "output_tokens_requested")
+    out_len = out_len[out_len > 0]
     standardized = {
         "tool": "prfaas-bench",
         "tool_version": __version__,

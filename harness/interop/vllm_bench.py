@@ -62,7 +62,7 @@ def to_records(obj: Mapping[str, Any], *, run_id: str, where: str) -> list[dict[
     if missing:
         raise InputError(
             f"vLLM bench serve result without per-request data (no {', '.join(missing)}): "
-            "save it with --save-result --save-detailed (vLLM ≥ 0.11 writes start_times)",
+            "save it with --save-result --save-detailed (vLLM 0.32 writes all of these)",
             where=where,
         )
     n = len(obj["ttfts"]) if isinstance(obj["ttfts"], list) else -1
