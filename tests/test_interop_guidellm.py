@@ -49,3 +49,23 @@ def test_a_sweep_becomes_one_topology_per_rate(tmp_path):
     path.write_text(json.dumps(doc))
     _, df = read_foreign(path)
     assert sorted(df["topology"].unique()) == ["default@20rps", "default@40rps"]
+
+
+def test_two_files_of_the_same_name_stay_two_runs(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "benchmarks.json").write_text(GUIDELLM.read_text())
+    res = CliRunner().invoke(
+        main,
+        [
+            "analyze",
+            str(tmp_path / "a" / "benchmarks.json"),
+            str(tmp_path / "b" / "benchmarks.json"),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert sorted(json.loads(res.output)["topologies"]) == [
+        "guidellm:a/benchmarks/default",
+        "guidellm:b/benchmarks/default",
+    ]

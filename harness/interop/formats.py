@@ -74,7 +74,8 @@ def read_foreign(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     if name is None:
         raise InputError(f"not a result file of {_KNOWN}, nor a run directory", where=str(p))
     _, to_records, meta_of = _READERS[name]
-    run_id = f"{name}:{p.stem}"
+    # The parent directory too: tools write fixed names (GuideLLM's benchmarks.json), one per result dir.
+    run_id = f"{name}:{p.parent.name}/{p.stem}" if p.parent.name else f"{name}:{p.stem}"
     return meta_of(obj, run_id=run_id, path=str(p)), records_frame(
         to_records(obj, run_id=run_id, where=str(p))
     )

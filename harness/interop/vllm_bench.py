@@ -152,22 +152,26 @@ def _peaks(
     return float(tokens.max()), int(running.max())
 
 
-def _load(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+def _config(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    # replay's meta: {"config": {"load": {...}, "endpoints": [...], "tokenizer": ...}}
     config = meta.get("config")
-    load = config.get("load") if isinstance(config, Mapping) else None
-    return (load if isinstance(load, Mapping) else {}) | (
-        {"tokenizer": config.get("tokenizer")}
-        if isinstance(config, Mapping) and config.get("tokenizer")
-        else {}
-    )
+    return config if isinstance(config, Mapping) else {}
+
+
+def _load(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    load = _config(meta).get("load")
+    return load if isinstance(load, Mapping) else {}
 
 
 def _model(meta: Mapping[str, Any]) -> str | None:
-    config = meta.get("config")
-    endpoints = config.get("endpoints") if isinstance(config, Mapping) else None
+    endpoints = _config(meta).get("endpoints")
     if isinstance(endpoints, list) and endpoints and isinstance(endpoints[0], Mapping):
         return endpoints[0].get("model")
     return meta.get("model")
+
+
+def _per_s(count: float, duration: float) -> float:
+    return count / duration if duration else 0.0
 
 
 def _rate(value: Any) -> float | str:
@@ -200,7 +204,6 @@ def from_records(records: pd.DataFrame, meta: Mapping[str, Any], *, label: str) 
     duration = m.duration(df)
     dur = duration if math.isfinite(duration) and duration > 0 else 0.0
     completed, total_in, total_out = int(ok.sum()), int(prompt[ok].sum()), int(out_lens.sum())
-    rate = lambda count: count / dur if dur else 0.0  # noqa: E731
     n = out_lens[ok]
     # vLLM's TPOT: (latency − TTFT) / (output tokens − 1), requests with more than one token.
     tpots = ((latency - ttft)[ok][n > 1] / (n[n > 1] - 1)).tolist()
@@ -216,7 +219,7 @@ def from_records(records: pd.DataFrame, meta: Mapping[str, Any], *, label: str) 
         "backend": "openai",
         "label": label,
         "model_id": _model(meta),
-        "tokenizer_id": load.get("tokenizer") or _model(meta),
+        "tokenizer_id": _config(meta).get("tokenizer") or _model(meta),
         "num_prompts": len(df),
         "request_rate": _rate(load.get("rate_rps") or meta.get("rate_rps")),
         # vLLM's burstiness is the gamma shape, 1/CV²: 1 for Poisson; none for a trace's own timestamps.
@@ -229,10 +232,10 @@ def from_records(records: pd.DataFrame, meta: Mapping[str, Any], *, label: str) 
         "failed": len(df) - completed,
         "total_input_tokens": total_in,
         "total_output_tokens": total_out,
-        "request_throughput": rate(completed),
+        "request_throughput": _per_s(completed, dur),
         "request_goodput": None,
-        "output_throughput": rate(total_out),
-        "total_token_throughput": rate(total_in + total_out),
+        "output_throughput": _per_s(total_out, dur),
+        "total_token_throughput": _per_s(total_in + total_out, dur),
         "input_lens": prompt.tolist(),
         "output_lens": out_lens.tolist(),
         "ttfts": ttft.tolist(),
