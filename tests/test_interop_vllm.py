@@ -136,3 +136,13 @@ def test_a_file_we_cannot_read_is_one_line_naming_it_and_exit_2(tmp_path, conten
         res = CliRunner().invoke(main, cmd)
         assert res.exit_code == 2 and message in res.output and str(bad) in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_an_export_dir_that_cannot_be_made_is_one_line_and_exit_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(
+        main, ["analyze", str(VLLM_FILE), "--export", "vllm", "--export-dir", str(blocker)]
+    )
+    assert res.exit_code == 2 and str(blocker) in res.output and "--export-dir" in res.output
+    assert len(res.output.strip().splitlines()) == 1
