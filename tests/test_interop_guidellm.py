@@ -69,3 +69,22 @@ def test_two_files_of_the_same_name_stay_two_runs(tmp_path):
         "guidellm:a/benchmarks/default",
         "guidellm:b/benchmarks/default",
     ]
+
+
+def test_targets_on_another_clock_leave_the_send_as_the_release_and_say_so(tmp_path):
+    # What GuideLLM 0.8.1 wrote in one of our runs: Poisson targets counted from its -1.0 placeholder.
+    doc = json.loads(GUIDELLM.read_text())
+    requests = doc["benchmarks"][0]["requests"]
+    for k, r in enumerate(requests["successful"] + requests["errored"]):
+        r["info"]["timings"]["targeted_start"] = -1.0 + 0.05 * k
+    path = tmp_path / "benchmarks.json"
+    path.write_text(json.dumps(doc))
+    _, df = read_foreign(path)
+    ok = df[df["status"] == "ok"]
+    theirs = [r["time_to_first_token_ms"] for r in requests["successful"]]
+    np.testing.assert_allclose(m.ttft(ok) * 1e3, theirs, rtol=1e-6)  # from the send, as GuideLLM's
+    assert np.isnan(m.send_lag(df)).all()
+    res = CliRunner().invoke(main, ["analyze", str(path), "--json"])
+    assert res.exit_code == 0 and any(
+        "targeted_start is not on the clock" in n for n in json.loads(res.output)["notes"]
+    )

@@ -43,12 +43,12 @@ def guidellm_run(tmp_path_factory):
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert done.returncode == 0 and out.is_file(), done.stdout[-2000:] + done.stderr[-3000:]
-        requests = json.loads(out.read_text())["benchmarks"][0]["requests"]["successful"]
-        timings = [r["info"]["timings"] for r in requests]
+        # The same requests by our client, at GuideLLM's release times as our reader reads them.
+        _, theirs = read_foreign(out)
+        ok = theirs[theirs["status"] == "ok"]
         ours = replay_same_requests(
-            url, [t["targeted_start"] for t in timings], [r["prompt_tokens"] for r in requests],
-            [r["output_tokens"] for r in requests], work / "ours",
-        )  # fmt: skip
+            url, ok["scheduled_s"], ok["prompt_tokens_trace"], ok["output_tokens_received"], work / "ours"
+        )
     return out, ours
 
 

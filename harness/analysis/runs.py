@@ -283,6 +283,7 @@ def load_bundle(paths: Iterable[str | Path], *, name: str | None = None) -> Bund
         p = Path(raw)
         if p.is_file():
             runs.append(load_foreign_run(p, name=name))
+            notes += runs[-1].meta.get("notes") or []  # what the reader could not take from the file
             continue
         if not p.is_dir():
             raise InputError("no such run directory or result file", where=str(p))
