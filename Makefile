@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PB     := $(BIN)/prfaas-bench
 SCENARIO ?= workloads/paper-case-study.toml
 
-.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv real-engines test test-smoke smoke-run lint plan bench bench-quick clean
+.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv guidellm-venv real-engines test test-smoke smoke-run lint plan bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,11 @@ sglang-venv:  ## install sglang for the SGLang tests (cached in ~/.cache/prfaas-
 vllm-nixl-venv:  ## install nixl for the real PD-pair test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-vllm-nixl.sh
 
-real-engines: vllm-venv sglang-venv vllm-nixl-venv  ## the real engines CI drives: vLLM, SGLang and a NIXL PD pair (.ci/run installs them)
+# GuideLLM over the vLLM venv (~0.35 GB, half a minute): tests/test_real_guidellm.py drives it for real.
+guidellm-venv:  ## install guidellm for the interop test (cached in ~/.cache/prfaas-bench)
+	PYTHON=$(PYTHON) bash scripts/install-guidellm.sh
+
+real-engines: vllm-venv sglang-venv vllm-nixl-venv guidellm-venv  ## what CI drives for real: vLLM, SGLang, a NIXL PD pair, GuideLLM (.ci/run installs them)
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q

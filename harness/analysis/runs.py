@@ -1,8 +1,9 @@
 """Reading run directories for analysis: records, metadata, time series and plan results.
 
-A path given to ``analyze``/``report`` is either a run directory (``meta.json`` + records) or a
+A path given to ``analyze``/``report`` is either a run directory (``meta.json`` + records), a
 directory that holds run directories one level down (what ``make bench`` writes: ``plan.json``,
-``plan_sweep_<kind>.csv`` and one sub-directory per simulate/replay run). Optional parts that are
+``plan_sweep_<kind>.csv`` and one sub-directory per simulate/replay run), or another tool's result
+file (vLLM bench serve, AIPerf, GuideLLM: ``harness.interop``), read as one run. Optional parts that are
 missing or unreadable become ``notes`` so a figure can say so; the records themselves must be valid.
 """
 
@@ -249,6 +250,15 @@ def load_run(path: str | Path, *, name: str | None = None, notes: list[str] | No
     return Run(p, meta, records, ts, _server_metrics(p, meta, name, notes if notes is not None else []))
 
 
+def load_foreign_run(path: str | Path, *, name: str | None = None) -> Run:
+    """Another tool's result file (``harness.interop.read_foreign``) as a run of one topology."""
+    from harness.interop import read_foreign
+
+    p = Path(path)
+    meta, records = read_foreign(p)
+    return Run(p, meta, _records(p, records, name))
+
+
 def _server_metrics(
     path: Path, meta: Mapping[str, Any], name: str | None, notes: list[str]
 ) -> pd.DataFrame | None:
@@ -271,8 +281,12 @@ def load_bundle(paths: Iterable[str | Path], *, name: str | None = None) -> Bund
     ladder = None
     for raw in paths:
         p = Path(raw)
+        if p.is_file():
+            runs.append(load_foreign_run(p, name=name))
+            notes += runs[-1].meta.get("notes") or []  # what the reader could not take from the file
+            continue
         if not p.is_dir():
-            raise InputError("no such run directory", where=str(p))
+            raise InputError("no such run directory or result file", where=str(p))
         ladder = ladder or _json_object(p / "capacity_ladder.json", notes, "capacity ladder")
         plan = _plan(p, notes)
         if plan is not None:

@@ -13,13 +13,15 @@ from harness.analysis import analyze, load_bundle
 from harness.analysis.regression import check_regression, parse_bound, to_markdown
 from harness.analysis.tables import write_output
 from harness.errors import InputError
+from harness.interop import is_foreign
 from harness.jsonsafe import json_safe
 
 
 def _result(path: str, seed: int) -> dict[str, Any]:
-    # A run directory is analysed; a file is taken as saved `analyze --json` output.
+    # A run directory or another tool's result file is analysed; any other file is taken as saved
+    # `analyze --json` output.
     p = Path(path)
-    if p.is_file():
+    if p.is_file() and not is_foreign(p):
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -46,7 +48,8 @@ def _result(path: str, seed: int) -> dict[str, Any]:
     help="Compare even when a side's validity verdict is invalid (the verdict is still printed).",
 )
 def command(baseline, current, bound, as_json, md_path, seed, allow_invalid) -> None:
-    """Compare CURRENT with BASELINE (run directories or saved `analyze --json` files). Exits 1 when
+    """Compare CURRENT with BASELINE (run directories, saved `analyze --json` files, or result files of
+    vLLM bench serve, AIPerf or GuideLLM). Exits 1 when
     throughput/goodput fell, or latency percentiles / the failed share rose, beyond the bound; refuses
     (exit 2) a side whose validity verdict is invalid unless --allow-invalid."""
     max_regression = parse_bound(bound)  # before the (slower) analysis, so a typo fails at once

@@ -9,7 +9,7 @@ from harness.analysis.dashboard import write_report
 
 
 @click.command("report")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="HTML file to write.")  # fmt: skip
 @click.option("--name", help="Topology name for a single-topology run.")

@@ -1,0 +1,80 @@
+"""Test scaffolding for the interop tests: another tool's requests replayed by our own client, the
+order-of-magnitude check between its figures and ours (never a timing bound: the machine is busy), and
+our reading of a GuideLLM file held to the per-request figures GuideLLM wrote in it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.analysis import metrics as m
+from harness.analysis.runs import load_bundle
+from harness.interop import read_foreign
+from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
+from harness.traces.frame import Trace
+
+
+def replay_same_requests(
+    url: str, release_s: Sequence[float], input_tokens: Sequence[int], output_tokens: Sequence[int], out: Path
+) -> pd.DataFrame:
+    """Our client sends the tool's requests (its lengths, at its release times) to ``url``; the records."""
+    order = np.argsort(np.asarray(release_s, dtype=float), kind="stable")  # a trace is in arrival order
+    start = np.asarray(release_s, dtype=float)[order]
+    n = len(start)
+    trace = Trace(
+        arrival_s=start - start.min(), input_tokens=np.asarray(input_tokens)[order],
+        output_tokens=np.asarray(output_tokens)[order], hash_values=np.zeros(0, dtype=np.int64),
+        hash_offsets=np.zeros(n + 1, dtype=np.int64),
+    )  # fmt: skip
+    config = ReplayConfig(
+        endpoints=(Endpoint(name="default", url=url, model="tiny-llama"),), load=LoadSpec(), progress=False
+    )
+    replay(trace, config, out, quiet=True)
+    return load_bundle([out]).runs[0].records
+
+
+def assert_same_magnitude(
+    ours: pd.DataFrame,
+    theirs: pd.DataFrame,
+    checks: Sequence[tuple[Callable[[pd.DataFrame], np.ndarray], float]],
+) -> None:
+    """For each (metric, floor): both medians at least the server's set delay, and within 10× of each other."""
+    for fn, floor in checks:
+        a, b = float(np.nanmedian(fn(ours))), float(np.nanmedian(fn(theirs)))
+        assert a >= floor and b >= floor and 0.1 < a / b < 10, (fn.__name__, a, b)
+
+
+def _guidellm_requests(path: Path) -> list[dict]:
+    requests = json.loads(path.read_text())["benchmarks"][0]["requests"]
+    return requests["successful"] + requests["errored"] + requests["incomplete"]
+
+
+def matches_guidellms_own_figures(path: Path) -> None:
+    """Per request: GuideLLM's TTFT (from its send), latency, ITL (which is our TPOT), token counts."""
+    theirs = _guidellm_requests(path)
+    meta, df = read_foreign(path)
+    assert meta["source"] == "guidellm" and len(df) == len(theirs)
+    ok = (df["status"] == "ok").to_numpy()
+    assert ok.tolist() == [r["info"]["status"] == "completed" for r in theirs]
+    t = [r for r, k in zip(theirs, ok, strict=True) if k]
+    good = df[ok]
+    from_send = (good["first_token_s"] - good["sent_s"]).to_numpy()
+    np.testing.assert_allclose(from_send * 1e3, [r["time_to_first_token_ms"] for r in t], rtol=1e-6)
+    np.testing.assert_allclose(good["end_s"] - good["sent_s"], [r["request_latency"] for r in t], rtol=1e-6)
+    # GuideLLM's inter_token_latency_ms is (last − first)/(n − 1): our TPOT.
+    np.testing.assert_allclose(m.tpot(good) * 1e3, [r["inter_token_latency_ms"] for r in t], rtol=1e-6)
+    # Our TTFT counts from the targeted start: theirs plus GuideLLM's own dispatch delay, when its
+    # targets are on the sends' clock (a day apart means another clock: then the send lag is missing).
+    lag = np.array(
+        [r["info"]["timings"]["request_start"] - r["info"]["timings"]["targeted_start"] for r in t]
+    )
+    expected = lag if (np.abs(lag) < 86_400).all() else np.full(len(t), np.nan)
+    np.testing.assert_allclose(m.send_lag(good), expected, atol=1e-6)
+    assert good["output_tokens_received"].tolist() == [r["output_tokens"] for r in t]
+    assert df["prompt_tokens_trace"].tolist() == [r["prompt_tokens"] for r in theirs]
+    # No per-token times in the file: ITL is missing, not zero.
+    assert len(m.itl(good)) == 0 and good["itl_unresolved"].all()
