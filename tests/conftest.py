@@ -113,7 +113,10 @@ def real_vllm_pd(tmp_path_factory: pytest.TempPathFactory):
     from realengine.vllm import build_tiny_model
 
     python = nixl_python()
-    need(python is not None, f"no NIXL venv at {VENV} (make vllm-nixl-venv installs it: ~0.3 GB over the vLLM venv)")
+    need(
+        python is not None,
+        f"no NIXL venv at {VENV} (make vllm-nixl-venv installs it: ~0.3 GB over the vLLM venv)",
+    )
     work = tmp_path_factory.mktemp("vllm-pd")
     model = build_tiny_model(work / "model", python)
     with nixl_pair(python, model, work) as (prefill, decode):
