@@ -97,6 +97,7 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     """
     model = load_model(model_preset)
     nominal = _nominal(like, peak_tflops, hbm_tbps, hbm_gb, name)
+    out = Path(out_path)
     api_key = os.environ.get(api_key_env) or None
     endpoint = Endpoint(name="engine", model=served, url=url)
     check_endpoint(endpoint, api_key=api_key, timeouts=Timeouts())
@@ -114,22 +115,23 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
         time_scale=time_scale,
     )
     plan = CalibrationPlan.spanning(max_prompt_tokens, quick=quick)
-    out = Path(out_path)
-    fit = calibrate(target, model, nominal, gpus, plan, out.with_suffix(".runs"), echo=_echo)
+    fit, validity = calibrate(target, model, nominal, gpus, plan, out.with_suffix(".runs"), echo=_echo)
     header = (
         f"Calibrated by prfaas-bench calibrate against {endpoint.url} (model {served}) for {gpus} x this\n"
         f"hardware serving the {model.name} preset. Fit and residuals: {out.with_suffix('.fit.json').name}\n"
         f"Command: {shlex.join(['prfaas-bench', *sys.argv[1:]])}"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(preset_toml(fit, header=header))
-    report = fit_report(fit, model=model_preset, gpus=gpus, target=target, plan=plan)
+    out.write_text(preset_toml(fit, header=header, validity=validity))
+    report = fit_report(fit, model=model_preset, gpus=gpus, target=target, plan=plan, validity=validity)
     out.with_suffix(".fit.json").write_text(json.dumps(report, indent=2) + "\n")
-    _print(report)
-    click.echo(f"preset: {out}  (fit: {out.with_suffix('.fit.json')})")
+    print_report(report, out)
 
 
-def _print(report: dict) -> None:
+def print_report(report: dict, out: Path) -> None:
+    """Every point with its prediction and error, the summary, the fitted figures, where the preset
+    went, and last, in replay's words, whether the measurement behind it can be trusted: ``calibration:
+    valid`` or ``calibration: invalid: <reasons>`` (a finding with a flag: exit 0 either way)."""
     res = report["residuals"]
     click.echo("prefill (tokens, measured s, predicted s, error):")
     for p in res["prefill"]:
@@ -148,10 +150,14 @@ def _print(report: dict) -> None:
     cal = report["calibration"]
     bound = set(report["at_bound"])
     click.echo(
-        "calibration: "
+        "fitted: "
         + ", ".join(
             f"{k} {v:.4g}{' (bound)' if k in bound else ''}"
             for k, v in cal.items()
             if k != "memory_utilization"
         )
     )
+    validity = report["validity"]
+    flag = "" if validity["valid"] else "; its measurement is INVALID (below), not a clean result"
+    click.echo(f"preset: {out}  (fit: {out.with_suffix('.fit.json')}){flag}")
+    click.echo(f"calibration: {validity['verdict']}")
