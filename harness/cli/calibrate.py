@@ -6,13 +6,14 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from harness.calibrate import CalibrationPlan, Target, calibrate, fit_report, preset_toml, probe_tokenize
-from harness.cli._options import time_scale_option
+from harness.cli._options import FiniteFloatRange, time_scale_option
 from harness.errors import InputError
 from harness.loadgen import Endpoint, Timeouts
 from harness.loadgen.client import check_endpoint
@@ -22,7 +23,10 @@ from harness.model.presets import Calibration, Hardware, load_hardware, load_mod
 def _nominal(like, peak_tflops, hbm_tbps, hbm_gb, name) -> Hardware:
     """The hardware whose peak figures the fit measures efficiencies against."""
     if like is not None:
-        hw = load_hardware(like)
+        try:
+            hw = load_hardware(like)
+        except InputError as exc:
+            raise InputError(f"--like: {exc}") from None
     elif peak_tflops is None or hbm_tbps is None or hbm_gb is None:
         raise InputError(
             "give the hardware's peak figures: --like PRESET, or --peak-tflops, --hbm-tbps and --hbm-gb"
@@ -38,6 +42,22 @@ def _nominal(like, peak_tflops, hbm_tbps, hbm_gb, name) -> Hardware:
     return replace(hw, name=name, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _check_out(out: Path) -> None:
+    """Refuse, before minutes of measuring, an ``--out`` the preset could not be written to: its
+    nearest existing ancestor must be a directory a file can be created in (missing directories below
+    it are made at the end). Tried, not judged from permission bits, which root ignores."""
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"--out {out}: {ancestor} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write in {ancestor} ({exc.strerror or exc})") from None
+
+
 def _echo(line: str) -> None:
     click.echo(line, err=True)
 
@@ -49,11 +69,11 @@ def _echo(line: str) -> None:
 @click.option(
     "--like", help="Hardware preset whose peak figures, price and memory_utilization to start from."
 )
-@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), help="Dense BF16 peak per GPU.")
+@click.option("--peak-tflops", type=FiniteFloatRange(min=0, min_open=True), help="Dense BF16 peak per GPU.")
 @click.option(
-    "--hbm-tbps", type=click.FloatRange(min=0, min_open=True), help="Memory bandwidth per GPU (TB/s)."
+    "--hbm-tbps", type=FiniteFloatRange(min=0, min_open=True), help="Memory bandwidth per GPU (TB/s)."
 )
-@click.option("--hbm-gb", type=click.FloatRange(min=0, min_open=True), help="Memory per GPU (GB).")
+@click.option("--hbm-gb", type=FiniteFloatRange(min=0, min_open=True), help="Memory per GPU (GB).")
 @click.option("--gpus", type=click.IntRange(1, 1024), default=1, show_default=True, help="GPUs per instance.")
 @click.option("--name", default="calibrated", show_default=True, help="The preset's name.")
 @click.option(
@@ -95,9 +115,13 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     figures), and writes a preset a scenario's [hardware] local can name by path, its residuals beside
     it. See docs/calibration.md.
     """
-    model = load_model(model_preset)
+    try:
+        model = load_model(model_preset)
+    except InputError as exc:
+        raise InputError(f"--model-preset: {exc}") from None
     nominal = _nominal(like, peak_tflops, hbm_tbps, hbm_gb, name)
     out = Path(out_path)
+    _check_out(out)
     api_key = os.environ.get(api_key_env) or None
     endpoint = Endpoint(name="engine", model=served, url=url)
     check_endpoint(endpoint, api_key=api_key, timeouts=Timeouts())
@@ -107,6 +131,15 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
         _echo(f"prompts: token-exact with {endpoint.url}/tokenize")
     if max_prompt_tokens is None:
         max_prompt_tokens = min(limit // 2, 32768) if limit else 8192
+        if max_prompt_tokens < 256:
+            raise InputError(
+                f"the server's max_model_len {limit} (from /tokenize) allows prompts of {max_prompt_tokens} "
+                "tokens by default; calibrate needs --max-prompt-tokens of at least 256"
+            )
+    elif limit and max_prompt_tokens >= limit:  # refused now, not as failed requests minutes later
+        raise InputError(
+            f"--max-prompt-tokens {max_prompt_tokens} is not below the server's max_model_len {limit}"
+        )
     target = Target(
         url=endpoint.url,
         model=served,
