@@ -304,14 +304,14 @@ def test_calibrate_recovers_the_preset_an_emulated_serve_runs(tmp_path):
         for name, meta in metas.items()
         for reason in meta["summaries"]["engine"]["validity"]["reasons"]
     ]
-    assert validity["reasons"] == expected
+    assert validity["reasons"] == expected, (validity["reasons"], expected)
     assert (
         validity["valid"]
         is (not expected)
         is all(m["validity"]["verdict"] == "valid" for m in metas.values())
     )
     assert validity["verdict"] == ("valid" if not expected else "invalid: " + "; ".join(expected))
-    assert result.output.splitlines()[-1] == f"calibration: {validity['verdict']}"
+    assert result.output.splitlines()[-1] == f"calibration: {validity['verdict']}", result.output
     heading = "# measurement: valid" if validity["valid"] else "# measurement: INVALID"
     assert out.read_text().split("[calibration]\n")[1].startswith(heading)
 
