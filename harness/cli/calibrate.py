@@ -113,7 +113,8 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     unique (no prefix-cache hits) and the server's caches are reset before each run. The fit uses the
     cost model's own terms for the --model-preset on --gpus x the nominal hardware (--like, or the peak
     figures), and writes a preset a scenario's [hardware] local can name by path, its residuals beside
-    it. See docs/calibration.md.
+    it. The last line says whether the measurement can be trusted: valid only when every run's replay
+    verdict is (also in the .fit.json and the preset's [calibration]). See docs/calibration.md.
     """
     try:
         model = load_model(model_preset)
