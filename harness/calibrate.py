@@ -13,16 +13,20 @@ the load generator's own):
   deliver in bursts (vLLM on two shared cores does).
 
 Every prompt has its own prefix block ids, so no request hits the prefix cache, and replay resets the
-server's caches before each run. The fit itself is ``harness.model.fit`` (pure); this module is the edge.
+server's caches before each run. Each run keeps replay's validity verdict (``harness.validity``); the
+calibration is valid only when every run is (``measurement_validity``). The fit itself is
+``harness.model.fit`` (pure); this module is the edge.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from harness.model.fit import CalibrationFit, Measurements, fit_calibration
 from harness.model.presets import Hardware, ModelSpec
 from harness.records import read_records
 from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace
+from harness.validity import VALID
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +127,7 @@ class _Runner:
         self.target, self.out = target, out
         self.next_id = secrets.randbelow(2**40) * 1024  # block ids no earlier run of this server used
         self.runs = 0
+        self.verdicts: dict[str, str] = {}  # run directory name -> replay's verdict of that run
 
     def run(self, lengths: list[int], output_tokens: int, concurrency: int) -> pd.DataFrame:
         trace = _trace(lengths, output_tokens, self.next_id)
@@ -140,6 +146,7 @@ class _Runner:
         )
         self.runs += 1
         result = replay(trace, config, self.out / f"run{self.runs:02d}", quiet=True)
+        self.verdicts[result.run_dir.name] = result.verdict
         records = read_records(result.run_dir)
         failed = records[records["status"] != "ok"]
         if len(failed):
@@ -172,8 +179,11 @@ def decode_point(short: pd.DataFrame, long: pd.DataFrame, extra_tokens: int) -> 
     return batch, context, (_span_s(long) - _span_s(short)) / extra_tokens
 
 
-def measure(target: Target, plan: CalibrationPlan, out: Path, *, echo=print) -> Measurements:
-    """Run the plan against the target; the measurements in model seconds."""
+def measure(
+    target: Target, plan: CalibrationPlan, out: Path, *, echo=print
+) -> tuple[Measurements, dict[str, str]]:
+    """Run the plan against the target: the measurements in model seconds, and each run's verdict (run
+    directory name -> replay's ``valid`` / ``invalid: …``)."""
     runner = _Runner(target, out)
     scale = target.time_scale
     lengths = [n for _ in range(plan.prefill_repeats) for n in plan.prefill_tokens]  # interleaved
@@ -199,13 +209,35 @@ def measure(target: Target, plan: CalibrationPlan, out: Path, *, echo=print) -> 
             ]
             points.append((runs[0][0], runs[0][1], float(np.median([r[2] for r in runs]))))
     batch, context, step = (np.array(v) for v in zip(*points, strict=True))
-    return Measurements(
+    measured = Measurements(
         prefill_tokens=prefill_tokens,
         prefill_s=prefill_s,
         decode_batch=batch.astype(int),
         decode_context=context.astype(int),
         decode_step_s=step.astype(float) * scale,
     )
+    return measured, runner.verdicts
+
+
+def measurement_validity(runs: Mapping[str, str]) -> dict[str, Any]:
+    """One verdict over every measurement run (``runs``: run name -> replay's verdict text): valid only
+    when every run is; else every reason of every run that is not, each prefixed by its run's name (a
+    run without a verdict counts as invalid: nothing says its times can be trusted). Every reason is one
+    line (whitespace collapsed): it is printed, and written as a TOML comment."""
+    reasons = [
+        re.sub(r"\s+", " ", f"{name}: {reason}").strip()
+        for name, text in runs.items()
+        if text != VALID
+        for reason in (
+            text.removeprefix("invalid: ").split("; ")
+            if text.startswith("invalid: ")
+            else [f"no validity verdict ({text})"]
+        )
+    ]
+    if not runs:
+        reasons = ["no measurement runs"]
+    text = "invalid: " + "; ".join(reasons) if reasons else VALID
+    return {"verdict": text, "valid": not reasons, "reasons": reasons, "runs": dict(runs)}
 
 
 def calibrate(
@@ -217,17 +249,20 @@ def calibrate(
     out: Path,
     *,
     echo=print,
-) -> CalibrationFit:
-    """Measure the target and fit ``nominal``'s calibration for ``gpus`` × it serving ``model``."""
-    m = measure(target, plan, out, echo=echo)
+) -> tuple[CalibrationFit, dict[str, Any]]:
+    """Measure the target and fit ``nominal``'s calibration for ``gpus`` × it serving ``model``; with
+    the fit, the measurement's validity (``measurement_validity``)."""
+    m, verdicts = measure(target, plan, out, echo=echo)
     try:
-        return fit_calibration(model, nominal, gpus, m)
+        return fit_calibration(model, nominal, gpus, m), measurement_validity(verdicts)
     except ValueError as exc:
         raise InputError(f"calibration of {target.url}: {exc}") from None
 
 
-def preset_toml(fit: CalibrationFit, *, header: str) -> str:
-    """The fitted hardware preset in the format of ``harness/presets/hardware`` (``load_hardware`` reads it)."""
+def preset_toml(fit: CalibrationFit, *, header: str, validity: Mapping[str, Any]) -> str:
+    """The fitted hardware preset in the format of ``harness/presets/hardware`` (``load_hardware`` reads it).
+    Its ``[calibration]`` opens with the measurement's verdict as comments (the loader knows no such
+    field), one line per reason, so whoever reads the figures reads whether to trust them first."""
     hw, cal = fit.hardware, fit.hardware.calibration
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     lines += [
@@ -239,6 +274,8 @@ def preset_toml(fit: CalibrationFit, *, header: str) -> str:
         ),
         "",
         "[calibration]",
+        f"# measurement: {'valid' if validity['valid'] else 'INVALID, the figures below are not a clean result:'}",
+        *(f"#   {reason}" for reason in validity["reasons"]),
     ]
     for name in ("prefill_overhead_s", "gemm_efficiency", "attention_efficiency", "decode_overhead_s",
                  "decode_efficiency", "hbm_efficiency", "memory_utilization"):  # fmt: skip
@@ -248,9 +285,16 @@ def preset_toml(fit: CalibrationFit, *, header: str) -> str:
 
 
 def fit_report(
-    fit: CalibrationFit, *, model: str, gpus: int, target: Target, plan: CalibrationPlan
+    fit: CalibrationFit,
+    *,
+    model: str,
+    gpus: int,
+    target: Target,
+    plan: CalibrationPlan,
+    validity: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """What goes in the JSON beside the preset: the fitted parameters, the plan and every residual."""
+    """What goes in the JSON beside the preset: the fitted parameters, the plan, every residual and the
+    measurement's validity (``measurement_validity``)."""
     cal = fit.hardware.calibration
     return {
         "endpoint": target.url,
@@ -262,4 +306,5 @@ def fit_report(
         "calibration": {k: getattr(cal, k) for k in cal.__dataclass_fields__},
         "at_bound": list(fit.at_bound),
         "residuals": fit.residuals(),
+        "validity": dict(validity),
     }

@@ -175,6 +175,126 @@ def test_url_credentials_together_with_an_api_key(tmp_path, good_trace):
     assert "secret" not in res.output and "sk-test" not in res.output
 
 
+# Against a server that answers (the fake), so the flag, not a dead endpoint, is what is refused.
+# --scrape-interval 0 is not bad input: it turns scraping off (tests/test_telemetry.py).
+BAD_SCRAPE_FLAGS = {
+    "scrape interval negative": ["--scrape-interval", "-1"],
+    "scrape interval not a number": ["--scrape-interval", "often"],
+    "scrape interval nan": ["--scrape-interval", "nan"],
+    "scrape interval inf": ["--scrape-interval", "inf"],
+    "scrape metric empty": ["--scrape-metric", ""],
+    "scrape metric with a space": ["--scrape-metric", "vllm num_requests"],
+    "scrape metric with a hyphen": ["--scrape-metric", "vllm-num-requests"],
+    "scrape metric unclosed bracket": ["--scrape-metric", "vllm:num[abc"],
+    "metrics url not a url": ["--metrics-url", "not a url"],
+    "metrics url empty": ["--metrics-url", ""],
+    "metrics url ftp": ["--metrics-url", "ftp://127.0.0.1:21"],
+    "metrics url no host": ["--metrics-url", "http://:8000"],
+    "time scale nan": ["--time-scale", "nan"],
+}
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    with ServerThread(FakeServer()) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SCRAPE_FLAGS))
+def test_bad_scrape_flags(tmp_path, good_trace, fake_server, name):
+    args = ["replay", "--endpoint", fake_server.url, "--model", "m", "--trace", str(good_trace), "--quiet"]
+    res = _run(*args, *BAD_SCRAPE_FLAGS[name], "--out", str(tmp_path / "out"))
+    _assert_one_line_exit_2(res)
+    assert BAD_SCRAPE_FLAGS[name][0] in res.output
+    assert not (tmp_path / "out").exists()  # refused before the run
+
+
+def test_bad_scrape_metric_in_a_scenario_names_the_key(tmp_path, good_trace, fake_server):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "x"\n[replay]\nscrape_metrics = ["vllm:num_requests_running", "kv usage"]\n')
+    args = ["replay", "--endpoint", fake_server.url, "--model", "m", "--trace", str(good_trace), "--quiet"]
+    res = _run(*args, "--scenario", str(scenario), "--out", str(tmp_path / "out"))
+    _assert_one_line_exit_2(res)
+    assert "[replay] scrape_metrics 'kv usage'" in res.output
+
+
+def test_an_unreachable_metrics_url_is_not_bad_input(tmp_path, good_trace, fake_server):
+    """Scraping is telemetry: a --metrics-url nobody answers neither stops nor fails the run; meta.json
+    records every failed scrape, and one warning says there is no series for it."""
+    args = ["replay", "--endpoint", fake_server.url, "--model", "m", "--trace", str(good_trace), "--quiet"]
+    res = _run(
+        *args, "--speedup", "100", "--metrics-url", "http://127.0.0.1:9", "--out", str(tmp_path / "out")
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "out" / "meta.json").read_text())["summaries"]["default"]
+    assert summary["requests"] == 2 and summary["failed"] == 0
+    dead = summary["server_metrics"]["http://127.0.0.1:9"]
+    assert dead["scrapes"] == 0 and dead["failed"] >= 1 and "no scrape answered" in dead["warning"]
+    assert summary["server_metrics"][fake_server.url]["scrapes"] >= 1
+    assert "http://127.0.0.1:9/metrics: no scrape answered" in res.output
+
+
+# Each is refused before anything is measured: calibrate against the fake server would otherwise run.
+# The flag refused comes first; the flags after it are good. Each is refused before anything is
+# measured: calibrate against the fake server would otherwise run.
+BAD_CALIBRATE_FLAGS = {
+    "peak tflops zero": ["--peak-tflops", "0", "--hbm-tbps", "1", "--hbm-gb", "1"],
+    "peak tflops negative": ["--peak-tflops", "-1", "--hbm-tbps", "1", "--hbm-gb", "1"],
+    "peak tflops nan": ["--peak-tflops", "nan", "--like", "H200"],
+    "peak tflops inf": ["--peak-tflops", "inf", "--like", "H200"],
+    "hbm tbps zero": ["--hbm-tbps", "0", "--like", "H200"],
+    "hbm tbps negative": ["--hbm-tbps", "-4.8", "--like", "H200"],
+    "hbm tbps not a number": ["--hbm-tbps", "fast", "--like", "H200"],
+    "hbm gb nan": ["--hbm-gb", "nan", "--like", "H200"],
+    "gpus zero": ["--gpus", "0", "--like", "H200"],
+    "max prompt tokens below the minimum": ["--max-prompt-tokens", "100", "--like", "H200"],
+    "max prompt tokens beyond the server's context": ["--max-prompt-tokens", "2000000", "--like", "H200"],
+    "like preset that does not exist": ["--like", "B900"],
+    "like preset file that does not exist": ["--like", "/nonexistent/gpu.toml"],
+    "model preset that does not exist": ["--model-preset", "no-such-model", "--like", "H200"],
+    "time scale inf": ["--time-scale", "inf", "--like", "H200"],
+    "out under a file": ["--out", "{tmp}/a-file/p.toml", "--like", "H200"],
+    "out in a read-only place": ["--out", "/proc/prfaas-calibrated.toml", "--like", "H200"],
+    "out is a directory": ["--out", "{tmp}", "--like", "H200"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALIBRATE_FLAGS))
+def test_bad_calibrate_flags(tmp_path, fake_server, name):
+    (tmp_path / "a-file").write_text("x")
+    flags = [a.replace("{tmp}", str(tmp_path)) for a in BAD_CALIBRATE_FLAGS[name]]
+    base = ["calibrate", "--endpoint", fake_server.url, "--model", "m", "--quick"]
+    base += [] if "--model-preset" in flags else ["--model-preset", "kimi-1t-hybrid"]
+    base += [] if "--out" in flags else ["--out", str(tmp_path / "p.toml")]
+    before = fake_server.server.requests
+    res = _run(*base, *flags)
+    _assert_one_line_exit_2(res)
+    assert flags[0] in res.output, res.output
+    assert fake_server.server.requests == before  # nothing measured
+    assert not (tmp_path / "p.toml").exists() and not (tmp_path / "p.runs").exists()
+
+
+def test_calibrate_against_a_server_whose_context_is_too_short(tmp_path):
+    """The default longest prompt is half the server's max_model_len (from /tokenize): below the
+    plan's minimum that is one line naming the server's figure and the flag, not a traceback."""
+    with ServerThread(FakeServer(max_model_len=300)) as srv:
+        res = _run("calibrate", "--endpoint", srv.url, "--model", "m", "--model-preset", "kimi-1t-hybrid",
+                   "--like", "H200", "--out", str(tmp_path / "p.toml"))  # fmt: skip
+        assert srv.server.requests == 0
+    _assert_one_line_exit_2(res)
+    assert "max_model_len 300" in res.output and "--max-prompt-tokens" in res.output
+
+
+def test_calibrate_makes_a_missing_out_directory_it_can(tmp_path):
+    """Not bad input: --out in directories that do not exist yet, under one that can be written, is
+    accepted like replay's --out (they are made when the preset is written). Shown by the check alone,
+    which must pass and leave nothing behind."""
+    from harness.cli.calibrate import _check_out
+
+    _check_out(tmp_path / "new" / "deeper" / "p.toml")
+    assert list(tmp_path.iterdir()) == []
+
+
 class BadJsonServer(ScriptedServer):
     """An event stream whose data is not JSON."""
 
@@ -215,4 +335,5 @@ def test_servers_that_answer_badly(tmp_path, good_trace, name):
 
 def test_the_corpus_has_at_least_40_cases():
     n = len(TRACES) + 3 + len(BAD_REPLAY_FLAGS) + 1 + 7 + len(BAD_URLS) + 1 + len(SERVERS)
-    assert n >= 40
+    n += len(BAD_SCRAPE_FLAGS) + 1 + len(BAD_CALIBRATE_FLAGS) + 1
+    assert n >= 70

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from harness.calibrate import CalibrationPlan, Target, fit_report, measurement_validity, preset_toml
 from harness.cli import main
+from harness.cli.calibrate import print_report
 from harness.emulation.clusters import EmulatedClusters
 from harness.model.cost import InstanceCost
 from harness.model.fit import Measurements, fit_calibration, nnls
@@ -98,6 +100,85 @@ def test_too_few_points_is_one_line_not_a_traceback():
     m = _exact("kimi-1t-hybrid", "H200", 8, [512, 2048], [1, 2], [1024])
     with pytest.raises(ValueError, match="three or more prompt lengths"):
         fit_calibration(load_model("kimi-1t-hybrid"), load_hardware("H200"), 8, m)
+
+
+LAG = "client send-lag p99 40.0 ms > 10 ms (the client fell behind its schedule)"
+CPU = "other processes used 97% of CPU time (> 50%)"
+
+
+def test_the_calibration_is_valid_only_when_every_run_is():
+    """Hand-made run verdicts: valid + valid is valid; one invalid run makes it invalid with that run's
+    reasons, each naming the run; a run without a verdict is not trusted, nor is a calibration with no
+    runs at all. A reason is one line whatever it held."""
+    both = measurement_validity({"run01": "valid", "run02": "valid"})
+    assert both == {
+        "verdict": "valid",
+        "valid": True,
+        "reasons": [],
+        "runs": {"run01": "valid", "run02": "valid"},
+    }
+    one = measurement_validity({"run01": "valid", "run02": f"invalid: {LAG}; {CPU}"})
+    assert one["valid"] is False
+    assert one["reasons"] == [f"run02: {LAG}", f"run02: {CPU}"]
+    assert one["verdict"] == f"invalid: run02: {LAG}; run02: {CPU}"
+    assert one["runs"] == {"run01": "valid", "run02": f"invalid: {LAG}; {CPU}"}
+    mixed = measurement_validity({"run01": f"invalid: {CPU}", "run02": "valid", "run03": "unknown"})
+    assert mixed["reasons"] == [f"run01: {CPU}", "run03: no validity verdict (unknown)"]
+    assert measurement_validity({})["valid"] is False
+    assert measurement_validity({"run01": "invalid: two\n  lines"})["reasons"] == ["run01: two lines"]
+
+
+def _fit():
+    m = _exact("kimi-1t-hybrid", "H200", 8, [512, 2048, 8192, 32768], [1, 8, 32], [1024, 8192])
+    return fit_calibration(load_model("kimi-1t-hybrid"), load_hardware("H200"), 8, m)
+
+
+def test_an_invalid_measurement_shows_in_the_preset_the_fit_and_the_last_printed_line(tmp_path, capsys):
+    """The verdict reaches all three places a user reads, and the preset stays loadable (the verdict is
+    a comment: the loader refuses unknown fields) with the fitted figures unchanged, even when a
+    reason carries a newline or TOML syntax; ``simulate`` runs a scenario that names it by path."""
+    fit = _fit()
+    validity = measurement_validity(
+        {"run01": "valid", "run02": f"invalid: {CPU}", "run03": 'invalid: x\n[y] = "z"'}
+    )
+    out = tmp_path / "fitted.toml"
+    out.write_text(preset_toml(fit, header="a test", validity=validity))
+    loaded, fitted = load_hardware(out).calibration, fit.hardware.calibration
+    for name in (*FIELDS, "memory_utilization"):  # written to 6 significant digits
+        assert getattr(loaded, name) == pytest.approx(getattr(fitted, name), rel=1e-5), name
+    section = out.read_text().split("[calibration]\n")[1].splitlines()
+    assert section[:3] == [
+        "# measurement: INVALID, the figures below are not a clean result:",
+        f"#   run02: {CPU}",
+        '#   run03: x [y] = "z"',
+    ]
+    plan = CalibrationPlan.spanning(32768, quick=True)
+    report = fit_report(fit, model="kimi-1t-hybrid", gpus=8, target=Target(url="http://h", model="m"), plan=plan,
+                        validity=validity)  # fmt: skip
+    assert json.loads(json.dumps(report))["validity"] == validity
+    print_report(report, out)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f'calibration: invalid: run02: {CPU}; run03: x [y] = "z"'
+    assert lines[-2].startswith(f"preset: {out}") and "INVALID" in lines[-2]
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO.replace('local = "H200"', f'local = "{out}"'))
+    result = CliRunner().invoke(
+        main, ["simulate", str(scenario), "--rate", "0.2", "--duration", "30", "--out", str(tmp_path / "sim")]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_a_valid_measurement_says_so(tmp_path, capsys):
+    validity = measurement_validity({"run01": "valid", "run02": "valid"})
+    out = tmp_path / "fitted.toml"
+    text = preset_toml(_fit(), header="a test", validity=validity)
+    assert text.split("[calibration]\n")[1].splitlines()[0] == "# measurement: valid"
+    plan = CalibrationPlan.spanning(32768, quick=True)
+    report = fit_report(_fit(), model="kimi-1t-hybrid", gpus=8, target=Target(url="http://h", model="m"), plan=plan,
+                        validity=validity)  # fmt: skip
+    print_report(report, out)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "calibration: valid" and "INVALID" not in lines[-2]
 
 
 def _free_port() -> int:
@@ -210,7 +291,29 @@ def test_calibrate_recovers_the_preset_an_emulated_serve_runs(tmp_path):
     assert cal.gemm_efficiency == pytest.approx(ref.gemm_efficiency, rel=0.20)
     assert cal.decode_overhead_s == pytest.approx(ref.decode_overhead_s, rel=0.10)
     assert "prefill (tokens, measured s, predicted s, error)" in result.output
-    assert Path(out.with_suffix(".runs")).is_dir()
+    # The verdict, valid or not (a busy machine decides), recomputed from every run's own meta.json.
+    metas = {
+        run.name: json.loads((run / "meta.json").read_text())
+        for run in sorted(out.with_suffix(".runs").iterdir())
+    }
+    validity = report["validity"]
+    assert len(metas) == 1 + 2 * 3 * 3 * 2  # one prefill run; 2 prompts x 3 batches x 3 repeats x 2 lengths
+    assert validity["runs"] == {name: meta["validity"]["verdict"] for name, meta in metas.items()}
+    expected = [
+        f"{name}: {reason}"
+        for name, meta in metas.items()
+        for reason in meta["summaries"]["engine"]["validity"]["reasons"]
+    ]
+    assert validity["reasons"] == expected, (validity["reasons"], expected)
+    assert (
+        validity["valid"]
+        is (not expected)
+        is all(m["validity"]["verdict"] == "valid" for m in metas.values())
+    )
+    assert validity["verdict"] == ("valid" if not expected else "invalid: " + "; ".join(expected))
+    assert result.output.splitlines()[-1] == f"calibration: {validity['verdict']}", result.output
+    heading = "# measurement: valid" if validity["valid"] else "# measurement: INVALID"
+    assert out.read_text().split("[calibration]\n")[1].startswith(heading)
 
 
 def test_a_server_that_is_not_openai_compatible_is_one_line_and_exit_2(tmp_path):

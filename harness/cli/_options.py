@@ -58,11 +58,22 @@ def prefix_option(default: str, what: str):
     )
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's ``FloatRange`` that also refuses ``nan`` and ``inf``: ``nan`` compares false with every
+    bound, so ``FloatRange(min=0, min_open=True)`` lets it through, and an open top lets ``inf`` in."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def time_scale_option(command):
     """``--time-scale S``: model seconds per wall second, for runs against ``serve --speedup S``."""
     return click.option(
         "--time-scale",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloatRange(min=0, min_open=True),
         default=1.0,
         show_default=True,
         help="Against `serve --speedup S`, give S: times are read S times longer (the modelled "

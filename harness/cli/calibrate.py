@@ -6,13 +6,14 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from harness.calibrate import CalibrationPlan, Target, calibrate, fit_report, preset_toml, probe_tokenize
-from harness.cli._options import time_scale_option
+from harness.cli._options import FiniteFloatRange, time_scale_option
 from harness.errors import InputError
 from harness.loadgen import Endpoint, Timeouts
 from harness.loadgen.client import check_endpoint
@@ -22,7 +23,10 @@ from harness.model.presets import Calibration, Hardware, load_hardware, load_mod
 def _nominal(like, peak_tflops, hbm_tbps, hbm_gb, name) -> Hardware:
     """The hardware whose peak figures the fit measures efficiencies against."""
     if like is not None:
-        hw = load_hardware(like)
+        try:
+            hw = load_hardware(like)
+        except InputError as exc:
+            raise InputError(f"--like: {exc}") from None
     elif peak_tflops is None or hbm_tbps is None or hbm_gb is None:
         raise InputError(
             "give the hardware's peak figures: --like PRESET, or --peak-tflops, --hbm-tbps and --hbm-gb"
@@ -38,6 +42,22 @@ def _nominal(like, peak_tflops, hbm_tbps, hbm_gb, name) -> Hardware:
     return replace(hw, name=name, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _check_out(out: Path) -> None:
+    """Refuse, before minutes of measuring, an ``--out`` the preset could not be written to: its
+    nearest existing ancestor must be a directory a file can be created in (missing directories below
+    it are made at the end). Tried, not judged from permission bits, which root ignores."""
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"--out {out}: {ancestor} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write in {ancestor} ({exc.strerror or exc})") from None
+
+
 def _echo(line: str) -> None:
     click.echo(line, err=True)
 
@@ -49,11 +69,11 @@ def _echo(line: str) -> None:
 @click.option(
     "--like", help="Hardware preset whose peak figures, price and memory_utilization to start from."
 )
-@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), help="Dense BF16 peak per GPU.")
+@click.option("--peak-tflops", type=FiniteFloatRange(min=0, min_open=True), help="Dense BF16 peak per GPU.")
 @click.option(
-    "--hbm-tbps", type=click.FloatRange(min=0, min_open=True), help="Memory bandwidth per GPU (TB/s)."
+    "--hbm-tbps", type=FiniteFloatRange(min=0, min_open=True), help="Memory bandwidth per GPU (TB/s)."
 )
-@click.option("--hbm-gb", type=click.FloatRange(min=0, min_open=True), help="Memory per GPU (GB).")
+@click.option("--hbm-gb", type=FiniteFloatRange(min=0, min_open=True), help="Memory per GPU (GB).")
 @click.option("--gpus", type=click.IntRange(1, 1024), default=1, show_default=True, help="GPUs per instance.")
 @click.option("--name", default="calibrated", show_default=True, help="The preset's name.")
 @click.option(
@@ -93,10 +113,16 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     unique (no prefix-cache hits) and the server's caches are reset before each run. The fit uses the
     cost model's own terms for the --model-preset on --gpus x the nominal hardware (--like, or the peak
     figures), and writes a preset a scenario's [hardware] local can name by path, its residuals beside
-    it. See docs/calibration.md.
+    it. The last line says whether the measurement can be trusted: valid only when every run's replay
+    verdict is (also in the .fit.json and the preset's [calibration]). See docs/calibration.md.
     """
-    model = load_model(model_preset)
+    try:
+        model = load_model(model_preset)
+    except InputError as exc:
+        raise InputError(f"--model-preset: {exc}") from None
     nominal = _nominal(like, peak_tflops, hbm_tbps, hbm_gb, name)
+    out = Path(out_path)
+    _check_out(out)
     api_key = os.environ.get(api_key_env) or None
     endpoint = Endpoint(name="engine", model=served, url=url)
     check_endpoint(endpoint, api_key=api_key, timeouts=Timeouts())
@@ -106,6 +132,15 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
         _echo(f"prompts: token-exact with {endpoint.url}/tokenize")
     if max_prompt_tokens is None:
         max_prompt_tokens = min(limit // 2, 32768) if limit else 8192
+        if max_prompt_tokens < 256:
+            raise InputError(
+                f"the server's max_model_len {limit} (from /tokenize) allows prompts of {max_prompt_tokens} "
+                "tokens by default; calibrate needs --max-prompt-tokens of at least 256"
+            )
+    elif limit and max_prompt_tokens >= limit:  # refused now, not as failed requests minutes later
+        raise InputError(
+            f"--max-prompt-tokens {max_prompt_tokens} is not below the server's max_model_len {limit}"
+        )
     target = Target(
         url=endpoint.url,
         model=served,
@@ -114,22 +149,23 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
         time_scale=time_scale,
     )
     plan = CalibrationPlan.spanning(max_prompt_tokens, quick=quick)
-    out = Path(out_path)
-    fit = calibrate(target, model, nominal, gpus, plan, out.with_suffix(".runs"), echo=_echo)
+    fit, validity = calibrate(target, model, nominal, gpus, plan, out.with_suffix(".runs"), echo=_echo)
     header = (
         f"Calibrated by prfaas-bench calibrate against {endpoint.url} (model {served}) for {gpus} x this\n"
         f"hardware serving the {model.name} preset. Fit and residuals: {out.with_suffix('.fit.json').name}\n"
         f"Command: {shlex.join(['prfaas-bench', *sys.argv[1:]])}"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(preset_toml(fit, header=header))
-    report = fit_report(fit, model=model_preset, gpus=gpus, target=target, plan=plan)
+    out.write_text(preset_toml(fit, header=header, validity=validity))
+    report = fit_report(fit, model=model_preset, gpus=gpus, target=target, plan=plan, validity=validity)
     out.with_suffix(".fit.json").write_text(json.dumps(report, indent=2) + "\n")
-    _print(report)
-    click.echo(f"preset: {out}  (fit: {out.with_suffix('.fit.json')})")
+    print_report(report, out)
 
 
-def _print(report: dict) -> None:
+def print_report(report: dict, out: Path) -> None:
+    """Every point with its prediction and error, the summary, the fitted figures, where the preset
+    went, and last, in replay's words, whether the measurement behind it can be trusted: ``calibration:
+    valid`` or ``calibration: invalid: <reasons>`` (a finding with a flag: exit 0 either way)."""
     res = report["residuals"]
     click.echo("prefill (tokens, measured s, predicted s, error):")
     for p in res["prefill"]:
@@ -148,10 +184,14 @@ def _print(report: dict) -> None:
     cal = report["calibration"]
     bound = set(report["at_bound"])
     click.echo(
-        "calibration: "
+        "fitted: "
         + ", ".join(
             f"{k} {v:.4g}{' (bound)' if k in bound else ''}"
             for k, v in cal.items()
             if k != "memory_utilization"
         )
     )
+    validity = report["validity"]
+    flag = "" if validity["valid"] else "; its measurement is INVALID (below), not a clean result"
+    click.echo(f"preset: {out}  (fit: {out.with_suffix('.fit.json')}){flag}")
+    click.echo(f"calibration: {validity['verdict']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -16,6 +17,20 @@ from harness.loadgen.telemetry import DEFAULT_INTERVAL_S, DEFAULT_PATTERNS
 APIS = ("completions", "chat")
 ARRIVALS = ("trace", "poisson", "gamma", "constant")
 _PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+# An fnmatch pattern that can match a Prometheus metric name: name characters, *, ? and [classes].
+_METRIC_PATTERN = re.compile(r"(?:[A-Za-z0-9_:*?]|\[!?\]?[^\]]*\])+")
+
+
+def metric_patterns(patterns: tuple[str, ...], *, where: str = "--scrape-metric") -> tuple[str, ...]:
+    """``patterns`` if each can match a Prometheus metric name; else an InputError naming ``where`` (a
+    pattern that matches nothing would only leave the run without the server's series)."""
+    for pattern in patterns:
+        if not _METRIC_PATTERN.fullmatch(pattern):
+            raise InputError(
+                f"{where} {pattern!r} can match no metric name: use letters, digits, '_' and ':', with "
+                "fnmatch's *, ? and [...]"
+            )
+    return patterns
 
 
 def _base_url(url: str, what: str) -> str:
@@ -196,6 +211,7 @@ class ReplayConfig:
             raise InputError(
                 f"--scrape-interval must be >= 0 seconds (0 = off), got {self.scrape_interval_s}"
             )
+        metric_patterns(self.scrape_metrics)
         object.__setattr__(self, "site_urls", tuple(_base_url(u, "--metrics-url") for u in self.site_urls))
         if self.tokenize_url:
             object.__setattr__(self, "tokenize_url", _base_url(self.tokenize_url, "--tokenize-url"))

@@ -31,7 +31,7 @@ from pathlib import Path
 from harness.config.base import where
 from harness.config.runs import EndpointTable, ReplayTable
 from harness.errors import InputError, ScenarioError
-from harness.loadgen.config import Endpoint
+from harness.loadgen.config import Endpoint, metric_patterns
 from harness.scenario import Scenario
 
 
@@ -93,6 +93,10 @@ def parse_replay_section(scenario: Scenario) -> ReplaySection:
         cooldown_s=table.cooldown_s,
         seed=table.seed,
         scrape_interval_s=table.scrape_interval_s,
-        scrape_metrics=tuple(table.scrape_metrics) if table.scrape_metrics else None,
+        scrape_metrics=metric_patterns(
+            tuple(table.scrape_metrics), where=where(str(scenario.path), ("replay",), ("scrape_metrics",))
+        )
+        if table.scrape_metrics
+        else None,
         endpoints=table.endpoints,
     )

@@ -14,8 +14,8 @@ pass over the endpoint's servers).
 
 The scraper is a thread of its own, not a task on the client's event loop: a slow or dead server (a
 short timeout bounds each scrape) or a long exposition to parse never delays a send or a token
-timestamp. A server without ``/metrics`` (404, or text that is not Prometheus exposition) is one
-warning in meta.json and no series, never a failed run.
+timestamp. A server without ``/metrics`` (404, or text that is not Prometheus exposition), or one no
+scrape reached, is one warning in meta.json and no series, never a failed run.
 """
 
 from __future__ import annotations
@@ -220,7 +220,12 @@ class Scraper:
         if last:
             self.scrape_once()
         for root, state in self.servers.items():
-            if state.warning is None and state.scrapes and not state.samples:
+            if state.warning is None and state.failed and not state.scrapes:
+                state.warning = (
+                    f"{root}/metrics: no scrape answered ({state.failed} failed); no server series"
+                )
+                self.warn(state.warning)
+            elif state.warning is None and state.scrapes and not state.samples:
                 state.warning = f"{root}/metrics: none of its metrics matched the list kept; no server series"
                 self.warn(state.warning)
 
