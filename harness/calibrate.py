@@ -236,8 +236,21 @@ def measurement_validity(runs: Mapping[str, str]) -> dict[str, Any]:
     ]
     if not runs:
         reasons = ["no measurement runs"]
-    text = "invalid: " + "; ".join(reasons) if reasons else VALID
+    text = "invalid: " + "; ".join(_grouped(reasons)) if reasons else VALID
     return {"verdict": text, "valid": not reasons, "reasons": reasons, "runs": dict(runs)}
+
+
+def _grouped(reasons: list[str]) -> list[str]:
+    """The reasons for one line: those that differ only in their figures (the same check failing in
+    many runs of a busy machine) as the first of them and how many more runs said the same; the full
+    list stays in ``reasons``."""
+    groups: dict[str, list[str]] = {}
+    for reason in reasons:
+        groups.setdefault(re.sub(r"^[^:]*: |[0-9][0-9.]*", "#", reason), []).append(reason)
+    return [
+        first + (f" (and {len(rest)} more run{'s' if len(rest) > 1 else ''} like it)" if rest else "")
+        for first, *rest in groups.values()
+    ]
 
 
 def calibrate(
