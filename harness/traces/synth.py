@@ -108,11 +108,12 @@ def synthesize(spec: SynthSpec, seed: int) -> Trace:
     if spec.sessions is None:
         values, offsets = _independent_blocks(inputs, prompt_of, spec.system_prompts, spec.block_tokens)
         return Trace(input_tokens=inputs, hash_values=values, hash_offsets=offsets, **common)
-    inputs, values, offsets, session_id = _session_blocks(
+    inputs, values, offsets, session_id, turn = _session_blocks(
         spec.sessions, inputs, outputs, prompt_of, spec.system_prompts, spec.block_tokens, g_session
     )
     return Trace(
-        input_tokens=inputs, hash_values=values, hash_offsets=offsets, session_id=session_id, **common
+        input_tokens=inputs, hash_values=values, hash_offsets=offsets, session_id=session_id, turn=turn,
+        **common,
     )
 
 
@@ -150,6 +151,7 @@ def _independent_blocks(
 class _OpenSession:
     id: int
     turns_left: int
+    turn: int = -1
     last_input: int = 0
     last_output: int = 0
     blocks: list[int] = field(default_factory=list)
@@ -163,8 +165,8 @@ def _session_blocks(
     prompts: SystemPrompts | None,
     block: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs, CSR block ids and session ids when requests belong to growing multi-turn sessions."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, CSR block ids, session ids and turns when requests belong to growing multi-turn sessions."""
     n = len(first_inputs)
     per_prompt = _prompt_blocks(prompts, block)
     next_id = (prompts.count if prompts else 0) * per_prompt
@@ -174,6 +176,7 @@ def _session_blocks(
     slots: list[_OpenSession | None] = [None] * sessions.concurrent
     inputs = np.empty(n, dtype=np.int64)
     session_id = np.empty(n, dtype=np.int64)
+    turn = np.empty(n, dtype=np.int64)
     ids: list[list[int]] = []
     started = 0
     for i in range(n):
@@ -192,8 +195,9 @@ def _session_blocks(
         s.blocks = prefix + list(range(next_id, next_id + fresh))
         next_id += fresh
         s.turns_left -= 1
+        s.turn += 1
         s.last_input, s.last_output = length, int(outputs[i])
-        inputs[i], session_id[i] = length, s.id
+        inputs[i], session_id[i], turn[i] = length, s.id, s.turn
         ids.append(s.blocks)
     values, offsets = offsets_from_lists(ids)
-    return inputs, values, offsets, session_id
+    return inputs, values, offsets, session_id, turn
