@@ -129,6 +129,22 @@ def _is_token(choice: Any) -> bool:
     return bool(text) or not isinstance(choice.get("finish_reason"), str)
 
 
+def chunk_text(payload: bytes) -> str:
+    """The generated text a chunk carries ('' for none, or for a payload that is not a chunk)."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return ""
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    if not choices or not isinstance(choices[0], dict):
+        return ""
+    text = choices[0].get("text")
+    delta = choices[0].get("delta")
+    if text is None and isinstance(delta, dict):
+        text = delta.get("content")
+    return text if isinstance(text, str) else ""
+
+
 def parse_chunk(payload: bytes) -> Chunk:
     """Parse one JSON chunk; raises ValueError when it is not a JSON object."""
     obj = json.loads(payload)

@@ -20,6 +20,7 @@ class SessionGate:
     def __init__(self, plan: SessionPlan, zero: float = 0.0) -> None:
         self.plan, self.zero = plan, zero
         self._ends: dict[int, asyncio.Future[float]] = {}
+        self._successors = set(plan.predecessor[plan.predecessor >= 0].tolist())
 
     def _end(self, row: int) -> asyncio.Future[float]:
         fut = self._ends.get(row)
@@ -30,16 +31,26 @@ class SessionGate:
     def predecessor(self, row: int) -> int:
         return int(self.plan.predecessor[row])
 
-    async def release(self, row: int, at_s: float) -> tuple[float, float | None]:
-        """Wait until trace row ``row`` may be sent: a first turn at ``at_s``, a later turn at its
-        predecessor's end + its think time. Returns (that send time, the predecessor's end or None)."""
+    async def predecessor_end(self, row: int) -> float | None:
+        """Wait for the end of ``row``'s previous turn and return it (run clock); None for a first turn."""
         pred = self.predecessor(row)
-        pred_end = None
-        if pred >= 0:
-            pred_end = await self._end(pred)
-            at_s = pred_end + float(self.plan.think_s[row])
+        return None if pred < 0 else await self._end(pred)
+
+    def send_time(self, row: int, at_s: float, pred_end: float | None) -> float:
+        """When ``row`` goes out: a first turn at its scheduled ``at_s``, a later turn at its
+        predecessor's end plus its think time."""
+        return at_s if pred_end is None else pred_end + float(self.plan.think_s[row])
+
+    async def release(self, row: int, at_s: float) -> tuple[float, float | None]:
+        """Wait until trace row ``row`` may be sent (``send_time``); returns (that time, the
+        predecessor's end or None). A caller with work to do in between uses the two steps itself."""
+        pred_end = await self.predecessor_end(row)
+        at_s = self.send_time(row, at_s, pred_end)
         await sleep_until(self.zero + at_s)
         return at_s, pred_end
+
+    def has_successor(self, row: int) -> bool:
+        return row in self._successors
 
     def ended(self, row: int, end_s: float) -> None:
         """Trace row ``row`` ended (ok or failed) at ``end_s``: its successor's think time starts."""
