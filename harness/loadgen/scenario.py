@@ -51,6 +51,7 @@ class ReplaySection:
     seed: int | None = None
     scrape_interval_s: float | None = None
     scrape_metrics: tuple[str, ...] | None = None
+    sessions: str | None = None  # [workload] sessions: session mode's think time
     endpoints: Mapping[str, EndpointTable] = field(default_factory=dict)
 
     def build_endpoints(self, model: str, api: str) -> tuple[Endpoint, ...]:
@@ -94,5 +95,6 @@ def parse_replay_section(scenario: Scenario) -> ReplaySection:
         seed=table.seed,
         scrape_interval_s=table.scrape_interval_s,
         scrape_metrics=tuple(table.scrape_metrics) if table.scrape_metrics else None,
+        sessions=getattr(scenario.config.workload, "sessions", None),
         endpoints=table.endpoints,
     )
