@@ -76,7 +76,10 @@ def _fmt(value, spec: str = ".3g") -> str:
     "(default from [workload] sessions; docs/traces.md).",
 )
 @click.option(
-    "--think", default=None, metavar="trace|fixed:S|exp:MEAN", help="Session mode's think time (default: trace)."
+    "--think",
+    default=None,
+    metavar="trace|fixed:S|exp:MEAN",
+    help="Session mode's think time (default: trace).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def command(

@@ -8,9 +8,6 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from harness.errors import InputError
-from harness.traces.sessions import ThinkTime
-
 from harness.config.base import (
     MAX_INSTANCES,
     MAX_OUTPUT_TOKENS,
@@ -26,6 +23,8 @@ from harness.config.base import (
     Tokens,
     table,
 )
+from harness.errors import InputError
+from harness.traces.sessions import ThinkTime
 
 TopologyKind = Literal["homogeneous", "naive", "prfaas", "colocated"]
 REMOTE_KINDS = ("naive", "prfaas")

@@ -163,7 +163,9 @@ async def _open(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink
         raise failed.exceptions[0] from None
 
 
-async def _sessions(client, session, jobs: Jobs, schedule: Schedule, gate: SessionGate, sink, counters) -> None:
+async def _sessions(
+    client, session, jobs: Jobs, schedule: Schedule, gate: SessionGate, sink, counters
+) -> None:
     """Session mode: every request waits in its own task, a first turn for its scheduled time, a later
     turn for its predecessor's end plus think time (``SessionGate``, the rule simulate uses too)."""
     offsets = schedule.offset_s

@@ -120,7 +120,11 @@ def read_native(path: Path, *, skip_bad: bool = False) -> tuple[Trace, ReadRepor
     if "session_id" in table.column_names and table.column("session_id").null_count < table.num_rows:
         sessions, _ = _numeric(table, "session_id", np.int64, path)
     turns = None
-    if sessions is not None and "turn" in table.column_names and table.column("turn").null_count < table.num_rows:
+    if (
+        sessions is not None
+        and "turn" in table.column_names
+        and table.column("turn").null_count < table.num_rows
+    ):
         turns, _ = _numeric(table, "turn", np.int64, path)
 
     problems = [

@@ -112,7 +112,11 @@ def synthesize(spec: SynthSpec, seed: int) -> Trace:
         spec.sessions, inputs, outputs, prompt_of, spec.system_prompts, spec.block_tokens, g_session
     )
     return Trace(
-        input_tokens=inputs, hash_values=values, hash_offsets=offsets, session_id=session_id, turn=turn,
+        input_tokens=inputs,
+        hash_values=values,
+        hash_offsets=offsets,
+        session_id=session_id,
+        turn=turn,
         **common,
     )
 
