@@ -206,7 +206,9 @@ def analyze(
         topologies[key] |= summary | {"throughput_ci_low": ci["low"], "throughput_ci_high": ci["high"]}
         topologies[key]["offered_rps"] = rate
         topologies[key]["validity"] = run_verdict(run, name)
-        topologies[key]["sessions"] = session_figures(df)
+        figures = session_figures(df)
+        if figures is not None:  # a session-mode run
+            topologies[key]["sessions"] = figures
         if rate is not None and summary["slo_attainment"] is not None:
             points.append((run.source, split_label(name)[0], rate, summary["slo_attainment"]))
             target = slo.attainment
