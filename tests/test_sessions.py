@@ -1,0 +1,149 @@
+"""Sessions in a trace (pure): inference from hash_ids prefix chains, turn checks, the session plan,
+the native format's turn column, synth's turns, and bad sessions as one line with exit code 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.errors import InputError, TraceError
+from harness.traces import (
+    Fixed,
+    Poisson,
+    Sessions,
+    SynthSpec,
+    Trace,
+    offsets_from_lists,
+    synthesize,
+    write_native,
+)
+from harness.traces.readers import read_trace
+from harness.traces.sessions import ThinkTime, infer_sessions, session_plan, with_turns
+
+REPO_SCENARIO = "workloads/paper-case-study.toml"
+
+
+def _trace(rows, *, session_id=None, turn=None) -> Trace:
+    """rows: (arrival s, input tokens, output tokens, hash ids); 512-token blocks."""
+    values, offsets = offsets_from_lists([r[3] for r in rows])
+    return Trace(
+        arrival_s=np.array([r[0] for r in rows], dtype=float),
+        input_tokens=np.array([r[1] for r in rows], dtype=np.int64),
+        output_tokens=np.array([r[2] for r in rows], dtype=np.int64),
+        hash_values=values, hash_offsets=offsets,
+        session_id=None if session_id is None else np.array(session_id, dtype=np.int64),
+        turn=None if turn is None else np.array(turn, dtype=np.int64),
+        source="hand.parquet",
+    )  # fmt: skip
+
+
+# Hand-made rows, each chosen for one part of the rule (512-token blocks):
+HAND = [
+    (0.0, 1100, 100, [1, 2, 3]),  # r0: full blocks (1, 2); its partial block 3 is rewritten next turn
+    (1.0, 600, 50, [8, 9]),  # r1: shares nothing with r0
+    (5.0, 1600, 100, [1, 2, 4, 5]),  # r2: starts with r0's full blocks, 1600 >= 1100 + 100: r0's next turn
+    (6.0, 1150, 10, [1, 2, 7]),  # r3: r0's prefix again, but r0 is continued already: a new session
+    (7.0, 700, 5, [8, 10]),  # r4: r1's full block (8), 700 >= 650: r1's next turn
+    (8.0, 2300, 5, [1, 2, 4, 12, 13]),  # r5: (1, 2, 4), r2's full blocks, beats (1, 2): r2's next turn
+    (9.0, 650, 5, [8, 10]),  # r6: r4's full block (8), but 650 < 700 + 5: no answer inside, new session
+]
+
+
+def test_sessions_are_inferred_from_prefix_chains_by_the_documented_rule():
+    t = infer_sessions(_trace(HAND))
+    assert t.session_id.tolist() == [0, 1, 0, 2, 1, 0, 3]
+    assert t.turn.tolist() == [0, 0, 1, 0, 1, 2, 0]
+
+
+def test_the_plan_has_each_turns_predecessor_think_time_and_new_user_tokens():
+    plan = session_plan(_trace(HAND))
+    assert plan.predecessor.tolist() == [-1, -1, 0, -1, 1, 2, -1]
+    # think = the trace's gap between the two turns; user = this prompt − (previous prompt + answer)
+    assert plan.think_s.tolist() == [0, 0, 5.0, 0, 6.0, 3.0, 0]
+    assert plan.user_tokens.tolist() == [1100, 600, 400, 1150, 50, 600, 650]
+    assert plan.sessions == 4
+
+
+def test_think_time_from_the_scenario_replaces_the_gap():
+    fixed = session_plan(_trace(HAND), ThinkTime.parse("fixed:2.5"))
+    assert fixed.think_s[fixed.predecessor >= 0].tolist() == [2.5, 2.5, 2.5]
+    drawn = session_plan(_trace(HAND), ThinkTime.parse("exp:4"), seed=3)
+    again = session_plan(_trace(HAND), ThinkTime.parse("exp:4"), seed=3)
+    assert (drawn.think_s == again.think_s).all() and (drawn.think_s[drawn.predecessor < 0] == 0).all()
+    for bad in ("poisson:3", "fixed:-1", "fixed:x", "exp"):
+        with pytest.raises(InputError, match="think time"):
+            ThinkTime.parse(bad)
+
+
+def test_given_sessions_are_kept_and_turns_follow_arrival_order():
+    rows = [(float(i), 100 * (i + 1), 10, []) for i in range(5)]
+    t = with_turns(_trace(rows, session_id=[7, 3, 7, -1, 7]))
+    assert t.turn.tolist() == [0, 0, 1, -1, 2]
+    plan = session_plan(t)
+    assert plan.predecessor.tolist() == [-1, -1, 0, -1, 2]
+    assert plan.user_tokens.tolist() == [100, 200, 300 - 110, 400, 500 - 310]
+
+
+@pytest.mark.parametrize(
+    ("turns", "row", "problem"),
+    [
+        ([0, 2, 3], 2, "session 5: turn 2 has no predecessor (turn 1 is missing)"),
+        ([1, 2, 3], 1, "session 5: turn 1 has no predecessor (turn 0 is missing)"),
+        ([0, 1, 1], 3, "session 5: turn 1 repeats turn 1 of row 2"),
+    ],
+)
+def test_a_session_with_a_gap_or_a_missing_predecessor_names_its_row(turns, row, problem):
+    rows = [(float(i), 100 * (i + 1), 10, []) for i in range(3)]
+    with pytest.raises(TraceError) as err:
+        session_plan(_trace(rows, session_id=[5, 5, 5], turn=turns))
+    assert str(err.value) == f"hand.parquet: row {row}: {problem}"
+
+
+def test_the_native_format_keeps_session_and_turn(tmp_path):
+    t = infer_sessions(_trace(HAND))
+    back = read_trace(write_native(t, tmp_path / "s.parquet"))
+    assert back.session_id.tolist() == t.session_id.tolist() and back.turn.tolist() == t.turn.tolist()
+    # a file with sessions but no turn column gets turns by arrival order
+    plain = read_trace(write_native(t.replace(turn=None), tmp_path / "p.parquet"))
+    assert plain.turn is None and with_turns(plain).turn.tolist() == t.turn.tolist()
+
+
+def test_synth_sessions_carry_turns_that_the_plan_accepts():
+    spec = SynthSpec(
+        requests=400, lengths=Fixed(2000), arrivals=Poisson(4.0), outputs=Fixed(100),
+        sessions=Sessions(mean_turns=3, concurrent=8, user_tokens=Fixed(300)),
+    )  # fmt: skip
+    t = synthesize(spec, seed=1)
+    plan = session_plan(t)
+    follow = plan.predecessor >= 0
+    assert follow.sum() > 100
+    # every later turn grew by exactly its user message: prompt + answer + 300 new tokens
+    assert (plan.user_tokens[follow] == 300).all()
+    assert (t.input_tokens[follow] == t.input_tokens[plan.predecessor[follow]] + 100 + 300).all()
+    # and inference from its hash ids alone finds the same conversations
+    inferred = infer_sessions(t.replace(session_id=None, turn=None))
+    assert (session_plan(inferred).predecessor == plan.predecessor).all()
+
+
+def _bad_native(tmp_path):
+    rows = [(float(i), 100 * (i + 1), 10, [i]) for i in range(3)]
+    return write_native(_trace(rows, session_id=[5, 5, 5], turn=[0, 2, 3]), tmp_path / "gap.parquet")
+
+
+def test_replay_and_simulate_refuse_a_broken_session_in_one_line(tmp_path):
+    path = _bad_native(tmp_path)
+    runner = CliRunner()
+    replay = runner.invoke(
+        main,
+        ["replay", "--endpoint", "http://127.0.0.1:9", "--model", "m", "--trace", str(path), "--sessions",
+         "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    simulate = runner.invoke(
+        main, ["simulate", REPO_SCENARIO, "--trace", str(path), "--sessions", "--out", str(tmp_path / "s")]
+    )
+    for result in (replay, simulate):
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert lines == [f"error: {path}: row 2: session 5: turn 2 has no predecessor (turn 1 is missing)"]
