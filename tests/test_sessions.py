@@ -3,6 +3,8 @@ the native format's turn column, synth's turns, and bad sessions as one line wit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -147,3 +149,25 @@ def test_replay_and_simulate_refuse_a_broken_session_in_one_line(tmp_path):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert lines == [f"error: {path}: row 2: session 5: turn 2 has no predecessor (turn 1 is missing)"]
+
+
+def _session_scenario(tmp_path, value: str):
+    text = Path(REPO_SCENARIO).read_text().split("[workload]")
+    assert len(text) == 2
+    body = text[1].split("\n[", 1)
+    trace = Path("tests/data/mooncake_conversation_head300.jsonl").resolve()
+    workload = f'[workload]\nkind = "trace"\ntrace = "{trace}"\nsessions = "{value}"\n'
+    path = tmp_path / "s.toml"
+    path.write_text(text[0] + workload + "\n[" + body[1])
+    return path
+
+
+def test_the_scenario_key_is_checked_and_the_commands_that_ignore_it_say_so(tmp_path):
+    from harness.scenario import load_scenario
+
+    loaded = load_scenario(_session_scenario(tmp_path, "exp:2"))
+    assert loaded.config.workload.sessions == "exp:2"
+    assert any("[workload] sessions = 'exp:2' is ignored: bench" in w for w in loaded.warnings("bench"))
+    assert not any("sessions" in w for w in loaded.warnings("simulate"))
+    with pytest.raises(InputError, match=r"\[workload\] sessions: .*think time"):
+        load_scenario(_session_scenario(tmp_path, "poisson:3"))
