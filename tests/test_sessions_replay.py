@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_serve_api import drop_tables  # tests/ is on sys.path (no package)
+from threaded_server import ServerThread
 
 from harness.analysis import metrics as m
 from harness.analysis.sessions import session_figures
 from harness.emulation.clusters import EmulatedClusters
 from harness.loadgen.config import Endpoint, ReplayConfig
-from harness.loadgen.fakeserver import fake_server_process
+from harness.loadgen.fakeserver import FakeServer, fake_server_process
 from harness.loadgen.runner import replay
 from harness.records import read_records
 from harness.scenario import load_scenario
@@ -82,6 +83,31 @@ def test_replay_sends_no_turn_before_its_predecessor_ended(tmp_path):
     assert (later.prompt_tokens_server == grown).all()
     figures = session_figures(df)
     assert figures["sessions"] == plan.sessions and figures["turns_max"] == plan.turn.max() + 1
+
+
+def test_token_exact_prompts_stay_exact_across_turns(tmp_path):
+    """--tokenize-url: a first turn is fitted to the trace's length; a later turn adds to the previous
+    prompt the answer as the server tokenizes it and exactly its new user tokens."""
+    pytest.importorskip("tokenizers")
+    from test_loadgen_tokenize import _bos_bpe  # a byte-level BPE with BOS, trained at test time
+
+    tok = _bos_bpe()
+    trace = _conversations(16, seed=3, rate=40.0, first=300, user=50, output=8)
+    trace = trace.replace(block_tokens=64)
+    plan = session_plan(trace)
+    with ServerThread(FakeServer(tokenizer=tok)) as srv:
+        endpoint = Endpoint(name="f", url=srv.url, model="m")
+        config = ReplayConfig(
+            endpoints=(endpoint,), progress=False, sessions=ThinkTime(), tokenize_url=srv.url
+        )
+        replay(trace, config, tmp_path / "run", quiet=True)
+    df = read_records(tmp_path / "run")
+    assert m.ok_mask(df).all()
+    first = df[df.turn == 0]
+    assert (first.prompt_tokens_server == first.prompt_tokens_trace).all()
+    later = _assert_dependency(df, plan.think_s)
+    answer = len(tok.encode(" tok" * 8, add_special_tokens=False).ids)  # the fake server's 8 tokens, re-read
+    assert (later.prompt_tokens_server == later.prompt_tokens_server_prev + answer + 50).all()
 
 
 def test_simulate_follows_the_same_rule_in_virtual_time():
