@@ -50,22 +50,24 @@ HAND = [
     (7.0, 700, 5, [8, 10]),  # r4: r1's full block (8), 700 >= 650: r1's next turn
     (8.0, 2300, 5, [1, 2, 4, 12, 13]),  # r5: (1, 2, 4), r2's full blocks, beats (1, 2): r2's next turn
     (9.0, 650, 5, [8, 10]),  # r6: r4's full block (8), but 650 < 700 + 5: no answer inside, new session
+    (10.0, 900, 10, [1, 20]),  # r7: a first turn whose only full block (1) is shared context ...
+    (11.0, 2000, 5, [1, 21, 22, 23]),  # r8: ... so this row, sharing only (1), does not continue it
 ]
 
 
 def test_sessions_are_inferred_from_prefix_chains_by_the_documented_rule():
     t = infer_sessions(_trace(HAND))
-    assert t.session_id.tolist() == [0, 1, 0, 2, 1, 0, 3]
-    assert t.turn.tolist() == [0, 0, 1, 0, 1, 2, 0]
+    assert t.session_id.tolist() == [0, 1, 0, 2, 1, 0, 3, 4, 5]
+    assert t.turn.tolist() == [0, 0, 1, 0, 1, 2, 0, 0, 0]
 
 
 def test_the_plan_has_each_turns_predecessor_think_time_and_new_user_tokens():
     plan = session_plan(_trace(HAND))
-    assert plan.predecessor.tolist() == [-1, -1, 0, -1, 1, 2, -1]
+    assert plan.predecessor.tolist() == [-1, -1, 0, -1, 1, 2, -1, -1, -1]
     # think = the trace's gap between the two turns; user = this prompt − (previous prompt + answer)
-    assert plan.think_s.tolist() == [0, 0, 5.0, 0, 6.0, 3.0, 0]
-    assert plan.user_tokens.tolist() == [1100, 600, 400, 1150, 50, 600, 650]
-    assert plan.sessions == 4
+    assert plan.think_s.tolist() == [0, 0, 5.0, 0, 6.0, 3.0, 0, 0, 0]
+    assert plan.user_tokens.tolist() == [1100, 600, 400, 1150, 50, 600, 650, 900, 2000]
+    assert plan.sessions == 6
 
 
 def test_think_time_from_the_scenario_replaces_the_gap():

@@ -9,7 +9,8 @@ The native format stores both; ``trace synth --sessions`` writes both; a native 
     of them, at least one: a turn's partial last block is rewritten once the answer follows it), and
     input_j >= input_i + output_i (the next prompt holds the previous prompt and its answer), and no
     earlier row already continues i. Of several such i, the one with the longest prefix wins, then
-    the latest.
+    the latest. A first turn whose full blocks all appeared before it (a shared system prompt, say)
+    wrote nothing of its own to continue, so no row continues it.
 
 ``session_plan`` turns that into what session mode needs per row: the predecessor row, the think time
 between its end and this turn's send, and the new user tokens this turn adds to the predecessor's
@@ -35,6 +36,7 @@ def infer_sessions(trace: Trace) -> Trace:
     waiting: dict[tuple[int, ...], list[int]] = {}  # full-block prefix -> rows not yet continued
     lengths: set[int] = set()  # the prefix lengths some row registered
     inputs, outputs = trace.input_tokens, trace.output_tokens
+    seen: set[int] = set()  # every block id of the rows so far
     sessions = 0
     for j in range(n):
         ids = trace.hash_ids(j).tolist()
@@ -54,9 +56,10 @@ def infer_sessions(trace: Trace) -> Trace:
             session[j], turn[j] = sessions, 0
             sessions += 1
         full = min(int(inputs[j]) // block, len(ids))
-        if full:
+        if full and (pred >= 0 or not seen.issuperset(ids[:full])):
             waiting.setdefault(tuple(ids[:full]), []).append(j)
             lengths.add(full)
+        seen.update(ids)
     return trace.replace(session_id=session, turn=turn)
 
 
