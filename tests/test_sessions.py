@@ -173,3 +173,34 @@ def test_the_scenario_key_is_checked_and_the_commands_that_ignore_it_say_so(tmp_
     assert not any("sessions" in w for w in loaded.warnings("simulate"))
     with pytest.raises(InputError, match=r"\[workload\] sessions: .*think time"):
         load_scenario(_session_scenario(tmp_path, "poisson:3"))
+
+
+def test_synth_with_think_time_starts_sessions_and_spaces_their_turns():
+    spec = SynthSpec(
+        requests=4000, lengths=Fixed(2000), arrivals=Poisson(2.0), outputs=Fixed(100),
+        sessions=Sessions(mean_turns=4, user_tokens=Fixed(300), think_s=20.0),
+    )  # fmt: skip
+    t = synthesize(spec, seed=1)
+    assert len(t) == 4000 and (np.diff(t.arrival_s) >= 0).all()
+    plan = session_plan(t)
+    follow = plan.predecessor >= 0
+    assert (t.input_tokens[follow] == t.input_tokens[plan.predecessor[follow]] + 100 + 300).all()
+    assert (t.turn[~follow] == 0).all()
+    # session starts come from the arrival process: 2 per second, so about 2 × span sessions
+    assert plan.sessions == pytest.approx(2.0 * t.duration_s, rel=0.1)
+    # exponential think times of mean 20 s (those cut off at the trace's end are more often long ones)
+    assert plan.think_s[follow].mean() == pytest.approx(20.0, rel=0.15)
+    assert (
+        session_plan(infer_sessions(t.replace(session_id=None, turn=None))).predecessor == plan.predecessor
+    ).all()
+
+
+def test_synth_sessions_take_concurrent_or_think_not_both(tmp_path):
+    out = tmp_path / "x.parquet"
+    res = CliRunner().invoke(
+        main, ["trace", "synth", str(out), "-n", "20", "--arrival", "poisson:1", "--sessions", "turns=3,think=2,concurrent=4"]
+    )  # fmt: skip
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        "error: --sessions: give concurrent=C or think=S, not both (with think, arrivals start sessions)"
+    ]
+    assert not out.exists()

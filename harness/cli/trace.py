@@ -246,9 +246,10 @@ def convert_cmd(
 )
 @click.option(
     "--sessions",
-    metavar="turns=T[,concurrent=C][,max=N]",
-    help="Multi-turn sessions: mean T turns, C open at once; each turn's prompt grows by the last answer "
-    "and a new user message (--turn-lengths), ending before it would pass N tokens.",
+    metavar="turns=T[,concurrent=C | ,think=S][,max=N]",
+    help="Multi-turn sessions: mean T turns, C open at once (or: --arrival starts sessions, and each turn "
+    "comes an exponential think time of mean S seconds after the last); each turn's prompt grows by the "
+    "last answer and a new user message (--turn-lengths), ending before it would pass N tokens.",
 )
 @click.option(
     "--turn-lengths",
