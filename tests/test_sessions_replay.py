@@ -3,7 +3,7 @@
 * against the built-in fake server: no turn goes out before its predecessor ended plus its think time,
   asserted from the records alone, and each turn's prompt is the previous prompt + answer + new text;
 * against the emulated clusters (loopback sites): the cached prefix the server reports for each turn is
-  the previous turn's prompt, to within one block; and simulate and replay of the same multi-turn trace
+  the previous turn's prompt, to within one block (completions and chat); and simulate and replay of the same multi-turn trace
   agree within docs/fidelity.md's bounds (or the replay's own verdict says why it cannot be trusted);
 * in simulate, the same rule holds exactly (virtual time).
 """
@@ -138,22 +138,27 @@ def emulated_sessions(tmp_path_factory):
     path = tmp / "scenario.toml"
     path.write_text(text + f"\n[emulation]\nspeedup = {SPEEDUP}\nkv_rate_mbit = 800\n")
     trace = _conversations(30, seed=5, rate=1.0, first=2300, user=300, output=32)
+    results = {}
     with EmulatedClusters(path, netns=False, topologies=["homogeneous"]) as clusters:
         block = clusters.spec.block_tokens
-        endpoint = Endpoint(name="homogeneous", model=clusters.model, url=clusters.urls["homogeneous"])
-        config = ReplayConfig(endpoints=(endpoint,), progress=False, sessions=ThinkTime())
-        result = replay(
-            trace.replace(arrival_s=trace.arrival_s / SPEEDUP), config, tmp / "replay", quiet=True
-        )
+        for api in ("completions", "chat"):  # chat: the turns go as a message list
+            url = clusters.urls["homogeneous"]
+            endpoint = Endpoint(name="homogeneous", model=clusters.model, url=url, api=api)
+            config = ReplayConfig(endpoints=(endpoint,), progress=False, sessions=ThinkTime())
+            fast = trace.replace(arrival_s=trace.arrival_s / SPEEDUP)
+            results[api] = replay(fast, config, tmp / api, quiet=True)
     setup = prepare(load_scenario(path), topologies=["homogeneous"])
     sim = run_topology(
         setup.stack, setup.topologies["homogeneous"], trace, sessions=session_plan(trace)
     ).records
-    return trace, read_records(tmp / "replay"), sim, result, block
+    runs = {api: read_records(tmp / api) for api in results}
+    return trace, runs, sim, results["completions"], block
 
 
-def test_the_cached_prefix_of_each_turn_is_the_previous_prompt(emulated_sessions):
-    trace, df, _, _, block = emulated_sessions
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_the_cached_prefix_of_each_turn_is_the_previous_prompt(emulated_sessions, api):
+    trace, runs, _, _, block = emulated_sessions
+    df = runs[api]
     assert m.ok_mask(df).all() and len(df) == len(trace)
     _assert_dependency(df, session_plan(trace.replace(arrival_s=trace.arrival_s / SPEEDUP)).think_s)
     later = _with_predecessors(df)
@@ -164,7 +169,8 @@ def test_the_cached_prefix_of_each_turn_is_the_previous_prompt(emulated_sessions
 
 
 def test_simulate_and_replay_of_the_same_sessions_agree(emulated_sessions):
-    _, emu, sim, result, _ = emulated_sessions
+    _, runs, sim, result, _ = emulated_sessions
+    emu = runs["completions"]
     if result.verdict.startswith("invalid"):  # a machine too busy to trust: it must say why
         assert len(result.verdict) > len("invalid: ")
         return
