@@ -3,8 +3,9 @@
 * against the built-in fake server: no turn goes out before its predecessor ended plus its think time,
   asserted from the records alone, and each turn's prompt is the previous prompt + answer + new text;
 * against the emulated clusters (loopback sites): the cached prefix the server reports for each turn is
-  the previous turn's prompt, to within one block (completions and chat); and simulate and replay of the same multi-turn trace
-  agree within docs/fidelity.md's bounds (or the replay's own verdict says why it cannot be trusted);
+  the previous turn's prompt, to within one block (completions and chat); and simulate and replay of
+  the same multi-turn trace agree within docs/fidelity.md's bounds (or the replay's own verdict says
+  why it cannot be trusted);
 * in simulate, the same rule holds exactly (virtual time).
 """
 
