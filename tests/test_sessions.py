@@ -204,3 +204,19 @@ def test_synth_sessions_take_concurrent_or_think_not_both(tmp_path):
         "error: --sessions: give concurrent=C or think=S, not both (with think, arrivals start sessions)"
     ]
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rate", "2"], "--sessions replays the trace's own timestamps: drop --rate/--arrival"),
+        (["--workers", "2"], "--sessions needs --workers 1 (a session's turns wait on each other)"),
+        (["--think", "poisson:1"], "think time must be trace, fixed:S or exp:MEAN, got 'poisson:1'"),
+    ],
+)
+def test_replay_session_mode_refuses_what_it_cannot_honour(tmp_path, extra, message):
+    args = ["replay", "--endpoint", "http://127.0.0.1:9", "--model", "m", "--sessions", "--out", str(tmp_path / "o"),
+            "--trace", "tests/data/mooncake_conversation_head300.jsonl", *extra]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "o").exists()
