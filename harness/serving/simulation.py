@@ -165,7 +165,8 @@ async def drive(
             predecessor_end_s=pred_end,
         )  # fmt: skip
         out = await cluster.handle(req)
-        grown[row] = prompt + len(out.token_times)
+        if gate.has_successor(row):
+            grown[row] = prompt + len(out.token_times)
         gate.ended(row, loop.time())
         return out
 
