@@ -220,3 +220,22 @@ def test_replay_session_mode_refuses_what_it_cannot_honour(tmp_path, extra, mess
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and res.output.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "o").exists()
+
+
+def test_inspect_and_convert_show_and_write_the_inferred_sessions(tmp_path):
+    import json
+
+    src = "tests/data/mooncake_conversation_head300.jsonl"
+    expected = infer_sessions(read_trace(src))
+    res = CliRunner().invoke(main, ["trace", "inspect", src, "--sessions", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)["session_plan"]
+    assert got["inferred"] is True and got["sessions"] == len(set(expected.session_id.tolist()))
+    assert got["later_turns"] == int((expected.turn > 0).sum()) > 0 and got["max_turn"] == expected.turn.max()
+    out = tmp_path / "s.parquet"
+    assert CliRunner().invoke(main, ["trace", "convert", src, str(out), "--sessions"]).exit_code == 0
+    back = read_trace(out)
+    assert (
+        back.session_id.tolist() == expected.session_id.tolist()
+        and back.turn.tolist() == expected.turn.tolist()
+    )

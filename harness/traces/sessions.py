@@ -130,6 +130,22 @@ class SessionPlan:
     def sessions(self) -> int:
         return len(np.unique(self.session_id[self.session_id >= 0]))
 
+    def summary(self) -> dict[str, float | int | None]:
+        """Sessions, multi-turn sessions, later turns, the highest turn, and the median / p90 of the
+        think time and the median of the new user tokens over later turns (None when there are none)."""
+        later = self.predecessor >= 0
+        multi = len(np.unique(self.session_id[later]))
+
+        def q(values: np.ndarray, pct: float) -> float | None:
+            return float(np.percentile(values[later], pct)) if later.any() else None
+
+        return {
+            "sessions": self.sessions, "multi_turn_sessions": multi, "later_turns": int(later.sum()),
+            "max_turn": int(self.turn.max()) if len(self.turn) else 0,
+            "think_p50_s": q(self.think_s, 50), "think_p90_s": q(self.think_s, 90),
+            "user_tokens_p50": q(self.user_tokens, 50),
+        }  # fmt: skip
+
 
 def session_plan(trace: Trace, think: ThinkTime | None = None, *, seed: int = 0) -> SessionPlan:
     """The plan of ``trace`` (sessions as given, else inferred from ``hash_ids``).
