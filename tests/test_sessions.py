@@ -239,3 +239,22 @@ def test_inspect_and_convert_show_and_write_the_inferred_sessions(tmp_path):
         back.session_id.tolist() == expected.session_id.tolist()
         and back.turn.tolist() == expected.turn.tolist()
     )
+
+
+def test_agentic_synth_has_short_tool_calls_and_long_growing_contexts(tmp_path):
+    out = tmp_path / "agent.parquet"
+    args = ["trace", "synth", str(out), "-n", "1500", "--arrival", "poisson:0.2", "--lengths", "uniform:2000,6000",
+            "--agentic", "steps=15", "--seed", "4"]  # fmt: skip
+    assert CliRunner().invoke(main, args).exit_code == 0
+    t = read_trace(out)
+    plan = session_plan(t)
+    later = plan.predecessor >= 0
+    # the agent defaults: tool calls of 16-128 generated tokens, tool results of 256-4096 tokens
+    assert t.output_tokens.min() >= 16 and t.output_tokens.max() <= 128
+    assert plan.user_tokens[later].min() >= 256 and plan.user_tokens[later].max() <= 4096
+    grown = t.input_tokens[plan.predecessor[later]] + t.output_tokens[plan.predecessor[later]]
+    assert (t.input_tokens[later] == grown + plan.user_tokens[later]).all()
+    assert later.mean() > 0.8  # most requests are later steps of a session
+    assert plan.think_s[later].mean() == pytest.approx(0.5, rel=0.15)  # the tool's latency
+    both = CliRunner().invoke(main, [*args, "--sessions", "turns=3"])
+    assert both.exit_code == 2 and both.output.strip() == "error: give --sessions or --agentic, not both"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from harness.errors import InputError
 from harness.jsonsafe import json_safe
@@ -14,8 +15,11 @@ from harness.traces.readers import FORMATS, read_trace_report
 from harness.traces.rows import ReadReport
 from harness.traces.sessions import infer_sessions, session_plan
 from harness.traces.specs import (
+    AGENTIC_OUTPUT,
+    AGENTIC_RESULT,
     ARRIVAL_FORMS,
     LENGTH_FORMS,
+    parse_agentic,
     parse_arrivals,
     parse_lengths,
     parse_sessions,
@@ -287,10 +291,18 @@ def convert_cmd(
     "last answer and a new user message (--turn-lengths), ending before it would pass N tokens.",
 )
 @click.option(
+    "--agentic",
+    metavar="steps=T[,think=S][,max=N]",
+    help="Agent sessions: --arrival starts them; mean T steps, each a short tool call (--output, default "
+    f"{AGENTIC_OUTPUT}) whose result (--turn-lengths, default {AGENTIC_RESULT}) grows the context, the "
+    "next step an exponential S seconds later (default 0.5). Instead of --sessions.",
+)
+@click.option(
     "--turn-lengths",
     default="uniform:64,1024",
     show_default=True,
-    help="Length of each follow-up user message in a session (same forms as --lengths).",
+    help="Length of each follow-up user message in a session (same forms as --lengths); with --agentic, "
+    "of each tool result.",
 )
 @click.option(
     "--block-tokens",
@@ -308,6 +320,7 @@ def synth_cmd(
     seed: int,
     system_prompts: str | None,
     sessions: str | None,
+    agentic: str | None,
     turn_lengths: str,
     block_tokens: int,
 ) -> None:
@@ -318,13 +331,25 @@ def synth_cmd(
       prfaas-bench trace synth paper.parquet -n 20000 --arrival poisson:3 \\
           --lengths lognormal:mu=9.9,sigma=1,lo=128,hi=131072 --output fixed:1024 --seed 1
     """
+    if agentic is not None:  # an agent's defaults where the flags were left at theirs
+        if sessions:
+            raise InputError("give --sessions or --agentic, not both")
+        defaults = {"output": AGENTIC_OUTPUT, "turn_lengths": AGENTIC_RESULT}
+        ctx = click.get_current_context()
+        output, turn_lengths = (
+            defaults[k] if ctx.get_parameter_source(k) == ParameterSource.DEFAULT else v
+            for k, v in (("output", output), ("turn_lengths", turn_lengths))
+        )
+    turns = parse_lengths(turn_lengths, "--turn-lengths")
     spec = SynthSpec(
         requests=requests,
         lengths=parse_lengths(lengths, "--lengths"),
         arrivals=parse_arrivals(arrival, "--arrival"),
         outputs=parse_lengths(output, "--output", column="output"),
         system_prompts=parse_system_prompts(system_prompts) if system_prompts else None,
-        sessions=parse_sessions(sessions, parse_lengths(turn_lengths, "--turn-lengths"))
+        sessions=parse_agentic(agentic, turns)
+        if agentic
+        else parse_sessions(sessions, turns)
         if sessions
         else None,
         block_tokens=block_tokens,

@@ -4,6 +4,7 @@
     arrivals  poisson:RATE | gamma:RATE,CV | constant:RATE
     prompts   count=K,tokens=L[,share=F][,zipf=S]
     sessions  turns=T[,concurrent=C | ,think=S][,max=N]
+    agentic   steps=T[,think=S][,max=N]
     window    START:DUR (trace seconds)
 
 Mistakes raise ``InputError`` naming the option and the expected form.
@@ -121,3 +122,18 @@ def parse_sessions(spec: str, user_tokens: LengthDistribution, option: str = "--
         max_input=kv.get("max", 131072),
         think_s=kv.get("think"),
     )
+
+
+AGENTIC_OUTPUT = "uniform:16,128"  # a tool call: a short generated request
+AGENTIC_RESULT = "uniform:256,4096"  # a tool result appended to the context before the next step
+
+
+def parse_agentic(spec: str, tool_results: LengthDistribution, option: str = "--agentic") -> Sessions:
+    """``steps=T[,think=S][,max=N]``: agent sessions, a geometric number of steps with mean T, each step
+    a short tool call whose result (``tool_results``) grows the context, the next step ``S`` seconds
+    (exponential, default 0.5: the tool's latency) after the last; the arrival process starts sessions."""
+    kv = _keyvalues(spec, option, {"steps": float, "think": float, "max": int}, ("steps",))
+    return Sessions(
+        mean_turns=kv["steps"], user_tokens=tool_results, max_input=kv.get("max", 131072),
+        think_s=kv.get("think", 0.5),
+    )  # fmt: skip
