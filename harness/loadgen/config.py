@@ -195,15 +195,15 @@ class ReplayConfig:
             )
         if self.tokenizer and self.tokenize_url:
             raise InputError("use either --tokenizer FILE or --tokenize-url URL, not both")
-        if not (self.scrape_interval_s >= 0 and math.isfinite(self.scrape_interval_s)):
-            raise InputError(
-                f"--scrape-interval must be >= 0 seconds (0 = off), got {self.scrape_interval_s}"
-            )
         if self.sessions is not None:
             if self.load.arrival != "trace" or self.load.closed_loop:
                 raise InputError("--sessions replays the trace's own timestamps: drop --rate/--arrival")
             if self.workers != 1:
                 raise InputError("--sessions needs --workers 1 (a session's turns wait on each other)")
+        if not (self.scrape_interval_s >= 0 and math.isfinite(self.scrape_interval_s)):
+            raise InputError(
+                f"--scrape-interval must be >= 0 seconds (0 = off), got {self.scrape_interval_s}"
+            )
         object.__setattr__(self, "site_urls", tuple(_base_url(u, "--metrics-url") for u in self.site_urls))
         if self.tokenize_url:
             object.__setattr__(self, "tokenize_url", _base_url(self.tokenize_url, "--tokenize-url"))

@@ -85,6 +85,7 @@ def parse_replay_section(scenario: Scenario) -> ReplaySection:
     return ReplaySection(
         source=str(scenario.path),
         model=table.model,
+        sessions=getattr(scenario.config.workload, "sessions", None),
         api=table.api,
         trace=(scenario.path.parent / trace) if trace else None,
         window_s=(window[0], window[1]) if window else None,
@@ -95,6 +96,5 @@ def parse_replay_section(scenario: Scenario) -> ReplaySection:
         seed=table.seed,
         scrape_interval_s=table.scrape_interval_s,
         scrape_metrics=tuple(table.scrape_metrics) if table.scrape_metrics else None,
-        sessions=getattr(scenario.config.workload, "sessions", None),
         endpoints=table.endpoints,
     )
