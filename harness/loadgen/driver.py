@@ -30,7 +30,7 @@ from harness.traces.sessions import SessionPlan
 
 _LOOKAHEAD = 64  # prepared requests held ahead of their send time (bounded memory)
 _PREP_SLACK_S = 0.002  # stop preparing this close to a send time
-_PREP_LEAD_S = 0.02  # session mode: a turn's prompt is built this long before its send
+_PREP_LEAD_S = 0.25  # session mode: a first turn's prompt is built this long before its send
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,14 +176,17 @@ async def _sessions(
         row = jobs.row(i)
         pred_end = await gate.predecessor_end(row)
         at = gate.send_time(row, float(offsets[i]), pred_end)
-        await sleep_until(gate.zero + at - _PREP_LEAD_S)  # build the prompt just before the send
+        if pred_end is None:  # a first turn's prompt is built ahead; a later turn's as its predecessor ends
+            await sleep_until(gate.zero + at - _PREP_LEAD_S)
         phase = closed_loop_phase(schedule, at)
         if pred_end is None:
             job = jobs.make(i, at, phase)
         else:
             prev = finished.pop(gate.predecessor(row))
             job = jobs.follow(i, at, phase, prev, int(gate.plan.user_tokens[row]))
-        job.answer, job.session = "", (*gate.describe(row), pred_end)
+        # the answer's text is kept only for a next turn to carry (reading it costs a decode per chunk)
+        job.answer = "" if gate.has_successor(row) else None
+        job.session = (*gate.describe(row), pred_end)
         client.prepare(job)
         await sleep_until(gate.zero + at)
         counters["dispatched"] += 1
