@@ -258,3 +258,19 @@ def test_agentic_synth_has_short_tool_calls_and_long_growing_contexts(tmp_path):
     assert plan.think_s[later].mean() == pytest.approx(0.5, rel=0.15)  # the tool's latency
     both = CliRunner().invoke(main, [*args, "--sessions", "turns=3"])
     assert both.exit_code == 2 and both.output.strip() == "error: give --sessions or --agentic, not both"
+
+
+@pytest.mark.parametrize(
+    ("payload", "text"),
+    [
+        (b'{"choices":[{"index":0,"text":" tok","logprobs":null}]}', " tok"),
+        (b'{"choices":[{"delta":{"content":"h\\u00e9 \\"x\\"\\n"}}]}', 'hé "x"\n'),  # JSON escapes
+        ('{"choices":[{"delta":{"content":"été"}}]}'.encode(), "été"),  # raw UTF-8
+        (b'{"choices":[{"delta":{"role":"assistant","content":""}}]}', ""),
+        (b'{"choices":[],"usage":{"completion_tokens":3}}', ""),
+    ],
+)
+def test_the_answer_text_a_later_turn_carries_is_read_as_json_says(payload, text):
+    from harness.loadgen.sse import chunk_text
+
+    assert chunk_text(payload) == text
