@@ -97,6 +97,11 @@ class RequestRecord:
     warning: str | None = None
     # When the request ended, ok or failed (run clock): a failure's end counts in the run's duration.
     end_s: float | None = None
+    # Session mode: the request's session and turn (0 first), and when its previous turn ended (run
+    # clock): it was sent no earlier than that end plus its think time.
+    session_id: int | None = None
+    turn: int | None = None
+    predecessor_end_s: float | None = None
 
     @property
     def send_lag_s(self) -> float | None:
@@ -126,7 +131,8 @@ RECORD_SCHEMA = pa.schema(
         ("decode_instance", _S), ("prefill_queue_s", _F), ("prefill_start_s", _F), ("prefill_end_s", _F),
         ("kv_bytes", _I), ("kv_transfer_start_s", _F), ("kv_transfer_end_s", _F), ("decode_start_s", _F),
         ("status", _S), ("error_class", _S), ("error_message", _S), ("source", _S), ("endpoint", _S),
-        ("phase", _S), ("warning", _S), ("end_s", _F),
+        ("phase", _S), ("warning", _S), ("end_s", _F), ("session_id", _I), ("turn", _I),
+        ("predecessor_end_s", _F),
     ]
 )  # fmt: skip
 assert tuple(RECORD_SCHEMA.names) == RECORD_FIELDS, "RECORD_SCHEMA must follow RequestRecord's fields"

@@ -12,6 +12,7 @@ from harness.analysis.baseline import compare_to_baseline, rate_ci
 from harness.analysis.capacity import measured_lambda_max, offered_rate, split_label
 from harness.analysis.cost import cost_per_hour
 from harness.analysis.runs import Bundle, Run
+from harness.analysis.sessions import session_figures
 from harness.analysis.summary import Slo, summarize
 from harness.validity import UNKNOWN, combine
 
@@ -205,6 +206,9 @@ def analyze(
         topologies[key] |= summary | {"throughput_ci_low": ci["low"], "throughput_ci_high": ci["high"]}
         topologies[key]["offered_rps"] = rate
         topologies[key]["validity"] = run_verdict(run, name)
+        figures = session_figures(df)
+        if figures is not None:  # a session-mode run
+            topologies[key]["sessions"] = figures
         if rate is not None and summary["slo_attainment"] is not None:
             points.append((run.source, split_label(name)[0], rate, summary["slo_attainment"]))
             target = slo.attainment

@@ -123,6 +123,27 @@ def breakdown_table(result: Mapping[str, Any]) -> Table:
     return t
 
 
+def sessions_table(result: Mapping[str, Any]) -> Table | None:
+    """Session-mode runs: sessions, turns, time to complete a session, TTFT p50 by turn index."""
+    rows = {k: e["sessions"] for k, e in result["topologies"].items() if e.get("sessions")}
+    if not rows:
+        return None
+    turns = sorted({t for f in rows.values() for t in f["ttft_by_turn"]}, key=lambda t: int(t.rstrip("+")))
+    t = Table(title="Sessions (TTFT p50 by turn index)", title_justify="left")
+    for c in ("topology", "sessions", "turns mean / max", "session p50 / p90", *(f"turn {x}" for x in turns)):
+        t.add_column(c, justify="left" if c == "topology" else "right")
+    for key, f in rows.items():
+        by = f["ttft_by_turn"]
+        t.add_row(
+            key,
+            str(f["sessions"]),
+            f"{f['turns_mean']:.2f} / {f['turns_max']}",
+            f"{fmt(f['session_s_p50'], 's')} / {fmt(f['session_s_p90'], 's')}",
+            *(fmt(by[x]["p50_s"], "s") if x in by else "" for x in turns),
+        )
+    return t
+
+
 def comparison_table(source: str, comp: Mapping[str, Any]) -> Table:
     """Ratios against the baseline; an invalid comparison says so in its title, in red, so its ratios are
     never read as a finding."""
@@ -299,6 +320,8 @@ def render(result: Mapping[str, Any], with_headline: bool = True) -> Group:
     parts += [main_table(result), breakdown_table(result)] if result["topologies"] else []
     errors = errors_table(result) if result["topologies"] else None
     parts += [errors] if errors is not None else []
+    sessions = sessions_table(result) if result["topologies"] else None
+    parts += [sessions] if sessions is not None else []
     parts += [comparison_table(src, comp) for src, comp in result["comparison"].items()]
     if show_side_by_side(result["side_by_side"]):
         parts.append(side_by_side_table(result["side_by_side"]))

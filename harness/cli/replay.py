@@ -24,6 +24,7 @@ from harness.model.presets import load_model
 from harness.scenario import load_scenario
 from harness.traces.context import fit_context
 from harness.traces.readers import read_trace
+from harness.traces.sessions import ThinkTime, session_plan
 from harness.traces.specs import parse_window
 from harness.traces.transforms import clip_lengths, rescale_rate, speedup, window
 
@@ -62,7 +63,7 @@ def _endpoints(specs: tuple[str, ...], name: str | None, model: str, api: str, p
 _FROM_SCENARIO = {
     "model": "model", "api": "api", "trace_path": "trace", "speedup": "speedup", "shaping_backend": "shaping_backend",
     "warmup": "warmup_s", "cooldown": "cooldown_s", "seed": "seed", "scrape_interval": "scrape_interval_s",
-    "scrape_metrics": "scrape_metrics",
+    "scrape_metrics": "scrape_metrics", "think": "sessions",
 }  # fmt: skip
 
 
@@ -76,6 +77,8 @@ def _apply_scenario(o: dict) -> ReplaySection | None:
         value = getattr(section, key)
         if value is not None and ctx.get_parameter_source(flag) in (None, ParameterSource.DEFAULT):
             o[flag] = str(value) if flag == "trace_path" else value
+    if section.sessions is not None:
+        o["sessions"] = True
     if section.window_s is not None and o["window"] is None:
         start, end = section.window_s  # the table gives [start, end); the flag is START:DUR
         o["window"] = f"{start}:{end - start}"
@@ -278,6 +281,19 @@ def _scenario_context(path: str | None) -> int | None:
     help="Metric families to keep from /metrics (fnmatch, repeatable; replaces the default list of "
     "vLLM's, SGLang's and the emulator's running/waiting/KV/prefix-cache/KV-transfer names; '*' keeps all).",
 )
+@click.option(
+    "--sessions",
+    is_flag=True,
+    help="Session mode: a turn goes out only after its session's previous turn ended, plus its think "
+    "time; its prompt is that turn's prompt and received answer plus new user text (docs/traces.md).",
+)
+@click.option(
+    "--think",
+    default="trace",
+    show_default=True,
+    metavar="trace|fixed:S|exp:MEAN",
+    help="Session mode's think time: the trace's gap between the two turns, or seconds of trace time.",
+)
 @time_scale_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only problems.")
@@ -350,6 +366,11 @@ def command(**o) -> None:
     if o["trace_rate"] is not None:
         trace = rescale_rate(trace, o["trace_rate"])
     trace = speedup(trace, o["speedup"])
+    if o["sessions"]:  # think seconds are trace time, sped up like the timestamps
+        think = ThinkTime.parse(o["think"])
+        think = dataclasses.replace(think, seconds=think.seconds / o["speedup"])
+        config = dataclasses.replace(config, sessions=think)
+        session_plan(trace, think)  # a broken session is one line before any request goes out
     check_credentials(config)
     for ep in endpoints:  # before the schedule starts: a dead URL is one line, not a run of errors
         check_endpoint(ep, api_key=api_key, timeouts=config.timeouts)

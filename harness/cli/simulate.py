@@ -14,6 +14,7 @@ from harness.jsonsafe import json_safe
 from harness.scenario import load_scenario
 from harness.serving.config import prepare
 from harness.serving.run import SimulateRequest, simulate, topology_rows
+from harness.traces.sessions import ThinkTime
 
 
 def _fmt(value, spec: str = ".3g") -> str:
@@ -68,10 +69,22 @@ def _fmt(value, spec: str = ".3g") -> str:
     show_default=True,
     help="Where the run directory is created.",
 )
+@click.option(
+    "--sessions",
+    is_flag=True,
+    help="Session mode: a turn starts only after its session's previous turn ended, plus its think time "
+    "(default from [workload] sessions; docs/traces.md).",
+)
+@click.option(
+    "--think",
+    default=None,
+    metavar="trace|fixed:S|exp:MEAN",
+    help="Session mode's think time (default: trace).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def command(
     scenario, trace_path, trace_timestamps, rate, rate_sweep, requests, duration, topologies, find_max_rate,
-    ttft_slo, attainment, seed, clip, drop, out_dir, as_json,
+    ttft_slo, attainment, seed, clip, drop, sessions, think, out_dir, as_json,
 ) -> None:  # fmt: skip
     """Simulate each topology of SCENARIO in virtual time; write records, a time series and meta.json."""
     if rate is not None and rate_sweep is not None:
@@ -93,6 +106,10 @@ def command(
         trace = read_trace(trace_path or setup.deployment.workload.trace_path)
     elif trace_timestamps:
         raise ScenarioError('--trace-timestamps needs a trace (--trace FILE or [workload] kind = "trace")')
+    from_scenario = getattr(loaded.config.workload, "sessions", None)
+    think_time = None
+    if sessions or from_scenario is not None or think is not None:
+        think_time = ThinkTime.parse(think or from_scenario or "trace")
     result = simulate(
         setup,
         SimulateRequest(
@@ -107,6 +124,7 @@ def command(
             seed=seed,
             context=context,
             out_dir=Path(out_dir),
+            sessions=think_time,
         ),
     )
     if as_json:

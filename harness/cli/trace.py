@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from harness.errors import InputError
 from harness.jsonsafe import json_safe
@@ -12,9 +13,13 @@ from harness.traces import transforms
 from harness.traces.native import write_native
 from harness.traces.readers import FORMATS, read_trace_report
 from harness.traces.rows import ReadReport
+from harness.traces.sessions import infer_sessions, session_plan
 from harness.traces.specs import (
+    AGENTIC_OUTPUT,
+    AGENTIC_RESULT,
     ARRIVAL_FORMS,
     LENGTH_FORMS,
+    parse_agentic,
     parse_arrivals,
     parse_lengths,
     parse_sessions,
@@ -87,13 +92,20 @@ def _thresholds(text: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @_skip_bad_option
 @_keep_failed_option
+@click.option(
+    "--sessions",
+    is_flag=True,
+    help="Also the session plan: sessions (as given, else inferred from hash_ids), turns, gaps between "
+    "turns, new user tokens per turn (docs/traces.md, Sessions).",
+)
 def inspect_cmd(
-    file: str, fmt: str | None, above: str, as_json: bool, skip_bad: bool, keep_failed: bool
+    file: str, fmt: str | None, above: str, as_json: bool, skip_bad: bool, keep_failed: bool, sessions: bool
 ) -> None:
     """Statistics of FILE: lengths, arrivals, prefix reuse, share of long requests."""
     thresholds = _thresholds(above)
     trace, report = _read(file, fmt, skip_bad, keep_failed)
     stats = trace_stats(trace, thresholds)
+    plan = session_plan(trace).summary() if sessions else None
     if as_json:
         out = stats.to_dict() | {
             "format": report.format,
@@ -101,9 +113,27 @@ def inspect_cmd(
             "failed_dropped": report.failed_dropped,
             "failed_kept": report.failed_kept,
         }
+        if plan is not None:
+            out["session_plan"] = plan | {"inferred": trace.session_id is None}
         click.echo(json.dumps(json_safe(out), indent=2, allow_nan=False))
     else:
         click.echo(_table(stats, report))
+        if plan is not None:
+            click.echo(_sessions_line(plan, inferred=trace.session_id is None))
+
+
+def _sessions_line(p: dict, *, inferred: bool) -> str:
+    how = "inferred from hash_ids" if inferred else "as given"
+    line = (
+        f"session plan    {p['sessions']:,} sessions ({how}), {p['multi_turn_sessions']:,} with more than one "
+        f"turn; {p['later_turns']:,} later turns, up to turn {p['max_turn']}"
+    )
+    if p["later_turns"]:
+        line += (
+            f"\n                gap between turns p50 {p['think_p50_s']:,.1f} s  p90 {p['think_p90_s']:,.1f} s; "
+            f"new user tokens p50 {p['user_tokens_p50']:,.0f}"
+        )
+    return line
 
 
 def _table(s: TraceStats, report: ReadReport) -> str:
@@ -172,6 +202,11 @@ def _sample_size(text: str) -> dict:
     metavar="R",
     help="Scale time so the mean rate is R req/s (exclusive with --speedup).",
 )
+@click.option(
+    "--sessions",
+    is_flag=True,
+    help="Write session_id and turn inferred from hash_ids when SRC has none (docs/traces.md, Sessions).",
+)
 def convert_cmd(
     src: str,
     dst: str,
@@ -185,10 +220,12 @@ def convert_cmd(
     clip_output: int | None,
     speedup: float | None,
     rate: float | None,
+    sessions: bool,
 ) -> None:
     """Read SRC (any format), transform it, and write DST as native Parquet.
 
-    Transforms apply in this order: --window, --sample, --clip/--clip-output, --speedup or --rate.
+    Transforms apply in this order: --window, --sample, --sessions, --clip/--clip-output, --speedup or
+    --rate.
 
     \b
     Example: the busiest 10 minutes of Mooncake, twice as fast, clipped to a 128K context:
@@ -208,6 +245,8 @@ def convert_cmd(
             )
     if sample:
         trace = transforms.sample(trace, seed=seed, **_sample_size(sample))
+    if sessions and trace.session_id is None:  # on the rows kept, before lengths and times change
+        trace = infer_sessions(trace)
     clipped = 0
     if clip is not None or clip_output is not None:
         trace, clipped = transforms.clip_lengths(trace, clip, clip_output)
@@ -246,15 +285,24 @@ def convert_cmd(
 )
 @click.option(
     "--sessions",
-    metavar="turns=T[,concurrent=C][,max=N]",
-    help="Multi-turn sessions: mean T turns, C open at once; each turn's prompt grows by the last answer "
-    "and a new user message (--turn-lengths), ending before it would pass N tokens.",
+    metavar="turns=T[,concurrent=C | ,think=S][,max=N]",
+    help="Multi-turn sessions: mean T turns, C open at once (or: --arrival starts sessions, and each turn "
+    "comes an exponential think time of mean S seconds after the last); each turn's prompt grows by the "
+    "last answer and a new user message (--turn-lengths), ending before it would pass N tokens.",
+)
+@click.option(
+    "--agentic",
+    metavar="steps=T[,think=S][,max=N]",
+    help="Agent sessions: --arrival starts them; mean T steps, each a short tool call (--output, default "
+    f"{AGENTIC_OUTPUT}) whose result (--turn-lengths, default {AGENTIC_RESULT}) grows the context, the "
+    "next step an exponential S seconds later (default 0.5). Instead of --sessions.",
 )
 @click.option(
     "--turn-lengths",
     default="uniform:64,1024",
     show_default=True,
-    help="Length of each follow-up user message in a session (same forms as --lengths).",
+    help="Length of each follow-up user message in a session (same forms as --lengths); with --agentic, "
+    "of each tool result.",
 )
 @click.option(
     "--block-tokens",
@@ -272,6 +320,7 @@ def synth_cmd(
     seed: int,
     system_prompts: str | None,
     sessions: str | None,
+    agentic: str | None,
     turn_lengths: str,
     block_tokens: int,
 ) -> None:
@@ -282,13 +331,25 @@ def synth_cmd(
       prfaas-bench trace synth paper.parquet -n 20000 --arrival poisson:3 \\
           --lengths lognormal:mu=9.9,sigma=1,lo=128,hi=131072 --output fixed:1024 --seed 1
     """
+    if agentic is not None:  # an agent's defaults where the flags were left at theirs
+        if sessions:
+            raise InputError("give --sessions or --agentic, not both")
+        defaults = {"output": AGENTIC_OUTPUT, "turn_lengths": AGENTIC_RESULT}
+        ctx = click.get_current_context()
+        output, turn_lengths = (
+            defaults[k] if ctx.get_parameter_source(k) == ParameterSource.DEFAULT else v
+            for k, v in (("output", output), ("turn_lengths", turn_lengths))
+        )
+    turns = parse_lengths(turn_lengths, "--turn-lengths")
     spec = SynthSpec(
         requests=requests,
         lengths=parse_lengths(lengths, "--lengths"),
         arrivals=parse_arrivals(arrival, "--arrival"),
         outputs=parse_lengths(output, "--output", column="output"),
         system_prompts=parse_system_prompts(system_prompts) if system_prompts else None,
-        sessions=parse_sessions(sessions, parse_lengths(turn_lengths, "--turn-lengths"))
+        sessions=parse_agentic(agentic, turns)
+        if agentic
+        else parse_sessions(sessions, turns)
         if sessions
         else None,
         block_tokens=block_tokens,

@@ -23,6 +23,8 @@ from harness.config.base import (
     Tokens,
     table,
 )
+from harness.errors import InputError
+from harness.traces.sessions import ThinkTime
 
 TopologyKind = Literal["homogeneous", "naive", "prfaas", "colocated"]
 REMOTE_KINDS = ("naive", "prfaas")
@@ -112,6 +114,18 @@ class TraceWorkload:
     trace: Str  # relative to the scenario file
     output_tokens: OutputTokens | None = None
     rate_rps: Positive | None = None
+    # Session mode for simulate and replay: "trace", "fixed:S" or "exp:MEAN", the think time between a
+    # turn's end and the next turn (harness.traces.sessions.ThinkTime); absent: every row open loop.
+    sessions: Str | None = None
+
+    @model_validator(mode="after")
+    def _sessions(self) -> TraceWorkload:
+        if self.sessions is not None:
+            try:
+                ThinkTime.parse(self.sessions)
+            except InputError as exc:
+                raise FieldError("sessions", str(exc)) from None
+        return self
 
 
 WorkloadTable = Annotated[

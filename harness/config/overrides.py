@@ -48,6 +48,12 @@ def overrides(
             f"[simulate] ttft_slo_s = {cfg.simulate.ttft_slo_s:g} is ignored: "
             f"[slo] ttft_s = {slo_ttft:g} is the TTFT bound"
         )
+    sessions = getattr(cfg.workload, "sessions", None)
+    if command in ("bench", "plan", "serve") and sessions is not None:
+        out.append(
+            f"[workload] sessions = {sessions!r} is ignored: {command} runs every row open loop "
+            "(simulate and replay honour it)"
+        )
     if command == "bench":
         bench = cfg.bench.resolve(quick=quick)
 

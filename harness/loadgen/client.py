@@ -21,7 +21,17 @@ from harness.loadgen.chunks import chunk_timing, chunk_tokens
 from harness.loadgen.config import Endpoint, Timeouts, redact_url
 from harness.loadgen.errortext import scrub, server_message
 from harness.loadgen.schedule import PHASES
-from harness.loadgen.sse import BAD, CONTENT, DONE, FULL, classify, is_token, parse_chunk, prfaas_fields
+from harness.loadgen.sse import (
+    BAD,
+    CONTENT,
+    DONE,
+    FULL,
+    chunk_text,
+    classify,
+    is_token,
+    parse_chunk,
+    prfaas_fields,
+)
 from harness.pdproxy import NO_KV_TRANSFER, prefill_leg_body
 from harness.records import STATUS_ERROR, RequestRecord
 
@@ -54,6 +64,11 @@ class Job:
     output_tokens: int
     phase: int
     data: bytes = b""  # the encoded request body (``Client.prepare``), built before the send time
+    # Session mode: the conversation so far as alternating user/assistant texts (``prompt`` is the last
+    # user text); ``answer`` receives the generated text, which the next turn's prompt carries.
+    history: tuple[str, ...] = ()
+    answer: str | None = None
+    session: tuple[int | None, int | None, float | None] = (None, None, None)  # id, turn, predecessor end
 
 
 # vLLM (and SGLang) then put the running completion_tokens on every chunk, so a chunk holding several
@@ -119,9 +134,12 @@ class Client:
             "stream_options": stream_options({}),
         }
         if self.ep.api == "chat":
-            body["messages"] = [{"role": "user", "content": job.prompt}]
-        else:
-            body["prompt"] = job.prompt
+            turns = (*job.history, job.prompt)
+            body["messages"] = [
+                {"role": "assistant" if k % 2 else "user", "content": text} for k, text in enumerate(turns)
+            ]
+        else:  # one text: the earlier turns and answers, then the new user text
+            body["prompt"] = "".join(job.history) + job.prompt
         body.update(self.extra_body)
         return body
 
@@ -144,7 +162,8 @@ class Client:
             endpoint=self.ep.name,
             phase=PHASES[job.phase],
         )
-        st = _Stream()
+        rec.session_id, rec.turn, rec.predecessor_end_s = job.session
+        st = _Stream(text=[] if job.answer is not None else None)
         try:
             async with asyncio.timeout(None) as cm:
                 st.cm = cm
@@ -168,6 +187,8 @@ class Client:
             _fail(rec, "cancelled", "run interrupted")
         _finish(rec, st, self.t0)
         rec.end_s = time.monotonic() - self.t0
+        if st.text is not None:
+            job.answer = "".join(st.text)
         if rec.error_message:  # a server may echo the key or a URL's credentials back
             rec.error_message = scrub(rec.error_message, self._secrets)
         return rec
@@ -213,6 +234,8 @@ class Client:
                     if len(line) < 2:  # blank separator ("" or "\r")
                         continue
                     kind, payload, completion = classify(line)
+                    if st.text is not None and kind in (CONTENT, FULL):  # session mode keeps the answer
+                        st.text.append(chunk_text(payload))
                     if kind == CONTENT:
                         if completion < 0 and st.counted < 0:
                             if not times:
@@ -334,6 +357,7 @@ class _Stream:
     counted: int = -1  # the server's running completion_tokens; -1: it sends none (one token per chunk)
     usage: dict[str, Any] | None = None
     usage_line: bytes | None = None  # the last chunk with choices and usage: its usage, if no later one
+    text: list[str] | None = None  # the generated text, kept only when asked (session mode)
 
     def __post_init__(self) -> None:
         self.times = []

@@ -13,6 +13,7 @@ from harness.config.validity import ValidityBounds
 from harness.errors import InputError
 from harness.loadgen.conditions import RelayReader
 from harness.loadgen.telemetry import DEFAULT_INTERVAL_S, DEFAULT_PATTERNS
+from harness.traces.sessions import ThinkTime
 
 APIS = ("completions", "chat")
 ARRIVALS = ("trace", "poisson", "gamma", "constant")
@@ -191,6 +192,8 @@ class ReplayConfig:
     link_goodput: dict[str, Any] | None = None  # measured before the run: {"src->dst": {measured, expected}}
     scrape_interval_s: float = DEFAULT_INTERVAL_S  # each server's /metrics during the run; 0 = off
     scrape_metrics: tuple[str, ...] = DEFAULT_PATTERNS  # metric families kept (fnmatch patterns)
+    # Session mode (``--sessions``): a later turn waits for its predecessor's end plus this think time.
+    sessions: ThinkTime | None = None
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -207,6 +210,11 @@ class ReplayConfig:
             )
         if self.tokenizer and self.tokenize_url:
             raise InputError("use either --tokenizer FILE or --tokenize-url URL, not both")
+        if self.sessions is not None:
+            if self.load.arrival != "trace" or self.load.closed_loop:
+                raise InputError("--sessions replays the trace's own timestamps: drop --rate/--arrival")
+            if self.workers != 1:
+                raise InputError("--sessions needs --workers 1 (a session's turns wait on each other)")
         if not (self.scrape_interval_s >= 0 and math.isfinite(self.scrape_interval_s)):
             raise InputError(
                 f"--scrape-interval must be >= 0 seconds (0 = off), got {self.scrape_interval_s}"
@@ -237,4 +245,5 @@ class ReplayConfig:
             "reset": self.reset,
             "scrape_interval_s": self.scrape_interval_s,
             "scrape_metrics": list(self.scrape_metrics),
+            "sessions": None if self.sessions is None else asdict(self.sessions),
         }

@@ -22,11 +22,15 @@ from harness.loadgen.client import Client, Job
 from harness.loadgen.config import Endpoint, Timeouts
 from harness.loadgen.schedule import Schedule, closed_loop_phase
 from harness.records import RequestRecord
+from harness.serving.clock import sleep_until
+from harness.serving.sessions import SessionGate
 from harness.traces.frame import Trace
 from harness.traces.prompts import PromptFits, PromptSynth
+from harness.traces.sessions import SessionPlan
 
 _LOOKAHEAD = 64  # prepared requests held ahead of their send time (bounded memory)
 _PREP_SLACK_S = 0.002  # stop preparing this close to a send time
+_PREP_LEAD_S = 0.25  # session mode: a first turn's prompt is built this long before its send
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +45,7 @@ class WorkerSetup:
     extra_body: dict[str, Any]
     seed: int
     prompt_fits: PromptFits | None = None  # prompts fitted to a tokenizer before the run
+    sessions: SessionPlan | None = None  # session mode: later turns wait for their predecessor
 
 
 class Jobs:
@@ -49,12 +54,23 @@ class Jobs:
     def __init__(self, trace: Trace, schedule: Schedule, synth: PromptSynth) -> None:
         self.trace, self.schedule, self.synth = trace, schedule, synth
 
-    def make(self, i: int, scheduled_s: float, phase: int) -> Job:
+    def row(self, i: int) -> int:
         s = self.schedule
-        row = int(s.row[i]) if s.row is not None else i % s.trace_len
+        return int(s.row[i]) if s.row is not None else i % s.trace_len
+
+    def make(self, i: int, scheduled_s: float, phase: int) -> Job:
+        row = self.row(i)
         n_in = int(self.trace.input_tokens[row])
         prompt = self.synth.prompt(self.trace.hash_ids(row), n_in, row)
         return Job(i, row, scheduled_s, prompt, n_in, int(self.trace.output_tokens[row]), phase)
+
+    def follow(self, i: int, scheduled_s: float, phase: int, prev: Job, user_tokens: int) -> Job:
+        """A session's later turn: ``prev``'s conversation, its answer as received, new user text."""
+        row = self.row(i)
+        history = (*prev.history, prev.prompt, prev.answer or "")
+        prompt = self.synth.user_text(row, user_tokens)
+        n_in, n_out = int(self.trace.input_tokens[row]), int(self.trace.output_tokens[row])
+        return Job(i, row, scheduled_s, prompt, n_in, n_out, phase, history=history)
 
 
 def new_session(timeouts: Timeouts) -> aiohttp.ClientSession:
@@ -91,7 +107,10 @@ async def drive(
     counters = counters if counters is not None else {}
     counters.setdefault("dispatched", 0)
     async with new_session(setup.timeouts) as session:
-        if schedule.closed_loop:
+        if setup.sessions is not None:
+            gate = SessionGate(setup.sessions, zero=setup.t0)
+            await _sessions(client, session, jobs, schedule, gate, sink, counters)
+        elif schedule.closed_loop:
             await _closed(client, session, jobs, schedule, setup.t0, sink, counters)
         else:
             await _open(client, session, jobs, schedule, setup.t0, sink, counters)
@@ -140,6 +159,47 @@ async def _open(client, session, jobs: Jobs, schedule: Schedule, t0: float, sink
                     await sem.acquire()
                 group.create_task(one(job))
                 counters["dispatched"] += 1
+    except* Exception as failed:
+        raise failed.exceptions[0] from None
+
+
+async def _sessions(
+    client, session, jobs: Jobs, schedule: Schedule, gate: SessionGate, sink, counters
+) -> None:
+    """Session mode: every request waits in its own task, a first turn for its scheduled time, a later
+    turn for its predecessor's end plus think time (``SessionGate``, the rule simulate uses too)."""
+    offsets = schedule.offset_s
+    assert offsets is not None
+    finished: dict[int, Job] = {}  # row -> its finished job, kept until its next turn takes it
+
+    async def turn(i: int) -> None:
+        row = jobs.row(i)
+        pred_end = await gate.predecessor_end(row)
+        at = gate.send_time(row, float(offsets[i]), pred_end)
+        if pred_end is None:  # a first turn's prompt is built ahead; a later turn's as its predecessor ends
+            await sleep_until(gate.zero + at - _PREP_LEAD_S)
+        phase = closed_loop_phase(schedule, at)
+        if pred_end is None:
+            job = jobs.make(i, at, phase)
+        else:
+            prev = finished.pop(gate.predecessor(row))
+            job = jobs.follow(i, at, phase, prev, int(gate.plan.user_tokens[row]))
+        # the answer's text is kept only for a next turn to carry (reading it costs a decode per chunk)
+        job.answer = "" if gate.has_successor(row) else None
+        job.session = (*gate.describe(row), pred_end)
+        client.prepare(job)
+        await sleep_until(gate.zero + at)
+        counters["dispatched"] += 1
+        rec = await client.execute(session, job)
+        if gate.has_successor(row):
+            finished[row] = job
+        gate.ended(row, rec.end_s if rec.end_s is not None else at)
+        sink(rec)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for i in schedule.indices():
+                group.create_task(turn(i))
     except* Exception as failed:
         raise failed.exceptions[0] from None
 

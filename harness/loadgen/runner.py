@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from harness.records import RunWriter, new_run_id
 from harness.servermetrics import TelemetryLog
 from harness.traces.frame import Trace
 from harness.traces.prompts import PromptFits, PromptSynth
+from harness.traces.sessions import session_plan
 from harness.validity import UNKNOWN, combine, verdict
 
 _LEAD_S = 0.05
@@ -76,6 +77,7 @@ def replay(
     """
     check_credentials(config)
     schedule = build_schedule(trace, config.load)
+    plan = None if config.sessions is None else session_plan(trace, config.sessions, seed=config.load.seed)
     preparation = None
     if (config.tokenize_url or config.tokenizer) and prompt_fits is None:
         prompt_fits, preparation = _fit_prompts(trace, _rows(schedule), config, quiet)
@@ -90,6 +92,7 @@ def replay(
         "shaping_backend": config.shaping_backend,
         "trace": {"source": trace.source, "requests": len(trace), "span_s": trace.duration_s},
         "schedule": {"requests": len(schedule), "closed_loop": schedule.closed_loop},
+        "sessions": None if plan is None else {"sessions": plan.sessions, **asdict(config.sessions)},
         "prompts": {
             "tokenizer": config.tokenizer,
             "tokenize_url": config.describe()["tokenize_url"],
@@ -115,7 +118,9 @@ def replay(
             scraper = _scraper(ep, config, start.metric_roots, start.headers, telemetry)
             ended = False
             try:
-                _run_endpoint(ep, trace, schedule, config, writer, stats, prompt_fits, run_id, quiet, scraper)
+                _run_endpoint(
+                    ep, trace, schedule, config, writer, stats, prompt_fits, run_id, quiet, scraper, plan
+                )
                 ended = True
             finally:
                 if scraper is not None:
@@ -267,7 +272,7 @@ def _fit_prompts(trace: Trace, rows: np.ndarray, config: ReplayConfig, quiet: bo
 
 
 def _run_endpoint(
-    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, fits, run_id, quiet, scraper
+    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, fits, run_id, quiet, scraper, plan=None
 ) -> None:
     api_key = os.environ.get(config.api_key_env) or None
 
@@ -285,6 +290,7 @@ def _run_endpoint(
             extra_body=config.extra_body,
             seed=config.load.seed,
             prompt_fits=fits,
+            sessions=plan,
         )
 
     def on_record(rec) -> None:

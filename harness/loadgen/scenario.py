@@ -51,6 +51,7 @@ class ReplaySection:
     seed: int | None = None
     scrape_interval_s: float | None = None
     scrape_metrics: tuple[str, ...] | None = None
+    sessions: str | None = None  # [workload] sessions: session mode's think time
     endpoints: Mapping[str, EndpointTable] = field(default_factory=dict)
 
     def build_endpoints(self, model: str, api: str) -> tuple[Endpoint, ...]:
@@ -84,6 +85,7 @@ def parse_replay_section(scenario: Scenario) -> ReplaySection:
     return ReplaySection(
         source=str(scenario.path),
         model=table.model,
+        sessions=getattr(scenario.config.workload, "sessions", None),
         api=table.api,
         trace=(scenario.path.parent / trace) if trace else None,
         window_s=(window[0], window[1]) if window else None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from json.decoder import scanstring
 from typing import Any
 
 PRFAAS_KEY = "prfaas"
@@ -55,6 +56,7 @@ CONTENT, EMPTY, DONE, FULL, SKIP, BAD = range(6)
 _KEYS = re.compile(rb'"(?:prfaas|error|kv_transfer_params)"|"choices": *\[\]|"completion_tokens": *(\d+)')
 _NEEDS_PARSE = re.compile(rb'"(?:prfaas|error|kv_transfer_params)"|"choices": *\[\]')
 # the first byte of the text value: '"' means empty; anything else (after the opening quote) is text
+_TEXT_START = re.compile(rb'"(?:text|content)": *"')
 _TEXT = re.compile(rb'"(?:text|content)": *(")?(.)')
 # An empty text is still a generated token (a partial UTF-8 byte, say) unless the chunk is chat's
 # role chunk or a bare end-of-stream chunk with a finish reason.
@@ -127,6 +129,18 @@ def _is_token(choice: Any) -> bool:
     if not isinstance(text, str):
         return False
     return bool(text) or not isinstance(choice.get("finish_reason"), str)
+
+
+def chunk_text(payload: bytes) -> str:
+    """The generated text a chunk carries ('' for none): the first text or content string, read where
+    ``classify`` looks for it, decoded without parsing the whole chunk (session mode reads every one)."""
+    m = _TEXT_START.search(payload)
+    if m is None:
+        return ""
+    try:
+        return scanstring(payload[m.end() :].decode("utf-8", "replace"), 0)[0]
+    except ValueError:
+        return ""
 
 
 def parse_chunk(payload: bytes) -> Chunk:

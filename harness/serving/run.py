@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from harness.serving.stability import (
 from harness.serving.workload import PROBE_SPAN_TTFT_BOUNDS, build_workload, probe_span_s, scenario_rate
 from harness.traces.context import ContextFit, ContextPolicy
 from harness.traces.frame import Trace
+from harness.traces.sessions import ThinkTime, session_plan
 
 Workload = Callable[..., tuple[Trace, ContextFit]]  # build_workload with the run's fixed arguments bound
 
@@ -52,6 +53,7 @@ class SimulateRequest:
     seed: int | None = None
     context: ContextPolicy = "refuse"  # prompts beyond the model's context (harness.traces.context)
     out_dir: Path = Path("results")
+    sessions: ThinkTime | None = None  # session mode: later turns wait for their predecessor (and think)
 
 
 SEARCH_STEP = 1.2  # from the planner's Λ_max, up or down by 20% until the verdict changes, then bisect
@@ -106,6 +108,10 @@ def _check(req: SimulateRequest) -> None:
         raise ScenarioError(f"--attainment must be in (0, 1], got {req.attainment:g}")
     if req.ttft_slo_s is not None and not req.ttft_slo_s > 0:
         raise ScenarioError(f"--ttft-slo must be > 0 s, got {req.ttft_slo_s:g}")
+    if req.sessions is not None and (req.trace is None or req.rates or req.find_max_rate):
+        raise ScenarioError(
+            "session mode replays a trace at its own timestamps: give a trace, drop --rate/--find-max-rate"
+        )
 
 
 def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
@@ -121,7 +127,9 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
         duration_s=req.duration_s, context=req.context,
     )  # fmt: skip
     # Validate the workload once (context fit, non-empty) before any long run, and record the rule.
-    _, fit = workload(rate=rates[0] or (1.0 if req.find_max_rate else None))
+    checked, fit = workload(rate=rates[0] or (1.0 if req.find_max_rate else None))
+    # Session mode: a broken session (a gap in its turns) is one line before any run.
+    plan = None if req.sessions is None else session_plan(checked, req.sessions, seed=seed)
     if req.find_max_rate:
         # Λ_max is a steady-state figure: a transient link fault has no place in its probes.
         setup = replace(setup, stack=replace(setup.stack, link_events=()))
@@ -138,6 +146,7 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
         "workload": "trace" if req.trace is not None else "synthetic",
         "trace_source": req.trace.source if req.trace is not None else None,
         "context": fit.as_dict(),
+        "sessions": None if plan is None else {"sessions": plan.sessions, **asdict(req.sessions)},
         **({"stability_rule": _stability_rule(slo)} if req.find_max_rate else {}),
         **setup.describe(),
     }
@@ -172,7 +181,7 @@ def simulate(setup: SimSetup, req: SimulateRequest) -> dict[str, Any]:
             for rate in run_rates:
                 label = name if len(run_rates) == 1 else f"{name}@{rate:g}rps"
                 trace = workload(rate=rate, min_span_s=span)[0]  # at Λ_max: the passing probe's requests
-                done = run_dir.run(setup.stack, topo, trace, label=label, slo=slo)
+                done = run_dir.run(setup.stack, topo, trace, label=label, slo=slo, sessions=plan)
                 runs[label] = {"rate_rps": rate, **vars(done.summary)}
             if len(runs) == 1:
                 entry.update(next(iter(runs.values())))

@@ -20,6 +20,7 @@ from harness.serving.build import StackSpec, TopologyPlan, build_cluster
 from harness.serving.cluster import Cluster, Outcome
 from harness.serving.simulation import TimeSeries, requests_from_trace, simulate_requests, to_record
 from harness.traces.frame import Trace
+from harness.traces.sessions import SessionPlan
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,11 @@ def run_topology(
     sink: Callable[[RequestRecord], None] | None = None,
     series: TimeSeries | None = None,
     sample_interval_s: float = 1.0,
+    sessions: SessionPlan | None = None,
 ) -> TopologyRun:
     """Simulate ``trace`` through one topology; records go to ``sink`` as requests finish.
+
+    ``sessions`` (its ``session_plan``): session mode, each later turn sent after its predecessor ended.
 
     ``slo`` (default: no bounds) is what the summary's goodput and attainment count against.
     """
@@ -107,6 +111,7 @@ def run_topology(
         collect,
         series=series,
         sample_interval_s=sample_interval_s,
+        sessions=sessions,
     )
     records = records_frame(rows)
     return TopologyRun(records, _summary(records, slo or Slo(), cluster))
@@ -122,7 +127,16 @@ class RunDirectory:
         self._writer = RunWriter(path, meta)
         self._series: list[pd.DataFrame] = []
 
-    def run(self, stack: StackSpec, topo: TopologyPlan, trace: Trace, *, label: str, slo: Slo) -> TopologyRun:
+    def run(
+        self,
+        stack: StackSpec,
+        topo: TopologyPlan,
+        trace: Trace,
+        *,
+        label: str,
+        slo: Slo,
+        sessions: SessionPlan | None = None,
+    ) -> TopologyRun:
         """Simulate one topology, its records labelled ``label``, into this directory."""
         series = TimeSeries()
         result = run_topology(
@@ -135,6 +149,7 @@ class RunDirectory:
             sink=self._writer.write,
             series=series,
             sample_interval_s=self.sample_interval_s,
+            sessions=sessions,
         )
         frame = pd.DataFrame(vars(series))
         frame.insert(0, "topology", label)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from harness.records import STATUS_ERROR, RequestRecord
 from harness.serving.clock import run_virtual, sleep_until
 from harness.serving.cluster import Cluster, Outcome
+from harness.serving.sessions import SessionGate
 from harness.serving.site import ServeRequest
 from harness.traces.frame import Trace
+from harness.traces.sessions import SessionPlan
 
 
 def requests_from_trace(trace: Trace, *, prefix: str = "r") -> Iterator[ServeRequest]:
@@ -47,6 +49,9 @@ def to_record(out: Outcome, *, run_id: str, topology: str) -> RequestRecord:
         prompt_tokens_server=req.prompt_tokens,
         output_tokens_requested=req.output_tokens,
         source="simulate",
+        session_id=req.session_id,
+        turn=req.turn,
+        predecessor_end_s=req.predecessor_end_s,
     )
     if out.route is not None:
         rec.route = out.route.route
@@ -121,8 +126,14 @@ async def drive(
     *,
     series: TimeSeries | None = None,
     sample_interval_s: float = 1.0,
+    sessions: SessionPlan | None = None,
 ) -> None:
-    """Release ``n`` requests at their arrival times, hand each outcome to ``on_outcome`` as it ends."""
+    """Release ``n`` requests at their arrival times, hand each outcome to ``on_outcome`` as it ends.
+
+    With ``sessions`` (session mode) a later turn is released by ``SessionGate`` instead: when its
+    predecessor ended plus its think time, its prompt that predecessor's prompt and answer plus its
+    new user tokens.
+    """
     loop = asyncio.get_running_loop()
     all_done = loop.create_future()
     remaining = n
@@ -138,12 +149,36 @@ async def drive(
         if remaining == 0 and not all_done.done():
             all_done.set_result(None)
 
+    gate = None if sessions is None else SessionGate(sessions)
+    grown: dict[int, int] = {}  # session mode: row -> its prompt plus its answer, in tokens
+
+    async def turn(req: ServeRequest) -> Outcome:
+        assert gate is not None
+        row = req.trace_row
+        at, pred_end = await gate.release(row, req.arrival_s)
+        session_id, turn_index = gate.describe(row)
+        prompt = req.prompt_tokens
+        if pred_end is not None:
+            prompt = grown.pop(gate.predecessor(row)) + int(sessions.user_tokens[row])
+        req = replace(
+            req, arrival_s=at, prompt_tokens=prompt, session_id=session_id, turn=turn_index,
+            predecessor_end_s=pred_end,
+        )  # fmt: skip
+        out = await cluster.handle(req)
+        if gate.has_successor(row):
+            grown[row] = prompt + len(out.token_times)
+        gate.ended(row, loop.time())
+        return out
+
     async def feed() -> None:
         for i, req in enumerate(requests):
             if i == 0:
                 cluster.start(req.arrival_s)  # the run clock's zero: the first request's arrival
-            await sleep_until(req.arrival_s)
-            task = loop.create_task(cluster.handle(req))
+            if gate is None:
+                await sleep_until(req.arrival_s)
+                task = loop.create_task(cluster.handle(req))
+            else:  # every turn waits in its own task: for its arrival or for its predecessor
+                task = loop.create_task(turn(req))
             tasks.add(task)
             task.add_done_callback(finished)
 
@@ -176,6 +211,7 @@ def simulate_requests(
     *,
     series: TimeSeries | None = None,
     sample_interval_s: float = 1.0,
+    sessions: SessionPlan | None = None,
 ) -> Cluster:
     """Build a cluster on a fresh virtual-time loop and run ``n`` requests through it; returns the cluster."""
     holder: list[Cluster] = []
@@ -183,7 +219,10 @@ def simulate_requests(
     async def main() -> None:
         cluster = make_cluster()
         holder.append(cluster)
-        await drive(cluster, requests, n, on_outcome, series=series, sample_interval_s=sample_interval_s)
+        await drive(
+            cluster, requests, n, on_outcome, series=series, sample_interval_s=sample_interval_s,
+            sessions=sessions,
+        )  # fmt: skip
 
     run_virtual(main())
     return holder[0]

@@ -32,6 +32,10 @@ class ServeRequest:
     # The request as it arrived, for a site port that forwards it to another process (serve: the
     # OpenAI path and body); None in simulate.
     payload: Any = field(default=None, compare=False, repr=False)
+    # Session mode (``harness.serving.sessions``): the session, the turn, and when the previous turn ended.
+    session_id: int | None = None
+    turn: int | None = None
+    predecessor_end_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

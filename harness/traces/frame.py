@@ -24,6 +24,7 @@ class Trace:
     hash_values     int64, all requests' prefix block ids concatenated
     hash_offsets    int64, len n+1; request i's ids are hash_values[hash_offsets[i]:hash_offsets[i+1]]
     session_id      int64 or None; -1 where a request has no session
+    turn            int64 or None; the request's turn in its session (0 first), -1 where it has none
     block_tokens    tokens per prefix block (512 for Mooncake)
     source          where the trace came from (file path or generator description)
     """
@@ -34,6 +35,7 @@ class Trace:
     hash_values: np.ndarray = field(repr=False)
     hash_offsets: np.ndarray = field(repr=False)
     session_id: np.ndarray | None = None
+    turn: np.ndarray | None = None
     block_tokens: int = DEFAULT_BLOCK_TOKENS
     source: str = ""
 
@@ -45,6 +47,8 @@ class Trace:
             raise ValueError("hash_offsets must have one more entry than there are requests")
         if self.session_id is not None and len(self.session_id) != n:
             raise ValueError("session_id must have one entry per request")
+        if self.turn is not None and (self.session_id is None or len(self.turn) != n):
+            raise ValueError("turn needs session_id and one entry per request")
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -78,6 +82,7 @@ class Trace:
             hash_values=values.astype(np.int64, copy=False),
             hash_offsets=offsets,
             session_id=None if self.session_id is None else self.session_id[idx],
+            turn=None if self.turn is None else self.turn[idx],
             block_tokens=self.block_tokens,
             source=self.source,
         )

@@ -5,6 +5,7 @@
     output_tokens  int64                > 0
     hash_ids       large_list<int64>    prefix block ids, ``block_tokens`` tokens each
     session_id     int64, nullable      null when the request belongs to no session
+    turn           int64, nullable      optional: the request's turn in its session (0 first)
 
 Schema metadata key ``prfaas.trace`` holds JSON ``{"version": 1, "block_tokens": 512, "source": ...}``.
 Parquet keeps the ragged ``hash_ids`` as offsets plus values, the same CSR layout as ``Trace``, so
@@ -47,6 +48,11 @@ def write_native(trace: Trace, path: str | os.PathLike) -> Path:
         if trace.session_id is None
         else pa.array(trace.session_id, pa.int64(), mask=trace.session_id < 0)
     )
+    turns = (
+        pa.nulls(len(trace), pa.int64())
+        if trace.turn is None
+        else pa.array(trace.turn, pa.int64(), mask=trace.turn < 0)
+    )
     meta = {"version": VERSION, "block_tokens": int(trace.block_tokens), "source": trace.source}
     table = pa.table(
         {
@@ -55,6 +61,7 @@ def write_native(trace: Trace, path: str | os.PathLike) -> Path:
             "output_tokens": pa.array(trace.output_tokens, pa.int64()),
             "hash_ids": hash_ids,
             "session_id": sessions,
+            "turn": turns,
         }
     ).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     tmp = path.with_name(f".{path.name}.tmp")
@@ -112,6 +119,13 @@ def read_native(path: Path, *, skip_bad: bool = False) -> tuple[Trace, ReadRepor
     sessions = None
     if "session_id" in table.column_names and table.column("session_id").null_count < table.num_rows:
         sessions, _ = _numeric(table, "session_id", np.int64, path)
+    turns = None
+    if (
+        sessions is not None
+        and "turn" in table.column_names
+        and table.column("turn").null_count < table.num_rows
+    ):
+        turns, _ = _numeric(table, "turn", np.int64, path)
 
     problems = [
         ("arrival_s", no_arrival, "is missing"),
@@ -136,6 +150,7 @@ def read_native(path: Path, *, skip_bad: bool = False) -> tuple[Trace, ReadRepor
         hash_values=values,
         hash_offsets=offsets,
         session_id=sessions,
+        turn=turns,
         block_tokens=meta.get("block_tokens", DEFAULT_BLOCK_TOKENS),
         source=str(path),
     )

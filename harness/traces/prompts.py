@@ -133,6 +133,7 @@ def _filler_block(row: int) -> int:
 
 
 _FILL_SALT = 0x5F3759DF  # a separate draw for the one-token words that complete a block
+_USER_SALT = 0x2F1E0D  # ... and for a later turn's new user text
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,11 @@ class PromptSynth:
     def fitted_text(self, hash_ids: Sequence[int], row: int, words: int, pad: int) -> str:
         """The first ``words`` words of the row's stream, then ``pad`` one-token words."""
         return self._words(hash_ids, words, row) + "".join(_WORDS[self._fill(0, _filler_block(row), pad)])
+
+    def user_text(self, row: int, tokens: int) -> str:
+        """``tokens`` one-token words for a session's later turn: the new user text it adds to the
+        previous prompt and answer (fresh per row, exact in tokens when the prompts are fitted)."""
+        return "".join(_WORDS[self._fill(_USER_SALT, _filler_block(row), max(int(tokens), 1))])
 
     def plan_fit(self, hash_ids: Sequence[int], target: int, row: int) -> tuple[int, int]:
         """(words, pad) predicted to make ``target`` tokens of text if counts add up word by word.

@@ -3,7 +3,8 @@
     lengths   lognormal:mu=9.9,sigma=1,lo=128,hi=131072 | fixed:N | uniform:A,B | empirical:FILE
     arrivals  poisson:RATE | gamma:RATE,CV | constant:RATE
     prompts   count=K,tokens=L[,share=F][,zipf=S]
-    sessions  turns=T[,concurrent=C][,max=N]
+    sessions  turns=T[,concurrent=C | ,think=S][,max=N]
+    agentic   steps=T[,think=S][,max=N]
     window    START:DUR (trace seconds)
 
 Mistakes raise ``InputError`` naming the option and the expected form.
@@ -109,10 +110,30 @@ def parse_system_prompts(spec: str, option: str = "--system-prompts") -> SystemP
 
 
 def parse_sessions(spec: str, user_tokens: LengthDistribution, option: str = "--sessions") -> Sessions:
-    kv = _keyvalues(spec, option, {"turns": float, "concurrent": int, "max": int}, ("turns",))
+    kv = _keyvalues(spec, option, {"turns": float, "concurrent": int, "max": int, "think": float}, ("turns",))
+    if "think" in kv and "concurrent" in kv:
+        raise InputError(
+            f"{option}: give concurrent=C or think=S, not both (with think, arrivals start sessions)"
+        )
     return Sessions(
         mean_turns=kv["turns"],
         concurrent=kv.get("concurrent", 32),
         user_tokens=user_tokens,
         max_input=kv.get("max", 131072),
+        think_s=kv.get("think"),
     )
+
+
+AGENTIC_OUTPUT = "uniform:16,128"  # a tool call: a short generated request
+AGENTIC_RESULT = "uniform:256,4096"  # a tool result appended to the context before the next step
+
+
+def parse_agentic(spec: str, tool_results: LengthDistribution, option: str = "--agentic") -> Sessions:
+    """``steps=T[,think=S][,max=N]``: agent sessions, a geometric number of steps with mean T, each step
+    a short tool call whose result (``tool_results``) grows the context, the next step ``S`` seconds
+    (exponential, default 0.5: the tool's latency) after the last; the arrival process starts sessions."""
+    kv = _keyvalues(spec, option, {"steps": float, "think": float, "max": int}, ("steps",))
+    return Sessions(
+        mean_turns=kv["steps"], user_tokens=tool_results, max_input=kv.get("max", 131072),
+        think_s=kv.get("think", 0.5),
+    )  # fmt: skip

@@ -58,12 +58,17 @@ class Sessions:
     A session lasts a geometric number of turns with mean ``mean_turns`` (>= 1). Follow-up turns add
     a user message drawn from ``user_tokens`` to the previous prompt and answer; a session ends early
     when its next prompt would exceed ``max_input`` tokens.
+
+    With ``think_s`` the arrival process starts *sessions* instead (``concurrent`` is not used): each
+    later turn arrives an exponential think time of mean ``think_s`` after the previous one, so session
+    mode's think times (the trace's gaps) have that mean.
     """
 
     mean_turns: float
     concurrent: int = 32
     user_tokens: LengthDistribution = field(default_factory=lambda: Uniform(64, 1024))
     max_input: int = 131072
+    think_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.mean_turns >= 1:
@@ -72,6 +77,8 @@ class Sessions:
             raise InputError(
                 f"sessions need concurrent > 0 and max > 0, got {self.concurrent}, {self.max_input}"
             )
+        if self.think_s is not None and not (self.think_s >= 0 and np.isfinite(self.think_s)):
+            raise InputError(f"sessions need think >= 0 seconds, got {self.think_s}")
 
 
 @dataclass(frozen=True)
@@ -108,11 +115,18 @@ def synthesize(spec: SynthSpec, seed: int) -> Trace:
     if spec.sessions is None:
         values, offsets = _independent_blocks(inputs, prompt_of, spec.system_prompts, spec.block_tokens)
         return Trace(input_tokens=inputs, hash_values=values, hash_offsets=offsets, **common)
-    inputs, values, offsets, session_id = _session_blocks(
+    if spec.sessions.think_s is not None:
+        return _timed_sessions(spec, arrival, inputs, outputs, prompt_of, g_session, source)
+    inputs, values, offsets, session_id, turn = _session_blocks(
         spec.sessions, inputs, outputs, prompt_of, spec.system_prompts, spec.block_tokens, g_session
     )
     return Trace(
-        input_tokens=inputs, hash_values=values, hash_offsets=offsets, session_id=session_id, **common
+        input_tokens=inputs,
+        hash_values=values,
+        hash_offsets=offsets,
+        session_id=session_id,
+        turn=turn,
+        **common,
     )
 
 
@@ -150,6 +164,7 @@ def _independent_blocks(
 class _OpenSession:
     id: int
     turns_left: int
+    turn: int = -1
     last_input: int = 0
     last_output: int = 0
     blocks: list[int] = field(default_factory=list)
@@ -163,8 +178,8 @@ def _session_blocks(
     prompts: SystemPrompts | None,
     block: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs, CSR block ids and session ids when requests belong to growing multi-turn sessions."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, CSR block ids, session ids and turns when requests belong to growing multi-turn sessions."""
     n = len(first_inputs)
     per_prompt = _prompt_blocks(prompts, block)
     next_id = (prompts.count if prompts else 0) * per_prompt
@@ -174,6 +189,7 @@ def _session_blocks(
     slots: list[_OpenSession | None] = [None] * sessions.concurrent
     inputs = np.empty(n, dtype=np.int64)
     session_id = np.empty(n, dtype=np.int64)
+    turn = np.empty(n, dtype=np.int64)
     ids: list[list[int]] = []
     started = 0
     for i in range(n):
@@ -192,8 +208,59 @@ def _session_blocks(
         s.blocks = prefix + list(range(next_id, next_id + fresh))
         next_id += fresh
         s.turns_left -= 1
+        s.turn += 1
         s.last_input, s.last_output = length, int(outputs[i])
-        inputs[i], session_id[i] = length, s.id
+        inputs[i], session_id[i], turn[i] = length, s.id, s.turn
         ids.append(s.blocks)
     values, offsets = offsets_from_lists(ids)
-    return inputs, values, offsets, session_id
+    return inputs, values, offsets, session_id, turn
+
+
+def _timed_sessions(
+    spec: SynthSpec,
+    starts: np.ndarray,
+    first_inputs: np.ndarray,
+    outputs: np.ndarray,
+    prompt_of: np.ndarray,
+    rng: np.random.Generator,
+    source: str,
+) -> Trace:
+    """Sessions that start at ``starts`` and whose turns follow each other after a think time; the
+    first ``spec.requests`` turns in arrival order. Session k takes row k's first length and prompt."""
+    sessions, block, n = spec.sessions, spec.block_tokens, spec.requests
+    assert sessions is not None and sessions.think_s is not None
+    per_prompt = _prompt_blocks(spec.system_prompts, block)
+    next_id = (spec.system_prompts.count if spec.system_prompts else 0) * per_prompt
+    turns = rng.geometric(1.0 / sessions.mean_turns, size=n)
+    rows: list[tuple[float, int, int, int, int, list[int]]] = []  # time, session, turn, input, output, ids
+    for k in range(n):
+        # every later session starts after n turns have arrived: stop (checked now and then)
+        if k % 1024 == 0 and len(rows) >= n and np.partition([r[0] for r in rows], n - 1)[n - 1] < starts[k]:
+            break
+        length, prefix = int(first_inputs[k]), []
+        if prompt_of[k] >= 0:
+            first = int(prompt_of[k]) * per_prompt
+            prefix = list(range(first, first + min(per_prompt, length // block)))
+        at, before, answer, ids = float(starts[k]), 0, 0, prefix
+        think = rng.exponential(sessions.think_s, size=int(turns[k]))
+        user = sessions.user_tokens.sample(int(turns[k]), rng)
+        for t in range(int(turns[k])):
+            if t:  # the previous prompt + its answer + a new user message, after a think time
+                at += float(think[t])
+                length = before + answer + int(user[t])
+                if length > sessions.max_input:
+                    break
+                prefix = ids[: before // block]
+            ids = prefix + list(range(next_id, next_id + -(-length // block) - len(prefix)))
+            next_id += len(ids) - len(prefix)
+            before, answer = length, int(outputs[len(rows) % n])
+            rows.append((at, k, t, length, answer, ids))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    rows = rows[:n]
+    values, offsets = offsets_from_lists([r[5] for r in rows])
+    column = lambda i, dtype: np.array([r[i] for r in rows], dtype=dtype)  # noqa: E731
+    return Trace(
+        arrival_s=column(0, np.float64), input_tokens=column(3, np.int64), output_tokens=column(4, np.int64),
+        hash_values=values, hash_offsets=offsets, session_id=column(1, np.int64), turn=column(2, np.int64),
+        block_tokens=block, source=source,
+    )  # fmt: skip
