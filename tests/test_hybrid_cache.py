@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.errors import ScenarioError
 from harness.model.presets import load_model
 from harness.model.reuse import replay_cache
 from harness.serving.cache import CacheShape, PrefixCache, cache_shape
@@ -200,9 +201,12 @@ def test_a_pure_attention_model_is_unchanged_on_mooncake(mooncake):
 def test_the_preset_sets_where_states_are_saved(tmp_path, kimi):
     text = (REPO / "harness" / "presets" / "models" / "kimi-1t-hybrid.toml").read_text(encoding="utf-8")
     path = tmp_path / "every4.toml"
-    path.write_text(
-        text.replace("state_dtype_bytes = 4", "state_dtype_bytes = 4\nstate_checkpoint_every_blocks = 4")
-    )
+    path.write_text(text.replace("state_checkpoint_every_blocks = 0", "state_checkpoint_every_blocks = 4"))
     shape = cache_shape(load_model(path), 512)
     assert shape.checkpoint_every_blocks == 4 and shape.state_bytes == kimi.state_bytes_per_seq
     assert shape.block_bytes == kimi.kv_bytes_per_token * 512  # 16.9 KiB/token x 512: 8.4 MiB
+    path.write_text(text.replace("state_checkpoint_every_blocks = 0", "state_checkpoint_every_blocks = -1"))
+    with pytest.raises(
+        ScenarioError, match=r"\[linear_attention\] state_checkpoint_every_blocks: must be >= 0"
+    ):
+        load_model(path)
