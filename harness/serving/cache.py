@@ -127,16 +127,21 @@ class PrefixCache:
         model, its checkpoints (see the module docstring); evict least recently used entries to fit."""
         if self.capacity_bytes == 0:
             return
-        shape = self.shape
-        for h in hash_ids:
-            self._put(h, shape.block_bytes)
+        shape, entries = self.shape, self._entries
+        new = 0
+        for h in hash_ids:  # the replay's hot path: one dict operation per block
+            if h in entries:
+                entries.move_to_end(h)
+            else:
+                entries[h] = None
+                new += 1
+        self._used += new * shape.block_bytes
         full = min(len(hash_ids), prompt_tokens // self.block_tokens)  # the last full block
         if shape.hybrid and full:
             every = shape.checkpoint_every_blocks or full
             for j in (*range(every, full, every), full):
-                self._put((j, hash_ids[j - 1]), shape.state_bytes)
+                self._put_state((j, hash_ids[j - 1]))
         if self.capacity_bytes is not None:
-            entries = self._entries
             while self._used > self.capacity_bytes:
                 key, _ = entries.popitem(last=False)
                 if isinstance(key, tuple):
@@ -145,14 +150,13 @@ class PrefixCache:
                 else:
                     self._used -= shape.block_bytes
 
-    def _put(self, key: int | tuple[int, int], nbytes: float) -> None:
+    def _put_state(self, key: tuple[int, int]) -> None:
         if key in self._entries:
             self._entries.move_to_end(key)
             return
         self._entries[key] = None
-        self._used += nbytes
-        if isinstance(key, tuple):
-            self._states += 1
+        self._used += self.shape.state_bytes
+        self._states += 1
 
     def clear(self) -> None:
         """Forget every entry and zero the counters (a fresh cache of the same capacity)."""
