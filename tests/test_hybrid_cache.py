@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from harness.cli import main
 from harness.errors import ScenarioError
 from harness.model.presets import load_model
 from harness.model.reuse import replay_cache
@@ -210,3 +212,14 @@ def test_the_preset_sets_where_states_are_saved(tmp_path, kimi):
         ScenarioError, match=r"\[linear_attention\] state_checkpoint_every_blocks: must be >= 0"
     ):
         load_model(path)
+
+
+def test_a_misspelt_prefix_cache_is_one_line(tmp_path):
+    text = (REPO / "workloads" / "paper-case-study.toml").read_text(encoding="utf-8")
+    path = tmp_path / "bad.toml"
+    path.write_text(text.replace('prfaas_cache = "local"', 'prfaas_cache = "local"\nprefix_cache = "block"'))
+    res = CliRunner().invoke(main, ["plan", str(path)])
+    assert res.exit_code == 2
+    assert res.output.strip() == (
+        f"error: {path}: [simulate] prefix_cache: must be one of hybrid, blocks, got 'block'"
+    )
