@@ -48,11 +48,11 @@ def main() -> None:
     print(f"trace: {len(trace)} requests ({args.trace}); scenario {args.scenario}")
     print(f"{'step':<44} {'wall s':>7}")
     print(f"{'read the trace, context rule, one-site replay':<44} {read_s:>7.3f}")
-    opts = {"capacity_bytes": prefills.capacity_bytes, "block_bytes": prefills.block_bytes}
+    opts = {"capacity_bytes": prefills.capacity_bytes, "shape": prefills.shape}
     arrays = (trace.input_tokens, trace.hash_values, trace.hash_offsets)
-    _, one_s = _timed(lambda: replay_cache(*arrays, **opts, block_tokens=trace.block_tokens))
+    _, one_s = _timed(lambda: replay_cache(*arrays, **opts))
     print(f"{'one replay, one site':<44} {one_s:>7.3f}")
-    _, two_s = _timed(lambda: replay_cache(*arrays, **opts, block_tokens=trace.block_tokens, threshold=1e4))
+    _, two_s = _timed(lambda: replay_cache(*arrays, **opts, threshold=1e4))
     print(f"{'one replay, PrfaaS at t = 10,000':<44} {two_s:>7.3f}")
     before = prefills.replays
     report, plan_s = _timed(lambda: plan_deployment(deployment))

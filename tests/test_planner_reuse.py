@@ -20,6 +20,7 @@ from harness.model.deployment import deployment_from_scenario, with_overrides
 from harness.model.planner import best_prfaas, evaluate_homogeneous, evaluate_naive, evaluate_prfaas
 from harness.model.reuse import replay_cache
 from harness.scenario import load_scenario
+from harness.serving.cache import CacheShape, cache_shape
 from harness.serving.config import prepare
 from harness.serving.runner import run_topology
 from harness.traces.frame import offsets_from_lists
@@ -38,8 +39,7 @@ def _replay(prompts, ids, *, capacity_blocks, block_tokens=4, **kw):
         values,
         offsets,
         capacity_bytes=capacity,
-        block_bytes=1.0,
-        block_tokens=block_tokens,
+        shape=CacheShape(block_tokens=block_tokens, block_bytes=1.0),
         **kw,
     )
 
@@ -169,14 +169,22 @@ def _slice_scenario(tmp_path: Path, simulate: str = "") -> Path:
     return path
 
 
-@pytest.mark.parametrize("cache", ["cache_capacity_gib = 1024", "cache_capacity_gib = 16"])
+BLOCK_ONLY = 'prefix_cache = "blocks"'
+
+
+@pytest.mark.parametrize(
+    "cache",
+    ["cache_capacity_gib = 1024", "cache_capacity_gib = 16", f"cache_capacity_gib = 16\n{BLOCK_ONLY}"],
+)
 def test_replay_matches_the_simulator_request_by_request(tmp_path, cache):
     """With requests far apart (each done before the next arrives), the simulator's site caches and
-    router give every request exactly the cached prefix and route the planner's replay gives it."""
+    router give every request exactly the cached prefix and route the planner's replay gives it: with
+    the 1T hybrid's linear-state checkpoints (16 GiB: states evict blocks) and without them."""
     setup = prepare(load_scenario(_slice_scenario(tmp_path, cache)))
     trace = read_trace(MOONCAKE_SLICE)
     trace = trace.replace(arrival_s=np.arange(len(trace)) * 500.0)
-    block_bytes = setup.stack.local.model.kv_bytes_per_token * setup.stack.block_tokens
+    shape = cache_shape(setup.stack.local.model, setup.stack.block_tokens, hybrid=setup.stack.hybrid_cache)
+    assert shape.hybrid == (BLOCK_ONLY not in cache)  # kimi-1t-hybrid has linear layers
     for name, topo in setup.topologies.items():
         records: list = []
         run_topology(setup.stack, topo, trace, sink=records.append)
@@ -187,8 +195,7 @@ def test_replay_matches_the_simulator_request_by_request(tmp_path, cache):
             trace.hash_values,
             trace.hash_offsets,
             capacity_bytes=setup.stack.cache_capacity_bytes,
-            block_bytes=block_bytes,
-            block_tokens=setup.stack.block_tokens,
+            shape=shape,
             threshold=t,
         )
         assert [rec.cached_tokens for rec in records] == r.cached.tolist(), name
@@ -196,28 +203,40 @@ def test_replay_matches_the_simulator_request_by_request(tmp_path, cache):
 
 
 # ---------------------------------------------------------------------------------------------- plan --json
-def _leading_hits(trace) -> tuple[float, float]:
-    """Token and block hit ratios of an unbounded cache, counted with a plain set (no LRU needed)."""
+def _leading_hits(trace, *, hybrid: bool) -> tuple[float, float]:
+    """Token and block hit ratios of an unbounded cache, counted with plain sets (no LRU needed).
+    ``hybrid``: a hit also ends where an earlier prompt's last full block ended (its saved state)."""
     seen: set[int] = set()
+    ends: set[tuple[int, ...]] = set()
+    b = trace.block_tokens
     hit_tok = hit_blk = 0
     for i in range(len(trace)):
-        ids = trace.hash_ids(i).tolist()
+        ids, prompt = trace.hash_ids(i).tolist(), int(trace.input_tokens[i])
         lead = next((k for k, h in enumerate(ids) if h not in seen), len(ids))
-        hit_tok += min(lead * trace.block_tokens, int(trace.input_tokens[i]) - 1)
+        if hybrid:
+            lead = min(lead, (prompt - 1) // b)
+            while lead and tuple(ids[:lead]) not in ends:
+                lead -= 1
+        hit_tok += min(lead * b, prompt - 1)
         hit_blk += lead
         seen.update(ids)
+        ends.add(tuple(ids[: min(len(ids), prompt // b)]))
     return hit_tok / trace.input_tokens.sum(), hit_blk / len(trace.hash_values)
 
 
-def test_plan_json_reports_the_incremental_distribution_and_its_reuse(tmp_path):
-    path = _slice_scenario(tmp_path)
+@pytest.mark.parametrize("semantics", ["hybrid", "blocks"])
+def test_plan_json_reports_the_incremental_distribution_and_its_reuse(tmp_path, semantics):
+    hybrid = semantics == "hybrid"
+    path = _slice_scenario(tmp_path, "cache_capacity_gib = 1024" + ("" if hybrid else f"\n{BLOCK_ONLY}"))
     res = CliRunner().invoke(main, ["plan", str(path), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     pl = out["workload"]["prefill_lengths"]
     trace = read_trace(MOONCAKE_SLICE)
-    tokens, blocks = _leading_hits(trace)  # the slice's 7,814 distinct blocks fit 1 TiB: nothing evicted
+    # The slice's 7,814 distinct blocks (8.4 MiB each) and 300 states (180 MiB) fit 1 TiB: nothing evicted.
+    tokens, blocks = _leading_hits(trace, hybrid=hybrid)
     assert pl["distribution"] == "incremental" and pl["cache_capacity_gib"] == 1024
+    assert pl["prefix_cache"] == semantics and pl["state_bytes"] == (180 * 2**20 if hybrid else 0)
     assert pl["token_hit_ratio"] == pytest.approx(tokens) and pl["block_hit_ratio"] == pytest.approx(blocks)
     assert 0.05 < blocks < 0.09
     assert pl["mean_uncached_tokens"] == pytest.approx(trace.input_tokens.mean() * (1 - tokens))
@@ -239,6 +258,7 @@ def test_plan_json_reports_the_incremental_distribution_and_its_reuse(tmp_path):
     assert (
         "prefill lengths: incremental, after a 1,024 GiB" in text and "cache hits (tokens / blocks)" in text
     )
+    assert ("hybrid model: a hit ends where a prefill saved its linear state" in text) == hybrid
 
 
 def test_plan_with_the_cache_off_uses_raw_lengths(tmp_path):

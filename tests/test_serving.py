@@ -11,6 +11,7 @@ import pytest
 from harness.model.cost import InstanceCost
 from harness.model.presets import load_hardware, load_model
 from harness.serving import (
+    CacheShape,
     DecodeInstance,
     FluidLink,
     PrefillInstance,
@@ -105,27 +106,27 @@ def test_backlog_left_at_prefill_end_drains_at_full_rate():
 
 # ---------------------------------------------------------------------------------------------- cache
 def test_prefix_cache_counts_leading_blocks_and_evicts_lru():
-    cache = PrefixCache(capacity_bytes=3 * 10, block_bytes=10, block_tokens=4)
-    cache.insert([1, 2, 3])
+    cache = PrefixCache(3 * 10, CacheShape(block_tokens=4, block_bytes=10))
+    cache.insert([1, 2, 3], 12)
     assert cache.peek([1, 2, 9], 12) == 8  # two leading blocks
     assert cache.peek([9, 2, 3], 12) == 0  # a prefix must start at the first block
     assert cache.lookup([1, 2, 3], 12) == 11  # all cached, but one token is always computed
     cache.lookup([2], 4)  # refresh 2: least recently used first, the order is now 1, 3, 2
-    cache.insert([7])  # evicts the least recently used block
+    cache.insert([7], 4)  # evicts the least recently used block
     assert len(cache) == 3
     assert cache.peek([1], 4) == 0 and cache.peek([2], 4) == 4 and cache.peek([3], 4) == 4
     assert (cache.hit_blocks, cache.lookup_blocks) == (4, 4)
 
 
 def test_prefix_cache_of_zero_capacity_never_hits():
-    cache = PrefixCache(0, 10, 4)
-    cache.insert([1, 2])
+    cache = PrefixCache(0, CacheShape(block_tokens=4, block_bytes=10))
+    cache.insert([1, 2], 8)
     assert cache.lookup([1, 2], 8) == 0
 
 
 # ---------------------------------------------------------------------------------------------- prefill
 def test_prefill_is_fifo_and_skips_cached_tokens(h20):
-    cache = PrefixCache(None, 10, 512)
+    cache = PrefixCache(None, CacheShape(block_tokens=512, block_bytes=10))
     inst = PrefillInstance("p0", h20, cache)
 
     async def main():

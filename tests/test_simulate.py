@@ -329,14 +329,15 @@ def _extended_prompt(setup, a_tokens: int, a_blocks: int, b_tokens: int):
 @pytest.mark.parametrize("mode", ["local", "global"])
 def test_cache_aware_routing_counts_the_prefix_where_the_mode_says(paper, mode):
     # A (30,000 tokens) goes remote and leaves 59 blocks in the remote cache; B extends A's prompt.
+    # The 1T hybrid resumes where A's linear state was saved, after its last full block: 58 blocks.
     a, b, summary = _extended_prompt(with_stack(paper, prfaas_cache=mode), 30_000, 59, 31_000)
     kv = paper.stack.local.kv_bytes
-    prefix = 59 * 512
+    prefix = 30_000 // 512 * 512
     assert a.route == "remote" and b.cached_tokens == prefix
     if mode == "local":  # the local site holds nothing: 31,000 uncached tokens > t, so B goes remote too
         assert b.route == "remote"
         assert summary.link_bytes["remote->local"] == kv(30_000) + kv(31_000)
-    else:  # 792 uncached tokens: B prefills locally after pulling the prefix's KV across the link
+    else:  # 1,304 uncached tokens: B prefills locally after pulling the prefix's KV across the link
         assert b.route == "local"
         assert summary.link_bytes["remote->local"] == kv(30_000) + kv(prefix)
         assert b.prefill_end_s - b.prefill_start_s == pytest.approx(

@@ -44,6 +44,8 @@ class SimulateSpec:
     intra_site_gbps       each site's RDMA fabric for PD-P -> PD-D KV (one shared fluid link)
     cache_capacity_gib    prefix cache per site ("unbounded" in the file is None here; 0 disables it)
     prfaas_cache          "local": a site's own prefix decides; "global": the best prefix anywhere
+    prefix_cache          "hybrid": a hybrid model's hits end where its linear state was saved (the
+                          preset's checkpoints); "blocks": any block boundary, linear state ignored
     prefill_batch_tokens  batch queued prefills up to this many uncached tokens (0: one at a time)
     bandwidth_aware       re-tune the PrfaaS threshold from link utilisation and queues
     decode_batch_max      default: the planner's BS_max (TPOT SLO at the mean decode context)
@@ -56,6 +58,7 @@ class SimulateSpec:
     intra_site_gbps: Positive = 400.0
     cache_capacity_gib: Annotated[NonNegative | None, BeforeValidator(_unbounded)] = 1024.0
     prfaas_cache: Literal["local", "global"] = "local"
+    prefix_cache: Literal["hybrid", "blocks"] = "hybrid"
     prefill_batch_tokens: Annotated[Int, Field(ge=0, le=MAX_TOKENS)] = 0
     bandwidth_aware: Bool = False
     decode_batch_max: Annotated[Int, Field(ge=1, le=4096)] | None = None

@@ -156,7 +156,7 @@ class HttpSite:
         cache = self._shadow.cache
         if cache is not None:
             cache.lookup(req.hash_ids, req.prompt_tokens)
-            cache.insert(req.hash_ids)
+            cache.insert(req.hash_ids, req.prompt_tokens)
         if isinstance(load_s, int | float):
             self._load_s, self._load_at = float(load_s), asyncio.get_running_loop().time()
 

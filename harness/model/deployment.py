@@ -7,7 +7,8 @@
 Every mistake is a ``ScenarioError`` naming the file and field.
 
 A trace workload is planned on what each request still has to prefill after the prefix cache that
-``[simulate]`` models (``cache_capacity_gib`` per site, ``prfaas_cache``): see ``harness.model.prefills``.
+``[simulate]`` models (``cache_capacity_gib`` per site, ``prfaas_cache``, ``prefix_cache``): see
+``harness.model.prefills``.
 
 ``resolve_topologies`` fills in what a topology leaves open (N_p/N_d split, PrfaaS threshold) with the
 analytic planner's optimum, so ``simulate`` and ``replay`` run the configuration ``plan`` recommends.
@@ -29,6 +30,7 @@ from harness.model.planner import PlanContext, evaluate_topology
 from harness.model.prefills import LengthPrefills, Prefills, TracePrefills
 from harness.model.presets import Hardware, ModelSpec, load_hardware, load_model
 from harness.scenario import Scenario
+from harness.serving.cache import cache_shape
 from harness.traces.context import ContextFit, ContextPolicy, fit_context
 from harness.traces.distributions import Empirical, Fixed, LengthDistribution, TruncatedLogNormal, Uniform
 from harness.traces.frame import Trace
@@ -58,6 +60,7 @@ class PrefixCacheSpec:
 
     capacity_gib: float | None  # per site; None: unbounded, 0: off
     prfaas_cache: str  # "local" or "global"
+    hybrid: bool = True  # a hybrid model's hits end at linear-state checkpoints (False: any block)
 
 
 @dataclass(frozen=True)
@@ -194,14 +197,15 @@ def fit_workload(workload: Workload, context_tokens: int, policy: ContextPolicy)
 
 def prefills_for(workload: Workload, model: ModelSpec, cache: PrefixCacheSpec) -> Prefills:
     """What each prefill pool computes: a trace replayed through site caches of ``cache``'s capacity
-    (blocks of the model's KV, as the simulator sizes them), or a distribution's raw lengths."""
+    (entries of the model's KV and linear state, as the simulator sizes them), or a distribution's raw
+    lengths."""
     if workload.trace is None:
         return LengthPrefills(workload.lengths)
     trace, gib = workload.trace, cache.capacity_gib
     return TracePrefills(
         trace,
         capacity_bytes=None if gib is None else gib * 2**30,
-        block_bytes=max(1, model.kv_bytes_per_token) * trace.block_tokens,
+        shape=cache_shape(model, trace.block_tokens, hybrid=cache.hybrid),
         global_cache=cache.prfaas_cache == "global",
     )
 
@@ -230,7 +234,8 @@ def deployment_from_scenario(scenario: Scenario, *, context: ContextPolicy = "re
     topologies = {name: _topology(name, t) for name, t in cfg.topologies.items()}
     needs_remote = bool(cfg.remote_topologies())  # the scenario's checks made sure remote and [link] exist
     workload = _workload(scenario, model, context)
-    cache = PrefixCacheSpec(cfg.simulate.cache_capacity_gib, cfg.simulate.prfaas_cache)
+    sim = cfg.simulate
+    cache = PrefixCacheSpec(sim.cache_capacity_gib, sim.prfaas_cache, sim.prefix_cache == "hybrid")
     deployment = Deployment(
         name=scenario.name,
         model=model,

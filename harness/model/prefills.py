@@ -33,6 +33,7 @@ import numpy as np
 
 from harness.model.cost import InstanceCost
 from harness.model.reuse import CacheReplay, replay_cache
+from harness.serving.cache import CacheShape
 from harness.traces.distributions import LengthDistribution
 from harness.traces.frame import Trace
 
@@ -189,16 +190,17 @@ def _from_totals(v: np.ndarray) -> PrefillClass:
 
 class TracePrefills:
     """A trace's prompts after the sites' prefix caches (see the module docstring). ``capacity_bytes``
-    per site (None: unbounded; 0: no cache, so lengths are raw), ``block_bytes`` the KV of one of the
-    trace's blocks, ``global_cache`` PrfaaS routing by the longest prefix either site holds."""
+    per site (None: unbounded; 0: no cache, so lengths are raw), ``shape`` its entries (the model's KV
+    per trace block and linear-state checkpoints: ``cache_shape``), ``global_cache`` PrfaaS routing by
+    the longest prefix either site holds."""
 
     def __init__(
-        self, trace: Trace, *, capacity_bytes: float | None, block_bytes: float, global_cache: bool = False
+        self, trace: Trace, *, capacity_bytes: float | None, shape: CacheShape, global_cache: bool = False
     ) -> None:
         self.trace = trace
         self.prompts = trace.input_tokens
         self.capacity_bytes = capacity_bytes
-        self.block_bytes = block_bytes
+        self.shape = shape
         self.global_cache = global_cache
         self._replays: dict[float, CacheReplay] = {}
         self._splits: dict[float, Split] = {}
@@ -224,8 +226,7 @@ class TracePrefills:
                 trace.hash_values,
                 trace.hash_offsets,
                 capacity_bytes=self.capacity_bytes,
-                block_bytes=self.block_bytes,
-                block_tokens=trace.block_tokens,
+                shape=self.shape,
                 threshold=t,
                 global_cache=self.global_cache,
             )
@@ -277,7 +278,8 @@ class TracePrefills:
         one = self.replay()
         cached = self.capacity_bytes is None or self.capacity_bytes > 0
         cap = None if self.capacity_bytes is None else self.capacity_bytes / 2**30
-        blocks = None if self.capacity_bytes is None else int(self.capacity_bytes // self.block_bytes)
+        shape = self.shape
+        blocks = None if self.capacity_bytes is None else int(self.capacity_bytes // shape.block_bytes)
         return {
             "distribution": "incremental" if cached else "raw",
             "why": (
@@ -290,6 +292,10 @@ class TracePrefills:
             "cache_blocks": blocks,
             "block_tokens": self.trace.block_tokens,
             "prfaas_cache": "global" if self.global_cache else "local",
+            # A hybrid model's hits end at linear-state checkpoints, each state_bytes of the capacity.
+            "prefix_cache": "hybrid" if shape.hybrid else "blocks",
+            "state_bytes": shape.state_bytes,
+            "state_checkpoint_every_blocks": shape.checkpoint_every_blocks,
             "mean_input_tokens": float(self.prompts.mean()),
             "mean_uncached_tokens": float(one.uncached.mean()),
             # One site seeing every request (homogeneous, naive); PrfaaS's are per topology.

@@ -133,13 +133,19 @@ class Attention:
 
 @table
 class LinearAttention:
-    """Linear-attention (e.g. KDA) layers: a fixed ``heads x head_dim_k x head_dim_v`` state each."""
+    """Linear-attention (e.g. KDA) layers: a fixed ``heads x head_dim_k x head_dim_v`` state each.
+
+    ``state_checkpoint_every_blocks``: where a prefill saves that state for the prefix cache, besides
+    its prompt's last full block (the only place by default, 0): every that many cache blocks. A cached
+    prefix is reusable only up to a saved state (harness/serving/cache.py).
+    """
 
     layers: Layers
     heads: Dim
     head_dim_k: Dim
     head_dim_v: Dim
     state_dtype_bytes: DtypeBytes
+    state_checkpoint_every_blocks: Annotated[Int, Field(ge=0, le=1_000_000)] = 0
 
     @property
     def state_bytes(self) -> int:

@@ -103,6 +103,13 @@ def describe_workload(workload: dict) -> list[str]:
             f"every request hits {pl['token_hit_ratio']:.1%} of tokens, {pl['block_hit_ratio']:.1%} of blocks; "
             f"prfaas routes by the {pl['prfaas_cache']} cache",
         ]
+        if pl["prefix_cache"] == "hybrid":
+            every = pl["state_checkpoint_every_blocks"]
+            where = "each prompt's last full block" + (f" and every {every} blocks" if every else "")
+            lines.append(
+                f"  hybrid model: a hit ends where a prefill saved its linear state ({where}); "
+                f"{pl['state_bytes'] / 2**20:,.0f} MiB per state, out of the same capacity"
+            )
     lines.append(f"prefill time per class: {pl['prefill_time']}")
     if workload["context"] is not None:
         fit = workload["context"]

@@ -1,6 +1,7 @@
 """What the prefix cache leaves each request of a trace to prefill: the trace replayed, in arrival order
 and one request at a time, through the simulator's own site caches (``PrefixCache``: block-level on
-the trace's ``hash_ids``, LRU, capacity in bytes). A pure function over the trace's arrays.
+the trace's ``hash_ids``, LRU, capacity in bytes; for a hybrid model a hit also ends at a linear-state
+checkpoint). A pure function over the trace's arrays.
 
 The replay follows the serving stack's routers and prefill instances (harness/serving/router.py,
 instances.py) with every prefill finishing before the next request arrives:
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.serving.cache import PrefixCache
+from harness.serving.cache import CacheShape, PrefixCache
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,19 +61,19 @@ def replay_cache(
     hash_offsets: np.ndarray,
     *,
     capacity_bytes: float | None,
-    block_bytes: float,
-    block_tokens: int,
+    shape: CacheShape,
     threshold: float = math.inf,
     global_cache: bool = False,
 ) -> CacheReplay:
     """Replay a trace's prompts (CSR block ids as in ``Trace``) through the site caches; see the module
-    docstring. ``capacity_bytes`` per site (None: unbounded, 0: no cache)."""
+    docstring. ``capacity_bytes`` per site (None: unbounded, 0: no cache), entries sized by ``shape``
+    (``cache_shape`` of the model, as the simulator builds its caches)."""
     n = len(input_tokens)
     prompts = np.asarray(input_tokens, dtype=np.int64).tolist()
     values = np.asarray(hash_values, dtype=np.int64).tolist()
     offsets = np.asarray(hash_offsets, dtype=np.int64).tolist()
-    local = PrefixCache(capacity_bytes, block_bytes, block_tokens)
-    remote = PrefixCache(capacity_bytes, block_bytes, block_tokens)
+    local = PrefixCache(capacity_bytes, shape)
+    remote = PrefixCache(capacity_bytes, shape)
     uncached = np.empty(n, dtype=np.int64)
     cached = np.empty(n, dtype=np.int64)
     to_remote = np.zeros(n, dtype=bool)
@@ -92,7 +93,7 @@ def replay_cache(
             elif held_remote > held_local:
                 fetched = held_remote
         hit = max(site.lookup(ids, prompt), min(fetched, prompt - 1))
-        site.insert(ids)
+        site.insert(ids, prompt)
         uncached[i] = prompt - hit
         cached[i] = hit
     caches = (local, remote)

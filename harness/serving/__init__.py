@@ -6,7 +6,7 @@ written as plain asyncio objects and driven by whichever clock the running loop 
 """
 
 from harness.config.links import ModelledLink
-from harness.serving.cache import PrefixCache
+from harness.serving.cache import CacheShape, PrefixCache, cache_shape
 from harness.serving.clock import VirtualTimeDeadlock, VirtualTimeLoop, run_virtual
 from harness.serving.cluster import Cluster, Outcome
 from harness.serving.instances import (
@@ -33,6 +33,7 @@ from harness.serving.transport import FluidLink, FluidTransport, KVTransport, Li
 
 __all__ = [
     "BandwidthAware",
+    "CacheShape",
     "Cluster",
     "ClusterView",
     "ColocatedRouter",
@@ -62,5 +63,6 @@ __all__ = [
     "TokenStream",
     "VirtualTimeDeadlock",
     "VirtualTimeLoop",
+    "cache_shape",
     "run_virtual",
 ]

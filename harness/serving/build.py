@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from harness.config.links import ModelledLink
 from harness.config.scenario import LOCAL, REMOTE
 from harness.model.cost import InstanceCost
-from harness.serving.cache import PrefixCache
+from harness.serving.cache import PrefixCache, cache_shape
 from harness.serving.cluster import Cluster
 from harness.serving.instances import DecodeInstance, PrefillInstance
 from harness.serving.linkevents import LinkSchedule, LinkState
@@ -60,6 +60,7 @@ class StackSpec:
     decode_batch_max: int
     cache_capacity_bytes: float | None
     block_tokens: int = 512
+    hybrid_cache: bool = True  # a hybrid model's hits end at linear-state checkpoints (False: any block)
     prfaas_cache: str = "local"
     bandwidth_aware: BandwidthAware | None = None
     max_segment_steps: float = math.inf
@@ -69,11 +70,10 @@ class StackSpec:
 
 def build_cluster(spec: StackSpec, topo: TopologyPlan) -> Cluster:
     """The sites, links and router of one topology (call inside the loop that will run it)."""
-    model = spec.local.model
-    block_bytes = max(1, model.kv_bytes_per_token) * spec.block_tokens
+    shape = cache_shape(spec.local.model, spec.block_tokens, hybrid=spec.hybrid_cache)
 
     def cache() -> PrefixCache:
-        return PrefixCache(spec.cache_capacity_bytes, block_bytes, spec.block_tokens)
+        return PrefixCache(spec.cache_capacity_bytes, shape)
 
     def decoders(site: str, n: int) -> list[DecodeInstance]:
         return [

@@ -175,7 +175,7 @@ class PrefillInstance:
                 end = loop.time()
                 for job, c in zip(batch, cached, strict=True):
                     if self.cache is not None:
-                        self.cache.insert(job.hash_ids)
+                        self.cache.insert(job.hash_ids, job.prompt)
                     self.completed += 1
                     if not job.future.done():
                         job.future.set_result(PrefillTimes(self.name, job.enqueued, start, end, c))
