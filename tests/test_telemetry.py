@@ -151,14 +151,18 @@ def clusters(tmp_path_factory):
 
 
 def _shared_trace(n: int, gap_s: float) -> Trace:
-    # Every request shares its first two 512-token blocks: the prefix cache hits from the second on.
-    blocks = [np.array([0, 1, 100 + i], dtype=np.int64) for i in range(n)]
+    # Every request shares its first two 512-token blocks, and the first is those two blocks alone: the
+    # model is a hybrid, whose hit must end where a linear state was saved (a prompt's last full block),
+    # so the cache hits from the second request on.
+    blocks = [np.array([0, 1], dtype=np.int64)] + [
+        np.array([0, 1, 100 + i], dtype=np.int64) for i in range(1, n)
+    ]
     return Trace(
         arrival_s=np.arange(n) * gap_s,
-        input_tokens=np.full(n, 1536),
+        input_tokens=np.array([512 * len(b) for b in blocks]),
         output_tokens=np.full(n, 1500),
         hash_values=np.concatenate(blocks),
-        hash_offsets=np.arange(0, 3 * n + 1, 3, dtype=np.int64),
+        hash_offsets=np.concatenate(([0], np.cumsum([len(b) for b in blocks]))).astype(np.int64),
     )
 
 
