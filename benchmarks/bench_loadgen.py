@@ -137,7 +137,7 @@ def peak_rss_mib(url: str, requests: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mib"]
 
 
-def vs_vllm(requests: int, reps: int) -> None:
+def vs_vllm(requests: int, reps: int, servers: tuple[str, ...]) -> None:
     """Section 4: the side-by-side table (``benchmarks/loadgen_vs_vllm.py``)."""
     repo = Path(__file__).resolve().parent.parent
     sys.path[:0] = [str(repo), str(repo / "tests")]  # run as a script: neither is on the path
@@ -152,7 +152,7 @@ def vs_vllm(requests: int, reps: int) -> None:
           f"{requests} requests per run, {reps} runs per client in turn")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tiny_model(Path(tmp) / "model", python)  # bench serve needs one; nothing downloaded
-        print_table(side_by_side(requests, reps, python, tokenizer))
+        print_table(side_by_side(requests, reps, python, tokenizer, servers))
 
 
 def main() -> None:
@@ -161,6 +161,9 @@ def main() -> None:
     ap.add_argument("--vs-vllm", action="store_true", help="only section 4: beside vLLM's bench serve")
     ap.add_argument("--requests", type=int, help="section 4: requests per run (default 640; --quick 128)")
     ap.add_argument("--reps", type=int, default=2, help="section 4: runs per client and server (default 2)")
+    ap.add_argument(
+        "--servers", default="burst,token,token-dumps", help="section 4: fake-server --writes modes"
+    )
     args = ap.parse_args()
     q = args.quick
     n_short, n_long = (3000, 300) if q else (20_000, 2_000)
@@ -169,7 +172,7 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; load average {load:.1f} at start"
     )
     if args.vs_vllm:
-        vs_vllm(args.requests or (128 if q else 640), args.reps)
+        vs_vllm(args.requests or (128 if q else 640), args.reps, tuple(args.servers.split(",")))
         print(f"\nload average {os.getloadavg()[0]:.1f} at end (other processes share these cores)")
         return
     with fake_server_process() as url:

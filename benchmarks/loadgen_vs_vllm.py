@@ -6,9 +6,9 @@ CPU-bound server sharing the cores with the client).
 
 Per client and server: req/s and token events/s over the client's own span (first send to last token,
 from its own timestamps), and the client's CPU seconds per million token events in that span, read
-from /proc for the client's processes (children included) — not its start-up. ``ours (include_usage)``
-is our client with vLLM's ``stream_options`` (no running usage per chunk): the same request bodies,
-so the server does the same work for both.
+from /proc for the client's processes (children included) — not its start-up; the server's likewise.
+``ours (include_usage)`` is our client with vLLM's ``stream_options`` (no running usage per chunk,
+``--extra-body``): the same request bodies as vLLM's, so the server does the same work for both.
 
 vLLM's client runs from the cached vLLM venv (``make vllm-venv``), never installed into here.
 """
@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.proc_cpu import TreeCPU
+from benchmarks.proc_cpu import TreeCPU, pid_of
 from harness.loadgen.fakeserver import WRITES, fake_server_process
 from harness.records import read_records
 
@@ -61,14 +61,18 @@ class Tally:
     events: int = 0
     span_s: float = 0.0
     cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
     failed: int = 0
     runs: list[float] = field(default_factory=list)  # token events/s of each run
 
-    def add(self, requests: int, events: int, span_s: float, cpu_s: float, failed: int) -> None:
+    def add(
+        self, requests: int, events: int, span_s: float, cpu_s: float, server_cpu_s: float, failed: int
+    ) -> None:
         self.requests += requests
         self.events += events
         self.span_s += span_s
         self.cpu_s += cpu_s
+        self.server_cpu_s += server_cpu_s
         self.failed += failed
         self.runs.append(events / span_s)
 
@@ -118,29 +122,40 @@ def run_ours(url: str, n: int, work: Path, plain: bool) -> tuple:
     return len(ok), events, start, end, cpu, len(df) - len(ok)
 
 
-def side_by_side(requests: int, reps: int, python: Path, tokenizer: Path) -> dict[str, dict[str, Tally]]:
-    """Every server, each client ``reps`` times in turn (vllm, ours, ours plain, vllm, ...)."""
+def side_by_side(
+    requests: int, reps: int, python: Path, tokenizer: Path, servers: tuple[str, ...] = WRITES
+) -> dict[str, dict[str, Tally]]:
+    """Each server, each client ``reps`` times in turn (vllm, ours, ours plain, vllm, ...)."""
     table: dict[str, dict[str, Tally]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for writes in SERVERS:
+        for writes in servers:
             table[writes] = {c: Tally() for c in CLIENTS}
             with fake_server_process("--writes", writes) as url:
+                port = url.rsplit(":", 1)[1]
                 for _ in range(reps):
                     for client in CLIENTS:
-                        if client == "vllm":
-                            got = run_vllm(python, tokenizer, url, requests, work)
-                        else:
-                            got = run_ours(url, requests, work, plain=client != "ours")
+                        with TreeCPU(pid_of("fake-server", "--port", port)) as server:
+                            if client == "vllm":
+                                got = run_vllm(python, tokenizer, url, requests, work)
+                            else:
+                                got = run_ours(url, requests, work, plain=client != "ours")
                         n, events, start, end, cpu, failed = got
-                        table[writes][client].add(n, events, end - start, cpu.between(start, end), failed)
+                        table[writes][client].add(
+                            n,
+                            events,
+                            end - start,
+                            cpu.between(start, end),
+                            server.between(start, end),
+                            failed,
+                        )
     return table
 
 
 def print_table(table: dict[str, dict[str, Tally]]) -> None:
     """One row per server and client; ratios against vLLM's client on the same server."""
-    print(f"  {'server':<40} {'client':<22} {'req/s':>7} {'tok events/s':>13} {'CPU-s/M events':>15}  "
-          f"{'vs vLLM':>8}  per run (events/s)")  # fmt: skip
+    print(f"  {'server':<40} {'client':<22} {'req/s':>7} {'tok events/s':>13} {'vs vLLM':>8} "
+          f"{'client CPU-s/M ev':>18} {'server CPU-s/M ev':>18}  per run (events/s)")  # fmt: skip
     for writes, row in table.items():
         base = row["vllm"].events / row["vllm"].span_s
         for client, t in row.items():
@@ -149,5 +164,6 @@ def print_table(table: dict[str, dict[str, Tally]]) -> None:
             failed = f"  ({t.failed} failed)" if t.failed else ""
             print(
                 f"  {SERVERS[writes]:<40} {client:<22} {t.requests / t.span_s:>7.1f} {rate:>13,.0f} "
-                f"{t.cpu_s / t.events * 1e6:>15.1f}  {rate / base:>7.2f}x  {runs}{failed}"
+                f"{rate / base:>7.2f}x {t.cpu_s / t.events * 1e6:>18.1f} {t.server_cpu_s / t.events * 1e6:>18.1f}  "
+                f"{runs}{failed}"
             )

@@ -88,3 +88,19 @@ class TreeCPU:
             return self.cpu[-1]
         t1, t2, c1, c2 = self.times[i - 1], self.times[i], self.cpu[i - 1], self.cpu[i]
         return c1 + (c2 - c1) * (t - t1) / (t2 - t1)
+
+
+def pid_of(*args: str) -> int:
+    """The pid of the one process whose command line holds ``args`` in that order (a server we started)."""
+    want = "\0".join(args).encode()
+    found = [int(d) for d in os.listdir("/proc") if d.isdigit() and want in _cmdline(int(d))]
+    if len(found) != 1:
+        raise RuntimeError(f"{len(found)} processes run {' '.join(args)!r}")
+    return found[0]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
