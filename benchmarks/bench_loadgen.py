@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
-from harness.loadgen.fakeserver import fake_server_process
+from harness.loadgen.fakeserver import WRITES, fake_server_process
 from harness.records import read_records
 from harness.traces.frame import Trace
 
@@ -165,6 +165,9 @@ def main() -> None:
         "--servers", default="burst,token,token-dumps", help="section 4: fake-server --writes modes"
     )
     args = ap.parse_args()
+    servers = tuple(args.servers.split(","))
+    if not set(servers) <= set(WRITES) or (args.requests or 1) < 1 or args.reps < 1:
+        ap.error(f"--servers takes some of {','.join(WRITES)}; --requests and --reps at least 1")
     q = args.quick
     n_short, n_long = (3000, 300) if q else (20_000, 2_000)
     load = os.getloadavg()[0]
@@ -172,7 +175,7 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; load average {load:.1f} at start"
     )
     if args.vs_vllm:
-        vs_vllm(args.requests or (128 if q else 640), args.reps, tuple(args.servers.split(",")))
+        vs_vllm(args.requests or (128 if q else 640), args.reps, servers)
         print(f"\nload average {os.getloadavg()[0]:.1f} at end (other processes share these cores)")
         return
     with fake_server_process() as url:
