@@ -1,6 +1,7 @@
 """How fast is the load generator itself? Prints figures; not a test.
 
     .venv/bin/python benchmarks/bench_loadgen.py [--quick]
+    .venv/bin/python benchmarks/bench_loadgen.py --vs-vllm [--quick] [--requests N] [--reps N]
 
 Against ``prfaas-bench fake-server`` (streams every token at once) in separate processes:
 
@@ -10,6 +11,9 @@ Against ``prfaas-bench fake-server`` (streams every token at once) in separate p
    events/s with 1024-token outputs (every token's timestamp recorded) — 1 and 2 worker processes;
 2. open loop: the highest Poisson rate whose send-lag p99 stays <= 5 ms — 1 and 2 workers;
 3. memory: peak RSS of a replay process after 10k and after 100k requests (records streamed, not held).
+
+``--vs-vllm`` runs only section 4: our client beside vLLM's ``bench serve`` in one run, alternating,
+against three kinds of fake server (``benchmarks/loadgen_vs_vllm.py``; needs ``make vllm-venv``).
 """
 
 from __future__ import annotations
@@ -27,11 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
-from harness.loadgen.fakeserver import fake_server_process
+from harness.loadgen.fakeserver import WRITES, fake_server_process
 from harness.records import read_records
 from harness.traces.frame import Trace
-
-REFERENCE_REQ_S, REFERENCE_TOK_S = 1136.0, 94_000.0  # vLLM bench serve's client on this machine (issue 4)
 
 
 def synthetic_trace(n: int, n_in: int, n_out: int) -> Trace:
@@ -135,16 +137,47 @@ def peak_rss_mib(url: str, requests: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mib"]
 
 
+def vs_vllm(requests: int, reps: int, servers: tuple[str, ...]) -> None:
+    """Section 4: the side-by-side table (``benchmarks/loadgen_vs_vllm.py``)."""
+    repo = Path(__file__).resolve().parent.parent
+    sys.path[:0] = [str(repo), str(repo / "tests")]  # run as a script: neither is on the path
+    from realengine.vllm import VENV, build_tiny_model, vllm_python
+
+    from benchmarks.loadgen_vs_vllm import CONCURRENCY, N_IN, N_OUT, print_table, side_by_side
+
+    python = vllm_python()
+    if python is None:
+        sys.exit(f"no vLLM venv at {VENV}: `make vllm-venv` installs it")
+    print(f"\n[4] beside vLLM's bench serve: closed loop, concurrency {CONCURRENCY}, {N_IN}-in/{N_OUT}-out, "
+          f"{requests} requests per run, {reps} runs per client in turn")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tiny_model(Path(tmp) / "model", python)  # bench serve needs one; nothing downloaded
+        print_table(side_by_side(requests, reps, python, tokenizer, servers))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (a smoke check of the script)")
+    ap.add_argument("--vs-vllm", action="store_true", help="only section 4: beside vLLM's bench serve")
+    ap.add_argument("--requests", type=int, help="section 4: requests per run (default 640; --quick 128)")
+    ap.add_argument("--reps", type=int, default=2, help="section 4: runs per client and server (default 2)")
+    ap.add_argument(
+        "--servers", default="burst,token,token-dumps", help="section 4: fake-server --writes modes"
+    )
     args = ap.parse_args()
+    servers = tuple(args.servers.split(","))
+    if not set(servers) <= set(WRITES) or (args.requests or 1) < 1 or args.reps < 1:
+        ap.error(f"--servers takes some of {','.join(WRITES)}; --requests and --reps at least 1")
     q = args.quick
     n_short, n_long = (3000, 300) if q else (20_000, 2_000)
     load = os.getloadavg()[0]
     print(
         f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; load average {load:.1f} at start"
     )
+    if args.vs_vllm:
+        vs_vllm(args.requests or (128 if q else 640), args.reps, servers)
+        print(f"\nload average {os.getloadavg()[0]:.1f} at end (other processes share these cores)")
+        return
     with fake_server_process() as url:
         endpoint_alone(url, 16, 500)  # warm up
         raw_short = endpoint_alone(url, 16, n_short)
@@ -156,10 +189,9 @@ def main() -> None:
             short = closed_loop(url, 16, n_short, w)
             long = closed_loop(url, 1024, n_long, w)
             print(
-                f"  workers={w}: {short['req_s']:,.0f} req/s (32-in/16-out; {short['req_s'] / REFERENCE_REQ_S:.2f}x "
-                f"the 1,136 reference, {short['req_s'] / raw_short:.2f}x the endpoint alone); "
+                f"  workers={w}: {short['req_s']:,.0f} req/s (32-in/16-out; "
+                f"{short['req_s'] / raw_short:.2f}x the endpoint alone); "
                 f"{long['events_s']:,.0f} SSE token events/s with timestamps (1024-out; "
-                f"{long['events_s'] / REFERENCE_TOK_S:.2f}x the 94,000 reference, "
                 f"{long['events_s'] / (raw_long * 1024):.2f}x the endpoint alone); failed={short['failed'] + long['failed']}"
             )
         print("\n[2] open loop, Poisson: highest rate with send-lag p99 <= 5 ms")

@@ -11,10 +11,11 @@ import aiohttp
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from threaded_server import ServerThread
 
 from harness.cli import main
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
-from harness.loadgen.fakeserver import fake_server_process
+from harness.loadgen.fakeserver import WRITES, FakeServer, fake_server_process
 from harness.records import read_records
 from harness.traces.frame import Trace
 
@@ -92,6 +93,25 @@ def test_unknown_model_is_vllms_404_and_models_lists_the_served_one(server):
             return await resp.json()
 
     assert [m["id"] for m in asyncio.run(models())["data"]] == ["m"]
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_every_way_of_writing_sends_the_same_stream(path):
+    # 3,000 tokens of ~200 bytes: a burst takes several 64 KiB writes, the others one write per chunk.
+    body = {"model": "m", "prompt": "a b c", "messages": [{"role": "user", "content": "a b c"}],
+            "max_tokens": 3000, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+    streams = {}
+    for writes in WRITES:
+        with ServerThread(FakeServer(writes=writes, chunk_tokens=(1, 2))) as srv:
+            status, raw = _post(srv.url, path, body)
+        assert status == 200
+        streams[writes] = [{k: v for k, v in c.items() if k != "created"} for c in _chunks(raw)]
+    assert streams["token"] == streams["burst"] == streams["token-dumps"]
+    chunks = streams["burst"]
+    counts = [c["usage"]["completion_tokens"] for c in chunks if c["choices"]]
+    assert counts[-1] == 3000 and chunks[-1]["usage"]["completion_tokens"] == 3000
+    assert all(b - a in (0, 1, 2) for a, b in zip(counts, counts[1:], strict=False))  # noqa: RUF007
 
 
 def test_replay_against_it_measures_the_configured_ttft_and_tpot(tmp_path):

@@ -145,6 +145,22 @@ def test_a_running_count_is_read_off_the_bytes_and_a_final_usage_is_parsed():
     assert classify(_line({"choices": [{"text": "x"}]}))[2] == -1
 
 
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [  # vLLM's compact JSON: the count last, or other fields and keys after it
+        (b'{"choices":[{"text":"x"}],"usage":{"prompt_tokens":3,"completion_tokens":7}}', (CONTENT, 7)),
+        (b'{"choices":[{"text":"x"}],"usage":{"completion_tokens":7,"prompt_tokens":3}}', (CONTENT, 7)),
+        (b'{"choices":[{"text":"x"}],"usage":{"completion_tokens":7},"error":"e"}', (FULL, -1)),
+        (b'{"choices":[{"text":"x"}],"usage":{"completion_tokens":7},"prfaas":{}}', (FULL, -1)),
+        (b'{"usage":{"completion_tokens":7},"choices":[]}', (FULL, -1)),
+        (b'{"choices":[{"text":"\\"completion_tokens\\":9"}],"usage":{"completion_tokens":7}}', (CONTENT, 7)),
+    ],
+)
+def test_a_running_count_in_compact_json(payload, expected):
+    kind, _, completion = classify(b"data: " + payload)
+    assert (kind, completion) == expected
+
+
 def test_fast_path_agrees_with_a_full_parse_on_awkward_text():
     texts = ['"', '\\"text\\":\\"', '"content":"', "", "\n", "é", "}", '{"text":""}', " "]
     for t in texts:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from harness.loadgen.fakeserver import FAULTS, FakeServer, serve_fake
+from harness.loadgen.fakeserver import FAULTS, WRITES, FakeServer, serve_fake
 
 
 @click.command("fake-server")
@@ -43,7 +43,15 @@ from harness.loadgen.fakeserver import FAULTS, FakeServer, serve_fake
     show_default=True,
     help="Only every N-th request misbehaves.",
 )
-def command(host, port, model, ttft_ms, itl_ms, output_tokens, tokenizer, fault, fault_every) -> None:
+@click.option(
+    "--writes",
+    type=click.Choice(WRITES),
+    default="burst",
+    show_default=True,
+    help="With --itl-ms 0: a stream in 64 KiB writes (burst), one write per token chunk (token), or one "
+    "per chunk each encoded by json.dumps as it goes out (token-dumps: a Python server's CPU per token).",
+)
+def command(host, port, model, ttft_ms, itl_ms, output_tokens, tokenizer, fault, fault_every, writes) -> None:
     """Serve /v1/completions and /v1/chat/completions with set timings, to check a pipeline end to end.
 
     No model: each token is the word "tok", the first one --ttft-ms after the request and the next
@@ -67,6 +75,7 @@ def command(host, port, model, ttft_ms, itl_ms, output_tokens, tokenizer, fault,
         itl_s=itl_ms / 1e3,
         output_tokens=output_tokens,
         model=model,
+        writes=writes,
         mode_for=(lambda n: fault if (n + 1) % fault_every == 0 else "ok") if fault else None,
     )
     if tokenizer:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,8 @@ def token_gaps(times: Sequence[float], multi: Sequence[tuple[int, int]]) -> list
 
 def largest_read(times: Sequence[float], multi: Sequence[tuple[int, int]]) -> int:
     """The most tokens that arrived in one read (chunks of one read share its timestamp)."""
+    if not multi:  # a token per chunk: the longest run of equal times
+        return max((sum(1 for _ in same) for _, same in groupby(times)), default=0)
     per = dict(multi)
     best = run = 0
     for j, t in enumerate(times):

@@ -221,7 +221,8 @@ class Client:
                 raise _Failure("not_sse", f"content type {ctype!r}, not text/event-stream: {text.strip()!r}")
             # Read whatever bytes arrived and split lines here: one await per network read, not per
             # line. Events that arrive in the same read share its timestamp (that is when they arrived).
-            # The common chunk (one token, no running count) is handled inline; the rest by ``st.add``.
+            # The common chunks (one token, with or without a running count) are handled inline; the
+            # rest by ``st.add``.
             content, times, tail = resp.content, st.times, b""
             while True:
                 data = await content.readany()
@@ -240,6 +241,10 @@ class Client:
                         if completion < 0 and st.counted < 0:
                             if not times:
                                 st.cm.reschedule(st.total_deadline)
+                            times.append(now)
+                        elif completion == st.counted + 1 and completion > 0 and times:
+                            # one more token by a running count (what ``st.add`` does, without the call)
+                            st.counted, st.usage_line = completion, payload
                             times.append(now)
                         else:  # a running count, or a token in a stream that counted so far
                             st.add(now, completion, payload if completion >= 0 else None)

@@ -11,7 +11,10 @@ chat prompts through ``chat_template``, as vLLM counts). Tokens per chunk (``chu
 counts: a chunk of k tokens goes out k·``itl_s`` after the previous one, as a stream interval sends
 them), the running ``usage`` on every chunk when ``stream_options.continuous_usage_stats`` asks (unless
 ``usage_deltas`` is off: a server that ignores the option), and empty-text tokens (``empty_text``: the
-first n tokens decode to "", as partial UTF-8 bytes do) are set as vLLM shows them. Also:
+first n tokens decode to "", as partial UTF-8 bytes do) are set as vLLM shows them. How a stream
+without delays goes out (``writes``, for measuring clients): ``burst``, 64 KiB writes (the server is
+never the limit); ``token``, one write per chunk, encoded once per kind of chunk; ``token-dumps``, one
+write per chunk, each encoded by ``json.dumps`` when written (a Python server's CPU cost per token). Also:
 ``/v1/models``, ``/health``, vLLM's ``POST /tokenize`` (a prompt or chat ``messages``; a wrong model
 gets vLLM's 404 with its message; ``max_model_len`` as set), ``/metrics`` with vLLM's running/waiting
 gauges, and vLLM's PD-proxy fields (a prefill leg with ``kv_transfer_params.do_remote_decode`` gets
@@ -47,6 +50,8 @@ FAULTS = (
     "no_tokens",
 )  # fmt: skip
 MAX_MODEL_LEN = 1 << 20
+WRITES = ("burst", "token", "token-dumps")
+_BURST_BYTES = 1 << 16
 
 
 @dataclass
@@ -67,6 +72,7 @@ class FakeServer:
     chunk_tokens: tuple[int, ...] = (1,)  # tokens per chunk, cycled; the last chunk holds what is left
     usage_deltas: bool = True  # honour stream_options.continuous_usage_stats (running usage per chunk)
     empty_text: int = 0  # the first n tokens have empty text (partial UTF-8 bytes)
+    writes: str = "burst"  # without itl_s: 64 KiB writes, or one per chunk (WRITES; module docstring)
     kv_connector: bool = True  # False: a prefill leg gets no kv_transfer_params (vLLM without a connector)
     keep_bodies: bool = False
     # A tokenizers.Tokenizer: /tokenize and usage.prompt_tokens count with it (special tokens included,
@@ -206,10 +212,14 @@ class FakeServer:
         if self.first_token_delay_s:
             await asyncio.sleep(self.first_token_delay_s)
         events = self._chunks(head, chat, 0 if mode == "no_tokens" else n_out, finish, n_prompt, running)
-        if self.itl_s == 0 and mode == "ok":
-            await resp.write(b"".join(e for e, _ in events))  # stream "instantly": one write
+        if self.itl_s == 0 and mode == "ok" and self.writes == "burst":
+            stream = b"".join(e for e, _ in events)  # "instantly": the fewest writes
+            for at in range(0, len(stream), _BURST_BYTES):
+                await resp.write(stream[at : at + _BURST_BYTES])
         else:
             for i, (event, k) in enumerate(events):
+                if not isinstance(event, bytes):  # token-dumps: encoded as it goes out
+                    event = _event(event)
                 if i and self.itl_s:
                     await asyncio.sleep(self.itl_s * k)
                 if i == len(events) // 2 and mode in ("disconnect", "garbage"):
@@ -238,8 +248,9 @@ class FakeServer:
 
     def _chunks(self, head, chat: bool, n_out: int, finish: str, n_prompt: int, running: bool):
         """The token chunks of one stream: ``(event, tokens in it)``; with ``running``, each carries
-        the running usage as vLLM's continuous usage stats do."""
-        events: list[tuple[bytes, int]] = []
+        the running usage as vLLM's continuous usage stats do. With ``writes="token-dumps"`` an event
+        is the chunk's object, for ``_event`` to encode when it is written."""
+        events: list[tuple[Any, int]] = []
         # Equal chunks encode once; a running count is filled into the encoded bytes (no dumps per token).
         same: dict[tuple[int, bool], bytes] = {}
         usage = {"prompt_tokens": n_prompt, "total_tokens": _TOTAL, "completion_tokens": _SENT}
@@ -248,6 +259,13 @@ class FakeServer:
             k = min(self.chunk_tokens[len(events) % len(self.chunk_tokens)], n_out - sent)
             texts = max(0, sent + k - max(self.empty_text, sent))  # tokens of this chunk that decode
             sent += k
+            if self.writes == "token-dumps":
+                obj = {**head, "choices": [_choice(chat, " tok" * texts, finish if sent == n_out else None)]}
+                if running:
+                    obj["usage"] = {"prompt_tokens": n_prompt, "total_tokens": n_prompt + sent,
+                                    "completion_tokens": sent}  # fmt: skip
+                events.append((obj, k))
+                continue
             key = (texts, sent == n_out)
             if key not in same:
                 obj = {**head, "choices": [_choice(chat, " tok" * texts, finish if key[1] else None)]}
