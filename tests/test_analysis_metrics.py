@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from synthetic_runs import SyntheticTopology, synthetic_records
 
 from harness.analysis import metrics as m
+from harness.analysis.summary import Slo, summarize
 from harness.records import RequestRecord
 
 
@@ -54,6 +55,21 @@ def test_per_request_latencies():
     assert m.e2e(DF)[[0, 1, 3]] == pytest.approx([2.53, 1.1, 0.4])
     assert m.send_lag(DF) == pytest.approx([0.002, 0.001, 0.5, 0.0])
     assert sorted(m.itl(DF)) == pytest.approx([0.02] * 9 + [0.05] * 4)
+
+
+def test_tpot_of_an_answer_delivered_in_one_read_is_undefined_not_zero():
+    """A busy vLLM frontend can hand over a whole answer at once: first and last token in one read.
+    No time between tokens was observed, so its TPOT is NaN (percentiles leave it out; an SLO on TPOT
+    cannot miss it), and the summary counts it for analyze's note."""
+    burst = RequestRecord(
+        run_id="r", topology="t", request_id="e", trace_row=4, scheduled_s=4.0, sent_s=4.0,
+        first_token_s=4.3, last_token_s=4.3, itl_s=[0.0] * 39, output_tokens_received=40,
+        itl_unresolved=True,
+    )  # fmt: skip
+    df = _df(A, B, burst)
+    assert np.isnan(m.tpot(df)[2]) and m.tpot(df)[:2] == pytest.approx([0.18 / 9, 0.2 / 4])
+    assert m.meets_slo(df, None, 0.001).tolist() == [False, False, True]
+    assert summarize(df, Slo())["tpot_one_read"] == 1
 
 
 def test_ttft_breakdown_by_hand():

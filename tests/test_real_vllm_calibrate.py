@@ -188,4 +188,9 @@ def test_calibrate_writes_a_preset_and_simulate_with_it_agrees_with_replay(real_
     assert rep == pytest.approx(sim, rel=0.05)
     for metric, low, high in (("ttft_p50_s", 0.1, 10.0), ("tpot_p50_s", 0.25, 4.0)):
         sim, rep = poisson[metric]
+        if metric == "tpot_p50_s" and math.isnan(rep):
+            # A busy frontend handed every answer over in one read: no time per token was observed
+            # (TPOT undefined, analyze notes it). Before that was NaN, it was 0 and failed this bound.
+            print("TPOT undefined in replay: every answer arrived in one read")
+            continue
         assert low * sim <= rep <= high * sim, (metric, sim, rep)

@@ -88,6 +88,12 @@ def _record_notes(key: str, s: dict[str, Any]) -> list[str]:
             "requests (most of their tokens arrived in one read, or chunks held several tokens without "
             "per-chunk counts); ITL percentiles leave them out, TPOT and token counts still hold"
         )
+    if s.get("tpot_one_read"):
+        notes.append(
+            f"{key}: TPOT undefined on {s['tpot_one_read']} of {s['requests'] - s['failed']} successful "
+            "requests (every token arrived in one read: no time per token was observed); TPOT "
+            "percentiles leave them out"
+        )
     return notes
 
 

@@ -7,7 +7,8 @@ The definitions (they differ across tools; these are ours, see docs/analysis.md)
 - ITL   = gaps between successive generated tokens (a chunk of k tokens gives k gaps of its gap / k);
   requests whose ITL is unresolved (``itl_unresolved``: most tokens in one read, or tokens packed
   without per-chunk counts) are left out of it
-- TPOT  = (last token − first token) / (output tokens − 1); excludes TTFT; undefined for one token
+- TPOT  = (last token − first token) / (output tokens − 1); excludes TTFT; undefined for one token,
+  and when every token came in one read (no time between them was observed: not 0)
 - E2E   = last token − scheduled send
 - send lag = actual send − scheduled send (the client's own lateness)
 - TTFT breakdown, which sums to TTFT when every boundary is known:
@@ -104,11 +105,13 @@ def ttft(df: pd.DataFrame) -> np.ndarray:
 
 @metric("tpot", "s")
 def tpot(df: pd.DataFrame) -> np.ndarray:
-    """Time per output token after the first: (last − first) / (output tokens − 1)."""
+    """Time per output token after the first: (last − first) / (output tokens − 1); NaN for one token,
+    and for tokens that all came in one read (a frontend that delivered the whole answer at once: a 0
+    here would be a figure nobody measured, and it pulled a busy vLLM's TPOT p50 to 0)."""
     n = col(df, "output_tokens_received")
     span = col(df, "last_token_s") - col(df, "first_token_s")
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n >= 2, span / (n - 1), np.nan)
+        return np.where((n >= 2) & (span > 0), span / (n - 1), np.nan)
 
 
 @metric("e2e", "s")

@@ -103,6 +103,7 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
     # PD requests without a KV transfer (no connector: the decode server prefilled again)
     out["pd_no_kv_transfer"] = int(m.warned(df, NO_KV_TRANSFER).sum())
     out["itl_unresolved"] = int(m.itl_unresolved(good).sum())
+    out["tpot_one_read"] = int(((m.col(good, "output_tokens_received") >= 2) & np.isnan(m.tpot(good))).sum())
     most = m.col(good, "tokens_per_chunk_max")
     out["tokens_per_chunk_max"] = int(np.nanmax(most)) if np.isfinite(most).any() else None
     if "error_class" in df.columns:

@@ -73,9 +73,18 @@ class Jobs:
         return Job(i, row, scheduled_s, prompt, n_in, n_out, phase, history=history)
 
 
+KEEPALIVE_S = 4.0  # below uvicorn's 5 s keep-alive timeout (new_session)
+
+
 def new_session(timeouts: Timeouts) -> aiohttp.ClientSession:
-    """One pooled session per worker: no connection limit (the schedule is the only limit)."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=False)
+    """One pooled session per worker: no connection limit (the schedule is the only limit).
+
+    An idle pooled connection is reused for at most 4 s: uvicorn (vLLM, SGLang) closes a keep-alive
+    connection after 5 s, and a request written into one it has closed fails with "Can not write
+    request body" (seen after a 6 s client stall beside two CPU hogs: 7 of 20 PD requests lost)."""
+    connector = aiohttp.TCPConnector(
+        limit=0, ttl_dns_cache=300, enable_cleanup_closed=False, keepalive_timeout=KEEPALIVE_S
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
