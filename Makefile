@@ -37,11 +37,11 @@ sglang-venv:  ## install sglang for the SGLang tests (cached in ~/.cache/prfaas-
 vllm-nixl-venv:  ## install nixl for the real PD-pair test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-vllm-nixl.sh
 
-# GuideLLM over the vLLM venv (~0.35 GB, half a minute): tests/test_real_guidellm.py drives it for real.
+# Opt-in: GuideLLM over the vLLM venv (~0.35 GB, half a minute) for tests/test_real_guidellm.py (PRFAAS_GUIDELLM=1).
 guidellm-venv:  ## install guidellm for the interop test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-guidellm.sh
 
-real-engines: vllm-venv sglang-venv guidellm-venv  ## what CI drives for real: vLLM, SGLang, GuideLLM (.ci/run installs them)
+real-engines: vllm-venv sglang-venv  ## what CI drives for real: vLLM and SGLang (.ci/run installs them)
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q

@@ -289,8 +289,12 @@ def test_calibrate_recovers_the_preset_an_emulated_serve_runs(tmp_path):
     report = json.loads(out.with_suffix(".fit.json").read_text())
     assert report["residuals"]["summary"]["prefill"]["max_abs_error"] < 0.10
     assert report["residuals"]["summary"]["decode"]["max_abs_error"] < 0.05
+    # Within 10%, except that the overhead's share carries the overhead's own 20% (below): at 64 tokens
+    # the prediction is nearly all overhead (a quiet CI run: 15% off at 64 tokens, the overhead 16%).
+    over = truth.calibration.prefill_overhead_s
     for n in (64, 500, 3000, 12000, 32768):
-        assert got.prefill_time_s(n) == pytest.approx(want.prefill_time_s(n), rel=0.10), n
+        w = want.prefill_time_s(n)
+        assert abs(got.prefill_time_s(n) - w) <= 0.20 * over + 0.10 * (w - over), n
     for b, ctx in ((1, 200), (2, 3000), (6, 20000), (8, 40000)):
         assert got.decode_step_s(b, ctx) == pytest.approx(want.decode_step_s(b, ctx), rel=0.05), (b, ctx)
     cal, ref = fitted.calibration, truth.calibration

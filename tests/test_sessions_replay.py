@@ -178,7 +178,12 @@ def test_simulate_and_replay_of_the_same_sessions_agree(emulated_sessions):
     lag = float(np.percentile(m.col(emu, "sent_s") - m.col(emu, "scheduled_s"), 99))
     assert lag <= MAX_SEND_LAG_S, f"send lag p99 {lag * 1e3:.0f} ms, the client missed its schedule"
     resolution = SPEEDUP * (FIXED_WALL_S + lag)
-    assert m.throughput_rps(emu) / SPEEDUP == pytest.approx(m.throughput_rps(sim), rel=0.05)
+    # In session mode a turn leaves when its predecessor ends, so each turn's latency error (at most
+    # ``resolution``) moves every later turn of its session: the span may differ by 5% plus one
+    # resolution per turn of the longest session (a quiet CI run: 5.2% over 30 requests, 9 sessions).
+    chain = int(np.nanmax(m.col(emu, "turn"))) + 1
+    span_sim, span_emu = m.duration(sim), m.duration(emu) * SPEEDUP
+    assert abs(span_emu - span_sim) <= 0.05 * span_sim + chain * resolution, (span_sim, span_emu, chain)
     ttft_sim, ttft_emu = m.ttft(sim), m.ttft(emu) * SPEEDUP
     for q in (50, 90):
         s, r = np.percentile(ttft_sim, q), np.percentile(ttft_emu, q)
