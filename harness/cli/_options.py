@@ -69,6 +69,16 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+def api_key_env_option(command):
+    """``--api-key-env VAR``: where the bearer token is read from (the key itself never reaches a file)."""
+    return click.option(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        show_default=True,
+        help="Env var holding the API key (never recorded).",
+    )(command)
+
+
 def time_scale_option(command):
     """``--time-scale S``: model seconds per wall second, for runs against ``serve --speedup S``."""
     return click.option(

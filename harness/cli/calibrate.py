@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from harness.calibrate import CalibrationPlan, Target, calibrate, fit_report, preset_toml, probe_tokenize
-from harness.cli._options import FiniteFloatRange, time_scale_option
+from harness.cli._options import FiniteFloatRange, api_key_env_option, time_scale_option
 from harness.errors import InputError
 from harness.loadgen import Endpoint, Timeouts
 from harness.loadgen.client import check_endpoint
@@ -93,9 +93,7 @@ def _echo(line: str) -> None:
     "when it answers /tokenize).",
 )
 @time_scale_option
-@click.option(
-    "--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable of the API key."
-)
+@api_key_env_option
 @click.option(
     "--out",
     "out_path",

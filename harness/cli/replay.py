@@ -11,7 +11,7 @@ import sys
 import click
 from click.core import ParameterSource
 
-from harness.cli._options import context_options, context_policy, time_scale_option
+from harness.cli._options import api_key_env_option, context_options, context_policy, time_scale_option
 from harness.config.validity import ValidityBounds
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
@@ -222,12 +222,7 @@ def _scenario_context(path: str | None) -> int | None:
     "--prefill-url", default=None, help="Drive a PD pair directly (vLLM PD-proxy protocol): prefill server."
 )
 @click.option("--decode-url", default=None, help="... and decode server.")
-@click.option(
-    "--api-key-env",
-    default="OPENAI_API_KEY",
-    show_default=True,
-    help="Env var holding the API key (never recorded).",
-)
+@api_key_env_option
 @click.option(
     "--tokenizer", default=None, type=click.Path(dir_okay=False), help="tokenizer.json: token-exact prompts."
 )
