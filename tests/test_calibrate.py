@@ -6,13 +6,13 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
-import socket
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from refused import refused_port
 
 from harness.calibrate import CalibrationPlan, Target, fit_report, measurement_validity, preset_toml
 from harness.cli import main
@@ -188,12 +188,6 @@ def test_a_valid_measurement_says_so(tmp_path, capsys):
     assert lines[-1] == "calibration: valid" and "INVALID" not in lines[-2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -204,7 +198,6 @@ def _free_port() -> int:
     ],
 )
 def test_a_bad_endpoint_or_preset_is_one_line_and_exit_2(args, tmp_path):
-    port = _free_port()
     base = [
         "calibrate",
         "--model",
@@ -216,7 +209,8 @@ def test_a_bad_endpoint_or_preset_is_one_line_and_exit_2(args, tmp_path):
     ]
     if "--like" not in args:
         base += ["--like", "H200"]
-    result = CliRunner().invoke(main, base + [a.format(port=port) for a in args])
+    with refused_port() as port:
+        result = CliRunner().invoke(main, base + [a.format(port=port) for a in args])
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("error:"), result.output
     assert not (tmp_path / "p.toml").exists()

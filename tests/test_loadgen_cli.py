@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from refused import refused_port
 from threaded_server import ServerThread
 
 from harness.cli import main
@@ -317,12 +317,6 @@ def _replay_cli(
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CI": "", **(env or {})})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again: nothing listens there
-
-
 @pytest.mark.parametrize(
     ("url", "says"),
     [
@@ -332,8 +326,8 @@ def _free_port() -> int:
     ],
 )
 def test_an_endpoint_that_does_not_answer_is_one_line_before_any_request(tmp_path, url, says):
-    free = _free_port()
-    res = _replay_cli(tmp_path, "--endpoint", url.format(free=free))
+    with refused_port() as free:
+        res = _replay_cli(tmp_path, "--endpoint", url.format(free=free))
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and res.stderr.startswith(
         f"error: endpoint 'default'{says.format(free=free)}"

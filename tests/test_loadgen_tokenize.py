@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from refused import refused_port
 from threaded_server import ServerThread
 
 from harness.cli import main
@@ -160,12 +160,6 @@ class _Bad:
         return app
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     ("server", "match"),
     [
@@ -180,8 +174,8 @@ def _closed_port() -> int:
 def test_server_problems_are_one_clear_error_naming_the_url(server, match):
     trace = _trace([10])
     if server is None:
-        url = f"http://127.0.0.1:{_closed_port()}"
-        with pytest.raises(InputError, match=match) as err:
+        with refused_port() as port, pytest.raises(InputError, match=match) as err:
+            url = f"http://127.0.0.1:{port}"
             prepare_prompts(trace, [0], url=url, model="m")
     else:
         with ServerThread(server) as srv:
@@ -238,8 +232,8 @@ def test_replay_cli_sends_token_exact_prompts_fitted_before_the_run(tmp_path):
     ],
 )
 def test_replay_cli_tokenize_errors_come_before_the_run(tmp_path, extra, message):
-    url = f"http://127.0.0.1:{_closed_port()}"
-    with ServerThread(FakeServer()) as srv:  # the endpoint answers; the tokenize server does not
+    with refused_port() as port, ServerThread(FakeServer()) as srv:  # the endpoint answers; tokenize does not
+        url = f"http://127.0.0.1:{port}"
         args = [
             "replay",
             "--endpoint",
