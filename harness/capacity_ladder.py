@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from harness.analysis.summary import Slo
 from harness.serving.stability import ProbeVerdict
+from harness.validity import attainment_send_lag_bound_s
 
 if TYPE_CHECKING:
     from harness.emulation.clusters import EmulatedClusters
@@ -101,6 +102,8 @@ def run_ladder(
             run_id=None,
             on_start=None,
             meta_extra={**config.meta_extra, "ladder": {"share": share, "rate_rps": rate, "requests": n}},
+            # A rung is judged by SLO attainment only, so its send-lag bound scales with the TTFT bound.
+            max_send_lag_s=attainment_send_lag_bound_s(config.bounds(), slo.ttft_s, s),
         )
         done = replay(
             trace.replace(arrival_s=trace.arrival_s / s),

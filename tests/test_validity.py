@@ -7,7 +7,7 @@ import pytest
 from harness.config.validity import ValidityBounds
 from harness.errors import ScenarioError
 from harness.scenario import load_scenario
-from harness.validity import UNKNOWN, VALID, combine, verdict
+from harness.validity import UNKNOWN, VALID, attainment_send_lag_bound_s, combine, verdict
 
 CLEAN = {
     "send_lag_p99_s": 0.002,
@@ -79,6 +79,22 @@ def test_combining_runs():
     assert combine({}) == UNKNOWN
 
 
+def test_a_run_judged_by_attainment_bounds_send_lag_by_the_larger_of_10_ms_and_1pct_of_the_ttft_bound():
+    b = ValidityBounds()
+    # make bench's ladder: a 30 s TTFT bound at speed-up 4 is 7.5 wall s; 1% of that is 75 ms.
+    assert attainment_send_lag_bound_s(b, 30.0, 4.0) == pytest.approx(0.075)
+    # A tight bound never makes the check stricter than send_lag_p99_ms: 1% of 0.4 s is 4 ms < 10 ms.
+    assert attainment_send_lag_bound_s(b, 0.4) == pytest.approx(0.010)
+    # Both knobs are the scenario's: 25 ms floor, 0.1% share -> max(25 ms, 7.5 ms).
+    assert attainment_send_lag_bound_s(
+        ValidityBounds(send_lag_p99_ms=25, send_lag_slo_share=0.001), 30.0, 4.0
+    ) == (pytest.approx(0.025))
+    # A rung with 20 ms of lag: invalid under the plain bound, valid under the attainment one.
+    lag = {**CLEAN, "send_lag_p99_s": 0.020}
+    assert not verdict(lag, b).valid
+    assert verdict(lag, ValidityBounds(send_lag_p99_ms=attainment_send_lag_bound_s(b, 30.0, 4.0) * 1e3)).valid
+
+
 def test_the_scenario_validity_table_is_typed_and_refuses_unknown_keys(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text("[validity]\nsend_lag_p99_ms = 25\nfailed_share = 0.05\n")
@@ -89,6 +105,7 @@ def test_the_scenario_validity_table_is_typed_and_refuses_unknown_keys(tmp_path)
         ("failed_share = 1.5", "failed_share"),
         ("link_goodput_share = 0", "link_goodput_share"),
         ('send_lag_p99_ms = "10"', "send_lag_p99_ms"),
+        ("send_lag_slo_share = 2", "send_lag_slo_share"),
     ):
         path.write_text(f"[validity]\n{bad}\n")
         with pytest.raises(ScenarioError, match=words):

@@ -17,6 +17,8 @@ class ValidityBounds:
     """Bounds on a run's own conditions; docs/analysis.md says why each default is what it is.
 
     send_lag_p99_ms       the client's send lag p99
+    send_lag_slo_share    for a run judged by SLO attainment (bench's capacity ladder): the send-lag
+                          bound is at least this share of the TTFT bound (``validity.attainment_send_lag_bound_s``)
     loop_lag_p99_ms       each emulated site's event-loop lag p99 (wall ms)
     relay_delay_error_ms  the relay's achieved added delay p99 minus the configured delay
     link_goodput_share    TCP goodput measured before the run / what the configured rate carries (at least)
@@ -26,6 +28,7 @@ class ValidityBounds:
     """
 
     send_lag_p99_ms: NonNegative = 10.0
+    send_lag_slo_share: Share = 0.01
     loop_lag_p99_ms: NonNegative = 10.0
     relay_delay_error_ms: NonNegative = 1.0
     link_goodput_share: Fraction = 0.9
