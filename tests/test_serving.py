@@ -243,6 +243,42 @@ def test_decode_survives_a_clock_that_moves_between_wake_up_and_replanning(h20):
         loop.close()
 
 
+class _LateTimerLoop(VirtualTimeLoop):
+    """Every timer fires ``late`` seconds after its deadline, as on a real loop busy with other work."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        jump = self._selector.select
+
+        def select(timeout=None):
+            before = self._now
+            events = jump(timeout)
+            if self._now > before:
+                self._now += late
+            return events
+
+        self._selector.select = select
+
+
+def test_prefills_queued_back_to_back_keep_their_planned_times_when_the_loop_wakes_late(h20):
+    # Three prompts queued at 0 on a loop whose every wake-up is 50 ms late. Each batch starts
+    # where the one before it ended on the plan, so the lag delays no start and does not add up:
+    # the third ends at exactly 3 prefill times, not 3 prefill times + 2 x 50 ms.
+    inst = PrefillInstance("p0", h20, None)
+
+    async def main():
+        return await asyncio.gather(*(inst.prefill(2048, [i]) for i in range(3)))
+
+    loop = _LateTimerLoop(late=0.05)
+    try:
+        times = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    t = h20.prefill_time_s(2048)
+    assert [p.start_s for p in times] == pytest.approx([0.0, t, 2 * t], abs=1e-12)
+    assert [p.end_s for p in times] == pytest.approx([t, 2 * t, 3 * t], abs=1e-12)
+
+
 def test_a_failing_decode_loop_fails_its_sequences_instead_of_hanging(h20):
     class BrokenCost:  # a fault that cannot be caused for real: the cost model raising mid-run
         def __getattr__(self, name):

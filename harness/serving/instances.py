@@ -145,12 +145,17 @@ class PrefillInstance:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         batch: list[_Job] = []
+        # A batch queued behind another starts where that one ended on the plan (or as its last job
+        # came in, if later), not when the loop woke: the same in virtual time, and on a real clock
+        # a late wake-up delays this batch's start but never the next one's (decode does the same).
+        planned_end: float | None = None
         try:
             while self._queue:
                 batch = self._take_batch()
                 if not batch:
                     continue
-                start = loop.time()
+                now = loop.time()
+                start = now if planned_end is None else min(now, max(planned_end, *(j.enqueued for j in batch)))
                 cached = []
                 for job in batch:
                     hit = self.cache.lookup(job.hash_ids, job.prompt) if self.cache is not None else 0
@@ -167,12 +172,12 @@ class PrefillInstance:
                 if self.colocated is not None:
                     self.colocated.pause()
                 try:
-                    await asyncio.sleep(duration)
+                    await sleep_until(start + duration)
                 finally:
                     self._running = 0
                     if self.colocated is not None:
                         self.colocated.resume()
-                end = loop.time()
+                end = planned_end = start + duration
                 for job, c in zip(batch, cached, strict=True):
                     if self.cache is not None:
                         self.cache.insert(job.hash_ids, job.prompt)
