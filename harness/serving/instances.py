@@ -155,7 +155,9 @@ class PrefillInstance:
                 if not batch:
                     continue
                 now = loop.time()
-                start = now if planned_end is None else min(now, max(planned_end, *(j.enqueued for j in batch)))
+                start = (
+                    now if planned_end is None else min(now, max(planned_end, *(j.enqueued for j in batch)))
+                )
                 cached = []
                 for job in batch:
                     hit = self.cache.lookup(job.hash_ids, job.prompt) if self.cache is not None else 0
