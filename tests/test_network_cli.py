@@ -12,6 +12,7 @@ from conftest import REPO
 from conftest import net_prefix as P
 
 from harness.cli import main
+from harness.loadgen.conditions import cpu_sample, cpu_shares
 from harness.network import kernel
 from harness.network.probe import probe
 from harness.network.sweep import relay_pids
@@ -72,9 +73,19 @@ def test_up_status_check_down_on_the_two_site_scenario(root):
         assert res.exit_code == 0 and res.output.count(" ok ") == 2, res.output
         res = run("exec", "--prefix", P("c2"), "remote", "--", "sh", "-c", "exit 7")
         assert res.exit_code == 7
+        before = cpu_sample()
         res = run("check", "--prefix", P("c2"), "--seconds", "0.6")
-        assert res.exit_code == 0, res.output
-        assert "backend:" in res.output and res.output.count(" yes") == 4  # goodput and RTT, both ways
+        busy = (cpu_shares(before, cpu_sample()) or {}).get("other_share", 0.0)
+        assert "backend:" in res.output and res.output.count(" yes") + res.output.count(" NO") == 4, (
+            res.output
+        )
+        if res.exit_code != 0:
+            # The check measures 1 Gbit/s of TCP with Python threads in this process: on a machine
+            # whose CPU others took (the validity verdict's cpu_other_share bound) goodput may fall
+            # short, and check must say so; a short RTT or a miss on a quiet machine fails here.
+            missed = [line.split()[1] for line in res.output.splitlines() if line.rstrip().endswith(" NO")]
+            assert res.exit_code == 1 and busy > 0.5 and set(missed) == {"goodput"}, (busy, res.output)
+            print(f"net check missed goodput with {busy:.0%} of the CPU taken by others:\n{res.output}")
     finally:
         res = run("down", "--prefix", P("c2"))
     assert res.exit_code == 0 and f"netns {P('c2')}local" in res.output

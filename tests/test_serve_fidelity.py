@@ -1,7 +1,8 @@
 """Fidelity of the emulated clusters (root: namespaces and a TBF-shaped link, rate only).
 
 * ``replay`` against ``serve`` and ``simulate`` on the same small trace agree: throughput within 5 %,
-  TTFT p50 and p90 within 10 %, and the router makes the same decision for every request.
+  and the router makes the same decision for every request; TTFT p50 and p90 within 10 % when the
+  replay's own verdict is valid (a machine too busy to keep the emulator's clock must say so instead).
 * One request's KV transfer, observed by the receiver, takes bytes / configured rate within 10 %.
 
 Serve runs ``SPEEDUP`` times faster than the modelled deployment, so its wall-clock latencies are
@@ -65,16 +66,18 @@ def fidelity_run(tmp_path_factory):
         assert clusters.backend != "loopback"
         endpoints = tuple(Endpoint(name=t, model=clusters.model, url=u) for t, u in clusters.urls.items())
         config = ReplayConfig(
-            endpoints=endpoints, load=LoadSpec(), progress=False, shaping_backend=clusters.backend
-        )
+            endpoints=endpoints, load=LoadSpec(), progress=False, shaping_backend=clusters.backend,
+            site_urls=tuple(clusters.host_urls.values()),  # the sites' loop lag joins the verdict
+        )  # fmt: skip
         replay(trace.replace(arrival_s=trace.arrival_s / SPEEDUP), config, tmp / "replay", quiet=True)
     served = read_records(tmp / "replay")
-    yield setup, trace, served
+    verdicts = json.loads((tmp / "replay" / "meta.json").read_text())["validity"]["by_topology"]
+    yield setup, trace, served, verdicts
 
 
 @pytest.mark.parametrize("topology", ["prfaas", "homogeneous", "naive"])
 def test_replay_against_serve_agrees_with_simulate(root, fidelity_run, topology):
-    setup, trace, served = fidelity_run
+    setup, trace, served, verdicts = fidelity_run
     recs = []
     run_topology(setup.stack, setup.topologies[topology], trace, sink=recs.append)
     sim = pd.DataFrame([r.to_dict() for r in recs]).sort_values("trace_row").reset_index(drop=True)
@@ -87,6 +90,11 @@ def test_replay_against_serve_agrees_with_simulate(root, fidelity_run, topology)
     thr_sim, thr_emu = m.throughput_rps(sim), m.throughput_rps(emu) / SPEEDUP
     assert thr_emu == pytest.approx(thr_sim, rel=0.05)
     ttft_sim, ttft_emu = m.ttft(sim), m.ttft(emu) * SPEEDUP
+    if verdicts[topology] != "valid":
+        # Latency under a starved emulator is not a fidelity figure; the run must name why instead.
+        assert verdicts[topology].startswith("invalid: ") and len(verdicts[topology]) > len("invalid: ")
+        print(f"{topology}: TTFT agreement not asserted, the replay was {verdicts[topology]}")
+        return
     for q in (50, 90):
         assert np.percentile(ttft_emu, q) == pytest.approx(np.percentile(ttft_sim, q), rel=0.10), f"TTFT p{q}"
 

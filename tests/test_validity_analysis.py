@@ -116,4 +116,6 @@ def test_replay_where_every_request_failed_exits_2_in_one_line(tmp_path):
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert errors == [f"error: every request failed (http_500); records in {tmp_path / 'out'}"]
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
-    assert meta["complete"] is True and meta["validity"]["verdict"].startswith("invalid: 100.0% of requests")
+    # Other reasons may come first on a busy machine (send lag, CPU taken by others): look for this one.
+    assert meta["complete"] is True and meta["validity"]["verdict"].startswith("invalid: ")
+    assert "100.0% of requests failed" in meta["validity"]["verdict"]
