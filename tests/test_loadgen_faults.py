@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from refused import refused_port
 from threaded_server import ServerThread
 
 from harness.loadgen import Endpoint, ReplayConfig, Timeouts, replay
@@ -86,9 +87,7 @@ def test_total_timeout_after_first_token(tmp_path):
 
 
 def test_connect_error_when_nothing_listens(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, never listening: connections are refused
+    with refused_port() as port:
         _, df = _run(f"http://127.0.0.1:{port}", tmp_path, n=2, timeouts=FAST)
     assert set(df.error_class) == {"connect_error"}
 
