@@ -3,6 +3,8 @@ the PD two-leg protocol, paired endpoints and worker processes — against real 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -10,7 +12,11 @@ import pytest
 from threaded_server import ServerThread
 
 from harness.loadgen import PD_PREFILL_KV_PARAMS, Endpoint, LoadSpec, ReplayConfig, replay
+from harness.loadgen.config import Timeouts
+from harness.loadgen.driver import WorkerSetup
 from harness.loadgen.fakeserver import FakeServer
+from harness.loadgen.schedule import build_schedule
+from harness.loadgen.workers import run_workers
 from harness.records import read_meta, read_records
 from harness.traces.frame import Trace
 
@@ -184,6 +190,30 @@ def test_two_worker_processes_share_one_schedule(tmp_path):
     assert len(df) == 40 and df.request_id.is_unique and server.requests == 40
     np.testing.assert_allclose(np.sort(df.scheduled_s), np.arange(40) * 0.005)
     assert (df.status == "ok").all() and (df.sent_s >= df.scheduled_s).all()
+
+
+def test_ctrl_c_while_a_batch_is_written_keeps_every_record_the_workers_send():
+    # Regression: Ctrl-C raised KeyboardInterrupt inside the parent's record callback, which dropped the
+    # rest of that batch (or left a record written but not counted). All 20 requests start at once and
+    # end together, so the workers hand them over in batches; Ctrl-C lands on the first record.
+    received, ticks = [], []
+
+    def on_record(rec) -> None:
+        if not received:
+            os.kill(os.getpid(), signal.SIGINT)
+        received.append(rec)
+
+    trace = _trace(20, gap_s=0.0)
+    with ServerThread(FakeServer(first_token_delay_s=0.3)) as srv:
+        ep = Endpoint(name="w", url=srv.url, model="m")
+        setup = lambda t0, wall: WorkerSetup(  # noqa: E731
+            run_id="r", t0=t0, wall_offset_s=wall, timeouts=Timeouts(), api_key=None, extra_body={}, seed=0
+        )
+        with pytest.raises(KeyboardInterrupt):
+            run_workers(2, ep, trace, build_schedule(trace, LoadSpec()), setup, on_record, ticks.append)
+    # Each request a worker sent (its own count, reported last) ends in exactly one record.
+    assert len(received) == ticks[-1] >= 2 and len({r.request_id for r in received}) == len(received)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_warmup_and_cooldown_are_marked_not_dropped(tmp_path):

@@ -9,7 +9,9 @@ Protocol over one pipe per worker (parent <-> worker):
     worker -> ("failed", message)              an unexpected exception in the worker
 
 Workers ignore SIGINT: on Ctrl-C the parent sends each worker SIGTERM, which cancels its dispatch;
-in-flight requests then end as "cancelled" records and are still sent back and written.
+in-flight requests then end as "cancelled" records and are still sent back and written. In the parent,
+Ctrl-C only sets a flag while records are collected: a KeyboardInterrupt raised inside ``on_record``
+would drop the rest of a batch, or leave a record written but not counted.
 
 Workers die with their parent (``lifeline.die_with_parent``): after ``kill -9`` of the parent the
 kernel kills them at once, so no orphan keeps sending load that nobody records.
@@ -22,8 +24,10 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from harness.lifeline import die_with_parent
@@ -156,10 +160,15 @@ def _expect_ready(conn: Connection, proc) -> None:
 def _collect(conns, procs, on_record, on_tick) -> None:
     live = dict(zip(conns, procs, strict=True))
     dispatched = dict.fromkeys(conns, 0)
-    interrupted = False
     failures: list[str] = []
-    while live:
-        try:
+    with _ctrl_c_counter() as ctrl_c:
+        stopped = 0  # Ctrl-Cs acted on: the first stops workers gracefully, a second kills them
+        while live:
+            if ctrl_c.count > stopped:
+                stopped = ctrl_c.count
+                for p in live.values():
+                    if p.is_alive():
+                        (p.terminate if stopped == 1 else p.kill)()  # SIGTERM: records still come back
             for c in wait(list(live), timeout=0.25):
                 try:
                     msg = c.recv()
@@ -174,18 +183,38 @@ def _collect(conns, procs, on_record, on_tick) -> None:
                 else:
                     if msg[0] == "failed":
                         failures.append(msg[1])
+                    elif msg[0] == "done":
+                        dispatched[c] = msg[1]
                     del live[c]
             for c, p in list(live.items()):
                 if not p.is_alive() and not c.poll():
                     failures.append(f"a worker died (exit code {p.exitcode})")
                     del live[c]
             on_tick(sum(dispatched.values()))
-        except KeyboardInterrupt:
-            interrupted = True
-            for p in live.values():
-                if p.is_alive():
-                    p.terminate()  # SIGTERM: graceful stop, records still come back
-    if interrupted:
+    if ctrl_c.count:
         raise KeyboardInterrupt
     if failures:
         raise RuntimeError("replay worker failed: " + "; ".join(failures))
+
+
+@dataclass
+class _CtrlC:
+    count: int = 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_counter():
+    """Count SIGINTs instead of raising KeyboardInterrupt, where a handler can be set (the main thread)."""
+    seen = _CtrlC()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def count(_signum, _frame) -> None:
+        seen.count += 1
+
+    previous = signal.signal(signal.SIGINT, count)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
