@@ -51,10 +51,11 @@ PROBE_NS = "prfaas-probe-"
 
 def _tun_works(ns: str) -> str | None:
     from harness.network import kernel
+    from harness.network.relay import open_tun
 
     def attempt() -> str | None:
         try:
-            fd = os.open("/dev/net/tun", os.O_RDWR)
+            fd = open_tun()
         except OSError as exc:
             return f"TUN unavailable: {exc.strerror or exc}"
         try:
