@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute, netns
+from pyroute2.netlink import NETLINK_ROUTE
 
 from harness.network.render import QdiscOp
 
@@ -54,8 +56,16 @@ def remove_namespace(name: str) -> None:
 
 @contextlib.contextmanager
 def rtnl(ns: str | None) -> Iterator[IPRoute]:
-    """An IPRoute socket inside ``ns`` (never creating it: flags=0), or in the caller's namespace."""
-    ipr = IPRoute(netns=ns, flags=0) if ns else IPRoute()
+    """An IPRoute socket inside ``ns`` (which must exist), or in the caller's namespace.
+
+    The netlink socket is made on a short-lived thread that entered ``ns``, not by pyroute2's
+    ``netns=``, which forks the whole process for every socket and gives the child 2 s to answer
+    (retrying for 10 s): in the netem VM under TCG each fork took seconds, and a probe 76 s."""
+    if ns:
+        sock = _in_namespace(ns, socket.socket, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        ipr = IPRoute(use_socket=sock)
+    else:
+        ipr = IPRoute()
     try:
         yield ipr
     finally:
@@ -153,8 +163,6 @@ def read_sysctl(ns: str, key: str) -> str:
 
 def socket_in(ns: str, family: int, kind: int):
     """A socket created inside ``ns``; it stays bound to that namespace wherever it is used."""
-    import socket
-
     return _in_namespace(ns, socket.socket, family, kind)
 
 
