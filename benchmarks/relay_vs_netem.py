@@ -24,12 +24,17 @@ import os
 import socket
 import statistics
 import sys
-import threading
-import time
 
 from harness.emulation.kvlink import KvReceiver, KvSender, new_transfer_id
 from harness.network import Network, kernel, parse_network, probe
-from harness.network.measure import expected_goodput_mbit, goodput_mbit, loss_pct, rtt_ms
+from harness.network.measure import (
+    arrival_order,
+    expected_goodput_mbit,
+    goodput_mbit,
+    loss_pct,
+    reordered,
+    rtt_ms,
+)
 
 PREFIX = "pfbrn-"
 BACKENDS = ("relay", "netem")
@@ -38,44 +43,6 @@ BACKENDS = ("relay", "netem")
 def two_sites(backend: str, **link) -> Network:
     table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], **link}]}
     return Network(parse_network(table), prefix=PREFIX, table=table, backend=backend)
-
-
-def udp_order(net: Network, count: int, gap_s: float) -> list[int]:
-    """Numbers of ``count`` UDP datagrams a->b, ``gap_s`` apart, in the order they arrived."""
-    rx = net.socket("b", socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind((net.address("b"), 0))
-    rx.settimeout(2.0)
-    got: list[int] = []
-
-    def receive() -> None:
-        try:
-            while len(got) < count:
-                got.append(int.from_bytes(rx.recv(64), "big"))
-        except TimeoutError:
-            return
-
-    th = threading.Thread(target=receive, daemon=True)
-    th.start()
-    tx = net.socket("a", socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        start = time.monotonic()
-        for i in range(count):
-            if (lag := start + i * gap_s - time.monotonic()) > 0:
-                time.sleep(lag)
-            tx.sendto(i.to_bytes(8, "big"), rx.getsockname())
-        th.join(30)
-    finally:
-        tx.close()
-        rx.close()
-    return got
-
-
-def reordered(order: list[int]) -> int:
-    highest, late = -1, 0
-    for n in order:
-        late += n < highest
-        highest = max(highest, n)
-    return late
 
 
 def kv_transfer_s(net: Network, nbytes: int) -> float:
@@ -107,7 +74,7 @@ def measure(backend: str, quick: bool) -> dict[str, str]:
     out["rtt"] = f"{statistics.median(rtts):.2f} / {q[89]:.2f} / {q[98]:.2f} / {max(rtts):.2f}"
     with two_sites(backend, delay_ms=5, jitter_ms=2).up() as net:
         rtts = rtt_ms(net, "a", "b", samples=samples)
-        order = udp_order(net, 500, 0.0002)
+        order = arrival_order(net, "a", "b", 500, 0.0002)
     out["jitter"] = f"sd {statistics.stdev(rtts):.2f} ms; {reordered(order)} of {len(order)} reordered"
     with two_sites(backend, rate_mbit=100, delay_ms=5).up() as net:
         got = goodput_mbit(net, "a", "b", seconds=seconds, warmup_s=1.0)

@@ -5,17 +5,14 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import threading
-import time
 
 import pytest
 from conftest import REPO, need
 from conftest import net_prefix as P
 
 from harness.network import LinkSpec, Network, kernel, parse_network, probe
-from harness.network.measure import expected_goodput_mbit, goodput_mbit
+from harness.network.measure import arrival_order, expected_goodput_mbit, goodput_mbit, reordered
 
 pytestmark = pytest.mark.root
 
@@ -43,59 +40,19 @@ def test_the_probe_finds_netem_and_net_probe_says_so(netem):
     assert out.splitlines()[-1] == "chosen: netem", out
 
 
-def sequence_order(net: Network, src: str, dst: str, count: int, gap_s: float) -> list[int]:
-    """Send ``count`` numbered UDP datagrams src->dst, ``gap_s`` apart; the numbers in arrival order."""
-    rx = net.socket(dst, socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind((net.address(dst), 0))
-    rx.settimeout(2.0)
-    got: list[int] = []
-
-    def receive() -> None:
-        try:
-            while len(got) < count:
-                got.append(int.from_bytes(rx.recv(64), "big"))
-        except TimeoutError:
-            return
-
-    th = threading.Thread(target=receive, daemon=True)
-    th.start()
-    tx = net.socket(src, socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        start = time.monotonic()
-        for i in range(count):
-            if (lag := start + i * gap_s - time.monotonic()) > 0:
-                time.sleep(lag)
-            tx.sendto(i.to_bytes(8, "big"), rx.getsockname())
-        th.join(30)
-    finally:
-        tx.close()
-        rx.close()
-    return got
-
-
-def inversions(order: list[int]) -> int:
-    """Datagrams that arrived after one sent later than them."""
-    highest, late = -1, 0
-    for n in order:
-        if n < highest:
-            late += 1
-        highest = max(highest, n)
-    return late
-
-
 def test_jitter_does_not_reorder_unless_netem_is_left_to_itself(netem):
     # 0.2 ms between datagrams and ±4 ms of jitter: netem's own queue (sorted by each packet's
     # send time) would put many of them out of order; the harness keeps them in sending order.
     with _net({"delay_ms": 8, "jitter_ms": 4}, P("n1")).up() as net:
-        ours = sequence_order(net, "a", "b", 500, 0.0002)
+        ours = arrival_order(net, "a", "b", 500, 0.0002)
         d = net.topology.direction("a", "b")
         with kernel.rtnl(net.namespace("a")) as ipr:  # plain netem, as `tc ... delay 8ms 4ms` gives
             idx = kernel.ifindex(ipr, d.dev)
             ipr.tc("del", index=idx, handle=0x10000, parent=0xFFFFFFFF)
             ipr.tc("add", "netem", idx, handle=0x10000, delay=8000, jitter=4000, limit=1000)
-        plain = sequence_order(net, "a", "b", 500, 0.0002)
-    assert len(ours) == 500 and inversions(ours) == 0
-    assert len(plain) == 500 and inversions(plain) > 50  # the check can see reordering
+        plain = arrival_order(net, "a", "b", 500, 0.0002)
+    assert len(ours) == 500 and reordered(ours) == 0
+    assert len(plain) == 500 and reordered(plain) > 50  # the check can see reordering
 
 
 def test_the_netem_queue_holds_the_bandwidth_delay_product(netem):
