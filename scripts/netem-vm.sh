@@ -124,7 +124,7 @@ run() {
   set +e
   timeout --kill-after=15 "$timeout" "$venv/bin/vng" "${kvm[@]}" --run "$(kernel_image)" \
     --memory "${PRFAAS_NETEM_VM_MEMORY:-2G}" --cpus "${PRFAAS_NETEM_VM_CPUS:-2}" --verbose --append quiet \
-    --force-9p --blk-disk "python=$cache/python.img" \
+    --force-9p --disk "$cache/python.img" \
     ${PRFAAS_NETEM_VM_ARGS:-} --exec "$cmd" </dev/null 2>&1 | sed -u 's/\r$//' | tee "$console"
   local vm=${PIPESTATUS[0]}
   set -e
