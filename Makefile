@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PB     := $(BIN)/prfaas-bench
 SCENARIO ?= workloads/paper-case-study.toml
 
-.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv guidellm-venv real-engines test test-smoke smoke-run lint plan bench bench-quick clean
+.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv guidellm-venv netem-vm real-engines test test-smoke smoke-run lint plan bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ vllm-nixl-venv:  ## install nixl for the real PD-pair test (cached in ~/.cache/p
 # Opt-in: GuideLLM over the vLLM venv (~0.35 GB, half a minute) for tests/test_real_guidellm.py (PRFAAS_GUIDELLM=1).
 guidellm-venv:  ## install guidellm for the interop test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-guidellm.sh
+
+# Opt-in: a kernel with netem in a VM (QEMU via virtme-ng; Debian's kernel unpacked into
+# ~/.cache/prfaas-bench/netem-vm, never installed on this host) for tests/test_netem_vm.py (PRFAAS_NETEM_VM=1).
+netem-vm: install-test  ## install the netem VM (qemu, busybox, kmod from apt; kernel; virtme-ng)
+	PYTHON=$(PYTHON) bash scripts/netem-vm.sh install
 
 real-engines: vllm-venv sglang-venv  ## what CI drives for real: vLLM and SGLang (.ci/run installs them)
 

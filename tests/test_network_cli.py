@@ -34,11 +34,12 @@ def test_dry_run_prints_the_tc_commands_without_touching_anything():
     )
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("ip netns exec")]
+    # netem limit: the scenario's 2000 packets + 826 full frames in flight (125 MB/s x 10 ms / 1514 B)
     assert lines == [
-        "ip netns exec pfbc-local tc qdisc replace dev pfb-to-remote root handle 1: netem limit 2000 delay 10000us",
+        "ip netns exec pfbc-local tc qdisc replace dev pfb-to-remote root handle 1: netem limit 2826 delay 10000us",
         "ip netns exec pfbc-local tc qdisc replace dev pfb-to-remote parent 1:1 handle 10: "
         "tbf rate 1000000kbit burst 250000b limit 3028000b",
-        "ip netns exec pfbc-remote tc qdisc replace dev pfb-to-local root handle 1: netem limit 2000 delay 10000us",
+        "ip netns exec pfbc-remote tc qdisc replace dev pfb-to-local root handle 1: netem limit 2826 delay 10000us",
         "ip netns exec pfbc-remote tc qdisc replace dev pfb-to-local parent 1:1 handle 10: "
         "tbf rate 1000000kbit burst 250000b limit 3028000b",
     ]

@@ -129,7 +129,7 @@ def _assert_round_trip(samples: list[float], configured_ms: float, relay_late_ms
     assert statistics.median(samples) <= configured_ms + 1.0 + relay_late_ms, (samples, relay_late_ms)
 
 
-def test_relay_delay_gives_the_configured_round_trip(relay_ok):
+def test_delay_gives_the_configured_round_trip(relay_ok):
     table = {
         "sites": ["a", "b"],
         "links": [{"between": ["a", "b"], "delay_ms": 5, "reverse": {"delay_ms": 3}}],
@@ -142,12 +142,13 @@ def test_relay_delay_gives_the_configured_round_trip(relay_ok):
         lag = {r.direction: r.relay_lag for r in net.status()}
     _assert_round_trip(samples, 8.0, relay_late_ms)  # 5 + 3 ms
     assert handshake_ms >= 8.0
-    # The relays report what they did: every frame counted, the configured delay, achieved >= it.
-    assert {k: v["delay_ms"] for k, v in lag.items()} == {"a->b": 5.0, "b->a": 3.0}
-    assert all(v["frames"] >= 22 and v["achieved_ms_p50"] >= v["delay_ms"] for v in lag.values()), lag
+    if net.backend == "relay":  # netem (in the VM of tests/test_netem_vm.py) keeps no such account
+        # The relays report what they did: every frame counted, the configured delay, achieved >= it.
+        assert {k: v["delay_ms"] for k, v in lag.items()} == {"a->b": 5.0, "b->a": 3.0}
+        assert all(v["frames"] >= 22 and v["achieved_ms_p50"] >= v["delay_ms"] for v in lag.values()), lag
 
 
-def test_relay_loss_is_close_to_the_configured_rate(relay_ok):
+def test_loss_is_close_to_the_configured_rate(relay_ok):
     table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "forward": {"loss_pct": 2}}]}
     with _net(table, P("t4")).up() as net:
         lost = loss_pct(net, "a", "b", packets=10000, pps=20000)
@@ -282,7 +283,9 @@ def test_a_refused_up_leaves_the_running_owners_network_alone(relay_ok):
         with pytest.raises(CapabilityError, match=f"in use by running process {holder.pid}"):
             sweep(P("t14"))  # `net down` too: never pull a network from under a running owner
         assert kernel.list_namespaces(P("t14")) == [P("t14") + "a", P("t14") + "b"]
-        assert len(relay_pids(P("t14"))) == 2
+        assert len(relay_pids(P("t14"))) == (
+            2 if probe().chosen == "relay" else 0
+        )  # one per delayed direction
     finally:
         _release(holder)
     assert _leftovers(P("t14")) == []

@@ -106,11 +106,30 @@ def test_netem_backend_renders_netem_root_with_tbf_child_and_no_rate_on_netem():
     )
     assert [(o.kind, o.parent, o.handle) for o in ops] == [("netem", "root", "1:"), ("tbf", "1:1", "10:")]
     netem = dict(ops[0].params)
-    assert netem == {"delay": 10_000, "jitter": 2_000, "loss": 1, "limit": 500}  # µs integers
+    # µs integers; the queue is the spec's 500 packets plus the 100 full frames (12.5 MB/s x 12 ms
+    # / 1514 B = 99.1) in flight over delay + jitter, which netem holds in its own queue; with jitter,
+    # netem's top rate (2^32 - 1 bytes/s), which only keeps packets in order
+    assert netem == {"delay": 10_000, "jitter": 2_000, "loss": 1, "limit": 600, "rate": 2**32 - 1}
     assert all(isinstance(netem[k], int) for k in ("delay", "jitter"))
     tbf = dict(ops[1].params)
     assert tbf["rate"] == "100000kbit"  # a string with units: a bare int would be bytes/s
     assert tbf["limit"] == 500 * 1514
+
+
+def test_the_netem_queue_covers_the_bandwidth_delay_product_in_full_frames():
+    def limit(spec: LinkSpec) -> int:
+        return dict(render_egress(spec, "netem")[0].params)["limit"]
+
+    # 125 MB/s x 25 ms = 3.125 MB = 2064.1 frames of 1514 B, on top of the spec's 1000 packets
+    assert limit(LinkSpec(rate_mbit=1000, delay_ms=25)) == 1000 + 2065
+    # unlimited counts as 10 Gbit/s (as for the TCP buffers): 1.25 GB/s x 5 ms / 1514 B = 4128.1
+    assert limit(LinkSpec(delay_ms=5)) == 1000 + 4129
+    # MTU 9000: 125 MB/s x 10 ms / 9014 B = 138.7
+    assert limit(LinkSpec(rate_mbit=1000, delay_ms=10, mtu=9000, limit_packets=50)) == 50 + 139
+    ops = render_egress(LinkSpec(rate_mbit=100, delay_ms=10, jitter_ms=2, limit_packets=500), "netem")
+    assert ops[0].tc_command("eth1") == (
+        "tc qdisc replace dev eth1 root handle 1: netem limit 600 delay 10000us 2000us rate 34359738360bit"
+    )
 
 
 def test_relay_backend_keeps_only_the_rate_in_the_kernel_and_down_is_a_zero_fifo():
@@ -122,12 +141,14 @@ def test_relay_backend_keeps_only_the_rate_in_the_kernel_and_down_is_a_zero_fifo
     assert render_egress(spec, "app-delay") == []
 
 
-def test_netem_netlink_message_carries_microsecond_ticks_and_no_rate_attribute():
-    """The kernel here has no netem, so check the message pyroute2 builds from our operation."""
+def test_netem_netlink_message_carries_microsecond_ticks_and_the_order_rate_only_inside_netem():
+    """The kernel here has no netem, so check the message pyroute2 builds from our operation
+    (tests/netem_in_vm.py checks what a kernel with netem makes of it)."""
     op = render_egress(LinkSpec(rate_mbit=100, delay_ms=10, jitter_ms=2, loss_pct=1), "netem")[0]
     args = dict(
         get_arguments_processor("tc", "replace", {**op.pyroute2_kwargs(), "kind": "netem", "index": 1})
     )
+    assert "rate" not in args  # else it would also go out as the top-level TCA_RATE (an estimator)
     msg = tcmsg()
     msg["index"], msg["handle"], msg["parent"] = 1, args["handle"], args["parent"]
     msg["attrs"] = [["TCA_KIND", "netem"], ["TCA_OPTIONS", args["options"]]]
@@ -139,19 +160,21 @@ def test_netem_netlink_message_carries_microsecond_ticks_and_no_rate_attribute()
     assert opts["delay"] * 1000 / tick_in_usec == pytest.approx(10_000 * 1000)
     assert opts["jitter"] * 1000 / tick_in_usec == pytest.approx(2_000 * 1000)
     assert opts["loss"] == int((2**32 - 1) * 0.01)
-    assert opts.get_attr("TCA_NETEM_RATE") is None
-    # and the leak we avoid is real: rate= handed to netem would add TCA_NETEM_RATE
-    leaky = dict(
-        get_arguments_processor("tc", "replace", {"kind": "netem", "index": 1, "delay": 1, "rate": "100mbit"})
+    assert opts.get_attr("TCA_NETEM_RATE")["rate"] == 2**32 - 1  # keeps jittered packets in order
+    # without jitter netem has no rate at all: TBF alone limits the rate
+    plain = render_egress(LinkSpec(rate_mbit=100, delay_ms=10), "netem")[0]
+    args = dict(
+        get_arguments_processor("tc", "replace", {**plain.pyroute2_kwargs(), "kind": "netem", "index": 1})
     )
-    assert any(a[0] == "TCA_NETEM_RATE" for a in leaky["options"]["attrs"])
+    assert not any(a[0] == "TCA_NETEM_RATE" for a in args["options"]["attrs"])
 
 
 def test_tc_text_matches_the_operations():
+    # netem's limit: 1000 packets of queue + 83 full frames in flight (12.5 MB/s x 10 ms / 1514 B = 82.6)
     ops = render_egress(LinkSpec(rate_mbit=100, delay_ms=10, loss_pct=1), "netem")
     assert (
         ops[0].tc_command("eth1")
-        == "tc qdisc replace dev eth1 root handle 1: netem limit 1000 delay 10000us loss 1%"
+        == "tc qdisc replace dev eth1 root handle 1: netem limit 1083 delay 10000us loss 1%"
     )
     assert ops[1].tc_command("eth1") == (
         "tc qdisc replace dev eth1 parent 1:1 handle 10: tbf rate 100000kbit burst 69632b limit 1514000b"

@@ -124,6 +124,10 @@ def status_cmd(prefix) -> None:
     for r in rows:
         mark = "ok " if r.ok else "BAD"
         click.echo(f"  {mark} {r.direction:<16} spec {r.spec:<28} kernel {r.kernel:<22} relay {r.relay}")
+        if r.offloads:
+            click.echo(
+                "      offloads " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in r.offloads.items())
+            )
         for p in r.problems:
             click.echo(f"      {p}")
     if not all(r.ok for r in rows):

@@ -241,9 +241,8 @@ class Network:
         for d in topo.directions():
             spec = self._current[(d.src, d.dst)]
             with kernel.rtnl(topo.namespace(d.src)) as ipr:
-                idx = kernel.ifindex(ipr, d.dev)
-                ipr.link("set", index=idx, mtu=spec.mtu, state="up")
-                kernel.apply_ops(ipr, idx, render_egress(spec, self.backend))
+                ipr.link("set", index=kernel.ifindex(ipr, d.dev), mtu=spec.mtu, state="up")
+            self._shape(d, spec)
         if self.backend == "relay":
             plan = timeline(self.spec.events, self._current)
             needs = {(c.src, c.dst) for c in plan if c.spec.impaired}
@@ -251,6 +250,16 @@ class Network:
             for key in sorted(needs):
                 self._start_relay(topo.direction(*key))
         self._write_routes()
+
+    def _shape(self, d: Direction, spec: LinkSpec) -> None:
+        """Apply one direction's qdiscs. On netem, TSO and GSO are off while the direction loses
+        packets: netem would drop a whole segment of up to 64 KiB at once (a burst of ~44 packets),
+        not single packets at the configured rate; with the relay, the relay sees to that itself."""
+        ns = self.topology.namespace(d.src)
+        with kernel.rtnl(ns) as ipr:
+            kernel.apply_ops(ipr, kernel.ifindex(ipr, d.dev), render_egress(spec, self.backend))
+        if self.backend == "netem":
+            kernel.set_segmentation_offloads(ns, d.dev, on=spec.loss_pct == 0)
 
     def _write_routes(self) -> None:
         """Per site: a scope-link route to each neighbour, then every site through its first hop;
@@ -356,9 +365,7 @@ class Network:
         with self._lock:
             if self.kernel_backed:
                 d = self.topology.direction(src, dst)
-                with kernel.rtnl(self.topology.namespace(src)) as ipr:
-                    idx = kernel.ifindex(ipr, d.dev)
-                    kernel.apply_ops(ipr, idx, render_egress(new, self.backend))
+                self._shape(d, new)
                 if self.backend == "relay":
                     if key in self._relays:
                         Impairment.of(new).write(self._control_path(d))

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute, netns
+from pyroute2.netlink import NETLINK_ROUTE
+from pyroute2.netlink.rtnl.tcmsg import sched_netem
 
 from harness.network.render import QdiscOp
 
@@ -25,6 +28,15 @@ _CLONE_NEWNET = 0x40000000
 _TC_H_ROOT = 0xFFFFFFFF
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _setns = _libc.setns
+
+
+def _netem_rate_stays_in_netem(request: dict[str, Any]) -> None:
+    """pyroute2 reads netem's ``rate`` into TCA_NETEM_RATE but leaves it in the request too, where it
+    becomes the top-level TCA_RATE (a rate estimator's parameters); TBF's plugin drops it the same way."""
+    request.pop("rate", None)
+
+
+sched_netem.fix_request = _netem_rate_stays_in_netem
 
 
 def list_namespaces(prefix: str) -> list[str]:
@@ -54,8 +66,16 @@ def remove_namespace(name: str) -> None:
 
 @contextlib.contextmanager
 def rtnl(ns: str | None) -> Iterator[IPRoute]:
-    """An IPRoute socket inside ``ns`` (never creating it: flags=0), or in the caller's namespace."""
-    ipr = IPRoute(netns=ns, flags=0) if ns else IPRoute()
+    """An IPRoute socket inside ``ns`` (which must exist), or in the caller's namespace.
+
+    The netlink socket is made on a short-lived thread that entered ``ns``, not by pyroute2's
+    ``netns=``, which forks the whole process for every socket and gives the child 2 s to answer
+    (retrying for 10 s): in the netem VM under TCG each fork took seconds, and a probe 76 s."""
+    if ns:
+        sock = _in_namespace(ns, socket.socket, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        ipr = IPRoute(use_socket=sock)
+    else:
+        ipr = IPRoute()
     try:
         yield ipr
     finally:
@@ -97,10 +117,49 @@ def read_qdiscs(ipr: IPRoute, index: int) -> list[dict[str, Any]]:
             entry["delay_us"] = opts.get("delay")
             entry["jitter_us"] = opts.get("jitter")
             entry["limit"] = opts.get("limit")
+            entry["rate_bytes_s"] = (opts.get_attr("TCA_NETEM_RATE") or {}).get("rate") or None  # 0: none
         elif entry["kind"] in ("pfifo", "bfifo"):
             entry["limit"] = opts.get("limit")
         out.append(entry)
     return out
+
+
+SEGMENTATION_OFFLOADS = ("tx-tcp-segmentation", "tx-generic-segmentation")  # TSO, GSO
+OFFLOADS = (*SEGMENTATION_OFFLOADS, "rx-gro")
+
+
+def read_offloads(ns: str, dev: str) -> dict[str, bool]:
+    """TSO, GSO and GRO of ``dev`` in ``ns`` as the kernel has them (ethtool's feature names)."""
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
+    def read() -> dict[str, bool]:
+        eth = IoctlEthtool(dev)
+        try:
+            feats = eth.get_features()
+            return {name: bool(feats[name]) for name in OFFLOADS if name in feats}
+        finally:
+            eth.close()
+
+    return _in_namespace(ns, read)
+
+
+def set_segmentation_offloads(ns: str, dev: str, *, on: bool) -> None:
+    """Turn TSO and GSO of ``dev`` in ``ns`` on or off. Off, TCP hands the qdiscs single packets
+    instead of segments of up to 64 KiB, so that netem's loss drops one packet at a time."""
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
+    def write() -> None:
+        eth = IoctlEthtool(dev)
+        try:
+            feats = eth.get_features()
+            for name in SEGMENTATION_OFFLOADS:
+                if name in feats:
+                    feats[name] = on
+            eth.set_features(feats)
+        finally:
+            eth.close()
+
+    _in_namespace(ns, write)
 
 
 def _on_thread(fn, *args) -> Any:
@@ -153,8 +212,6 @@ def read_sysctl(ns: str, key: str) -> str:
 
 def socket_in(ns: str, family: int, kind: int):
     """A socket created inside ``ns``; it stays bound to that namespace wherever it is used."""
-    import socket
-
     return _in_namespace(ns, socket.socket, family, kind)
 
 

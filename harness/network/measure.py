@@ -192,6 +192,43 @@ def loss_pct(
     return 100.0 * (packets - got[0]) / packets
 
 
+def arrival_order(net, src: str, dst: str, count: int, gap_s: float) -> list[int]:
+    """Send ``count`` numbered UDP datagrams src->dst, ``gap_s`` apart; their numbers in arrival order
+    (a datagram that never came is missing). For jitter: does the link keep packets in order?"""
+    rx = _listener(net, dst, socket.SOCK_DGRAM)
+    rx.settimeout(2.0)
+    got: list[int] = []
+
+    def receive() -> None:
+        with contextlib.suppress(TimeoutError):
+            while len(got) < count:
+                got.append(int.from_bytes(rx.recv(64), "big"))
+
+    th = threading.Thread(target=receive, daemon=True)
+    th.start()
+    tx = net.socket(src, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        start = time.monotonic()
+        for i in range(count):
+            if (lag := start + i * gap_s - time.monotonic()) > 0:
+                time.sleep(lag)
+            tx.sendto(i.to_bytes(8, "big"), rx.getsockname())
+        th.join(30)
+    finally:
+        tx.close()
+        rx.close()
+    return got
+
+
+def reordered(order: list[int]) -> int:
+    """How many arrived after a datagram sent later than them."""
+    highest, late = -1, 0
+    for n in order:
+        late += n < highest
+        highest = max(highest, n)
+    return late
+
+
 def check_direction(net, src: str, dst: str, *, seconds: float = 1.5) -> list[Measurement]:
     """Measure one direction against its spec: goodput (rate-limited, loss-free directions), RTT,
     and loss (lossy directions). Tolerances: goodput 5%, RTT 1 ms, loss 0.3 points."""

@@ -51,10 +51,11 @@ PROBE_NS = "prfaas-probe-"
 
 def _tun_works(ns: str) -> str | None:
     from harness.network import kernel
+    from harness.network.relay import open_tun
 
     def attempt() -> str | None:
         try:
-            fd = os.open("/dev/net/tun", os.O_RDWR)
+            fd = open_tun()
         except OSError as exc:
             return f"TUN unavailable: {exc.strerror or exc}"
         try:
@@ -68,17 +69,20 @@ def _tun_works(ns: str) -> str | None:
     return kernel._in_namespace(ns, attempt)  # failing to enter the namespace is not a TUN answer
 
 
-def _qdisc_error(ns: str, kind: str, **kw) -> str | None:
+def _qdisc_error(ns: str, dev: str, kind: str, **kw) -> str | None:
+    """Install a ``kind`` root qdisc on ``dev``: None if the kernel took it, else its answer. Each
+    kind gets an interface of its own: the kernel will not change a root qdisc's kind in place
+    (EINVAL), which once made netem look absent on every kernel (found in the netem VM)."""
     from pyroute2 import NetlinkError
 
     from harness.network import kernel
 
     with kernel.rtnl(ns) as ipr:
-        idx = kernel.ifindex(ipr, "pfb-p0")
+        idx = kernel.ifindex(ipr, dev)
         try:
             ipr.tc("replace", kind, idx, handle=0x10000, **kw)
         except NetlinkError as exc:  # the kernel's answer; anything else is a failed probe
-            why = "not in this kernel" if exc.code in (errno.ENOENT, errno.EINVAL) else str(exc)
+            why = "not in this kernel" if exc.code == errno.ENOENT else f"refused by the kernel: {exc}"
             return f"{kind} qdisc {why}"
     return None
 
@@ -115,8 +119,8 @@ def probe() -> ProbeReport:
     try:
         with kernel.rtnl(ns) as ipr:
             ipr.link("add", ifname="pfb-p0", kind="veth", peer={"ifname": "pfb-p1"})
-        tbf = _qdisc_error(ns, "tbf", rate="10mbit", burst=3028, limit=30280)
-        netem = _qdisc_error(ns, "netem", delay=1000, jitter=0, loss=0, limit=100)
+        tbf = _qdisc_error(ns, "pfb-p0", "tbf", rate="10mbit", burst=3028, limit=30280)
+        netem = _qdisc_error(ns, "pfb-p1", "netem", delay=1000, jitter=0, loss=0, limit=100)
         tun = _tun_works(ns)
     except Exception as exc:
         raise CapabilityError(

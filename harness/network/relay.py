@@ -29,12 +29,14 @@ inside the sending namespace (``Network`` does that and records the pid it print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import random
 import select
 import signal
 import socket
+import stat
 import struct
 import time
 from collections import deque
@@ -60,9 +62,25 @@ _PUBLISH_S = 1.0  # how often the lateness histogram is written while frames flo
 _SPIN_S = 50e-6
 
 
+TUN_PATH = Path("/dev/net/tun")
+
+
+def open_tun(flags: int = 0) -> int:
+    """Open the TUN/TAP clone device, making its node first where nothing did: a minimal system
+    without udev (a virtme-ng VM) has the driver but no ``/dev/net/tun``; opening the node (char
+    10:200) loads the tun module as ``modprobe tun`` would."""
+    try:
+        return os.open(TUN_PATH, os.O_RDWR | flags)
+    except FileNotFoundError:
+        TUN_PATH.parent.mkdir(exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mknod(TUN_PATH, 0o666 | stat.S_IFCHR, os.makedev(10, 200))
+        return os.open(TUN_PATH, os.O_RDWR | flags)
+
+
 def open_tap(name: str) -> int:
     """Create (and own) the TAP device ``name`` with virtio-net headers; it disappears with us."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fd = open_tun(os.O_NONBLOCK)
     fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR))
     return fd
 

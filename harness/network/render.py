@@ -2,21 +2,25 @@
 
 The operations are plain values, so they can be unit-tested without root, printed as the equivalent
 ``tc`` commands (``--dry-run``) and applied by ``kernel.apply_ops`` — the only code that talks to the
-kernel. Rates go on TBF/HTB, never on netem (pyroute2 would leak ``rate=`` into the netem message);
-netem delay and jitter are integers in µs.
+kernel. Rates go on TBF/HTB; netem gets a rate only to keep jittered packets in order
+(``NETEM_ORDER_RATE_BYTES_S``). netem delay and jitter are integers in µs.
 
 Order on a netem host: netem at the root (delay, jitter, loss), TBF as its child (the rate), the
-layout of the netem documentation's "delay plus rate" example. On the relay backend the relay adds
-the impairment before the packet reaches the veth, so the veth carries the TBF alone: the same order.
+layout of the netem documentation's "delay plus rate" example. netem's queue holds every packet for
+its whole delay, so its limit covers the bandwidth-delay product too (``netem_limit``). On the relay
+backend the relay adds the impairment before the packet reaches the veth, so the veth carries the
+TBF alone: the same order.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from harness.network.spec import LinkSpec
+from harness.network.topology import UNLIMITED_MBIT_FOR_BUFFERS
 
 ETH_HEADER = 14
 ETH_P_IP = 0x0800
@@ -66,6 +70,8 @@ def _tc_params(op: QdiscOp) -> list[str]:
             out += [f"{p['jitter']}us"]
         if p.get("loss"):
             out += ["loss", f"{p['loss']:g}%"]
+        if p.get("rate"):
+            out += ["rate", f"{p['rate'] * 8}bit"]
         return out
     if op.kind == "tbf":
         return ["rate", p["rate"], "burst", f"{p['burst']}b", "limit", f"{p['limit']}b"]
@@ -116,14 +122,36 @@ def tbf_params(spec: LinkSpec) -> tuple[tuple[str, Any], ...]:
     )
 
 
+def netem_limit(spec: LinkSpec) -> int:
+    """netem's queue in packets: the spec's own queue plus every full frame in flight over the delay
+    (delay + jitter) at the direction's rate, its bandwidth-delay product. netem holds each packet in
+    its queue for the whole delay, so a limit of only ``limit_packets`` would drop a long fat link's
+    window at netem instead of queueing it where the spec says (an unlimited direction counts as
+    ``UNLIMITED_MBIT_FOR_BUFFERS``, as for the TCP buffers)."""
+    rate = spec.rate_mbit if spec.rate_mbit is not None else UNLIMITED_MBIT_FOR_BUFFERS
+    in_flight = rate * 1e6 / 8 * (spec.delay_ms + spec.jitter_ms) / 1e3 / frame_bytes(spec.mtu)
+    return spec.limit_packets + math.ceil(in_flight)
+
+
+NETEM_ORDER_RATE_BYTES_S = 2**32 - 1
+"""netem's top rate (its 32-bit field, in bytes/s: 34.36 Gbit/s), set on every direction with jitter
+only to keep packets in order. With a rate, netem times each packet from the one queued before it
+(never earlier), so jitter cannot reorder them, as the relay's release times never go backwards;
+without one it sorts its queue by each packet's own jittered time and reorders whatever is sent
+closer together than the jitter (``tests/netem_in_vm.py`` measures both). At this rate a full frame
+costs 0.35 µs; the direction's own rate stays on TBF beneath."""
+
+
 def netem_params(spec: LinkSpec) -> tuple[tuple[str, Any], ...]:
-    """netem for delay, jitter (integers in µs) and loss (percent). Never a ``rate``."""
-    return (
+    """netem for delay, jitter (integers in µs), loss (percent) and its queue; a ``rate`` only to
+    keep jittered packets in order (``NETEM_ORDER_RATE_BYTES_S``, an integer: bytes/s to pyroute2)."""
+    params: tuple[tuple[str, Any], ...] = (
         ("delay", round(spec.delay_ms * 1000)),
         ("jitter", round(spec.jitter_ms * 1000)),
         ("loss", spec.loss_pct),
-        ("limit", spec.limit_packets),
+        ("limit", netem_limit(spec)),
     )
+    return (*params, ("rate", NETEM_ORDER_RATE_BYTES_S)) if spec.jitter_ms > 0 else params
 
 
 BLACKHOLE = QdiscOp("replace", "pfifo", "root", "1:", (("limit", 0),))

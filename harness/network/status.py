@@ -22,6 +22,7 @@ class DirectionStatus:
     relay: str  # "-" (none), "pid N ok", or a problem
     problems: tuple[str, ...]
     relay_lag: dict[str, Any] | None = None  # the relay's LagHistogram.summary(): achieved delay p50/p99
+    offloads: dict[str, bool] | None = None  # the veth's TSO/GSO/GRO (kernel.OFFLOADS), as read back
 
     @property
     def ok(self) -> bool:
@@ -52,6 +53,8 @@ def compare(expected: list[QdiscOp], actual: list[dict[str, Any]]) -> list[str]:
             problems.append(f"pfifo limit {q.get('limit')}, expected {p['limit']}")
         if op.kind == "netem" and q.get("limit") != p["limit"]:
             problems.append(f"netem limit {q.get('limit')}, expected {p['limit']}")
+        if op.kind == "netem" and q.get("rate_bytes_s") != p.get("rate"):  # set only to keep order
+            problems.append(f"netem rate {q.get('rate_bytes_s')} B/s, expected {p.get('rate')} B/s")
     if not expected and actual:
         problems.append(f"expected no qdisc, found {[q['kind'] for q in actual]}")
     return problems
@@ -84,9 +87,17 @@ def read_status(net) -> list[DirectionStatus]:
             actual = [q for q in actual if q["kind"] not in ("noqueue",)]
             problems += compare(expected, actual)
             described = _describe(actual)
+            offloads = kernel.read_offloads(net.topology.namespace(d.src), d.dev)
         except (LookupError, OSError) as exc:
             problems.append(f"cannot read {d.dev} in {net.topology.namespace(d.src)}: {exc}")
-            described = "missing"
+            described, offloads = "missing", None
+        if net.backend == "netem" and offloads is not None:  # off while netem drops packets
+            want = spec.loss_pct == 0
+            wrong = [n for n in kernel.SEGMENTATION_OFFLOADS if offloads.get(n, want) != want]
+            if wrong:
+                problems.append(
+                    f"{', '.join(wrong)} {'off' if want else 'on'}, expected {'on' if want else 'off'}"
+                )
         relay = "-"
         alive = net.relay_alive(d.src, d.dst)
         if alive is not None:
@@ -109,5 +120,5 @@ def read_status(net) -> list[DirectionStatus]:
                     relay += f"; late p50/p99 {lag['late_ms_p50']:g}/{lag['late_ms_p99']:g} ms ({lag['frames']} frames)"
         elif net.backend == "relay" and spec.impaired:
             problems.append("impaired direction has no relay")
-        out.append(DirectionStatus(d.name, str(spec), described, relay, tuple(problems), lag))
+        out.append(DirectionStatus(d.name, str(spec), described, relay, tuple(problems), lag, offloads))
     return out

@@ -1,0 +1,100 @@
+"""What only the netem backend has, checked on a kernel with netem: inside the VM of
+``scripts/netem-vm.sh`` (``tests/test_netem_vm.py`` runs this file there; its name keeps a plain
+``pytest`` on a host without netem from collecting it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import REPO, need
+from conftest import net_prefix as P
+
+from harness.network import LinkSpec, Network, kernel, parse_network, probe
+from harness.network.measure import arrival_order, loss_pct, reordered
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def netem(root) -> None:
+    need(probe().check("netem").works, f"no netem here: {probe().check('netem').reason}")
+
+
+def _net(link: dict, prefix: str, **kw) -> Network:
+    table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], **link}]}
+    return Network(parse_network(table), prefix=prefix, table=table, **kw)
+
+
+def test_the_probe_finds_netem_and_net_probe_says_so(netem):
+    out = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "prfaas-bench"), "net", "probe"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    assert probe().chosen == "netem"
+    assert out.splitlines()[0].startswith("netem      yes"), out
+    assert out.splitlines()[-1] == "chosen: netem", out
+
+
+def test_jitter_does_not_reorder_unless_netem_is_left_to_itself(netem):
+    # 0.2 ms between datagrams and ±4 ms of jitter: netem's own queue (sorted by each packet's
+    # send time) would put many of them out of order; the harness keeps them in sending order.
+    with _net({"delay_ms": 8, "jitter_ms": 4}, P("n1")).up() as net:
+        ours = arrival_order(net, "a", "b", 500, 0.0002)
+        d = net.topology.direction("a", "b")
+        with kernel.rtnl(net.namespace("a")) as ipr:  # plain netem, as `tc ... delay 8ms 4ms` gives
+            idx = kernel.ifindex(ipr, d.dev)
+            ipr.tc("del", index=idx, handle=0x10000, parent=0xFFFFFFFF)
+            ipr.tc("add", "netem", idx, handle=0x10000, delay=8000, jitter=4000, limit=1000)
+        plain = arrival_order(net, "a", "b", 500, 0.0002)
+    assert len(ours) == 500 and reordered(ours) == 0
+    assert len(plain) == 500 and reordered(plain) > 50  # the check can see reordering
+
+
+def test_the_netem_queue_holds_the_bandwidth_delay_product(netem):
+    # 100 Mbit/s, 40 ms: 331 full frames are in flight one way, more than the 100-packet queue the
+    # spec asks for. netem holds every packet for its whole delay, so 400 datagrams sent within the
+    # delay (20 ms at 20,000/s, 32 Mbit/s: TBF passes them) must all fit in netem's queue: none is
+    # lost with the harness's limit, and most are with a limit of limit_packets (the control).
+    spec = LinkSpec(rate_mbit=100, delay_ms=40, limit_packets=100)
+    bdp_packets = 100e6 / 8 * 0.040 / (1500 + 14)
+    with _net({"rate_mbit": 100, "delay_ms": 40, "limit_packets": 100}, P("n2")).up() as net:
+        dev = net.topology.direction("a", "b").dev
+        with kernel.rtnl(net.namespace("a")) as ipr:
+            qd = kernel.read_qdiscs(ipr, kernel.ifindex(ipr, dev))
+        ours = loss_pct(net, "a", "b", packets=400, pps=20000)
+        with kernel.rtnl(net.namespace("a")) as ipr:  # the same netem with the spec's limit alone
+            ipr.tc("change", "netem", kernel.ifindex(ipr, dev), handle=0x10000, delay=40000, limit=100)
+        small = loss_pct(net, "a", "b", packets=400, pps=20000)
+    netem_q = next(q for q in qd if q["kind"] == "netem")
+    assert netem_q["limit"] >= bdp_packets + spec.limit_packets
+    assert ours == 0.0
+    assert small >= 50.0  # 400 in flight, 100 places
+
+
+@pytest.mark.parametrize("rate_mbit", [5_000, 34_000])
+def test_rates_above_4_gbit_reach_the_kernel_exactly(netem, rate_mbit):
+    with _net({"rate_mbit": rate_mbit, "delay_ms": 1}, P("n3")).up() as net:
+        with kernel.rtnl(net.namespace("a")) as ipr:
+            qd = kernel.read_qdiscs(ipr, kernel.ifindex(ipr, net.topology.direction("a", "b").dev))
+        rows = {r.direction: r for r in net.status()}
+    rates = [q["rate_bytes_s"] for q in qd if q.get("rate_bytes_s")]
+    assert rates and all(r == rate_mbit * 1_000_000 // 8 for r in rates), qd
+    assert rows["a->b"].ok, rows["a->b"].problems
+
+
+def test_segmentation_offloads_are_off_only_while_netem_drops_packets(netem):
+    # netem would drop a whole TSO/GSO segment of up to 64 KiB at once: a burst, not 1% of packets
+    seg = ("tx-tcp-segmentation", "tx-generic-segmentation")
+    with _net({"rate_mbit": 50, "forward": {"loss_pct": 1}}, P("n4")).up() as net:
+        lossy = {r.direction: r for r in net.status()}
+        net.set_link("a", "b", loss_pct=0)
+        healed = {r.direction: r for r in net.status()}
+    assert all(r.ok for r in (*lossy.values(), *healed.values()))
+    assert [lossy["a->b"].offloads[k] for k in seg] == [False, False]
+    assert [lossy["b->a"].offloads[k] for k in seg] == [True, True]  # a veth's default
+    assert [healed["a->b"].offloads[k] for k in seg] == [True, True]

@@ -1,0 +1,45 @@
+"""The netem backend on a real kernel. This machine's kernel has no netem, so the test boots Debian's
+kernel (netem as a module) in a VM (``scripts/netem-vm.sh``: QEMU through virtme-ng, sharing this
+checkout read-only) and runs inside it, as root and with CI=true (a skip there is a failure):
+
+- ``tests/test_network_netns.py``: the namespace tests the relay passes on this machine, where the
+  probe now picks netem: goodput, RTT, loss, live changes, link events, SIGTERM and cleanup;
+- ``tests/netem_in_vm.py``: what only netem has (the probe's answer, jitter without reordering, the
+  queue limit against the bandwidth-delay product, rates above 4 Gbit/s, offloads).
+
+Opt-in (``PRFAAS_NETEM_VM=1``) until it has run reliably in CI: under TCG on two shared cores the boot
+and the run take minutes (docs/network.md). ``make netem-vm`` installs what it needs. Without it the test
+skips saying why, and under CI=true fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from conftest import REPO, need
+
+pytestmark = pytest.mark.netem_vm
+SCRIPT = REPO / "scripts" / "netem-vm.sh"
+INNER = ("tests/test_network_netns.py", "tests/netem_in_vm.py")
+VM_TIMEOUT_S = 1800
+
+
+def test_the_network_tests_pass_with_netem_inside_a_vm(root):
+    if os.environ.get("PRFAAS_NETEM_VM") != "1":
+        pytest.skip("opt-in: PRFAAS_NETEM_VM=1 boots a netem-capable kernel in a VM (make netem-vm)")
+    ready = subprocess.run(["bash", str(SCRIPT), "check"], capture_output=True, text=True, check=False)
+    need(ready.returncode == 0, f"no netem VM here: {ready.stdout.strip()}")
+    inner = ["env", "CI=true", ".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *INNER]
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "run", "-t", str(VM_TIMEOUT_S), "--", *inner],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=VM_TIMEOUT_S + 60,
+    )
+    tail = (out.stdout[-6000:] + "\n" + out.stderr[-3000:]).strip()
+    assert out.returncode == 0, tail
+    summary = [ln for ln in out.stdout.splitlines() if " passed" in ln]
+    assert summary and "failed" not in summary[-1] and "skipped" not in summary[-1], tail
