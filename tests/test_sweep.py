@@ -6,6 +6,7 @@ Ray's side (the same rows on Ray as on the local pool) is in ``test_sweep_ray.py
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -34,10 +35,16 @@ def write_spec(tmp_path: Path, body: str, name: str = "sweep.toml") -> Path:
     return path
 
 
-def sweep_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def sweep_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """The real command in its own process (a pool of its own, signals of its own)."""
     return subprocess.run(
-        [sys.executable, "-m", "harness", "sweep", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "harness", "sweep", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 

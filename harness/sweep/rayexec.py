@@ -8,8 +8,11 @@ leaves it running. Every node needs prfaas-bench installed (the same version): a
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import secrets
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,14 +24,21 @@ Rows = list[dict[str, Any]]
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # rows are small; Ray's default would claim 30% of memory
 
 
+_MISSING = "--executor ray needs Ray, which is not installed: pip install -e '.[ray]'"
+
+
+def check_ray() -> None:
+    """A one-line ``CapabilityError`` saying how to install Ray when it is missing (without importing it)."""
+    if importlib.util.find_spec("ray") is None:
+        raise CapabilityError(_MISSING)
+
+
 def import_ray():
-    """The ``ray`` module, or a one-line ``CapabilityError`` saying how to install it."""
+    """The ``ray`` module, or the same one-line error as ``check_ray``."""
     try:
         import ray
     except ImportError:
-        raise CapabilityError(
-            "--executor ray needs Ray, which is not installed: pip install -e '.[ray]'"
-        ) from None
+        raise CapabilityError(_MISSING) from None
     return ray
 
 
@@ -45,8 +55,16 @@ class RayExecutor:
         self._batches: dict[Any, Sequence[Point]] = {}
 
     def __enter__(self) -> RayExecutor:
-        ray = self._ray = import_ray()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray would report usage over the internet
+        if self.address is None and "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules:
+            # A local Ray authenticates with a token of the run's own, rather than generating one into
+            # ~/.ray; Ray reads the mode when imported, hence before the import.
+            os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        if self.address is None:
+            # Ray's single-host switch (named for the platforms where it is the default): every Ray
+            # process then talks to the others on 127.0.0.1, never on this host's network address.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray = self._ray = import_ray()
         options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
         if self.address is None:  # on loopback only: a local Ray has no business on other addresses
             options |= {
@@ -55,8 +73,8 @@ class RayExecutor:
                 "object_store_memory": LOCAL_OBJECT_STORE_BYTES,
                 "_node_ip_address": "127.0.0.1",
             }
-        try:
-            ray.init(address=self.address, **options)
+        try:  # "local": a new Ray even when `ray start` left one running on this host
+            ray.init(address=self.address or "local", **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local Ray"
             raise CapabilityError(f"cannot start or reach Ray ({where}): {_first_line(exc)}") from None
