@@ -162,6 +162,27 @@ def test_a_failing_point_is_a_row_and_the_sweep_goes_on(tmp_path):
     assert "1 run now (1 failed), 3 done before" in retried.output
 
 
+@pytest.mark.slow
+def test_max_rate_rows_are_simulates_own_search_and_gain(tmp_path):
+    # One point: plan and the steady-state Λ_max search of two topologies (about a minute of one core).
+    body = 'run = ["plan", "max-rate"]\ntopologies = ["prfaas", "homogeneous"]\n[grid]\nseed = [0]\n'
+    spec = write_spec(tmp_path, body)
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    row = pd.read_parquet(tmp_path / "out" / "sweep.parquet").iloc[0]
+    assert row["status"] == "ok"
+    # simulate --find-max-rate on the case study finds 3.15 and 1.93 req/s (README, docs/simulate.md)
+    assert row["max_rate.prfaas.lambda_max"] == pytest.approx(3.15, abs=0.01)
+    assert row["max_rate.homogeneous.lambda_max"] == pytest.approx(1.93, abs=0.01)
+    assert row["max_rate.prfaas_vs_homogeneous"] == pytest.approx(
+        row["max_rate.prfaas.lambda_max"] / row["max_rate.homogeneous.lambda_max"]
+    )
+    assert row["max_rate.prfaas.bracketed"] and row["max_rate.prfaas.probe_count"] > 2
+    assert row["max_rate.prfaas.planner_lambda_max"] == row["plan.prfaas.lambda_max"]
+    # only the chosen topologies, and the ratios between them only
+    assert not [c for c in row.index if "naive" in c]
+
+
 SLOW_SPEC = (
     'run = ["simulate"]\n[grid]\n"simulate.requests" = [150]\nrate = [1.0, 1.5, 2.0]\nseed = [0, 1, 2, 3]\n'
 )

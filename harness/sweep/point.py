@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,13 @@ def _figures(point: Point, out_dir: Path) -> dict[str, Any]:
     chosen = point.topologies
     out: dict[str, Any] = {}
     if "plan" in point.runs:
-        report = plan_deployment(deployment_from_scenario(scenario))
+        deployment = deployment_from_scenario(scenario)
+        if chosen is not None:  # plan only those, so the ratios are between them too
+            deployment = replace(deployment, topologies={n: deployment.topologies[n] for n in chosen})
+        report = plan_deployment(deployment)
         for name, tp in report.topologies.items():
-            if chosen is None or name in chosen:
-                row = tp.as_dict()
-                out |= {f"plan.{name}.{k}": row[k] for k in _PLAN_FIGURES}
+            row = tp.as_dict()
+            out |= {f"plan.{name}.{k}": row[k] for k in _PLAN_FIGURES}
         out |= {f"plan.{k}": v for k, v in report.ratios.items()}
     for run in ("simulate", "max-rate"):
         if run in point.runs:
