@@ -2,7 +2,7 @@
 
 Without an address a local Ray is started for the run (``--workers`` CPUs) and shut down after it;
 with one (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``) the sweep joins that cluster as a driver and
-leaves it running. Every node needs prfaas-bench installed (the same version): a task imports
+leaves it running. Every node needs the same version of prfaas-bench, installed: a task imports
 ``harness.sweep.point`` there. Ray is imported only here, only when this executor is chosen.
 """
 
