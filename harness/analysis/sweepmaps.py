@@ -1,0 +1,133 @@
+"""A sweep's figures (``prfaas-bench report SWEEP_DIR``): heatmaps of Λ_max and of the PrfaaS gain over
+two of the sweep's axes, from its table (``OUT/sweep.parquet``, ``harness.sweep.store``).
+
+Each cell is the mean over every other axis (seeds, say) of the points that finished; how many points
+it averages and how many failed are on the cell, so a blank cell is never a silent gap.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from harness.errors import InputError
+
+_LABELS = ("key", "point")  # the row's own columns before its axes; "status" ends them
+# What a heatmap shows, best first within each kind: simulate's Λ_max search, else the planner's.
+FIGURES = (
+    ("Λ_max of PrfaaS (req/s)", ("max_rate.prfaas.lambda_max", "plan.prfaas.lambda_max")),
+    ("PrfaaS gain over homogeneous (Λ_max ratio)",
+     ("max_rate.prfaas_vs_homogeneous", "plan.prfaas_vs_homogeneous")),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """``value`` over ``x`` × ``y``: ``z[i][j]`` is the mean at ``ys[i]``, ``xs[j]`` (None: no point
+    finished there), from ``count[i][j]`` points; ``failed[i][j]`` failed."""
+
+    x: str
+    y: str
+    value: str
+    xs: list[Any]
+    ys: list[Any]
+    z: list[list[float | None]]
+    count: list[list[int]]
+    failed: list[list[int]]
+
+
+def sweep_axes(frame: pd.DataFrame) -> list[str]:
+    """The axes a sweep varied: its label columns (between ``point`` and ``status``) with more than
+    one value."""
+    columns = list(frame.columns)
+    labels = columns[len(_LABELS) : columns.index("status")] if "status" in columns else []
+    return [c for c in labels if frame[c].astype(str).nunique() > 1]
+
+
+def heatmap(frame: pd.DataFrame, x: str, y: str, value: str) -> Heatmap:
+    """The mean of ``value`` per (``y``, ``x``) over the rows whose status is ok (see ``Heatmap``)."""
+    for name in (x, y, value):
+        if name not in frame.columns:
+            raise InputError(
+                f"no column {name!r} in the sweep (columns: {', '.join(map(str, frame.columns))})"
+            )
+    xs, ys = _ordered(frame[x]), _ordered(frame[y])
+    ok = frame["status"] == "ok"
+    z: list[list[float | None]] = []
+    count: list[list[int]] = []
+    failed: list[list[int]] = []
+    for yv in ys:
+        z_row, n_row, f_row = [], [], []
+        for xv in xs:
+            cell = (frame[x] == xv) & (frame[y] == yv)
+            values = pd.to_numeric(frame.loc[cell & ok, value], errors="coerce").dropna()
+            z_row.append(float(values.mean()) if len(values) else None)
+            n_row.append(len(values))
+            f_row.append(int((cell & ~ok).sum()))
+        z.append(z_row)
+        count.append(n_row)
+        failed.append(f_row)
+    return Heatmap(x, y, value, xs, ys, z, count, failed)
+
+
+def _ordered(column: pd.Series) -> list[Any]:
+    """An axis's values in order (numbers by size, otherwise as first met)."""
+    values = list(dict.fromkeys(column.dropna().tolist()))
+    return sorted(values) if all(isinstance(v, int | float) for v in values) else values
+
+
+def figure(hm: Heatmap, title: str) -> go.Figure:
+    """The heatmap as a Plotly figure: each cell shows its value, how many points it averages, failures."""
+    text = [
+        [
+            ("–" if v is None else f"{v:.3g}")
+            + (f" (n={n})" if n != 1 else "")
+            + (f", {f} failed" if f else "")
+            for v, n, f in zip(z_row, n_row, f_row, strict=True)
+        ]
+        for z_row, n_row, f_row in zip(hm.z, hm.count, hm.failed, strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=hm.z, x=[str(v) for v in hm.xs], y=[str(v) for v in hm.ys], text=text,
+            texttemplate="%{text}", colorscale="Viridis", colorbar={"title": {"text": hm.value, "side": "right"}},
+            hovertemplate=f"{hm.x}=%{{x}}<br>{hm.y}=%{{y}}<br>{hm.value}=%{{text}}<extra></extra>",
+        ),
+        layout={
+            "template": "plotly_white", "height": 420, "title": {"text": title},
+            "margin": {"l": 110, "r": 20, "t": 40, "b": 60},
+            "xaxis": {"title": {"text": hm.x}, "type": "category"},
+            "yaxis": {"title": {"text": hm.y}, "type": "category"},
+        },
+    )  # fmt: skip
+    return fig
+
+
+def sweep_figures(frame: pd.DataFrame, axes: Sequence[str] | None = None) -> list[tuple[str, go.Figure]]:
+    """(anchor, figure) for each of ``FIGURES`` the sweep has a column for, over ``axes`` (x, y; default
+    the sweep's first two varied axes, seeds last)."""
+    if axes is None:
+        varied = sweep_axes(frame)
+        axes = sorted(varied, key=lambda a: a == "seed")[:2]
+    if len(axes) != 2:
+        raise InputError(
+            f"a heatmap needs two axes that the sweep varies; it varies {sweep_axes(frame) or 'none'}"
+        )
+    out = []
+    for i, (title, candidates) in enumerate(FIGURES):
+        value = next((c for c in candidates if c in frame.columns), None)
+        if value is not None:
+            out.append((f"sweep-{i}", figure(heatmap(frame, axes[0], axes[1], value), title)))
+    return out
+
+
+def describe(frame: pd.DataFrame) -> str:
+    """One HTML line: points, how many failed, the axes."""
+    failed = int((frame["status"] == "failed").sum())
+    axes = ", ".join(f"{a} ({frame[a].astype(str).nunique()})" for a in sweep_axes(frame))
+    return html.escape(f"{len(frame)} points, {failed} failed; axes: {axes or 'none'}")

@@ -1,0 +1,53 @@
+"""``prfaas-bench report SWEEP_DIR``: heatmaps of Λ_max and of the PrfaaS gain over two of a sweep's
+axes, each cell the mean over the other axes of the points that finished, failures counted."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_sweep import write_spec
+
+from harness.analysis.sweepmaps import heatmap, sweep_axes
+from harness.cli import main
+
+# DeepSeek-V3 plans on 8xH20 and does not fit 8xH100: one row of the map is all failures.
+SPEC = (
+    'run = ["plan"]\n[grid]\n"model.preset" = ["deepseek-v3"]\n"link.bandwidth_gbps" = [100, 5]\n'
+    '"hardware.local" = ["H20", "H100"]\nseed = [0, 1]\n'
+)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = write_spec(tmp, SPEC)
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(tmp / "out"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    return tmp / "out"
+
+
+def test_a_cell_is_the_mean_of_its_points_and_counts_the_failures(swept):
+    frame = pd.read_parquet(swept / "sweep.parquet")
+    assert sweep_axes(frame) == ["link.bandwidth_gbps", "hardware.local", "seed"]  # the model is fixed
+    hm = heatmap(frame, "link.bandwidth_gbps", "hardware.local", "plan.prfaas_vs_homogeneous")
+    assert hm.xs == [5, 100] and hm.ys == ["H20", "H100"]  # numbers by size, names as first met
+    assert hm.count == [[2, 2], [0, 0]] and hm.failed == [[0, 0], [2, 2]]
+    assert hm.z[1] == [None, None]
+    for j, gbps in enumerate(hm.xs):
+        rows = frame[(frame["link.bandwidth_gbps"] == gbps) & (frame["hardware.local"] == "H20")]
+        assert hm.z[0][j] == pytest.approx(rows["plan.prfaas_vs_homogeneous"].mean())
+    assert hm.z[0][0] < hm.z[0][1]  # less link, less gain
+
+
+def test_report_of_a_sweep_directory_draws_both_maps(swept, tmp_path):
+    page = tmp_path / "sweep.html"
+    result = CliRunner().invoke(main, ["report", str(swept), "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert "Λ_max of PrfaaS (req/s)" in text and "PrfaaS gain over homogeneous (Λ_max ratio)" in text
+    assert "8 points, 4 failed; axes: link.bandwidth_gbps (2), hardware.local (2), seed (2)" in text
+    assert "(n=2)" in text and "2 failed" in text  # on the cells
+    bad = CliRunner().invoke(main, ["report", str(swept), "-o", str(page), "--axes", "seed,nope"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: no column 'nope' in the sweep")
+    assert bad.stderr.count("\n") == 1
