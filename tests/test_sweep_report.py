@@ -51,3 +51,33 @@ def test_report_of_a_sweep_directory_draws_both_maps(swept, tmp_path):
     bad = CliRunner().invoke(main, ["report", str(swept), "-o", str(page), "--axes", "seed,nope"])
     assert bad.exit_code == 2 and bad.stderr.startswith("error: no column 'nope' in the sweep")
     assert bad.stderr.count("\n") == 1
+
+
+def test_breakeven_per_model_is_the_planners_within_the_grid(tmp_path):
+    from test_sweep import PAPER
+
+    from harness.analysis.sweepmaps import BANDWIDTH, breakeven
+    from harness.model.deployment import deployment_from_scenario, with_overrides
+    from harness.model.study import bandwidth_breakpoints
+    from harness.scenario import load_scenario
+
+    # Grid points either side of each model's break-even (README: 4.3 and 94 Gbps)
+    body = (
+        'run = ["plan"]\n[grid]\n"model.preset" = ["kimi-1t-hybrid", "minimax-m2.5"]\n'
+        f'"{BANDWIDTH}" = [4, 4.5, 90, 100]\n'
+    )
+    result = CliRunner().invoke(
+        main, ["sweep", str(write_spec(tmp_path, body)), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(tmp_path / "o" / "sweep.parquet")
+    found = breakeven(heatmap(frame, BANDWIDTH, "model.preset", "plan.prfaas_vs_homogeneous"))
+    deployment = deployment_from_scenario(load_scenario(PAPER))
+    for model, (lo, hi) in (("kimi-1t-hybrid", (4, 4.5)), ("minimax-m2.5", (90, 100))):
+        exact = bandwidth_breakpoints(with_overrides(deployment, model=model))["prfaas_breakeven_gbps"]
+        assert lo < exact < hi  # the grid brackets the planner's own break-even
+        assert found[model].bound == "between" and lo < found[model].gbps < hi
+        assert found[model].gbps == pytest.approx(exact, rel=0.02)  # Λ_max is near linear in the link here
+    page = tmp_path / "sweep.html"
+    assert CliRunner().invoke(main, ["report", str(tmp_path / "o"), "-o", str(page)]).exit_code == 0
+    assert "Break-even link bandwidth" in page.read_text()

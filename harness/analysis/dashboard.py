@@ -17,7 +17,7 @@ from harness import __version__
 from harness.analysis.figures import all_figures
 from harness.analysis.runs import Bundle
 from harness.analysis.stages import run_stages, stage_order
-from harness.analysis.sweepmaps import describe, sweep_figures
+from harness.analysis.sweepmaps import BANDWIDTH, breakeven_table, default_axes, describe, sweep_figures
 from harness.analysis.tables import (
     BREAKDOWN_COLUMNS,
     MAIN_COLUMNS,
@@ -282,8 +282,17 @@ def render_sweep_html(
 ) -> str:
     """A sweep's page (``OUT/sweep.parquet`` as a frame): heatmaps of Λ_max and of the PrfaaS gain over
     two axes (``harness.analysis.sweepmaps``)."""
+    axes = default_axes(frame) if axes is None else axes
     figures = "\n".join(_figure(anchor, fig) for anchor, fig in sweep_figures(frame, axes))
-    return _page(title, f"sweep: {describe(frame)}", "", "", figures)
+    rows = breakeven_table(frame, axes)
+    other = next((a for a in axes if a != BANDWIDTH), "")
+    top = (
+        "<section><h2>Break-even link bandwidth (PrfaaS gain = 1, interpolated between swept bandwidths)"
+        f"</h2>{_table([other, 'break-even'], [list(r) for r in rows])}</section>"
+        if rows
+        else ""
+    )
+    return _page(title, f"sweep: {describe(frame)}", "", top, figures)
 
 
 def _page(title: str, runs_line: str, banner: str, top: str, figures: str) -> str:

@@ -111,9 +111,7 @@ def figure(hm: Heatmap, title: str) -> go.Figure:
 def sweep_figures(frame: pd.DataFrame, axes: Sequence[str] | None = None) -> list[tuple[str, go.Figure]]:
     """(anchor, figure) for each of ``FIGURES`` the sweep has a column for, over ``axes`` (x, y; default
     the sweep's first two varied axes, seeds last)."""
-    if axes is None:
-        varied = sweep_axes(frame)
-        axes = sorted(varied, key=lambda a: a == "seed")[:2]
+    axes = default_axes(frame) if axes is None else axes
     if len(axes) != 2:
         raise InputError(
             f"a heatmap needs two axes that the sweep varies; it varies {sweep_axes(frame) or 'none'}"
@@ -124,6 +122,59 @@ def sweep_figures(frame: pd.DataFrame, axes: Sequence[str] | None = None) -> lis
         if value is not None:
             out.append((f"sweep-{i}", figure(heatmap(frame, axes[0], axes[1], value), title)))
     return out
+
+
+def default_axes(frame: pd.DataFrame) -> list[str]:
+    """The sweep's first two varied axes, seeds last."""
+    return sorted(sweep_axes(frame), key=lambda a: a == "seed")[:2]
+
+
+BANDWIDTH = "link.bandwidth_gbps"
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """Where a mean gain first reaches 1 along the swept bandwidths: ``gbps`` interpolated linearly
+    between the two bandwidths either side (``bound = "between"``); the lowest swept bandwidth when the
+    gain is already ≥ 1 there (``"at or below"``); None when it never reaches 1 (``"above"``)."""
+
+    gbps: float | None
+    bound: str
+
+    def text(self) -> str:
+        if self.gbps is None:
+            return "above the swept range"
+        return f"{'≤ ' if self.bound == 'at or below' else ''}{self.gbps:.3g} Gbps"
+
+
+def breakeven(hm: Heatmap) -> dict[Any, BreakEven]:
+    """Per row of a heatmap whose x axis is the link bandwidth (e.g. per model): where its gain reaches 1."""
+    if hm.x != BANDWIDTH:
+        raise InputError(f"break-even needs {BANDWIDTH} as the x axis, got {hm.x}")
+    out = {}
+    for y, row in zip(hm.ys, hm.z, strict=True):
+        points = [(float(x), z) for x, z in zip(hm.xs, row, strict=True) if z is not None]
+        found = BreakEven(None, "above")
+        for i, (x1, z1) in enumerate(points):
+            if z1 >= 1:
+                if i == 0:
+                    found = BreakEven(x1, "at or below")
+                else:
+                    x0, z0 = points[i - 1]
+                    found = BreakEven(x0 + (1 - z0) * (x1 - x0) / (z1 - z0), "between")
+                break
+        out[y] = found
+    return out
+
+
+def breakeven_table(frame: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, str]]:
+    """(value of the other axis, break-even text) when one of ``axes`` is the link bandwidth and the
+    sweep has a gain column; else nothing."""
+    value = next((c for c in FIGURES[1][1] if c in frame.columns), None)
+    if BANDWIDTH not in axes or value is None:
+        return []
+    other = next(a for a in axes if a != BANDWIDTH)
+    return [(str(y), b.text()) for y, b in breakeven(heatmap(frame, BANDWIDTH, other, value)).items()]
 
 
 def describe(frame: pd.DataFrame) -> str:
