@@ -298,3 +298,48 @@ def test_ray_address_without_executor_ray_is_refused(tmp_path):
     spec = write_spec(tmp_path, 'run = ["plan"]\n')
     result = CliRunner().invoke(main, ["sweep", str(spec), "--ray-address", "auto"])
     assert result.exit_code == 2 and result.stderr == "error: --ray-address needs --executor ray\n"
+
+
+def _pool_workers(pid: int) -> list[int]:
+    """The sweep's pool processes (spawned interpreters), not multiprocessing's resource tracker."""
+    found = []
+    for child in _alive(_descendants(pid)):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(child)
+    return found
+
+
+def _running_second_point(out: Path) -> bool:
+    events = [e["event"] for e in journal(out)]
+    return events.count("finished") == 1 and events.count("dispatched") == 2
+
+
+@pytest.mark.slow
+def test_a_worker_killed_under_a_point_fails_that_point_only(tmp_path):
+    spec, out = write_spec(tmp_path, SLOW_SPEC), tmp_path / "out"
+    cmd = [sys.executable, "-m", "harness", "sweep", str(spec), "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and not _running_second_point(out):
+            assert time.monotonic() < deadline, "no second point started in 300 s"
+            time.sleep(0.05)
+        (worker,) = _pool_workers(proc.pid)  # running the second point
+        os.kill(worker, signal.SIGKILL)  # the fault: out of memory, a crash in native code
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "12 run now (1 failed)" in stdout
+    rows = pd.read_parquet(out / "sweep.parquet")
+    failed = rows[rows["status"] == "failed"]
+    assert len(failed) == 1 and failed["error"].iloc[0].startswith("worker process died")
+    assert (rows["status"] == "ok").sum() == 11  # a new pool ran the rest
+    again = sweep_cli(str(spec), "--out", str(out), "--workers", "1", "--retry-failed")
+    assert again.returncode == 0 and "1 run now (0 failed), 11 done before" in again.stdout
+    assert set(pd.read_parquet(out / "sweep.parquet")["status"]) == {"ok"}

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 from harness.lifeline import die_with_parent
@@ -71,7 +72,11 @@ class LocalPool:
 
     def submit(self, batch: Sequence[Point]) -> Future:
         assert self._pool is not None, "LocalPool is used inside `with`"
-        future = self._pool.submit(run_batch, list(batch), self.runs_dir)
+        try:
+            future = self._pool.submit(run_batch, list(batch), self.runs_dir)
+        except BrokenProcessPool:  # a worker died while idle: nothing was lost, start another pool
+            self._replace_broken()
+            future = self._pool.submit(run_batch, list(batch), self.runs_dir)
         self._batches[future] = batch
         return future
 
