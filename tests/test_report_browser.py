@@ -329,9 +329,9 @@ def test_a_sweeps_heatmaps_render_without_overlaps(chromium, tmp_path, width):
 
     from harness.cli import main
 
-    body = (
-        'run = ["plan"]\n[grid]\n"model.preset" = ["kimi-1t-hybrid", "minimax-m2.5"]\n'
-        '"link.bandwidth_gbps" = [2, 5, 10, 20, 50, 100, 200]\n'
+    body = (  # plan and simulate: both heatmaps, the break-even table and the Pareto front
+        'run = ["plan", "simulate"]\n[grid]\n"model.preset" = ["kimi-1t-hybrid", "minimax-m2.5"]\n'
+        '"link.bandwidth_gbps" = [2, 10, 100]\n"simulate.requests" = [60]\nrate = [1.0]\n'
     )
     runner = CliRunner()
     swept = runner.invoke(main, ["sweep", str(write_spec(tmp_path, body)), "--out", str(tmp_path / "out")])
@@ -339,5 +339,5 @@ def test_a_sweeps_heatmaps_render_without_overlaps(chromium, tmp_path, width):
     page = tmp_path / "sweep.html"
     assert runner.invoke(main, ["report", str(tmp_path / "out"), "-o", str(page)]).exit_code == 0
     state, errors, layout = asyncio.run(_load(chromium, page, tmp_path / "profile", width=width))
-    assert state["rendered"] == state["plots"] == len(layout) == 2 and errors == []
+    assert state["rendered"] == state["plots"] == len(layout) == 3 and errors == []
     assert layout_problems(layout) == []

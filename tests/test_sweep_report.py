@@ -81,3 +81,25 @@ def test_breakeven_per_model_is_the_planners_within_the_grid(tmp_path):
     page = tmp_path / "sweep.html"
     assert CliRunner().invoke(main, ["report", str(tmp_path / "o"), "-o", str(page)]).exit_code == 0
     assert "Break-even link bandwidth" in page.read_text()
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats_on_both():
+    from harness.analysis.sweepmaps import pareto, sweep_figures
+
+    # requests per dollar = throughput × 3600 / cost per hour: 1, 3, 2, 0.5 (and 1.5 at twice the cost)
+    frame = pd.DataFrame(
+        {
+            "key": list("abcdef"), "point": range(6), "link.bandwidth_gbps": [1, 2, 3, 4, 5, 6],
+            "model.preset": ["m"] * 3 + ["n"] * 3, "status": ["ok"] * 5 + ["failed"],
+            "plan.prfaas.cost_per_hour": [3600, 3600, 3600, 3600, 7200, None],
+            "plan.prfaas.lambda_max": [1.0] * 5 + [None],
+            "simulate.prfaas.ttft_p90_s": [1.0, 2.0, 3.0, 0.5, 2.5, None],
+            "simulate.prfaas.throughput_rps": [1.0, 3.0, 2.0, 0.5, 3.0, None],
+        }
+    )  # fmt: skip
+    points = pareto(frame).set_index("point")
+    assert list(points.index) == [0, 1, 2, 3, 4]  # the failed point has no figures
+    assert points["requests_per_dollar"].tolist() == pytest.approx([1, 3, 2, 0.5, 1.5])
+    assert sorted(points.index[points["front"]]) == [0, 1, 3]  # 2 and 4 are beaten by 1 on both
+    anchors = [a for a, _ in sweep_figures(frame, ["link.bandwidth_gbps", "model.preset"])]
+    assert anchors == ["sweep-0", "sweep-pareto"]  # Λ_max from plan; no gain column; the front

@@ -8,6 +8,8 @@ it averages and how many failed are on the cell, so a blank cell is never a sile
 from __future__ import annotations
 
 import html
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +123,9 @@ def sweep_figures(frame: pd.DataFrame, axes: Sequence[str] | None = None) -> lis
         value = next((c for c in candidates if c in frame.columns), None)
         if value is not None:
             out.append((f"sweep-{i}", figure(heatmap(frame, axes[0], axes[1], value), title)))
+    points = pareto(frame)
+    if len(points):
+        out.append(("sweep-pareto", pareto_figure(points)))
     return out
 
 
@@ -175,6 +180,53 @@ def breakeven_table(frame: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str,
         return []
     other = next(a for a in axes if a != BANDWIDTH)
     return [(str(y), b.text()) for y, b in breakeven(heatmap(frame, BANDWIDTH, other, value)).items()]
+
+
+_SIMULATED = re.compile(r"^(max_rate|simulate)\.(.+)\.ttft_p90_s$")
+
+
+def pareto(frame: pd.DataFrame) -> pd.DataFrame:
+    """Throughput per GPU-dollar against TTFT p90, one row per finished point and topology: columns
+    point, topology, ttft_p90_s, requests_per_dollar (throughput × 3600 / the plan's cost per hour) and
+    front (no other row has both a lower or equal TTFT p90 and more requests per dollar). From
+    ``max_rate.*`` where the sweep ran the Λ_max search (its figures at Λ_max), else ``simulate.*``;
+    the cost needs ``plan``. Empty when the sweep lacks either."""
+    found = [m.groups() for c in frame.columns if (m := _SIMULATED.match(str(c)))]
+    sources = [src for src in ("max_rate", "simulate") if any(s == src for s, _ in found)]
+    rows = []
+    ok = frame[frame["status"] == "ok"]
+    for topo in dict.fromkeys(t for s, t in found if sources and s == sources[0]):
+        cost = f"plan.{topo}.cost_per_hour"
+        if cost not in frame.columns:
+            continue
+        for _, r in ok.iterrows():
+            ttft, thr = r[f"{sources[0]}.{topo}.ttft_p90_s"], r[f"{sources[0]}.{topo}.throughput_rps"]
+            if pd.notna(ttft) and pd.notna(thr) and r[cost] > 0:
+                rows.append({"point": r["point"], "topology": topo, "ttft_p90_s": float(ttft),
+                             "requests_per_dollar": float(thr) * 3600 / float(r[cost])})  # fmt: skip
+    out = pd.DataFrame(rows, columns=["point", "topology", "ttft_p90_s", "requests_per_dollar"])
+    best = -math.inf
+    front = []
+    for _, r in out.sort_values(["ttft_p90_s", "requests_per_dollar"], ascending=[True, False]).iterrows():
+        front.append((r.name, r["requests_per_dollar"] > best))
+        best = max(best, r["requests_per_dollar"])
+    return out.assign(front=pd.Series(dict(front), dtype=bool)) if rows else out.assign(front=False)
+
+
+def pareto_figure(points: pd.DataFrame) -> go.Figure:
+    """Every (point, topology) as a dot, the front as a line through its dots."""
+    fig = go.Figure(layout={
+        "template": "plotly_white", "height": 420, "margin": {"l": 70, "r": 20, "t": 40, "b": 60},
+        "title": {"text": "Throughput per GPU-dollar against TTFT p90 (Pareto front)"},
+        "xaxis": {"title": {"text": "TTFT p90 (s)"}}, "yaxis": {"title": {"text": "requests per GPU-dollar"}},
+    })  # fmt: skip
+    for topo, group in points.groupby("topology", sort=False):
+        fig.add_scatter(x=group["ttft_p90_s"], y=group["requests_per_dollar"], mode="markers", name=str(topo),
+                        text=[f"point {p}" for p in group["point"]])  # fmt: skip
+    front = points[points["front"]].sort_values("ttft_p90_s")
+    fig.add_scatter(x=front["ttft_p90_s"], y=front["requests_per_dollar"], mode="lines", name="Pareto front",
+                    line={"color": "#111", "dash": "dot"})  # fmt: skip
+    return fig
 
 
 def describe(frame: pd.DataFrame) -> str:
