@@ -343,3 +343,12 @@ def test_a_worker_killed_under_a_point_fails_that_point_only(tmp_path):
     again = sweep_cli(str(spec), "--out", str(out), "--workers", "1", "--retry-failed")
     assert again.returncode == 0 and "1 run now (0 failed), 11 done before" in again.stdout
     assert set(pd.read_parquet(out / "sweep.parquet")["status"]) == {"ok"}
+
+
+def test_the_example_sweep_is_valid_and_as_large_as_it_says():
+    sweep = load_sweep(REPO / "workloads" / "sweep-bandwidth.toml")
+    assert len(sweep.points) == 2 * 15 * 5 * 3 == 450  # the count its header and the README give
+    assert sweep.points[0].runs == ("plan", "max-rate") and sweep.points[0].topologies == (
+        "prfaas",
+        "homogeneous",
+    )
