@@ -352,3 +352,21 @@ def test_the_example_sweep_is_valid_and_as_large_as_it_says():
         "prfaas",
         "homogeneous",
     )
+
+
+def test_a_second_sweep_into_the_same_directory_is_refused(tmp_path):
+    from harness.network.locks import FileLock
+
+    spec, out = write_spec(tmp_path, 'run = ["plan"]\n'), tmp_path / "out"
+    out.mkdir()
+    held = FileLock(out / ".lock")  # what a running sweep holds
+    assert held.acquire(blocking=False)
+    try:
+        result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out)])
+    finally:
+        held.release()
+    assert result.exit_code == 2
+    assert (
+        result.stderr == f"error: {out}: another sweep is writing here; wait for it, or give another --out\n"
+    )
+    assert not list((out / "points").glob("*"))  # nothing ran

@@ -4,6 +4,7 @@ a journal of what was dispatched and finished, and the consolidated table.
     OUT/points/KEY.ok.parquet       one row: a point that finished (KEY.failed.parquet: one that failed)
     OUT/journal.jsonl               {"event": "dispatched" | "finished", "key", "time", ...} per line
     OUT/sweep.parquet               every point of the sweep file that has a row, in the file's order
+    OUT/.lock                       held (flock) by the one sweep writing here
 
 Each point file is written to a temporary name and renamed, so a sweep killed at any instant (SIGKILL
 included) leaves only whole rows; the points on disk are what a re-run skips. ``sweep.parquet`` is
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import ScenarioError
+from harness.network.locks import FileLock
 
 STATUSES = ("ok", "failed")
 
@@ -37,11 +39,17 @@ class SweepStore:
         try:
             self.points_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ScenarioError(f"cannot create ({exc.strerror or exc})", where=f"--out {out}") from None
+            raise ScenarioError(f"cannot create ({exc.strerror or exc})", where=str(self.out)) from None
+        # One writer at a time: two sweeps into one directory would run the same points twice.
+        self._lock = FileLock(self.out / ".lock")
+        if not self._lock.acquire(blocking=False):
+            raise ScenarioError("another sweep is writing here; wait for it, or give another --out",
+                                where=str(self.out))  # fmt: skip
         self._journal = (self.out / "journal.jsonl").open("a", encoding="utf-8")
 
     def close(self) -> None:
         self._journal.close()
+        self._lock.release()
 
     def status(self) -> dict[str, str]:
         """Every point with a row on disk: key -> "ok" or "failed"."""
