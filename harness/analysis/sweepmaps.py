@@ -97,7 +97,8 @@ def figure(hm: Heatmap, title: str) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=hm.z, x=[str(v) for v in hm.xs], y=[str(v) for v in hm.ys], text=text,
-            texttemplate="%{text}", colorscale="Viridis", colorbar={"title": {"text": hm.value, "side": "right"}},
+            texttemplate="%{text}", colorscale="Viridis",
+            colorbar={"title": {"text": hm.value, "side": "right"}},
             hovertemplate=f"{hm.x}=%{{x}}<br>{hm.y}=%{{y}}<br>{hm.value}=%{{text}}<extra></extra>",
         ),
         layout={

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from harness.scenario import Scenario
 from harness.sweep.spec import Point
 
 _SCALARS = (int, float, str, bool, type(None))
@@ -33,12 +34,7 @@ _ERROR_CHARS = 500
 
 def run_batch(points: Iterable[Point], runs_dir: str | None = None) -> list[dict[str, Any]]:
     """Every point of a batch, in order (what one executor task runs)."""
-    return list(iter_rows(points, runs_dir))
-
-
-def iter_rows(points: Iterable[Point], runs_dir: str | None = None) -> Iterator[dict[str, Any]]:
-    for point in points:
-        yield run_point(point, None if runs_dir is None else Path(runs_dir))
+    return [run_point(point, None if runs_dir is None else Path(runs_dir)) for point in points]
 
 
 def run_point(point: Point, runs_dir: Path | None = None) -> dict[str, Any]:
@@ -86,7 +82,9 @@ def _figures(point: Point, out_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _simulated(point: Point, scenario, find_max_rate: bool, out_dir: Path, prefix: str) -> dict[str, Any]:
+def _simulated(
+    point: Point, scenario: Scenario, find_max_rate: bool, out_dir: Path, prefix: str
+) -> dict[str, Any]:
     from harness.model.study import kind_ratios
     from harness.serving.config import prepare
     from harness.serving.run import SimulateRequest, simulate

@@ -22,8 +22,6 @@ from harness.sweep.spec import Point
 
 Rows = list[dict[str, Any]]
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # rows are small; Ray's default would claim 30% of memory
-
-
 _MISSING = "--executor ray needs Ray, which is not installed: pip install -e '.[ray]'"
 
 
@@ -104,11 +102,10 @@ class RayExecutor:
         out = []
         for ref in ready:
             batch = self._batches.pop(ref)
+            # a task whose worker died or was lost, after Ray's retries: its points failed, the sweep goes on
             try:
                 out.append((ref, ray.get(ref)))
-            except (
-                Exception
-            ) as exc:  # the task's worker died or was lost: its points failed, the sweep goes on
+            except Exception as exc:
                 why = f"Ray task failed ({type(exc).__name__}: {_first_line(exc)})"
                 out.append((ref, [failed_row(p, why) for p in batch]))
         return out
