@@ -101,6 +101,8 @@ def main() -> None:
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for kind, count in (("plan", args.plan_points), ("simulate", args.simulate_points)):
+            if count < 2:  # 0 skips a kind; the steady figure needs two points
+                continue
             spec = _spec(Path(tmp), kind, count)
             label = "plan" if kind == "plan" else "simulate 2,000 requests"
             for name in args.executors.split(","):
