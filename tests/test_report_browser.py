@@ -320,3 +320,24 @@ def test_layout_checker_catches_overlaps_cut_text_and_repeated_labels(chromium, 
     assert any("tick '0.2' is cut off" in p for p in problems), problems  # no margin for the y-axis
     assert any("axis title 'a y-axis title' overlaps tick" in p for p in problems), problems
     assert duplicate_legend_labels(layout) == {layout[0]["id"]: ["prfaas (simulate)"]}
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_sweeps_heatmaps_render_without_overlaps(chromium, tmp_path, width):
+    from click.testing import CliRunner
+    from test_sweep import write_spec
+
+    from harness.cli import main
+
+    body = (  # plan and simulate: both heatmaps, the break-even table and the Pareto front
+        'run = ["plan", "simulate"]\n[grid]\n"model.preset" = ["kimi-1t-hybrid", "minimax-m2.5"]\n'
+        '"link.bandwidth_gbps" = [2, 10, 100]\n"simulate.requests" = [60]\nrate = [1.0]\n'
+    )
+    runner = CliRunner()
+    swept = runner.invoke(main, ["sweep", str(write_spec(tmp_path, body)), "--out", str(tmp_path / "out")])
+    assert swept.exit_code == 0, swept.output
+    page = tmp_path / "sweep.html"
+    assert runner.invoke(main, ["report", str(tmp_path / "out"), "-o", str(page)]).exit_code == 0
+    state, errors, layout = asyncio.run(_load(chromium, page, tmp_path / "profile", width=width))
+    assert state["rendered"] == state["plots"] == len(layout) == 3 and errors == []
+    assert layout_problems(layout) == []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from harness import __version__
 from harness.analysis.figures import all_figures
 from harness.analysis.runs import Bundle
 from harness.analysis.stages import run_stages, stage_order
+from harness.analysis.sweepmaps import BANDWIDTH, breakeven_table, default_axes, describe, sweep_figures
 from harness.analysis.tables import (
     BREAKDOWN_COLUMNS,
     MAIN_COLUMNS,
@@ -267,6 +268,35 @@ def render_html(bundle: Bundle, result: Mapping[str, Any], *, title: str = "prfa
         or "no runs (plan only)"
     )
     figures = "\n".join(_figure(anchor, fig) for anchor, fig in all_figures(bundle, result))
+    return _page(
+        title,
+        f"runs: {html.escape(runs)}",
+        validity_banner(result),
+        f"{headline_card(bundle, result)}\n{_tables(result)}",
+        figures,
+    )
+
+
+def render_sweep_html(
+    frame: Any, axes: Sequence[str] | None = None, *, title: str = "prfaas-bench sweep"
+) -> str:
+    """A sweep's page (``OUT/sweep.parquet`` as a frame): heatmaps of Λ_max and of the PrfaaS gain over
+    two axes (``harness.analysis.sweepmaps``)."""
+    axes = default_axes(frame) if axes is None else axes
+    figures = "\n".join(_figure(anchor, fig) for anchor, fig in sweep_figures(frame, axes))
+    rows = breakeven_table(frame, axes)
+    other = next((a for a in axes if a != BANDWIDTH), "")
+    top = (
+        "<section><h2>Break-even link bandwidth (PrfaaS gain = 1, interpolated between swept bandwidths)"
+        f"</h2>{_table([other, 'break-even'], [list(r) for r in rows])}</section>"
+        if rows
+        else ""
+    )
+    return _page(title, f"sweep: {describe(frame)}", "", top, figures)
+
+
+def _page(title: str, runs_line: str, banner: str, top: str, figures: str) -> str:
+    """The page around its parts (``runs_line`` is HTML already escaped)."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -274,13 +304,12 @@ def render_html(bundle: Bundle, result: Mapping[str, Any], *, title: str = "prfa
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>
 <header><h1>{html.escape(title)}</h1>
-<div class="runs">runs: {html.escape(runs)}</div>
+<div class="runs">{runs_line}</div>
 <div class="runs">prfaas-bench {__version__} · generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}</div>
 </header>
-{validity_banner(result)}
+{banner}
 <main>
-{headline_card(bundle, result)}
-{_tables(result)}
+{top}
 <div class="grid">
 <!-- a fixed column count: each figure is sized when its script runs, before later items exist -->
 {figures}

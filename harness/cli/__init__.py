@@ -21,6 +21,7 @@ class _Root(click.Group):
         "bench",
         "plan",
         "simulate",
+        "sweep",
         "serve",
         "replay",
         "calibrate",
@@ -66,7 +67,7 @@ def main() -> None:
 # start, never a silently absent command.
 _COMMANDS = (
     "analyze", "bench", "calibrate", "compare", "fakeserver", "net", "plan", "replay", "report", "serve",
-    "simulate", "trace",
+    "simulate", "sweep", "trace",
 )  # fmt: skip
 for _name in _COMMANDS:
     main.add_command(importlib.import_module(f"harness.cli.{_name}").command)

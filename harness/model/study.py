@@ -3,6 +3,8 @@ them, and sweeps over link bandwidth, threshold and prefill/decode split (pandas
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -58,12 +60,12 @@ class PlanReport:
     @property
     def ratios(self) -> dict[str, float]:
         """Λ_max ratios between the first topology of each kind, raw and per GPU dollar."""
+        firsts = [tp for tp in self.topologies.values() if self.first(tp.result.kind) is tp]
+        raw = kind_ratios({tp.result.kind: tp.result.lambda_max for tp in firsts})
+        per_cost = kind_ratios({tp.result.kind: tp.requests_per_dollar for tp in firsts})
         out: dict[str, float] = {}
-        for a, b in (("prfaas", "homogeneous"), ("naive", "homogeneous"), ("prfaas", "naive")):
-            ta, tb = self.first(a), self.first(b)
-            if ta and tb and tb.result.lambda_max > 0:
-                out[f"{a}_vs_{b}"] = ta.result.lambda_max / tb.result.lambda_max
-                out[f"{a}_vs_{b}_per_cost"] = ta.requests_per_dollar / tb.requests_per_dollar
+        for name, gain in raw.items():  # a per-cost ratio with an unpriced side is NaN, as before
+            out |= {name: gain, f"{name}_per_cost": per_cost.get(name, math.nan)}
         return out
 
     def as_dict(self) -> dict:
@@ -80,6 +82,19 @@ class PlanReport:
             "ratios": self.ratios,
             "skipped": list(self.skipped),
         }
+
+
+GAIN_PAIRS = (("prfaas", "homogeneous"), ("naive", "homogeneous"), ("prfaas", "naive"))
+
+
+def kind_ratios(by_kind: Mapping[str, float]) -> dict[str, float]:
+    """``{"A_vs_B": by_kind[A] / by_kind[B]}`` for each pair of ``GAIN_PAIRS`` whose two kinds are
+    given, B's value positive (``by_kind``: one figure per topology kind, e.g. Λ_max)."""
+    return {
+        f"{a}_vs_{b}": by_kind[a] / by_kind[b]
+        for a, b in GAIN_PAIRS
+        if a in by_kind and by_kind.get(b, 0) > 0
+    }
 
 
 def plan_deployment(deployment: Deployment) -> PlanReport:
