@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -33,6 +34,30 @@ def test_cpu_shares_are_the_hand_computed_fractions():
     # 2000 jiffies: 200 stolen (10%); 1400 busy of which 600 ours, 800 others' (40%)
     assert shares["steal_share"] == 0.1 and shares["other_share"] == 0.4
     assert cpu_shares(before, before) is None and cpu_shares(None, after) is None
+    # 3 s on a CPU and 1 s waiting for one between the samples: a quarter of the wanted time waited.
+    ns = CpuSample(total=1000, busy=400, steal=10, own=100, run_ns=5 * 10**9, wait_ns=2 * 10**9)
+    later = CpuSample(total=3000, busy=1800, steal=210, own=700, run_ns=8 * 10**9, wait_ns=3 * 10**9)
+    assert cpu_shares(ns, later)["wait_share"] == 0.25
+    assert shares["wait_share"] is None  # no schedstat figures: unknown, not 0
+
+
+def test_two_busy_children_sharing_one_cpu_each_wait_about_half_the_time():
+    # Pinned to one CPU, two spinning children take turns: each waits while the other runs, so the
+    # tree's wait share is at least about a half, and more when other work shares that CPU too.
+    cpu = min(os.sched_getaffinity(0))
+    spin = f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\nt = time.monotonic()\nwhile time.monotonic() - t < 3: pass\n"
+    children = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both pinned and spinning
+        before = cpu_sample()
+        time.sleep(1.0)
+        after = cpu_sample()  # both still alive: an ended thread's schedstat is gone
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
+    shares = cpu_shares(before, after)
+    assert shares is not None and 0.4 <= shares["wait_share"] <= 1.0, shares
 
 
 def test_a_reaped_child_s_cpu_counts_as_this_run_s_own():

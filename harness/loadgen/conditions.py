@@ -33,16 +33,21 @@ _SITE = re.compile(r'site="([^"]*)"')
 # ---------------------------------------------------------------------------- CPU
 @dataclass(frozen=True)
 class CpuSample:
-    """Jiffies: the whole machine's (total, busy, steal) from /proc/stat and this process tree's."""
+    """Jiffies: the whole machine's (total, busy, steal) from /proc/stat and this process tree's; and the
+    tree's threads' nanoseconds on a CPU and runnable but waiting for one (``/proc/*/task/*/schedstat``)."""
 
     total: int
     busy: int
     steal: int
     own: int
+    run_ns: int = 0
+    wait_ns: int = 0
 
 
-def _own_ticks() -> int:
-    """utime+stime of this process, its reaped children, and its live descendants."""
+def _own_usage() -> tuple[int, int, int]:
+    """(utime+stime of this process, its reaped children and its live descendants; their threads'
+    ns on a CPU; their threads' ns waiting for one). Threads that ended meanwhile drop out of the
+    nanoseconds, so a share of the two is over the threads alive at both samples, nearly."""
     by_parent: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -56,12 +61,19 @@ def _own_ticks() -> int:
         by_parent.setdefault(int(fields[1]), []).append(pid)
         # fields[0] is the state (field 3); utime, stime, cutime, cstime are fields 14-17
         ticks[pid] = sum(int(f) for f in fields[11:15])
-    total, stack = 0, [os.getpid()]
+    total, run_ns, wait_ns, stack = 0, 0, 0, [os.getpid()]
     while stack:
         pid = stack.pop()
         total += ticks.get(pid, 0)
         stack.extend(by_parent.get(pid, ()))
-    return total
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                on_cpu, waiting, _ = (int(v) for v in task.read_text().split())
+            except (OSError, ValueError):
+                continue  # it ended meanwhile, or a kernel without schedstats
+            run_ns += on_cpu
+            wait_ns += waiting
+    return total, run_ns, wait_ns
 
 
 def cpu_sample() -> CpuSample | None:
@@ -69,13 +81,13 @@ def cpu_sample() -> CpuSample | None:
     try:
         with open("/proc/stat", encoding="ascii") as fh:
             parts = [int(v) for v in fh.readline().split()[1:]]
-        own = _own_ticks()
+        own, run_ns, wait_ns = _own_usage()
     except (OSError, ValueError, IndexError):
         return None
     parts += [0] * (8 - len(parts))
     user, nice, system, _idle, _iowait, irq, softirq, steal = parts[:8]
     busy = user + nice + system + irq + softirq
-    return CpuSample(total=sum(parts[:8]), busy=busy, steal=steal, own=own)
+    return CpuSample(total=sum(parts[:8]), busy=busy, steal=steal, own=own, run_ns=run_ns, wait_ns=wait_ns)
 
 
 def cpu_shares(before: CpuSample | None, after: CpuSample | None) -> dict[str, Any] | None:
@@ -88,9 +100,14 @@ def cpu_shares(before: CpuSample | None, after: CpuSample | None) -> dict[str, A
         return None
     total = after.total - before.total
     other = max(0, (after.busy - before.busy) - (after.own - before.own))
+    ran, waited = max(0, after.run_ns - before.run_ns), max(0, after.wait_ns - before.wait_ns)
     return {
         "steal_share": round((after.steal - before.steal) / total, 4),
         "other_share": round(min(1.0, other / total), 4),
+        # Of the time this tree's threads wanted a CPU, the share they waited for one: starvation,
+        # whoever caused it (others, or the tree's own processes), unlike other_share, which also
+        # counts work that only used CPU time this tree left idle.
+        "wait_share": round(waited / (ran + waited), 4) if ran + waited else None,
         "cores": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],
     }
