@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from harness.analysis.summary import Slo
 from harness.serving.stability import ProbeVerdict
-from harness.validity import attainment_send_lag_bound_s
+from harness.validity import attainment_bounds
 
 if TYPE_CHECKING:
     from harness.emulation.clusters import EmulatedClusters
@@ -96,14 +96,16 @@ def run_ladder(
             (share, simulate_rung(stack, setup.topologies[name], trace, rate, slo), None)
         )
         (ep,) = [e for e in config.endpoints if e.name == name]
+        # A rung is judged by SLO attainment only, so its lag bounds scale with the TTFT bound.
+        bounds = attainment_bounds(config.bounds(), slo.ttft_s, s)
         rung_config = replace(
             config,
             endpoints=(ep,),
             run_id=None,
             on_start=None,
             meta_extra={**config.meta_extra, "ladder": {"share": share, "rate_rps": rate, "requests": n}},
-            # A rung is judged by SLO attainment only, so its send-lag bound scales with the TTFT bound.
-            max_send_lag_s=attainment_send_lag_bound_s(config.bounds(), slo.ttft_s, s),
+            validity=bounds,
+            max_send_lag_s=bounds.send_lag_p99_ms / 1e3,
         )
         done = replay(
             trace.replace(arrival_s=trace.arrival_s / s),

@@ -190,6 +190,11 @@ def test_two_worker_processes_share_one_schedule(tmp_path):
     assert len(df) == 40 and df.request_id.is_unique and server.requests == 40
     np.testing.assert_allclose(np.sort(df.scheduled_s), np.arange(40) * 0.005)
     assert (df.status == "ok").all() and (df.sent_s >= df.scheduled_s).all()
+    # Each worker watched its own loop; the parent merged them (counts add, the longest stalls stay).
+    loop = read_meta(tmp_path)["summaries"]["w"]["client_loop"]
+    assert loop["count"] >= len(loop["worst"]) and loop["stalled_s"] >= sum(
+        w["length_s"] for w in loop["worst"]
+    )
 
 
 def test_ctrl_c_while_a_batch_is_written_keeps_every_record_the_workers_send():

@@ -18,7 +18,8 @@ class ValidityBounds:
 
     send_lag_p99_ms       the client's send lag p99
     send_lag_slo_share    for a run judged by SLO attainment (bench's capacity ladder): the send-lag
-                          bound is at least this share of the TTFT bound (``validity.attainment_send_lag_bound_s``)
+                          bound is at least this share of the TTFT bound, the loop-lag bound at least
+                          that over the wake-ups of a first token's path (``validity.attainment_bounds``)
     loop_lag_p99_ms       each emulated site's event-loop lag p99 (wall ms)
     relay_delay_error_ms  the relay's achieved added delay p99 minus the configured delay
     link_goodput_share    TCP goodput measured before the run / what the configured rate carries (at least)

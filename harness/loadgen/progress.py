@@ -80,3 +80,22 @@ def print_summary(name: str, summary: dict, *, quiet: bool, saturated: bool, bou
             "(add --workers, or a concurrency cap is binding); latencies still count from the schedule",
             file=out,
         )
+        loop = summary.get("client_loop")
+        if loop and loop["count"]:
+            print(f"{name}: {stall_text(loop)}", file=out)
+
+
+def stall_text(loop: dict) -> str:
+    """One line on where the client's event loop lost time (``harness.loadgen.stalls`` summary)."""
+    split = ""
+    if loop["ran_s"] is not None:
+        split = (
+            f": {loop['ran_s']:.2f} s running code on the loop, {loop['waited_s']:.2f} s waiting for a CPU, "
+            f"{loop['blocked_s']:.2f} s blocked"
+        )
+    worst = loop["worst"][0]
+    return (
+        f"the client's event loop stalled {loop['count']} times for over {loop['threshold_s'] * 1e3:.0f} ms, "
+        f"{loop['stalled_s']:.2f} s in all{split}; the longest, {worst['length_s'] * 1e3:.0f} ms at "
+        f"{worst['start_s']:.1f} s, in {worst['where']}"
+    )

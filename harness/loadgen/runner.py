@@ -24,6 +24,7 @@ from harness.loadgen.progress import Progress, print_summary
 from harness.loadgen.runstate import measurements, run_conditions, run_start
 from harness.loadgen.schedule import Schedule, build_schedule
 from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
+from harness.loadgen.stalls import watched
 from harness.loadgen.stats import RunStats
 from harness.loadgen.telemetry import Scraper
 from harness.loadgen.tokenize import prepare_prompts
@@ -300,7 +301,7 @@ def _run_endpoint(
     with Progress(ep.name, len(schedule), enabled=config.progress and not quiet) as progress:
         stats.started = time.monotonic()
         if config.workers > 1:
-            run_workers(
+            stats.client_loop = run_workers(
                 config.workers, ep, trace, schedule, setup, on_record,
                 lambda d: progress.update(stats, d - stats.completed),
             )  # fmt: skip
@@ -311,12 +312,16 @@ def _run_endpoint(
         async def main() -> None:
             t0 = time.monotonic() + _LEAD_S  # a little ahead: the first request is not late by setup time
             ticker = asyncio.create_task(_tick(progress, stats, counters))
-            try:
-                await drive(ep, trace, schedule, setup(t0, time.time() + _LEAD_S), on_record, synth, counters)
-            finally:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
+            with watched(t0) as watch:
+                try:
+                    await drive(
+                        ep, trace, schedule, setup(t0, time.time() + _LEAD_S), on_record, synth, counters
+                    )
+                finally:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                    stats.client_loop = watch.summary()
 
         asyncio.run(main())
 

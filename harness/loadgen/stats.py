@@ -29,6 +29,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     # ((scheduled_s, sent_s), cached tokens) of the first request sent: in a cold cache it hits nothing
     first: tuple[tuple[float, float], int | None] | None = None
+    client_loop: dict | None = None  # the client's event-loop stalls (harness.loadgen.stalls)
 
     def add(self, rec: RequestRecord) -> None:
         self.completed += 1
@@ -72,4 +73,5 @@ class RunStats:
             "output_tokens": self.tokens,
             "elapsed_s": elapsed,
             "send_lag_s": self.send_lag_quantiles(),
+            "client_loop": self.client_loop,
         }

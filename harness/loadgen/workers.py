@@ -5,7 +5,8 @@ Protocol over one pipe per worker (parent <-> worker):
     worker -> ("ready",)                       after imports
     parent -> WorkerSetup                      carries the common t0
     worker -> ("records", [RequestRecord...], dispatched)   batches, every ~50 ms
-    worker -> ("done", dispatched)             after the last record (also after SIGTERM)
+    worker -> ("done", dispatched, loop)       after the last record (also after SIGTERM); ``loop`` is
+                                               its event loop's stalls (``harness.loadgen.stalls``)
     worker -> ("failed", message)              an unexpected exception in the worker
 
 Workers ignore SIGINT: on Ctrl-C the parent sends each worker SIGTERM, which cancels its dispatch;
@@ -29,11 +30,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 from harness.lifeline import die_with_parent
 from harness.loadgen.config import Endpoint
 from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.schedule import Schedule
+from harness.loadgen.stalls import merge, watched
 from harness.records import RequestRecord
 from harness.traces.frame import Trace
 from harness.traces.prompts import PromptSynth
@@ -55,8 +58,8 @@ def _worker_main(
         setup: WorkerSetup = conn.recv()
         synth = PromptSynth(fits=setup.prompt_fits, block_tokens=trace.block_tokens, salt=setup.seed)
         counters = {"dispatched": 0}
-        asyncio.run(_worker_async(conn, endpoint, trace, schedule, setup, synth, counters))
-        conn.send(("done", counters["dispatched"]))
+        loop = asyncio.run(_worker_async(conn, endpoint, trace, schedule, setup, synth, counters))
+        conn.send(("done", counters["dispatched"], loop))
     except Exception as exc:  # report, never hang the parent
         with contextlib.suppress(OSError):
             conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -64,7 +67,7 @@ def _worker_main(
         conn.close()
 
 
-async def _worker_async(conn, endpoint, trace, schedule, setup, synth, counters) -> None:
+async def _worker_async(conn, endpoint, trace, schedule, setup, synth, counters) -> dict[str, Any]:
     buf: list[RequestRecord] = []
     task = asyncio.current_task()
     assert task is not None
@@ -81,15 +84,17 @@ async def _worker_async(conn, endpoint, trace, schedule, setup, synth, counters)
             flush()
 
     f = asyncio.create_task(flusher())
-    try:
-        await drive(endpoint, trace, schedule, setup, buf.append, synth, counters)
-    except asyncio.CancelledError:
-        pass  # SIGTERM: drive already turned in-flight requests into "cancelled" records
-    finally:
-        f.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await f
-        flush()
+    with watched(setup.t0) as watch:
+        try:
+            await drive(endpoint, trace, schedule, setup, buf.append, synth, counters)
+        except asyncio.CancelledError:
+            pass  # SIGTERM: drive already turned in-flight requests into "cancelled" records
+        finally:
+            f.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await f
+            flush()
+    return watch.summary()
 
 
 def run_workers(
@@ -100,8 +105,9 @@ def run_workers(
     make_setup: Callable[[float, float], WorkerSetup],
     on_record: Callable[[RequestRecord], None],
     on_tick: Callable[[int], None],
-) -> None:
+) -> dict[str, Any]:
     """Run ``n`` worker processes over ``schedule``; ``on_record`` gets every record in the parent.
+    Returns the workers' event-loop stalls, merged (``harness.loadgen.stalls``).
     The workers die with the calling thread (which this call keeps busy until they end).
 
     ``make_setup(t0, wall_offset_s)`` builds the shared setup once all workers are ready.
@@ -128,7 +134,7 @@ def run_workers(
         setup = make_setup(t0, time.time() + 0.1)
         for c in conns:
             c.send(setup)
-        _collect(conns, procs, on_record, on_tick)
+        return merge(_collect(conns, procs, on_record, on_tick))
     finally:
         for p in procs:
             p.join(timeout=5)
@@ -157,8 +163,10 @@ def _expect_ready(conn: Connection, proc) -> None:
         raise RuntimeError(f"replay worker failed to start: {msg[1]}")
 
 
-def _collect(conns, procs, on_record, on_tick) -> None:
+def _collect(conns, procs, on_record, on_tick) -> list[dict[str, Any]]:
+    """Every worker's records to ``on_record`` until all have ended; returns their stall summaries."""
     live = dict(zip(conns, procs, strict=True))
+    loops: list[dict[str, Any]] = []
     dispatched = dict.fromkeys(conns, 0)
     failures: list[str] = []
     with _ctrl_c_counter() as ctrl_c:
@@ -185,6 +193,7 @@ def _collect(conns, procs, on_record, on_tick) -> None:
                         failures.append(msg[1])
                     elif msg[0] == "done":
                         dispatched[c] = msg[1]
+                        loops.append(msg[2])
                     del live[c]
             for c, p in list(live.items()):
                 if not p.is_alive() and not c.poll():
@@ -195,6 +204,7 @@ def _collect(conns, procs, on_record, on_tick) -> None:
         raise KeyboardInterrupt
     if failures:
         raise RuntimeError("replay worker failed: " + "; ".join(failures))
+    return loops
 
 
 @dataclass
