@@ -84,6 +84,20 @@ def test_a_whole_chat_answer_and_an_unreadable_body(server):
         assert status == 400 and json.loads(raw)["error"]["type"] == "BadRequestError"
 
 
+def test_a_conversation_counts_every_message_as_the_prompt():
+    # A session's later turn sends the history: the model reads every message, not only the last.
+    # Without a tokenizer a token is a word: 3 + 2 + 4 words.
+    turns = [{"role": "user", "content": "a b c"}, {"role": "assistant", "content": "d e"},
+             {"role": "user", "content": "f g h i"}]  # fmt: skip
+    with ServerThread(FakeServer(model="m")) as srv:
+        status, raw = _post(
+            srv.url, "/v1/chat/completions", {"model": "m", "messages": turns, "max_tokens": 2}
+        )
+        _, counted = _post(srv.url, "/tokenize", {"model": "m", "messages": turns})
+    assert status == 200 and json.loads(raw)["usage"]["prompt_tokens"] == 9
+    assert json.loads(counted)["count"] == 9
+
+
 def test_unknown_model_is_vllms_404_and_models_lists_the_served_one(server):
     status, raw = _post(server, "/v1/completions", {"model": "other", "prompt": "x", "stream": True})
     assert status == 404 and json.loads(raw)["error"]["message"] == "The model `other` does not exist."

@@ -120,18 +120,26 @@ class FakeServer:
             error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "code": 404}
             return web.json_response({"error": error}, status=404)
         if "messages" in body:
-            ids = self._ids(body["messages"][-1]["content"], chat=True)
+            ids = self._ids(body["messages"], chat=True)
         else:
             ids = self._ids(body["prompt"], special=body.get("add_special_tokens", True))
         return web.json_response({"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids})
 
-    def _ids(self, text: str, *, chat: bool = False, special: bool = True) -> list[int]:
-        """Token ids as a vLLM with this tokenizer counts them (chat: the template, no special tokens)."""
+    def _ids(self, prompt: Any, *, chat: bool = False, special: bool = True) -> list[int]:
+        """Token ids as a vLLM with this tokenizer counts them: a text, or (``chat``) every message of a
+        conversation through the template, no special tokens. Without a tokenizer a token is a word."""
+        if chat:  # earlier turns (a session's history) count as the model reads them, with their roles
+            *earlier, last = prompt
+            if self.tokenizer is None:
+                prompt = " ".join(m["content"] for m in prompt)
+            else:
+                turns = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in earlier)
+                return self.tokenizer.encode(
+                    turns + self.chat_template.format(last["content"]), add_special_tokens=False
+                ).ids
         if self.tokenizer is None:
-            return list(range(len(text.split())))
-        if chat:
-            return self.tokenizer.encode(self.chat_template.format(text), add_special_tokens=False).ids
-        return self.tokenizer.encode(text, add_special_tokens=special).ids
+            return list(range(len(prompt.split())))
+        return self.tokenizer.encode(prompt, add_special_tokens=special).ids
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
@@ -157,11 +165,10 @@ class FakeServer:
         chat = request.path.endswith("/chat/completions")
         try:
             body = await request.json(loads=json.loads)
-            prompt = body["messages"][-1]["content"] if chat else body["prompt"]
-            words = len(self._ids(prompt, chat=chat)) if self.tokenizer is not None else len(prompt.split())
+            words = len(self._ids(body["messages"] if chat else body["prompt"], chat=chat))
             n_out, finish = self._length(body)
         except (ValueError, LookupError, TypeError, AttributeError):
-            want = "messages[-1].content" if chat else "prompt"
+            want = "messages[].content" if chat else "prompt"
             error = {"message": f"expected a JSON object with a text {want} and integer max_tokens/min_tokens",
                      "type": "BadRequestError", "code": 400}  # fmt: skip
             return web.json_response({"error": error}, status=400)
