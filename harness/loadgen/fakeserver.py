@@ -6,8 +6,8 @@ fields (``id``, ``object``, ``created``, ``model``, ``choices[].text`` or ``delt
 ``finish_reason``, ``stop_reason``), one word (`` tok``) per token, the usage chunk when
 ``stream_options.include_usage`` asks for it, ``max_tokens``/``min_tokens``/``ignore_eos`` honoured.
 The first token comes ``first_token_delay_s`` after the request, the others ``itl_s`` apart; usage
-counts whitespace words as prompt tokens (with ``tokenizer`` set: its tokens, special tokens included,
-chat prompts through ``chat_template``, as vLLM counts). Tokens per chunk (``chunk_tokens``, a cycle of
+counts whitespace words as prompt tokens, of every message of a chat (with ``tokenizer`` set: its tokens,
+special tokens included, chat prompts through ``chat_template``, as vLLM counts). Tokens per chunk (``chunk_tokens``, a cycle of
 counts: a chunk of k tokens goes out k·``itl_s`` after the previous one, as a stream interval sends
 them), the running ``usage`` on every chunk when ``stream_options.continuous_usage_stats`` asks (unless
 ``usage_deltas`` is off: a server that ignores the option), and empty-text tokens (``empty_text``: the
