@@ -27,6 +27,8 @@ from typing import Any
 BEAT_S = 0.01
 STALL_S = 0.05
 KEEP = 5  # the longest stalls kept with their frames
+# The watchdog thread could not look either: the process was off the CPU, or native code held the GIL.
+_UNSEEN = "not seen: the watchdog thread did not run either"
 
 
 def _schedstat(tid: int) -> tuple[float, float] | None:
@@ -82,7 +84,7 @@ class LoopWatch:
             await asyncio.sleep(BEAT_S)
             now, after = time.monotonic(), _schedstat(self._tid)
             if now - last > BEAT_S + STALL_S:
-                where = self._seen.pop(last, "not seen: the watchdog thread did not run either")
+                where = self._seen.pop(last, _UNSEEN)
                 self._stalls.append(_stall(last - self.t0, now - last, where, figures, after))
             self._seen.clear()
             last, figures = now, after
@@ -95,19 +97,7 @@ class LoopWatch:
 
     def summary(self) -> dict[str, Any]:
         """Counts and seconds of the stalls seen, and the ``KEEP`` longest with their frames."""
-        stalls = self._stalls
-        split = [s for s in stalls if s["ran_s"] is not None]
-        ran, waited = sum(s["ran_s"] for s in split), sum(s["waited_s"] for s in split)
-        return {
-            "threshold_s": STALL_S,
-            "count": len(stalls),
-            "stalled_s": sum(s["length_s"] for s in stalls),
-            "max_s": max((s["length_s"] for s in stalls), default=0.0),
-            "ran_s": ran if split else None,
-            "waited_s": waited if split else None,
-            "blocked_s": sum(s["length_s"] for s in split) - ran - waited if split else None,
-            "worst": sorted(stalls, key=lambda s: -s["length_s"])[:KEEP],
-        }
+        return merge([_alone(s) for s in self._stalls])
 
 
 def _stall(start_s: float, length_s: float, where: str, before, after) -> dict[str, Any]:
@@ -116,6 +106,20 @@ def _stall(start_s: float, length_s: float, where: str, before, after) -> dict[s
         ran, waited = (min(max(a - b, 0.0), length_s) for a, b in zip(after, before, strict=True))
         waited = min(waited, length_s - ran)
     return {"start_s": start_s, "length_s": length_s, "where": where, "ran_s": ran, "waited_s": waited}
+
+
+def _alone(stall: dict[str, Any]) -> dict[str, Any]:
+    """The summary of one stall (``merge`` adds them up)."""
+    split = stall["ran_s"] is not None
+    return {
+        "count": 1,
+        "stalled_s": stall["length_s"],
+        "max_s": stall["length_s"],
+        "ran_s": stall["ran_s"],
+        "waited_s": stall["waited_s"],
+        "blocked_s": stall["length_s"] - stall["ran_s"] - stall["waited_s"] if split else None,
+        "worst": [stall],
+    }
 
 
 def merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
