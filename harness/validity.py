@@ -16,6 +16,8 @@ Measurements (every key optional, seconds / fractions / Mbit/s / ms as named)::
     pd_no_kv_share          PD requests whose prefill server returned no kv_transfer_params / requests:
                             any makes the run invalid (no KV moved; the decode server prefilled again)
     cpu                     {"steal_share", "other_share"}: of all CPU time during the run
+    client_stall_share      time the client's event loop stalled over 50 ms / the run's time
+    client_stall_waited_s   of that, seconds its thread was runnable but had no CPU (or None)
 """
 
 from __future__ import annotations
@@ -131,6 +133,14 @@ def verdict(measurements: Mapping[str, Any], bounds: ValidityBounds | None = Non
             f"CPU steal {steal or 0:.0%} of CPU time (> {b.cpu_steal_share:.0%})")  # fmt: skip
     j.check("cpu_other_share", other, b.cpu_other_share,
             f"other processes used {other or 0:.0%} of CPU time (> {b.cpu_other_share:.0%})")  # fmt: skip
+    stalled, waited = (
+        _num(measurements.get("client_stall_share")),
+        _num(measurements.get("client_stall_waited_s")),
+    )
+    j.check("client_stall_share", stalled, b.client_stall_share,
+            f"the client's event loop stalled {stalled or 0:.1%} of the run (> {b.client_stall_share:.0%}): "
+            "tokens that arrived then were timestamped late"
+            + ("" if waited is None else f" ({waited:.2f} s of it waiting for a CPU)"))  # fmt: skip
     return Verdict(tuple(j.reasons), j.checks)
 
 

@@ -62,7 +62,13 @@ def test_merging_workers_adds_their_stalls_and_keeps_the_longest():
     a = part(*(stall(0.1 * k, 0.05) for k in range(1, 5)))
     a.update(ran_s=0.2, waited_s=0.04, blocked_s=1.0 - 0.24)
     b = part(stall(0.9, None), stall(0.06, None))  # a kernel without schedstats: no split
+    a["processes"] = b["processes"] = 1
     m = merge([a, b])
-    assert m["count"] == 6 and m["stalled_s"] == pytest.approx(1.0 + 0.96) and m["max_s"] == 0.9
+    assert (
+        m["processes"] == 2
+        and m["count"] == 6
+        and m["stalled_s"] == pytest.approx(1.0 + 0.96)
+        and m["max_s"] == 0.9
+    )
     assert (m["ran_s"], m["waited_s"], m["blocked_s"]) == (0.2, 0.04, pytest.approx(0.76))
     assert [w["length_s"] for w in m["worst"]] == pytest.approx([0.9, 0.4, 0.3, 0.2, 0.1][:KEEP])

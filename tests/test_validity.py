@@ -16,6 +16,8 @@ CLEAN = {
     "link_goodput_mbit": {"remote->local": {"measured": 770.0, "expected": 774.0}},
     "failed_share": 0.0,
     "cpu": {"steal_share": 0.0, "other_share": 0.2},
+    "client_stall_share": 0.002,
+    "client_stall_waited_s": 0.01,
 }
 
 
@@ -26,6 +28,19 @@ def test_a_run_within_every_bound_is_valid_and_every_figure_is_checked():
     assert v.checks["loop_lag_p99_ms[remote]"]["value"] == pytest.approx(4.0)
     assert v.checks["relay_delay_error_ms[remote->local]"]["value"] == pytest.approx(0.05)
     assert v.checks["link_goodput_share[remote->local]"]["value"] == pytest.approx(770 / 774)
+    assert v.checks["client_stall_share"] == {"value": 0.002, "bound": 0.01, "ok": True}
+
+
+def test_client_stalls_are_a_share_of_each_client_process_time():
+    from harness.loadgen.runstate import measurements
+
+    summary = {"requests": 40, "failed": 0, "warnings": {}, "send_lag_s": {"p99": 0.001}, "elapsed_s": 20.0}
+    loop = {"processes": 2, "stalled_s": 0.8, "waited_s": 0.6}
+    # Two workers, 0.8 s of stalls between them over 20 s each: 2% of the client's time.
+    got = measurements({**summary, "client_loop": loop})
+    assert got["client_stall_share"] == pytest.approx(0.02) and got["client_stall_waited_s"] == 0.6
+    assert measurements(summary)["client_stall_share"] is None  # not watched: unknown, not valid
+    assert verdict(measurements(summary)).checks["client_stall_share"] == UNKNOWN
 
 
 @pytest.mark.parametrize(
@@ -47,6 +62,11 @@ def test_a_run_within_every_bound_is_valid_and_every_figure_is_checked():
         ({"failed_share": 134 / 200}, "67.0% of requests failed (> 1.0%)"),
         ({"cpu": {"steal_share": 0.25, "other_share": 0.1}}, "CPU steal 25% of CPU time (> 10%)"),
         ({"cpu": {"steal_share": 0.0, "other_share": 0.9}}, "other processes used 90% of CPU time (> 50%)"),
+        (
+            {"client_stall_share": 2.27 / 27.0, "client_stall_waited_s": 2.15},
+            "the client's event loop stalled 8.4% of the run (> 1%): tokens that arrived then were "
+            "timestamped late (2.15 s of it waiting for a CPU)",
+        ),
     ],
 )
 def test_each_broken_bound_makes_the_run_invalid_with_its_reason(change, words):

@@ -26,6 +26,8 @@ class ValidityBounds:
     failed_share          failed requests / requests
     cpu_steal_share       CPU time stolen by the hypervisor / all CPU time during the run
     cpu_other_share       CPU time of processes outside the run / all CPU time during the run
+    client_stall_share    time the client's event loop stalled over 50 ms / the run's time: what
+                          arrived then was timestamped late (``harness.loadgen.stalls``)
     """
 
     send_lag_p99_ms: NonNegative = 10.0
@@ -36,6 +38,7 @@ class ValidityBounds:
     failed_share: Share = 0.01
     cpu_steal_share: Share = 0.10
     cpu_other_share: Share = 0.50
+    client_stall_share: Share = 0.01
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -96,8 +96,14 @@ def run_conditions(start: RunStart, config: ReplayConfig) -> dict[str, Any]:
 def measurements(summary: Mapping[str, Any]) -> dict[str, Any]:
     """What the verdict judges, from an endpoint's summary (``RunStats.summary`` plus ``conditions``)."""
     n = summary["requests"]
+    loop, elapsed = summary.get("client_loop"), summary.get("elapsed_s")
     return {
         "send_lag_p99_s": summary["send_lag_s"]["p99"],
+        # of each client process's time (--workers: a stall in one delays only its requests)
+        "client_stall_share": loop["stalled_s"] / (elapsed * max(loop["processes"], 1))
+        if loop and elapsed
+        else None,
+        "client_stall_waited_s": loop["waited_s"] if loop else None,
         "failed_share": summary["failed"] / n if n else None,
         "pd_no_kv_share": summary["warnings"].get(NO_KV_TRANSFER, 0) / n if n else None,
         **summary.get("conditions", {}),

@@ -97,7 +97,7 @@ class LoopWatch:
 
     def summary(self) -> dict[str, Any]:
         """Counts and seconds of the stalls seen, and the ``KEEP`` longest with their frames."""
-        return merge([_alone(s) for s in self._stalls])
+        return {**merge([_alone(s) for s in self._stalls]), "processes": 1}
 
 
 def _stall(start_s: float, length_s: float, where: str, before, after) -> dict[str, Any]:
@@ -131,6 +131,7 @@ def merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {
         "threshold_s": STALL_S,
+        "processes": sum(s.get("processes", 0) for s in summaries),  # each watched one loop
         "count": sum(s["count"] for s in summaries),
         "stalled_s": total("stalled_s") or 0.0,
         "max_s": max((s["max_s"] for s in summaries), default=0.0),
