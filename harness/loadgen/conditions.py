@@ -67,13 +67,20 @@ def _own_usage() -> tuple[int, int, int]:
         total += ticks.get(pid, 0)
         stack.extend(by_parent.get(pid, ()))
         for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-            try:
-                on_cpu, waiting, _ = (int(v) for v in task.read_text().split())
-            except (OSError, ValueError):
-                continue  # it ended meanwhile, or a kernel without schedstats
-            run_ns += on_cpu
-            wait_ns += waiting
+            if (figures := schedstat_ns(task)) is not None:
+                run_ns += figures[0]
+                wait_ns += figures[1]
     return total, run_ns, wait_ns
+
+
+def schedstat_ns(path: Path) -> tuple[int, int] | None:
+    """(on-CPU ns, runnable-but-waiting ns) from a thread's ``schedstat``; None when the thread ended
+    meanwhile or the kernel keeps no schedstats."""
+    try:
+        on_cpu, waiting, _ = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return on_cpu, waiting
 
 
 def cpu_sample() -> CpuSample | None:

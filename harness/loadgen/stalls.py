@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.loadgen.conditions import schedstat_ns
+
 BEAT_S = 0.01
 STALL_S = 0.05
 KEEP = 5  # the longest stalls kept with their frames
@@ -32,12 +34,9 @@ _UNSEEN = "not seen: the watchdog thread did not run either"
 
 
 def _schedstat(tid: int) -> tuple[float, float] | None:
-    """(on-CPU s, runnable-waiting s) of one thread, or None without schedstats."""
-    try:
-        run_ns, wait_ns, _ = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()
-    except (OSError, ValueError):
-        return None
-    return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    """(on-CPU s, runnable-waiting s) of one thread of this process, or None without schedstats."""
+    figures = schedstat_ns(Path(f"/proc/self/task/{tid}/schedstat"))
+    return None if figures is None else (figures[0] / 1e9, figures[1] / 1e9)
 
 
 def _where(frame: Any) -> str:
