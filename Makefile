@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PB     := $(BIN)/prfaas-bench
 SCENARIO ?= workloads/paper-case-study.toml
 
-.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv guidellm-venv netem-vm real-engines test test-smoke smoke-run lint plan bench bench-quick clean
+.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv aiperf-venv guidellm-venv netem-vm real-engines test test-smoke smoke-run lint plan bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ sglang-venv:  ## install sglang for the SGLang tests (cached in ~/.cache/prfaas-
 vllm-nixl-venv:  ## install nixl for the real PD-pair test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-vllm-nixl.sh
 
+# AIPerf over the vLLM venv (~0.85 GB; 7 min from the registry, seconds once cached) for tests/test_real_aiperf.py.
+aiperf-venv:  ## install aiperf for the interop test (cached in ~/.cache/prfaas-bench)
+	PYTHON=$(PYTHON) bash scripts/install-aiperf.sh
+
 # Opt-in: GuideLLM over the vLLM venv (~0.35 GB, half a minute) for tests/test_real_guidellm.py (PRFAAS_GUIDELLM=1).
 guidellm-venv:  ## install guidellm for the interop test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-guidellm.sh
@@ -46,7 +50,7 @@ guidellm-venv:  ## install guidellm for the interop test (cached in ~/.cache/prf
 netem-vm: install-test  ## install the netem VM (qemu, busybox, kmod from apt; kernel; virtme-ng)
 	PYTHON=$(PYTHON) bash scripts/netem-vm.sh install
 
-real-engines: vllm-venv sglang-venv  ## what CI drives for real: vLLM and SGLang (.ci/run installs them)
+real-engines: vllm-venv sglang-venv aiperf-venv  ## what CI drives for real: vLLM, SGLang and AIPerf (.ci/run installs them)
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,6 @@
 """Test scaffolding for the interop tests: another tool's requests replayed by our own client, the
 order-of-magnitude check between its figures and ours (never a timing bound: the machine is busy), and
-our reading of a GuideLLM file held to the per-request figures GuideLLM wrote in it."""
+our reading of a GuideLLM or AIPerf file held to the figures that tool wrote beside it."""
 
 from __future__ import annotations
 
@@ -89,3 +89,31 @@ def matches_guidellms_own_figures(path: Path) -> None:
     assert df["prompt_tokens_trace"].tolist() == [r["prompt_tokens"] for r in theirs]
     # No per-token times in the file: ITL is missing, not zero.
     assert len(m.itl(good)) == 0 and good["itl_unresolved"].all()
+
+
+def matches_aiperfs_own_figures(export: Path) -> None:
+    """Our reading of AIPerf's ``profile_export.jsonl`` gives the aggregates AIPerf wrote beside it in
+    ``profile_export_aiperf.json``: counts, TTFT and latency from the send (mean and percentiles; AIPerf
+    interpolates linearly, as numpy does), its inter-token latency (our TPOT), its chunk gaps (our ITL, when
+    every chunk held one token) and the server's token totals."""
+    agg = json.loads((export.parent / "profile_export_aiperf.json").read_text())
+    meta, df = read_foreign(export)
+    assert meta["source"] == "aiperf"
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == agg["request_count"]["avg"]
+    assert len(df) - len(ok) == agg.get("error_request_count", {"avg": 0})["avg"]
+
+    def same(ours_s: np.ndarray, theirs: dict) -> None:
+        ms = np.asarray(ours_s, dtype=float) * 1e3
+        assert len(ms) == theirs["count"]
+        np.testing.assert_allclose(ms.mean(), theirs["avg"], rtol=1e-9)
+        np.testing.assert_allclose(np.percentile(ms, [50, 90, 99]), [theirs[k] for k in ("p50", "p90", "p99")],
+                                   rtol=1e-9)  # fmt: skip
+
+    same(ok["first_token_s"] - ok["sent_s"], agg["time_to_first_token"])
+    same(ok["last_token_s"] - ok["sent_s"], agg["request_latency"])
+    same(tpot_as_others_define(ok), agg["inter_token_latency"])
+    assert not ok["itl_unresolved"].any()  # the server sent one token a chunk
+    same(m.itl(ok), agg["inter_chunk_latency"])
+    assert int(ok["output_tokens_received"].sum()) == agg["total_usage_completion_tokens"]["avg"]
+    assert int(ok["prompt_tokens_server"].sum()) == agg["total_usage_prompt_tokens"]["avg"]

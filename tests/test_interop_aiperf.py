@@ -1,7 +1,10 @@
-"""AIPerf's per-request export read into records. The fixture (tests/data/aiperf_profile_export.jsonl)
-is written by hand in the format AIPerf documents, with round numbers so every expectation below is
-computed by hand; it parses with AIPerf 0.13.0's own ``MetricRecordInfo`` model (tests/data/README.md),
-but AIPerf was not run against a server here (its install is 0.85 GB)."""
+"""AIPerf's per-request export read into records.
+
+Two files: ``tests/data/aiperf_profile_export.jsonl`` is written by hand in the format AIPerf documents,
+with round numbers so every expectation is computed by hand (a warm-up, a cancellation, a chunk of two
+tokens); ``tests/data/aiperf_fake_server/`` is AIPerf 0.13.0's own output against our fake server
+(tests/data/README.md), held to the aggregates AIPerf computed from it. ``tests/test_real_aiperf.py``
+runs AIPerf for real."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import DATA
+from interop_checks import matches_aiperfs_own_figures
 from synthetic_runs import SyntheticTopology, write_synthetic_run
 
 from harness.analysis import metrics as m
@@ -18,6 +22,7 @@ from harness.cli import main
 from harness.interop import read_foreign
 
 AIPERF = DATA / "aiperf_profile_export.jsonl"
+AIPERF_REAL = DATA / "aiperf_fake_server" / "profile_export.jsonl"
 
 
 def test_milliseconds_become_seconds_counted_from_each_requests_release():
@@ -69,3 +74,19 @@ def test_analyze_shows_what_the_file_lacks_as_missing_and_compare_takes_it(tmp_p
     assert res.exit_code in (0, 1) and any(c["metric"] == "ttft_p90_s" for c in check["checks"])
     out = tmp_path / "r.html"
     assert CliRunner().invoke(main, ["report", str(run), str(AIPERF), "-o", str(out)]).exit_code == 0
+
+
+def test_aiperfs_own_export_gives_the_aggregates_aiperf_computed_from_it():
+    matches_aiperfs_own_figures(AIPERF_REAL)
+
+
+def test_aiperfs_own_export_keeps_the_servers_counts_and_its_failures():
+    # 12 requests of 8 tokens at 20 req/s against fake-server --fault http_500 --fault-every 4: 9 served.
+    _, df = read_foreign(AIPERF_REAL)
+    ok = df["status"] == "ok"
+    assert ok.sum() == 9 and set(df.loc[~ok, "error_class"]) == {"Internal Server Error"}
+    assert (df.loc[ok, "output_tokens_received"] == 8).all()
+    # --use-server-token-count: AIPerf's input length is the server's usage count
+    assert (df.loc[ok, "prompt_tokens_trace"] == df.loc[ok, "prompt_tokens_server"]).all()
+    # its lines are in completion order; ours start at the first release
+    assert df["scheduled_s"].min() == 0.0 and not df["scheduled_s"].is_monotonic_increasing

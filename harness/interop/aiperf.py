@@ -6,9 +6,14 @@ the request: our scheduled time; absent for fixed schedules), ``request_start_ns
 ``request_end_ns``, ``benchmark_phase`` and ``x_request_id``;
 ``metrics``, each ``{"value": ..., "unit": ...}`` (``time_to_first_token`` and ``request_latency`` in
 ms, ``inter_chunk_latency`` a list of ms, ``input_sequence_length`` / ``output_sequence_length`` in
-tokens); ``error`` (``code``, ``type``, ``message``) or null. AIPerf times from the send and keeps no
-scheduled time, so our scheduled time is its send and the send lag is missing (not 0).
-Its per-chunk gaps are per-token gaps only when every chunk held one token.
+tokens; its own tokenizer's count of the text unless ``--use-server-token-count``), the server's
+``usage_prompt_tokens`` / ``usage_completion_tokens`` / ``usage_prompt_cache_read_tokens`` when it reports
+usage; ``error`` (``code``, ``type``, ``message``) or null. Without a credit time the send is the
+release and the send lag is missing (not 0).
+Its per-chunk gaps are per-token gaps only when every chunk held one token. Output tokens are the
+server's count when it gave one: a client tokenizer that is not the model's re-counts the text
+differently (16 for 8 generated tokens in tests/data/aiperf_fake_server), and the chunk gaps then
+seem not to resolve tokens.
 """
 
 from __future__ import annotations
@@ -53,6 +58,19 @@ def _value(metrics: Mapping[str, Any], name: str, line: int, where: str, *, time
     return float(value) * scale
 
 
+# The server's count first, then AIPerf's own (its tokenizer's, or the server's under
+# --use-server-token-count).
+_OUTPUT_COUNTS = ("usage_completion_tokens", "output_sequence_length", "output_token_count")
+
+
+def _first(metrics: Mapping[str, Any], names: tuple[str, ...], line: int, where: str) -> Any:
+    for name in names:
+        value = _value(metrics, name, line, where, time=False)
+        if value is not None:
+            return value
+    return None
+
+
 def _ns(meta: Mapping[str, Any], key: str, line: int, where: str) -> int | float | None:
     v = meta.get(key)
     if v is None:
@@ -83,10 +101,14 @@ def to_records(rows: list[Mapping[str, Any]], *, run_id: str, where: str) -> lis
             "phase": "warmup" if meta.get("benchmark_phase") == "warmup" else "measure",
             "end_s": None if end_ns is None else (end_ns - zero) * 1e-9,
         }  # fmt: skip
-        isl = _value(metrics, "input_sequence_length", line, where, time=False)
-        if isl is None:
-            isl = _value(metrics, "error_isl", line, where, time=False)
-        rec["prompt_tokens_trace"] = int(isl or 0)
+        rec["prompt_tokens_trace"] = int(
+            _first(metrics, ("input_sequence_length", "error_isl"), line, where) or 0
+        )
+        for field, name in (("prompt_tokens_server", "usage_prompt_tokens"),
+                            ("cached_tokens", "usage_prompt_cache_read_tokens")):  # fmt: skip
+            value = _value(metrics, name, line, where, time=False)
+            if value is not None:
+                rec[field] = int(value)
         ttft = _value(metrics, "time_to_first_token", line, where, time=True)
         latency = _value(metrics, "request_latency", line, where, time=True)
         if error or ttft is None or latency is None:
@@ -98,10 +120,7 @@ def to_records(rows: list[Mapping[str, Any]], *, run_id: str, where: str) -> lis
             }
             out.append(rec)
             continue
-        osl = _value(metrics, "output_sequence_length", line, where, time=False)
-        n = int(
-            osl if osl is not None else _value(metrics, "output_token_count", line, where, time=False) or 0
-        )
+        n = int(_first(metrics, _OUTPUT_COUNTS, line, where) or 0)
         gaps = _value(metrics, "inter_chunk_latency", line, where, time=True) or []
         rec |= {
             "status": STATUS_OK, "first_token_s": start + ttft, "last_token_s": start + latency,
