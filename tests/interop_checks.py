@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from click.testing import CliRunner
 
 from harness.analysis import metrics as m
 from harness.analysis.runs import load_bundle
+from harness.cli import main
 from harness.interop import read_foreign
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
 from harness.traces.frame import Trace
@@ -55,6 +57,25 @@ def assert_same_magnitude(
     for fn, floor in checks:
         a, b = float(np.nanmedian(fn(ours))), float(np.nanmedian(fn(theirs)))
         assert a >= floor and b >= floor and 0.1 < a / b < 10, (fn.__name__, a, b)
+
+
+def beside_our_run(tmp_path: Path, theirs: Path, source: str) -> tuple[dict, dict]:
+    """``analyze``, ``report`` and ``compare`` of a synthetic run of ours (30 requests at 2 req/s, TTFT in
+    seconds) beside another tool's file: (the side-by-side rows of topology ``default``, the compare
+    result with our run as the baseline)."""
+    from synthetic_runs import SyntheticTopology, write_synthetic_run
+
+    run = write_synthetic_run(tmp_path / "run", {"default": SyntheticTopology()}, n=30, source="replay")
+    res = CliRunner().invoke(main, ["analyze", str(run), str(theirs), "--json"])
+    assert res.exit_code == 0, res.output
+    side = json.loads(res.stdout)["side_by_side"]["default"]
+    assert set(side) == {"replay", source}
+    out = tmp_path / "r.html"
+    assert CliRunner().invoke(main, ["report", str(run), str(theirs), "-o", str(out)]).exit_code == 0
+    assert source in out.read_text()
+    res = CliRunner().invoke(main, ["compare", str(run), str(theirs), "--json", "--allow-invalid"])
+    assert res.exit_code in (0, 1), res.output
+    return side, json.loads(res.stdout)
 
 
 def _guidellm_requests(path: Path) -> list[dict]:

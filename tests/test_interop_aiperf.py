@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import DATA
-from interop_checks import matches_aiperfs_own_figures
+from interop_checks import beside_our_run, matches_aiperfs_own_figures
 from synthetic_runs import SyntheticTopology, write_synthetic_run
 
 from harness.analysis import metrics as m
@@ -90,3 +90,13 @@ def test_aiperfs_own_export_keeps_the_servers_counts_and_its_failures():
     assert (df.loc[ok, "prompt_tokens_trace"] == df.loc[ok, "prompt_tokens_server"]).all()
     # its lines are in completion order; ours start at the first release
     assert df["scheduled_s"].min() == 0.0 and not df["scheduled_s"].is_monotonic_increasing
+
+
+def test_analyze_report_and_compare_take_aiperfs_own_export_beside_our_run(tmp_path):
+    side, check = beside_our_run(tmp_path, AIPERF_REAL, "aiperf")
+    assert side["aiperf"]["offload_share"] is None and side["aiperf"]["egress_gbps"] is None
+    # 9 of 12 served: throughput counts those over the span from the first release to the last end
+    _, df = read_foreign(AIPERF_REAL)
+    assert side["aiperf"]["throughput_rps"] == pytest.approx(9 / m.duration(df), rel=1e-9)
+    ttft = next(c for c in check["checks"] if c["metric"] == "ttft_p90_s")
+    assert ttft["current"] < 0.5 < ttft["baseline"] and not ttft["regressed"]

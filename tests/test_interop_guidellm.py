@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import DATA
-from interop_checks import matches_guidellms_own_figures
+from interop_checks import beside_our_run, matches_guidellms_own_figures
 
 from harness.analysis import metrics as m
 from harness.cli import main
@@ -88,3 +88,12 @@ def test_targets_on_another_clock_leave_the_send_as_the_release_and_say_so(tmp_p
     assert res.exit_code == 0 and any(
         "targeted_start is not on the clock" in n for n in json.loads(res.output)["notes"]
     )
+
+
+def test_analyze_report_and_compare_take_guidellms_file_beside_our_run(tmp_path):
+    side, check = beside_our_run(tmp_path, GUIDELLM, "guidellm")
+    # GuideLLM keeps no route or KV bytes: missing, not zero
+    assert side["guidellm"]["offload_share"] is None and side["guidellm"]["egress_gbps"] is None
+    # GuideLLM's ~50 ms TTFT against the synthetic run's seconds: better, so not a regression
+    ttft = next(c for c in check["checks"] if c["metric"] == "ttft_p90_s")
+    assert ttft["current"] < 0.2 < ttft["baseline"] and not ttft["regressed"]

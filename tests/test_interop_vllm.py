@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import DATA
-from interop_checks import tpot_as_others_define
+from interop_checks import beside_our_run, tpot_as_others_define
 from synthetic_runs import SyntheticTopology, write_synthetic_run
 
 from harness.analysis import metrics as m
@@ -101,21 +101,12 @@ def test_export_read_back_gives_the_same_requests(tmp_path):
 
 
 def test_analyze_report_and_compare_take_vllms_file_beside_our_run(tmp_path):
-    run = write_synthetic_run(tmp_path / "run", {"default": SyntheticTopology()}, n=30, source="replay")
-    res = CliRunner().invoke(main, ["analyze", str(run), str(VLLM_FILE), "--json"])
-    assert res.exit_code == 0, res.output
-    side = json.loads(res.output)["side_by_side"]["default"]
-    assert set(side) == {"replay", "vllm-bench"}
+    side, check = beside_our_run(tmp_path, VLLM_FILE, "vllm-bench")
     # A figure the file lacks is missing, not zero: vLLM saves no route, KV bytes or cached tokens.
     assert side["vllm-bench"]["offload_share"] is None and side["vllm-bench"]["egress_gbps"] is None
-    out = tmp_path / "r.html"
-    assert CliRunner().invoke(main, ["report", str(run), str(VLLM_FILE), "-o", str(out)]).exit_code == 0
-    assert out.stat().st_size > 0
     # Our run as the baseline, vLLM's as the current: vLLM's 50 ms TTFT at 18 req/s beats the
     # synthetic run's seconds at 2 req/s, so nothing regressed; the checks name both sides' figures.
-    res = CliRunner().invoke(main, ["compare", str(run), str(VLLM_FILE), "--json", "--allow-invalid"])
-    check = json.loads(res.output)
-    assert res.exit_code == 0 and check["passed"] and not check["missing_topologies"]
+    assert check["passed"] and not check["missing_topologies"]
     ttft = next(c for c in check["checks"] if c["metric"] == "ttft_p90_s")
     assert ttft["current"] < 0.1 < ttft["baseline"]
 
