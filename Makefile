@@ -39,11 +39,11 @@ vllm-nixl-venv:  ## install nixl for the real PD-pair test (cached in ~/.cache/p
 
 # AIPerf over the vLLM venv (~0.85 GB; 7 min from the registry, seconds once cached) for tests/test_real_aiperf.py.
 aiperf-venv:  ## install aiperf for the interop test (cached in ~/.cache/prfaas-bench)
-	PYTHON=$(PYTHON) bash scripts/install-aiperf.sh
+	PYTHON=$(PYTHON) bash scripts/install-client-over-vllm.sh aiperf 0.13.0
 
 # Opt-in: GuideLLM over the vLLM venv (~0.35 GB, half a minute) for tests/test_real_guidellm.py (PRFAAS_GUIDELLM=1).
 guidellm-venv:  ## install guidellm for the interop test (cached in ~/.cache/prfaas-bench)
-	PYTHON=$(PYTHON) bash scripts/install-guidellm.sh
+	PYTHON=$(PYTHON) bash scripts/install-client-over-vllm.sh guidellm 0.8.1
 
 # Opt-in: a kernel with netem in a VM (QEMU via virtme-ng; Debian's kernel unpacked into
 # ~/.cache/prfaas-bench/netem-vm, never installed on this host) for tests/test_netem_vm.py (PRFAAS_NETEM_VM=1).
