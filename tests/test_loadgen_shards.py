@@ -39,6 +39,9 @@ def test_a_session_keeps_its_turns_together_whatever_their_prefixes():
     trace = _trace([[1], [7], [7], [2]], sessions=[4, -1, -1, 4])
     parts = shard(trace, build_schedule(trace, LoadSpec()), 2)
     assert sorted(parts) == [(0, 3), (1, 2)]
+    # session mode's plan (which also infers sessions) replaces the trace's own: rows 1 and 2 one session
+    plan_sessions = np.asarray([-1, 3, 3, -1])
+    assert shard(trace, build_schedule(trace, LoadSpec()), 2, plan_sessions) == [(1, 2), (0, 3)]
 
 
 def test_a_cycled_trace_keeps_each_row_on_one_worker_and_every_request_once():

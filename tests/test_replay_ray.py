@@ -22,11 +22,15 @@ from click.testing import CliRunner
 from conftest import need
 from raynodes import free_ports, loopback, node_argv, ray_env, ray_node
 from test_loadgen_cli import interrupted
+from test_sessions_replay import assert_dependency, conversations
 from threaded_server import ServerThread
 
+from harness.analysis import metrics as m
 from harness.cli import main
-from harness.loadgen.fakeserver import FakeServer
+from harness.loadgen.fakeserver import FakeServer, fake_server_process
 from harness.records import read_meta, read_records
+from harness.traces.native import write_native
+from harness.traces.sessions import session_plan
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +153,26 @@ def test_ctrl_c_stops_the_actors_and_keeps_every_record_they_took(tmp_path, clus
     workers = meta["summaries"]["default"]["ray"]["workers"]
     assert len(df) == sum(w["requests"] for w in workers) < 80 and df.request_id.is_unique
     assert "cancelled" in set(df.error_class.dropna())  # in flight at Ctrl-C: recorded, not dropped
+    assert free_cpus(address, env) == 2
+
+
+def test_session_mode_keeps_each_session_on_one_worker_and_its_turns_in_order(tmp_path, cluster):
+    address, env = cluster
+    # 24 turns 20 ms apart while a request takes > 80 ms: open loop would overlap a session's turns
+    trace = conversations(24, seed=2, rate=50.0, first=40, user=7, output=6)
+    plan = session_plan(trace)
+    path = write_native(trace, tmp_path / "conv.parquet")
+    with fake_server_process("--ttft-ms", "60", "--itl-ms", "4") as url:
+        done = replay_cli("--endpoint", url, "--trace", str(path), "--sessions", "--workers", "2",
+                          "--ray-address", address, "--out", str(tmp_path / "run"), env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    df = read_records(tmp_path / "run")
+    assert sorted(df.trace_row) == list(range(len(trace))) and m.ok_mask(df).all()
+    # a session split across workers would wait for ever for a predecessor sent elsewhere; kept whole,
+    # no later turn went out before its predecessor's end (on the one worker's clock) plus its think time
+    assert_dependency(df, plan.think_s)
+    workers = read_meta(tmp_path / "run")["summaries"]["default"]["ray"]["workers"]
+    assert all(w["requests"] > 0 for w in workers) and sum(w["requests"] for w in workers) == len(trace)
     assert free_cpus(address, env) == 2
 
 

@@ -227,15 +227,16 @@ class ReplayConfig:
         if self.sessions is not None:
             if self.load.arrival != "trace" or self.load.closed_loop:
                 raise InputError("--sessions replays the trace's own timestamps: drop --rate/--arrival")
-            if self.workers != 1:
-                raise InputError("--sessions needs --workers 1 (a session's turns wait on each other)")
+            if self.workers != 1 and self.ray is None:
+                raise InputError(
+                    "--sessions needs --workers 1 (a session's turns wait on each other), or --ray-address "
+                    "(whose workers each get whole sessions)"
+                )
         if self.ray is not None:
             if self.load.closed_loop:
                 raise InputError(
                     "--ray-address shards an open-loop schedule: a closed loop (--rate inf) cannot"
                 )
-            if self.sessions is not None:
-                raise InputError("--sessions does not run on --ray-address (yet): drop one of them")
             if not self.ray.max_clock_bound_s > 0:
                 raise InputError(
                     f"--max-clock-bound-ms must be > 0, got {self.ray.max_clock_bound_s * 1e3:g}"

@@ -37,6 +37,7 @@ from harness.loadgen.workers import ctrl_c_counter
 from harness.raycluster import connected, first_line
 from harness.records import RequestRecord
 from harness.traces.frame import Trace
+from harness.traces.sessions import SessionPlan
 
 FLAG = "--ray-address"
 ROUND_TRIPS = 16  # clock reads per actor before each run; the shortest round trip bounds the offset
@@ -180,12 +181,15 @@ class RayWorkers:
         make_setup: Callable[[float, float], WorkerSetup],
         on_record: Callable[[RequestRecord], None],
         on_tick: Callable[[int], None],
+        sessions: SessionPlan | None = None,
     ) -> dict[str, Any]:
         """One endpoint's run of ``schedule`` across the actors; ``on_record`` gets every record here.
+        In session mode (``sessions``, the plan the setup carries) a session's turns stay on one actor,
+        whose gate then sees every predecessor it waits for.
         Returns the actors' event-loop stalls, merged; ``describe()`` then gives each worker's figures.
         Ctrl-C stops the actors, collects what they recorded, then re-raises KeyboardInterrupt."""
         ray = self._ray
-        shards = shard(trace, schedule, self.n)
+        shards = shard(trace, schedule, self.n, None if sessions is None else sessions.session_id)
         trace_ref, schedule_ref = ray.put(trace), ray.put(schedule)
         # the trace and the schedule travel once; each actor gets its shard's indices
         loads = [

@@ -309,7 +309,7 @@ def _run_endpoint(
         stats.started = time.monotonic()
         tick = lambda d: progress.update(stats, d - stats.completed)  # noqa: E731
         if ray_workers is not None:
-            stats.client_loop = ray_workers.run(ep, trace, schedule, setup, on_record, tick)
+            stats.client_loop = ray_workers.run(ep, trace, schedule, setup, on_record, tick, plan)
             return
         if config.workers > 1:
             stats.client_loop = run_workers(config.workers, ep, trace, schedule, setup, on_record, tick)
