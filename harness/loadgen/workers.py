@@ -1,4 +1,5 @@
 """Worker processes: each drives every N-th request of the shared schedule against the same t0.
+``dispatch`` is one worker's loop, the same in these processes and in Ray's actors (``loadworker``).
 
 Protocol over one pipe per worker (parent <-> worker):
 
