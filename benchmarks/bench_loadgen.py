@@ -14,6 +14,11 @@ Against ``prfaas-bench fake-server`` (streams every token at once) in separate p
 
 ``--vs-vllm`` runs only section 4: our client beside vLLM's ``bench serve`` in one run, alternating,
 against three kinds of fake server (``benchmarks/loadgen_vs_vllm.py``; needs ``make vllm-venv``).
+
+``--ray-workers 1,2,3`` runs only sections 2 and 5: section 2's open-loop search with local worker
+processes, then the same with that many Ray actors (``replay --ray-address``) on a one-node Ray that
+``ray start`` runs on 127.0.0.1 for the benchmark (needs ``pip install -e '.[ray]'``), with each count's
+efficiency per worker against one Ray worker.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
+from harness.loadgen import Endpoint, LoadSpec, RayPlacement, ReplayConfig, replay
 from harness.loadgen.fakeserver import WRITES, fake_server_process
 from harness.records import read_records
 from harness.traces.frame import Trace
@@ -94,15 +99,19 @@ def closed_loop(url: str, n_out: int, requests: int, workers: int) -> dict:
     return {"req_s": len(ok) / span, "events_s": events / span, "failed": int((df.status != "ok").sum())}
 
 
-def open_loop_max_rate(url: str, workers: int, rates: list[float], seconds: float) -> tuple[float, list]:
-    """Highest rate in ``rates`` with send-lag p99 <= 5 ms (and no failures), with every rate's p99."""
+def open_loop_max_rate(
+    url: str, workers: int, rates: list[float], seconds: float, ray: RayPlacement | None = None
+) -> tuple[float, list]:
+    """Highest rate in ``rates`` with send-lag p99 <= 5 ms (and no failures), with every rate's p99;
+    with ``ray``, the workers are Ray actors on that cluster."""
     trace = synthetic_trace(1000, 32, 16)
     best, rows = 0.0, []
     for rate in rates:
         load = LoadSpec(arrival="poisson", rate_rps=rate, max_requests=int(rate * seconds), seed=1)
         cfg = ReplayConfig(
-            endpoints=(Endpoint(name="b", url=url, model="m"),), load=load, workers=workers, progress=False
-        )
+            endpoints=(Endpoint(name="b", url=url, model="m"),), load=load, workers=workers, progress=False,
+            ray=ray,
+        )  # fmt: skip
         with tempfile.TemporaryDirectory() as out:
             res = replay(trace, cfg, out, quiet=True)
         s = res.summaries["b"]
@@ -118,7 +127,7 @@ def open_loop_max_rate(url: str, workers: int, rates: list[float], seconds: floa
 _MEM_CHILD = """
 import json, resource, sys, tempfile
 from benchmarks.bench_loadgen import synthetic_trace
-from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, replay
+from harness.loadgen import Endpoint, LoadSpec, RayPlacement, ReplayConfig, replay
 n, url = int(sys.argv[1]), sys.argv[2]
 cfg = ReplayConfig(endpoints=(Endpoint(name="m", url=url, model="m"),), progress=False,
                    load=LoadSpec(rate_rps=float("inf"), concurrency=64, max_requests=n))
@@ -155,6 +164,38 @@ def vs_vllm(requests: int, reps: int, servers: tuple[str, ...]) -> None:
         print_table(side_by_side(requests, reps, python, tokenizer, servers))
 
 
+RATES = [100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000]
+
+
+def open_loop_section(url: str, counts: list[int], seconds: float, ray: RayPlacement | None = None) -> None:
+    """Section 2 (local worker processes) or 5 (Ray actors): each count's highest rate and p99s."""
+    one = None  # one worker's highest rate, for each count's efficiency per worker
+    for w in counts:
+        best, rows = open_loop_max_rate(url, w, RATES, seconds, ray)
+        one = best if w == 1 else one
+        detail = ", ".join(f"{r:g}:{p:.1f}ms" + (f"/{f} failed" if f else "") for r, p, f in rows)
+        per = f"; {best / (w * one):.2f} of one worker's rate per worker" if one and w > 1 else ""
+        print(f"  workers={w}: {best:,.0f} req/s{per}   (rate: p99 send lag -> {detail})")
+
+
+def ray_section(url: str, counts: list[int], seconds: float) -> None:
+    """Section 5 on a one-node Ray started here with ``ray start`` (every port given, as the tests do)."""
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo / "tests"))
+    from raynodes import free_ports, loopback, node_argv, ray_env, ray_node
+
+    env = ray_env(single_host=True)
+    os.environ.update(env)  # this process is the driver: the cluster's token and single-host switch
+    ports = free_ports(5)
+    with tempfile.TemporaryDirectory(prefix="pfbench-", dir="/tmp") as temp:
+        argv = node_argv("127.0.0.1", ports, cpus=max(counts), temp=Path(temp))
+        with ray_node(loopback, argv, env, Path(temp) / "head.log"):
+            print(
+                f"\n[5] open loop on Ray actors (one node, {max(counts)} CPUs): highest rate with send-lag p99 <= 5 ms"
+            )
+            open_loop_section(url, counts, seconds, RayPlacement(f"127.0.0.1:{ports[0]}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (a smoke check of the script)")
@@ -164,6 +205,7 @@ def main() -> None:
     ap.add_argument(
         "--servers", default="burst,token,token-dumps", help="section 4: fake-server --writes modes"
     )
+    ap.add_argument("--ray-workers", help="only sections 2 and 5: Ray worker counts, e.g. 1,2,3")
     args = ap.parse_args()
     servers = tuple(args.servers.split(","))
     if not set(servers) <= set(WRITES) or (args.requests or 1) < 1 or args.reps < 1:
@@ -176,6 +218,14 @@ def main() -> None:
     )
     if args.vs_vllm:
         vs_vllm(args.requests or (128 if q else 640), args.reps, servers)
+        print(f"\nload average {os.getloadavg()[0]:.1f} at end (other processes share these cores)")
+        return
+    if args.ray_workers:
+        counts = [int(c) for c in args.ray_workers.split(",")]
+        with fake_server_process() as url:
+            print("\n[2] open loop, Poisson, local worker processes: highest rate with send-lag p99 <= 5 ms")
+            open_loop_section(url, [1, 2], 2.0 if q else 5.0)
+            ray_section(url, counts, 2.0 if q else 5.0)
         print(f"\nload average {os.getloadavg()[0]:.1f} at end (other processes share these cores)")
         return
     with fake_server_process() as url:
@@ -195,11 +245,7 @@ def main() -> None:
                 f"{long['events_s'] / (raw_long * 1024):.2f}x the endpoint alone); failed={short['failed'] + long['failed']}"
             )
         print("\n[2] open loop, Poisson: highest rate with send-lag p99 <= 5 ms")
-        rates = [100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000]
-        for w in (1, 2):
-            best, rows = open_loop_max_rate(url, w, rates, 2.0 if q else 5.0)
-            detail = ", ".join(f"{r:g}:{p:.1f}ms" + (f"/{f} failed" if f else "") for r, p, f in rows)
-            print(f"  workers={w}: {best:,.0f} req/s   (rate: p99 send lag -> {detail})")
+        open_loop_section(url, [1, 2], 2.0 if q else 5.0)
         print("\n[3] memory (one worker, closed loop c=64, 32-in/16-out): peak RSS of the replay process")
         for n in (10_000, 100_000) if not q else (2_000, 10_000):
             print(f"  {n:>7,} requests: {peak_rss_mib(url, n):,.0f} MiB")

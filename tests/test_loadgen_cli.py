@@ -133,13 +133,23 @@ def test_rate_sweep_writes_one_run_per_rate(tmp_path):
         assert len(read_records(tmp_path / "sweep" / f"rate-{tag}")) == 5
 
 
-def _wait_for_records(path, n: int, proc) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if path.is_file() and path.read_bytes().count(b"\n") >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"replay never wrote {n} records (exit {proc.poll()})")
+def interrupted(cmd: list[str], out: Path, env: dict, timeout_s: float = 60) -> tuple[int, str]:
+    """Run ``cmd`` (a replay into ``out``), Ctrl-C it once it has written 3 records; (exit code, stderr)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    jsonl = out / "records.jsonl"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (jsonl.is_file() and jsonl.read_bytes().count(b"\n") >= 3):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"replay never wrote 3 records (exit {proc.poll()})")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, err.decode()
 
 
 @pytest.mark.parametrize(
@@ -153,18 +163,8 @@ def test_sigint_keeps_every_record_and_marks_the_run_incomplete(tmp_path, worker
     with ServerThread(FakeServer(itl_s=0.05)) as srv:  # 2 s per request: many in flight at Ctrl-C
         cmd = [sys.executable, "-m", "harness", "replay", "--endpoint", srv.url, "--model", "m", "--trace", trace,
                "--out", str(out), "--quiet", "--workers", str(workers), *mode]  # fmt: skip
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "CI": ""}
-        )
-        try:
-            _wait_for_records(out / "records.jsonl", 3, proc)
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode == 130, err.decode()
+        code, err = interrupted(cmd, out, {**os.environ, "CI": ""})
+    assert code == 130, err
     meta = read_meta(out)
     assert meta["complete"] is False and meta["incomplete_reason"] == "interrupted"
     logged = list(iter_jsonl_records(out / "records.jsonl"))

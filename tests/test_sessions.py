@@ -210,7 +210,11 @@ def test_synth_sessions_take_concurrent_or_think_not_both(tmp_path):
     ("extra", "message"),
     [
         (["--rate", "2"], "--sessions replays the trace's own timestamps: drop --rate/--arrival"),
-        (["--workers", "2"], "--sessions needs --workers 1 (a session's turns wait on each other)"),
+        (
+            ["--workers", "2"],
+            "--sessions needs --workers 1 (a session's turns wait on each other), or --ray-address (whose "
+            "workers each get whole sessions)",
+        ),
         (["--think", "poisson:1"], "think time must be trace, fixed:S or exp:MEAN, got 'poisson:1'"),
     ],
 )

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLOCK_READ_S = 1e-6  # send and end are read on one monotonic clock: only float rounding separates them
 
 
-def _conversations(n: int, *, seed: int, rate: float, first: int, user: int, output: int) -> Trace:
+def conversations(n: int, *, seed: int, rate: float, first: int, user: int, output: int) -> Trace:
     spec = SynthSpec(
         requests=n, lengths=Fixed(first), arrivals=Poisson(rate), outputs=Fixed(output),
         sessions=Sessions(mean_turns=3, concurrent=4, user_tokens=Fixed(user)),
@@ -51,7 +51,7 @@ def _with_predecessors(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.turn > 0].merge(prev, on=["session_id", "turn"], suffixes=("", "_prev"), validate="1:1")
 
 
-def _assert_dependency(df: pd.DataFrame, think_s: np.ndarray) -> pd.DataFrame:
+def assert_dependency(df: pd.DataFrame, think_s: np.ndarray) -> pd.DataFrame:
     """No later turn was sent before its predecessor's end + its think time (``think_s`` by trace row)."""
     later = _with_predecessors(df)
     assert len(later) == (df.turn > 0).sum() > 0
@@ -66,7 +66,7 @@ def _assert_dependency(df: pd.DataFrame, think_s: np.ndarray) -> pd.DataFrame:
 
 def test_replay_sends_no_turn_before_its_predecessor_ended(tmp_path):
     # Turns arrive 20 ms apart in the trace while a request takes > 80 ms: open loop would overlap them.
-    trace = _conversations(24, seed=2, rate=50.0, first=40, user=7, output=6)
+    trace = conversations(24, seed=2, rate=50.0, first=40, user=7, output=6)
     plan = session_plan(trace)
     assert (plan.predecessor >= 0).sum() >= 8
     with fake_server_process("--ttft-ms", "60", "--itl-ms", "4") as url:
@@ -78,7 +78,7 @@ def test_replay_sends_no_turn_before_its_predecessor_ended(tmp_path):
     assert len(df) == len(trace) and m.ok_mask(df).all()
     assert df.session_id.tolist() == plan.session_id[df.trace_row].tolist()
     assert df.turn.tolist() == plan.turn[df.trace_row].tolist()
-    later = _assert_dependency(df, plan.think_s)
+    later = assert_dependency(df, plan.think_s)
     # The prompt the server counted is the previous one + the answer it sent + the new user words.
     grown = later.prompt_tokens_server_prev + later.output_tokens_received_prev + 7
     assert (later.prompt_tokens_server == grown).all()
@@ -93,7 +93,7 @@ def test_token_exact_prompts_stay_exact_across_turns(tmp_path):
     from test_loadgen_tokenize import _bos_bpe  # a byte-level BPE with BOS, trained at test time
 
     tok = _bos_bpe()
-    trace = _conversations(16, seed=3, rate=40.0, first=300, user=50, output=8)
+    trace = conversations(16, seed=3, rate=40.0, first=300, user=50, output=8)
     trace = trace.replace(block_tokens=64)
     plan = session_plan(trace)
     with ServerThread(FakeServer(tokenizer=tok)) as srv:
@@ -106,19 +106,19 @@ def test_token_exact_prompts_stay_exact_across_turns(tmp_path):
     assert m.ok_mask(df).all()
     first = df[df.turn == 0]
     assert (first.prompt_tokens_server == first.prompt_tokens_trace).all()
-    later = _assert_dependency(df, plan.think_s)
+    later = assert_dependency(df, plan.think_s)
     answer = len(tok.encode(" tok" * 8, add_special_tokens=False).ids)  # the fake server's 8 tokens, re-read
     assert (later.prompt_tokens_server == later.prompt_tokens_server_prev + answer + 50).all()
 
 
 def test_simulate_follows_the_same_rule_in_virtual_time():
     setup = prepare(load_scenario(REPO / "workloads" / "paper-case-study.toml"))
-    trace = _conversations(60, seed=4, rate=2.0, first=3000, user=400, output=64)
+    trace = conversations(60, seed=4, rate=2.0, first=3000, user=400, output=64)
     plan = session_plan(trace, ThinkTime.parse("fixed:1.5"))
     records = run_topology(setup.stack, setup.topologies["homogeneous"], trace, sessions=plan).records
     records["end_s"] = m.request_end(records)
     records["sent_s"] = records["scheduled_s"]
-    later = _assert_dependency(records, plan.think_s)
+    later = assert_dependency(records, plan.think_s)
     assert np.allclose(later.scheduled_s - later.end_s_prev, 1.5)
     # the simulated prompt grew by the answer and the user message, like the replayed one
     assert (later.prompt_tokens_trace == later.prompt_tokens_server_prev + 64 + 400).all()
@@ -138,7 +138,7 @@ def emulated_sessions(tmp_path_factory):
     text = drop_tables((REPO / "workloads" / "paper-case-study.toml").read_text(), "emulation")
     path = tmp / "scenario.toml"
     path.write_text(text + f"\n[emulation]\nspeedup = {SPEEDUP}\nkv_rate_mbit = 800\n")
-    trace = _conversations(30, seed=5, rate=1.0, first=2300, user=300, output=32)
+    trace = conversations(30, seed=5, rate=1.0, first=2300, user=300, output=32)
     results = {}
     with EmulatedClusters(path, netns=False, topologies=["homogeneous"]) as clusters:
         block = clusters.spec.block_tokens
@@ -161,7 +161,7 @@ def test_the_cached_prefix_of_each_turn_is_the_previous_prompt(emulated_sessions
     trace, runs, _, _, block = emulated_sessions
     df = runs[api]
     assert m.ok_mask(df).all() and len(df) == len(trace)
-    _assert_dependency(df, session_plan(trace.replace(arrival_s=trace.arrival_s / SPEEDUP)).think_s)
+    assert_dependency(df, session_plan(trace.replace(arrival_s=trace.arrival_s / SPEEDUP)).think_s)
     later = _with_predecessors(df)
     # The server holds the previous turn's prompt in whole blocks; this turn starts with it.
     expected = later.prompt_tokens_server_prev // block * block

@@ -7,20 +7,14 @@ Every Ray here listens on 127.0.0.1 only and is stopped by the test that started
 from __future__ import annotations
 
 import importlib.util
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import need
+from raynodes import free_ports, loopback, node_argv, ray_env, ray_node
 from test_sweep import sweep_cli, write_spec
 
 pytestmark = pytest.mark.slow
@@ -40,7 +34,7 @@ def ray_installed() -> None:
     need(importlib.util.find_spec("ray") is not None, "Ray is not installed (pip install -e '.[ray]')")
 
 
-def _rows(out: Path) -> pd.DataFrame:
+def rows(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "sweep.parquet").drop(columns=_NOT_DETERMINED)
 
 
@@ -52,66 +46,36 @@ def test_ray_gives_the_local_pools_rows(tmp_path, ray_installed):
         str(spec), "--out", str(tmp_path / "ray"), "--executor", "ray", "--workers", "1", "--batch-size", "3"
     )
     assert on_ray.returncode == 0, on_ray.stderr
-    a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    a, b = rows(tmp_path / "local"), rows(tmp_path / "ray")
     assert len(a) == 12 and (a["status"] == "failed").sum() == 4
     assert a["simulate.prfaas.throughput_rps"].notna().sum() == 8
     pd.testing.assert_frame_equal(a, b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_sweep_joins_an_existing_cluster_and_leaves_it_running(tmp_path, ray_installed):
-    port = _free_port()
     temp = Path(tempfile.mkdtemp(prefix="pfbray-", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",  # the cluster and the sweep share a token made here, nothing in ~/.ray
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # a one-host cluster: Ray keeps to 127.0.0.1
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address",
-         "127.0.0.1", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
-         "--disable-usage-stats", "--temp-dir", str(temp)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: stopped as one below, never ours
-        env=env,
-    )  # fmt: skip
+    # the cluster and the sweep share a token made here, nothing in ~/.ray; a one-host cluster on 127.0.0.1
+    env = ray_env(single_host=True)
+    ports = free_ports(5)
     try:
-        deadline = time.monotonic() + 180
-        for line in head.stdout:
-            if "Ray runtime started" in line:
-                break
-            assert time.monotonic() < deadline and head.poll() is None, "the Ray head did not start"
-        spec = write_spec(tmp_path, 'run = ["plan"]\n[grid]\n"link.bandwidth_gbps" = [10, 100]\n')
-        address = f"127.0.0.1:{port}"
-        for out in ("first", "second"):  # the cluster outlives the first sweep
-            done = sweep_cli(
-                str(spec),
-                "--out",
-                str(tmp_path / out),
-                "--executor",
-                "ray",
-                "--ray-address",
-                address,
-                env=env,
-            )
-            assert done.returncode == 0, done.stderr
-            assert head.poll() is None, "the sweep stopped the cluster it joined"
-        pd.testing.assert_frame_equal(_rows(tmp_path / "first"), _rows(tmp_path / "second"))
+        with ray_node(
+            loopback, node_argv("127.0.0.1", ports, cpus=1, temp=temp), env, temp / "head.log"
+        ) as head:
+            spec = write_spec(tmp_path, 'run = ["plan"]\n[grid]\n"link.bandwidth_gbps" = [10, 100]\n')
+            address = f"127.0.0.1:{ports[0]}"
+            for out in ("first", "second"):  # the cluster outlives the first sweep
+                done = sweep_cli(
+                    str(spec),
+                    "--out",
+                    str(tmp_path / out),
+                    "--executor",
+                    "ray",
+                    "--ray-address",
+                    address,
+                    env=env,
+                )
+                assert done.returncode == 0, done.stderr
+                assert head.poll() is None, "the sweep stopped the cluster it joined"
+            pd.testing.assert_frame_equal(rows(tmp_path / "first"), rows(tmp_path / "second"))
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        head.stdout.close()
         shutil.rmtree(temp, ignore_errors=True)

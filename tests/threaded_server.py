@@ -4,6 +4,7 @@ test can script it per request (``mode_for``) and read what it received (``bodie
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 
 from aiohttp import web
@@ -12,10 +13,11 @@ from harness.loadgen.fakeserver import FakeServer
 
 
 class ServerThread:
-    """Runs a ``FakeServer`` on 127.0.0.1 in a background thread; ``url`` once started. A context manager."""
+    """Runs a ``FakeServer`` on 127.0.0.1 (or on ``sock``, a listening socket: one made in a network
+    namespace, say) in a background thread; ``url`` once started. A context manager."""
 
-    def __init__(self, server: FakeServer, port: int = 0) -> None:
-        self.server, self.port = server, port
+    def __init__(self, server: FakeServer, port: int = 0, sock: socket.socket | None = None) -> None:
+        self.server, self.port, self.sock = server, port, sock
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -39,6 +41,11 @@ class ServerThread:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.server.app(), handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
+        if self.sock is not None:
+            await web.SockSite(self._runner, self.sock).start()
+            host, port = self.sock.getsockname()[:2]
+            self.url = f"http://{host}:{port}"
+            return
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

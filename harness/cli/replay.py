@@ -16,6 +16,7 @@ from harness.config.validity import ValidityBounds
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
 from harness.loadgen.client import check_endpoint
+from harness.loadgen.config import RayPlacement
 from harness.loadgen.runner import check_credentials
 from harness.loadgen.scenario import ReplaySection, parse_replay_section
 from harness.loadgen.telemetry import DEFAULT_INTERVAL_S, DEFAULT_PATTERNS
@@ -57,6 +58,22 @@ def _endpoints(specs: tuple[str, ...], name: str | None, model: str, api: str, p
             label, url = name or "default", spec
         out.append(Endpoint(name=label, url=url, model=model, api=api))
     return tuple(out)
+
+
+def _ray_placement(address: str | None, bound_ms: float | None) -> RayPlacement | None:
+    """--ray-address and its clock bound; Ray missing is one line now, before any work."""
+    if address is None:
+        if bound_ms is not None:
+            raise InputError("--max-clock-bound-ms needs --ray-address")
+        return None
+    from harness.loadgen.rayworkers import FLAG
+    from harness.raycluster import check_ray
+
+    check_ray(FLAG)
+    placement = RayPlacement(None if address == "local" else address)
+    if bound_ms is None:
+        return placement
+    return dataclasses.replace(placement, max_clock_bound_s=bound_ms / 1e3)
 
 
 # flag -> [replay] key; a flag given on the command line wins over the scenario
@@ -195,7 +212,25 @@ def _scenario_context(path: str | None) -> int | None:
     "--seed", type=int, default=0, show_default=True, help="Seed for synthetic arrivals and prompt text."
 )
 @click.option(
-    "--workers", type=int, default=1, show_default=True, help="Client processes sharing one schedule."
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Client processes sharing one schedule (with --ray-address: Ray actors, one per node).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="local|auto|HOST:PORT",
+    help="Run the --workers as Ray actors across this cluster's nodes, each with a shard of the schedule "
+    "(local: a Ray on this host for the run; pip install -e '.[ray]'; docs/replay.md).",
+)
+@click.option(
+    "--max-clock-bound-ms",
+    type=float,
+    default=None,
+    help="With --ray-address: refuse the run when a worker's clock offset cannot be bounded below this "
+    "[default: 5].",
 )
 @click.option(
     "--timeout-connect",
@@ -297,6 +332,7 @@ def _scenario_context(path: str | None) -> int | None:
 )
 def command(**o) -> None:
     """Replay a trace against OpenAI-compatible endpoints; records to --out (JSONL + Parquet + meta)."""
+    ray = _ray_placement(o["ray_address"], o["max_clock_bound_ms"])
     scenario_endpoints = _apply_scenario(o)
     win = parse_window(o["window"]) if o["window"] is not None else None
     rates = _rates(o["rate"])
@@ -333,7 +369,7 @@ def command(**o) -> None:
     config = dataclasses.replace(
         config, validity=bounds, reset=o["reset"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
         scrape_interval_s=o["scrape_interval"], scrape_metrics=tuple(o["scrape_metrics"]) or DEFAULT_PATTERNS,
-        site_urls=tuple(o["metrics_urls"]),
+        site_urls=tuple(o["metrics_urls"]), ray=ray,
     )  # fmt: skip
     policy = context_policy(o["clip"], o["drop"])
     context_tokens = o["max_model_len"] or _scenario_context(o["scenario_path"])

@@ -66,9 +66,10 @@ def command(spec, out, executor, ray_address, workers, batch_size, keep_runs, re
     out_dir = Path(out) if out else Path("results") / f"sweep-{Path(spec).stem}"
     runs_dir = str((out_dir / "runs").resolve()) if keep_runs else None
     if executor == "ray":
-        from harness.sweep.rayexec import RayExecutor, check_ray
+        from harness.raycluster import check_ray
+        from harness.sweep.rayexec import FLAG, RayExecutor
 
-        check_ray()  # not installed: one line now, before any output directory is made
+        check_ray(FLAG)  # not installed: one line now, before any output directory is made
         chosen = RayExecutor(ray_address, workers=workers, runs_dir=runs_dir)
     else:
         chosen = LocalPool(workers, runs_dir=runs_dir)

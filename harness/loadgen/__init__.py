@@ -7,11 +7,12 @@ Public API::
 
 Modules: ``config`` (value objects), ``schedule`` (when each request goes), ``sse`` (stream parsing and
 the ``prfaas`` breakdown wire format), ``client`` (one request -> one record), ``driver`` (asyncio
-dispatch), ``workers`` (processes sharing one schedule), ``runner`` (run directory, progress, summary).
+dispatch), ``workers`` (processes sharing one schedule), ``shards`` and ``rayworkers`` (Ray actors across
+hosts, each with a shard), ``runner`` (run directory, progress, summary).
 """
 
 from harness.loadgen.client import ERROR_CLASSES, Client, Job
-from harness.loadgen.config import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts
+from harness.loadgen.config import APIS, ARRIVALS, Endpoint, LoadSpec, RayPlacement, ReplayConfig, Timeouts
 from harness.loadgen.runner import ReplayResult, replay, replay_sweep
 from harness.loadgen.schedule import Schedule, build_schedule
 from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
@@ -28,6 +29,7 @@ __all__ = [
     "Endpoint",
     "Job",
     "LoadSpec",
+    "RayPlacement",
     "ReplayConfig",
     "ReplayResult",
     "Schedule",

@@ -164,6 +164,19 @@ class LoadSpec:
         return self.rate_rps is not None and math.isinf(self.rate_rps)
 
 
+@dataclass(frozen=True)
+class RayPlacement:
+    """Distributed replay's cluster (``harness.loadgen.rayworkers``): its ``address`` (``auto``,
+    ``HOST:PORT``, ``ray://HOST:PORT``; None: a local Ray for the run), and the largest clock-offset
+    bound accepted between the driver and a worker."""
+
+    address: str | None = None
+    max_clock_bound_s: float = 0.005
+
+    def describe(self) -> dict[str, Any]:
+        return {"address": self.address or "local", "max_clock_bound_s": self.max_clock_bound_s}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReplayConfig:
     """Everything a replay needs besides the trace and the output directory."""
@@ -194,6 +207,7 @@ class ReplayConfig:
     scrape_metrics: tuple[str, ...] = DEFAULT_PATTERNS  # metric families kept (fnmatch patterns)
     # Session mode (``--sessions``): a later turn waits for its predecessor's end plus this think time.
     sessions: ThinkTime | None = None
+    ray: RayPlacement | None = None  # load workers as Ray actors across a cluster (--ray-address)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -213,8 +227,20 @@ class ReplayConfig:
         if self.sessions is not None:
             if self.load.arrival != "trace" or self.load.closed_loop:
                 raise InputError("--sessions replays the trace's own timestamps: drop --rate/--arrival")
-            if self.workers != 1:
-                raise InputError("--sessions needs --workers 1 (a session's turns wait on each other)")
+            if self.workers != 1 and self.ray is None:
+                raise InputError(
+                    "--sessions needs --workers 1 (a session's turns wait on each other), or --ray-address "
+                    "(whose workers each get whole sessions)"
+                )
+        if self.ray is not None:
+            if self.load.closed_loop:
+                raise InputError(
+                    "--ray-address shards an open-loop schedule: a closed loop (--rate inf) cannot"
+                )
+            if not self.ray.max_clock_bound_s > 0:
+                raise InputError(
+                    f"--max-clock-bound-ms must be > 0, got {self.ray.max_clock_bound_s * 1e3:g}"
+                )
         if not (self.scrape_interval_s >= 0 and math.isfinite(self.scrape_interval_s)):
             raise InputError(
                 f"--scrape-interval must be >= 0 seconds (0 = off), got {self.scrape_interval_s}"
@@ -246,4 +272,5 @@ class ReplayConfig:
             "scrape_interval_s": self.scrape_interval_s,
             "scrape_metrics": list(self.scrape_metrics),
             "sessions": None if self.sessions is None else asdict(self.sessions),
+            "ray": None if self.ray is None else self.ray.describe(),
         }

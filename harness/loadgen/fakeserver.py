@@ -56,7 +56,8 @@ _BURST_BYTES = 1 << 16
 
 @dataclass
 class FakeServer:
-    """Behaviour knobs; ``requests`` and ``bodies`` record what arrived (bodies only if ``keep_bodies``)."""
+    """Behaviour knobs; ``requests`` and ``bodies`` record what arrived (bodies, headers and the client's
+    address only if ``keep_bodies``)."""
 
     mode: str = "ok"
     mode_for: Callable[[int], str] | None = None
@@ -86,6 +87,7 @@ class FakeServer:
     in_flight: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    peers: list[str | None] = field(default_factory=list)  # each kept body's client address
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -175,6 +177,7 @@ class FakeServer:
         if self.keep_bodies:
             self.bodies.append(body)
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
+            self.peers.append(request.remote)
         mode = self.mode_for(n) if self.mode_for else self.mode
         if mode == "stall":
             await asyncio.sleep(3600)

@@ -21,6 +21,7 @@ from harness.loadgen.client import stream_options
 from harness.loadgen.config import Endpoint, ReplayConfig, redact_url
 from harness.loadgen.driver import WorkerSetup, drive
 from harness.loadgen.progress import Progress, print_summary
+from harness.loadgen.rayworkers import RayWorkers
 from harness.loadgen.runstate import measurements, run_conditions, run_start
 from harness.loadgen.schedule import Schedule, build_schedule
 from harness.loadgen.sse import PRFAAS_FIELDS, PRFAAS_KEY
@@ -112,7 +113,9 @@ def replay(
     summaries: dict[str, dict[str, Any]] = {}
     saturated: dict[str, bool] = {}
     verdicts: dict[str, str] = {}
-    with RunWriter(out_dir, meta) as writer, _telemetry(writer.run_dir) as telemetry:
+    # Ray's workers are placed and their clocks checked before the run directory exists: a refusal writes nothing
+    pool = RayWorkers(config.ray, config.workers) if config.ray is not None else contextlib.nullcontext()
+    with pool as ray_workers, RunWriter(out_dir, meta) as writer, _telemetry(writer.run_dir) as telemetry:
         for ep in config.endpoints:
             stats = RunStats()
             start = run_start(ep, config, _warner(ep.name))
@@ -120,8 +123,9 @@ def replay(
             ended = False
             try:
                 _run_endpoint(
-                    ep, trace, schedule, config, writer, stats, prompt_fits, run_id, quiet, scraper, plan
-                )
+                    ep, trace, schedule, config, writer, stats, prompt_fits, run_id, quiet, scraper, plan,
+                    ray_workers,
+                )  # fmt: skip
                 ended = True
             finally:
                 if scraper is not None:
@@ -129,6 +133,8 @@ def replay(
                 summary = stats.summary()
                 if scraper is not None:
                     summary["server_metrics"] = scraper.describe()
+                if ray_workers is not None:
+                    summary["ray"] = ray_workers.describe()
                 p99 = summary["send_lag_s"]["p99"]
                 saturated[ep.name] = p99 is not None and p99 > config.max_send_lag_s
                 summary["client_saturated"] = saturated[ep.name]
@@ -273,8 +279,9 @@ def _fit_prompts(trace: Trace, rows: np.ndarray, config: ReplayConfig, quiet: bo
 
 
 def _run_endpoint(
-    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, fits, run_id, quiet, scraper, plan=None
-) -> None:
+    ep: Endpoint, trace, schedule: Schedule, config, writer, stats, fits, run_id, quiet, scraper, plan=None,
+    ray_workers: RayWorkers | None = None,
+) -> None:  # fmt: skip
     api_key = os.environ.get(config.api_key_env) or None
 
     def setup(t0: float, wall_offset_s: float) -> WorkerSetup:
@@ -300,11 +307,12 @@ def _run_endpoint(
 
     with Progress(ep.name, len(schedule), enabled=config.progress and not quiet) as progress:
         stats.started = time.monotonic()
+        tick = lambda d: progress.update(stats, d - stats.completed)  # noqa: E731
+        if ray_workers is not None:
+            stats.client_loop = ray_workers.run(ep, trace, schedule, setup, on_record, tick, plan)
+            return
         if config.workers > 1:
-            stats.client_loop = run_workers(
-                config.workers, ep, trace, schedule, setup, on_record,
-                lambda d: progress.update(stats, d - stats.completed),
-            )  # fmt: skip
+            stats.client_loop = run_workers(config.workers, ep, trace, schedule, setup, on_record, tick)
             return
         synth = PromptSynth(fits=fits, block_tokens=trace.block_tokens, salt=config.load.seed)
         counters = {"dispatched": 0}

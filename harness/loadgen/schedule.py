@@ -26,7 +26,8 @@ class Schedule:
     row; ``phase[i]`` is WARMUP/MEASURE/COOLDOWN. Closed loop (``offset_s is None``): request ``i`` uses
     row ``i % trace_len`` and goes out when a slot frees; its phase is decided at send time.
 
-    A worker's part holds requests ``first, first + stride, ...`` below ``count``.
+    A worker's part holds requests ``first, first + stride, ...`` below ``count``, or, given ``index``
+    (a shard, ``harness.loadgen.shards``), exactly the requests it lists.
     """
 
     count: int
@@ -40,24 +41,36 @@ class Schedule:
     cooldown_s: float = 0.0
     first: int = 0
     stride: int = 1
+    index: tuple[int, ...] | None = None
 
     @property
     def closed_loop(self) -> bool:
         return self.offset_s is None
 
     def __len__(self) -> int:
-        return len(range(self.first, self.count, self.stride))
+        return len(self.indices())
 
     def part(self, k: int, n: int) -> Schedule:
         """Worker ``k`` of ``n``: every n-th request from k (same clock, interleaved), with a share of
         the concurrency."""
-        conc = (
-            None if self.concurrency is None else max(1, self.concurrency // n + (k < self.concurrency % n))
+        return replace(
+            self, concurrency=self._share(k, n), first=self.first + k * self.stride, stride=self.stride * n
         )
-        return replace(self, concurrency=conc, first=self.first + k * self.stride, stride=self.stride * n)
 
-    def indices(self) -> range:
-        return range(self.first, self.count, self.stride)
+    def shard(self, index: tuple[int, ...], k: int, n: int) -> Schedule:
+        """Worker ``k`` of ``n`` sending exactly the requests ``index`` (ascending), with a share of the
+        concurrency. Open loop only: a closed loop's requests have no send times to hand out."""
+        if self.closed_loop:
+            raise ValueError("a closed-loop schedule cannot be sharded")
+        return replace(self, concurrency=self._share(k, n), index=index)
+
+    def _share(self, k: int, n: int) -> int | None:
+        if self.concurrency is None:
+            return None
+        return max(1, self.concurrency // n + (k < self.concurrency % n))
+
+    def indices(self) -> range | tuple[int, ...]:
+        return self.index if self.index is not None else range(self.first, self.count, self.stride)
 
 
 def _process(spec: LoadSpec) -> ArrivalProcess:

@@ -1,4 +1,5 @@
 """Worker processes: each drives every N-th request of the shared schedule against the same t0.
+``dispatch`` is one worker's loop, the same in these processes and in Ray's actors (``loadworker``).
 
 Protocol over one pipe per worker (parent <-> worker):
 
@@ -56,9 +57,8 @@ def _worker_main(
     try:
         conn.send(("ready",))
         setup: WorkerSetup = conn.recv()
-        synth = PromptSynth(fits=setup.prompt_fits, block_tokens=trace.block_tokens, salt=setup.seed)
         counters = {"dispatched": 0}
-        loop = asyncio.run(_worker_async(conn, endpoint, trace, schedule, setup, synth, counters))
+        loop = asyncio.run(_until_sigterm(endpoint, trace, schedule, setup, conn, counters))
         conn.send(("done", counters["dispatched"], loop))
     except Exception as exc:  # report, never hang the parent
         with contextlib.suppress(OSError):
@@ -67,15 +67,31 @@ def _worker_main(
         conn.close()
 
 
-async def _worker_async(conn, endpoint, trace, schedule, setup, synth, counters) -> dict[str, Any]:
-    buf: list[RequestRecord] = []
+async def _until_sigterm(endpoint, trace, schedule, setup, conn, counters) -> dict[str, Any]:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    send = lambda batch, dispatched: conn.send(("records", batch, dispatched))  # noqa: E731
+    return await dispatch(endpoint, trace, schedule, setup, send, counters)
+
+
+async def dispatch(
+    endpoint: Endpoint,
+    trace: Trace,
+    schedule: Schedule,
+    setup: WorkerSetup,
+    send: Callable[[list[RequestRecord], int], None],
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """One worker's run of ``schedule``: its records go to ``send(batch, dispatched so far)`` every
+    50 ms and once more at the end. Cancelling the task stops the dispatch: requests in flight end as
+    "cancelled" records, still sent. Returns the event loop's stalls (``harness.loadgen.stalls``)."""
+    synth = PromptSynth(fits=setup.prompt_fits, block_tokens=trace.block_tokens, salt=setup.seed)
+    buf: list[RequestRecord] = []
 
     def flush() -> None:
         if buf:
-            conn.send(("records", buf[:], counters["dispatched"]))
+            send(buf[:], counters["dispatched"])
             buf.clear()
 
     async def flusher() -> None:
@@ -88,7 +104,7 @@ async def _worker_async(conn, endpoint, trace, schedule, setup, synth, counters)
         try:
             await drive(endpoint, trace, schedule, setup, buf.append, synth, counters)
         except asyncio.CancelledError:
-            pass  # SIGTERM: drive already turned in-flight requests into "cancelled" records
+            pass  # stopped: drive already turned in-flight requests into "cancelled" records
         finally:
             f.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -169,7 +185,7 @@ def _collect(conns, procs, on_record, on_tick) -> list[dict[str, Any]]:
     loops: list[dict[str, Any]] = []
     dispatched = dict.fromkeys(conns, 0)
     failures: list[str] = []
-    with _ctrl_c_counter() as ctrl_c:
+    with ctrl_c_counter() as ctrl_c:
         stopped = 0  # Ctrl-Cs acted on: the first stops workers gracefully, a second kills them
         while live:
             if ctrl_c.count > stopped:
@@ -213,7 +229,7 @@ class _CtrlC:
 
 
 @contextlib.contextmanager
-def _ctrl_c_counter():
+def ctrl_c_counter():
     """Count SIGINTs instead of raising KeyboardInterrupt, where a handler can be set (the main thread)."""
     seen = _CtrlC()
     if threading.current_thread() is not threading.main_thread():
