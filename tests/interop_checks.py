@@ -68,8 +68,13 @@ def beside_our_run(tmp_path: Path, theirs: Path, source: str) -> tuple[dict, dic
     run = write_synthetic_run(tmp_path / "run", {"default": SyntheticTopology()}, n=30, source="replay")
     res = CliRunner().invoke(main, ["analyze", str(run), str(theirs), "--json"])
     assert res.exit_code == 0, res.output
-    side = json.loads(res.stdout)["side_by_side"]["default"]
+    result = json.loads(res.stdout)
+    side = result["side_by_side"]["default"]
     assert set(side) == {"replay", source}
+    # Their file carries no verdict of ours: the analysis says so instead of passing it as judged.
+    (verdict,) = [r["validity"] for r in result["runs"] if r["source"] == source]
+    assert verdict.startswith("unknown: ") and source in verdict
+    assert any(n.endswith(verdict) for n in result["notes"]) and result["validity"] == "unknown"
     out = tmp_path / "r.html"
     assert CliRunner().invoke(main, ["report", str(run), str(theirs), "-o", str(out)]).exit_code == 0
     assert source in out.read_text()

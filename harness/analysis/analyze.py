@@ -61,10 +61,15 @@ def _baseline_name(run_meta_kinds: dict[str, str], names: list[str], requested: 
 
 def run_verdict(run: Run, topology: str | None = None) -> str | None:
     """The run's validity verdict from its meta (``valid`` / ``invalid: …``); ``unknown`` for a replay
-    that recorded none, None for a simulation (virtual time has no conditions to break)."""
+    that recorded none, ``unknown: <why>`` for another tool's file (a measurement nobody judged), None
+    for a simulation (virtual time has no conditions to break)."""
     validity = run.meta.get("validity")
     if not isinstance(validity, dict):
-        return UNKNOWN if run.source == "replay" else None
+        if run.source == "simulate":
+            return None
+        if run.source == "replay":
+            return UNKNOWN
+        return f"{UNKNOWN}: {run.source} records no send lag, loop stalls or CPU use to judge its client by"
     if topology is not None:
         by = validity.get("by_topology")
         if isinstance(by, dict) and isinstance(by.get(topology), str):
