@@ -296,7 +296,11 @@ def test_colocated_prefill_stalls_decode_on_the_same_instance(paper):
         and a.route == "colocated"
         and b.decode_instance == b.prefill_instance == "local-c0"
     )
-    assert a.first_token_s == pytest.approx(cost.prefill_time_s(1000) + cost.decode_step_s(1, 1000), abs=1e-9)
+    # The prefill samples A's first token as it ends (as an engine's prefill step does); the decode
+    # batch makes the second one step later, at a context of the prompt plus that token.
+    assert a.first_token_s == pytest.approx(cost.prefill_time_s(1000), abs=1e-9)
+    assert a.itl_s[0] == pytest.approx(cost.decode_step_s(1, 1001), abs=1e-9)
+    assert b.output_tokens_received == 2 and len(a.itl_s) == 199
     # A's decode stops for B's whole prefill (one step of slack for the step in progress and the re-plan).
     step = cost.decode_step_s(2, 21_000 + 400)
     assert t_b <= max(a.itl_s) <= t_b + 2 * step

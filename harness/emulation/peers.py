@@ -147,7 +147,9 @@ class HttpSite:
     async def receive_kv(self, transfer_id: str, src_site: str) -> None:
         raise RuntimeError(f"site {self.name} is in another process: KV is received where the router is")
 
-    def decode(self, req: ServeRequest, instance: str | None = None) -> tuple[str, TokenStream]:
+    def decode(
+        self, req: ServeRequest, instance: str | None = None, *, first_token_s: float | None = None
+    ) -> tuple[str, TokenStream]:
         raise RuntimeError(f"site {self.name} is in another process: serve decodes where the router is")
 
     # ------------------------------------------------------------------ the mirror

@@ -98,9 +98,12 @@ class Cluster:
         out.prefill = await self.ports[route.prefill_site].prefill(job)
         decode = self.ports[route.decode_site]
         await decode.receive_kv(req.request_id, route.prefill_site)
-        # Colocated: decode where the KV already is, on the instance that prefilled it.
+        # Colocated: decode where the KV already is, on the instance that prefilled it; that prefill
+        # sampled the first token as it ended (an engine's prefill step does), so no decode step waits
+        # for it.
         stay = out.prefill.times.instance if colocated else None
-        out.decode_instance, out.stream = decode.decode(req, stay)
+        first = out.prefill.times.end_s if colocated else None
+        out.decode_instance, out.stream = decode.decode(req, stay, first_token_s=first)
         out.decode_site = route.decode_site
 
     async def handle(self, req: ServeRequest) -> Outcome:

@@ -322,8 +322,14 @@ class DecodeInstance:
         """Sequences running or waiting here (for least-loaded balancing)."""
         return len(self.active) + len(self.pending)
 
-    def submit(self, prompt_tokens: int, output_tokens: int) -> TokenStream:
-        """Queue a sequence whose KVCache has arrived; returns its token stream."""
+    def submit(
+        self, prompt_tokens: int, output_tokens: int, *, first_token_s: float | None = None
+    ) -> TokenStream:
+        """Queue a sequence whose KVCache has arrived; returns its token stream.
+
+        ``first_token_s``: the first token is already out at that time, sampled by the prefill that ran
+        on these GPUs (colocated, as an engine's prefill step samples it); the batch decodes the rest.
+        """
         stream = TokenStream(output_tokens)
         need = self.cost.kv_bytes(prompt_tokens + output_tokens)
         if need > self.kv_capacity:
@@ -331,6 +337,14 @@ class DecodeInstance:
                 DecodeRejected(f"{self.name}: KVCache {need} B exceeds capacity {self.kv_capacity} B")
             )
             return stream
+        if first_token_s is not None:
+            stream._push(np.array([first_token_s]))
+            prompt_tokens, output_tokens = prompt_tokens + 1, output_tokens - 1
+            if output_tokens <= 0:
+                stream.admitted_s = first_token_s
+                self.completed += 1
+                stream._finish()
+                return stream
         self.pending.append(_Seq(stream, prompt_tokens, output_tokens, need))
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"decode-{self.name}")

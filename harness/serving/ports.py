@@ -69,9 +69,12 @@ class SitePort(SiteView, Protocol):
         """Wait until transfer ``transfer_id`` from ``src_site`` has arrived here, and claim it."""
         ...
 
-    def decode(self, req: ServeRequest, instance: str | None = None) -> tuple[str, TokenStream]:
+    def decode(
+        self, req: ServeRequest, instance: str | None = None, *, first_token_s: float | None = None
+    ) -> tuple[str, TokenStream]:
         """Start decoding ``req`` (its KV is here) on ``instance`` or the least-loaded one; returns the
-        instance's name and the token stream."""
+        instance's name and the token stream. ``first_token_s``: its first token is already out,
+        sampled by a prefill on the same GPUs (colocated)."""
         ...
 
 
@@ -157,8 +160,10 @@ class InProcessSite:
         except TimeoutError:
             raise TimeoutError(f"KV transfer {transfer_id} from site {src_site} did not arrive") from None
 
-    def decode(self, req: ServeRequest, instance: str | None = None) -> tuple[str, TokenStream]:
-        chosen, stream = self.site.decode(req, instance)
+    def decode(
+        self, req: ServeRequest, instance: str | None = None, *, first_token_s: float | None = None
+    ) -> tuple[str, TokenStream]:
+        chosen, stream = self.site.decode(req, instance, first_token_s=first_token_s)
         return chosen.name, stream
 
     # ------------------------------------------------------------------ the prefill site's work

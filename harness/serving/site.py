@@ -128,13 +128,16 @@ class Site:
             raise
         return PrefillResult(self.name, times, kv_bytes, start, end)
 
-    def decode(self, req: ServeRequest, instance: str | None = None) -> tuple[DecodeInstance, TokenStream]:
+    def decode(
+        self, req: ServeRequest, instance: str | None = None, *, first_token_s: float | None = None
+    ) -> tuple[DecodeInstance, TokenStream]:
         """Start decoding ``req`` (its KV is here) on ``instance`` or the least-loaded one; returns the
-        instance and the token stream."""
+        instance and the token stream. ``first_token_s``: the prefill already sampled the first token
+        then (colocated; ``DecodeInstance.submit``)."""
         if instance is None:
             chosen = self.pick_decode()
         else:
             chosen = next((d for d in self.decode_instances if d.name == instance), None)
             if chosen is None:
                 raise RuntimeError(f"site {self.name} has no decode instance {instance!r}")
-        return chosen, chosen.submit(req.prompt_tokens, req.output_tokens)
+        return chosen, chosen.submit(req.prompt_tokens, req.output_tokens, first_token_s=first_token_s)
