@@ -96,6 +96,22 @@ def test_decode_step_grows_with_batch_and_context(hybrid_h20):
     assert hybrid_h20.decode_step_s(10, 100_000) < hybrid_h20.decode_step_s(10, 200_000)
 
 
+def test_a_carried_decode_step_is_the_step_less_its_overhead_and_weight_reads(hybrid_h20):
+    """Chunked prefill carries the running sequences' decode in its own step: what that adds is the
+    whole decode step less the step's fixed overhead and one read of the weights (the prefill's GEMMs
+    pay both), and nothing when no sequence runs."""
+    c = hybrid_h20
+    cal = c.hardware.calibration
+    weights = c.model.weight_bytes_read(20) / (c.gpus * c.hardware.hbm_tbps * 1e12) / cal.hbm_efficiency
+    full = c.decode_step_s(20, 20 * 40_000)
+    assert c.carried_decode_s(20, 20 * 40_000) == pytest.approx(
+        full - cal.decode_overhead_s - weights, rel=1e-12
+    )
+    assert 0 < c.carried_decode_s(20, 20 * 40_000) < full
+    assert c.carried_decode_s(0, 0) == 0.0
+    assert c.carried_decode_s(20, 20 * 80_000) > c.carried_decode_s(20, 20 * 40_000)
+
+
 def test_decode_batch_limited_by_hbm_when_weights_crowd_it():
     """DeepSeek-V3 in FP8 (671 GB) leaves ~20 GB on 8xH20: the KV budget, not time, caps the batch."""
     cost = InstanceCost(load_model("deepseek-v3"), load_hardware("H20"))

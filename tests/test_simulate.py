@@ -282,7 +282,10 @@ def test_cli_trace_longer_than_context_needs_clip(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- colocated
-def test_colocated_prefill_stalls_decode_on_the_same_instance(paper):
+def test_colocated_prefill_waits_for_the_step_in_progress_and_carries_one_decode_step(paper):
+    """Chunked prefill on the decoding GPUs, hand-computed: A (1,000 tokens, 200 out) decodes alone; B
+    (20,000 tokens) arrives at 1 s, waits for A's step in progress, and is prefilled in one step (the
+    preset's ``prefill_batch_tokens`` is 0: no chunking) that also carries one decode step of A."""
     from harness.serving.build import TopologyPlan
 
     one = TopologyPlan("coloc", "colocated", n_p=0, n_d=1)
@@ -290,21 +293,50 @@ def test_colocated_prefill_stalls_decode_on_the_same_instance(paper):
     run_topology(paper.stack, one, _trace([1000, 20_000], [200, 2], arrivals=[0.0, 1.0]), sink=out.append)
     a, b = sorted(out, key=lambda r: r.request_id)
     cost = paper.stack.local
-    t_b = cost.prefill_time_s(20_000)
     assert (
         a.kv_bytes is None
         and a.route == "colocated"
         and b.decode_instance == b.prefill_instance == "local-c0"
     )
     # The prefill samples A's first token as it ends (as an engine's prefill step does); the decode
-    # batch makes the second one step later, at a context of the prompt plus that token.
-    assert a.first_token_s == pytest.approx(cost.prefill_time_s(1000), abs=1e-9)
-    assert a.itl_s[0] == pytest.approx(cost.decode_step_s(1, 1001), abs=1e-9)
+    # batch makes the next ones, at a context of the prompt plus the tokens so far.
+    p_a = cost.prefill_time_s(1000)
+    assert a.first_token_s == pytest.approx(p_a, abs=1e-9)
+    steps = [cost.decode_step_s(1, 1001 + j) for j in range(199)]
+    ends = p_a + np.cumsum(steps)
+    k = int(np.searchsorted(ends, 1.0))  # A's step in progress when B arrives
+    assert b.prefill_start_s == pytest.approx(ends[k], abs=1e-9) and ends[k] > 1.0
+    carried = cost.carried_decode_s(1, 1001 + k + 1)
+    t_b = cost.prefill_time_s(20_000)
+    assert b.first_token_s == pytest.approx(ends[k] + t_b + carried, abs=1e-9)
+    # A made one token during B's prefill, as the step carrying it ended; none stood still longer.
+    assert max(a.itl_s) == pytest.approx(t_b + carried, abs=1e-9)
+    assert a.itl_s[k + 1] == pytest.approx(t_b + carried, abs=1e-9)
     assert b.output_tokens_received == 2 and len(a.itl_s) == 199
-    # A's decode stops for B's whole prefill (one step of slack for the step in progress and the re-plan).
-    step = cost.decode_step_s(2, 21_000 + 400)
-    assert t_b <= max(a.itl_s) <= t_b + 2 * step
-    assert b.prefill_start_s == 1.0
+
+
+def test_colocated_chunked_prefill_gives_running_sequences_a_token_per_chunk(paper):
+    """With ``prefill_batch_tokens`` 4,096, B's 20,000 tokens run in ceil(20,000 / (4,096 − 1)) = 5
+    steps (A's token comes first in each step's budget), each a fifth of B's prefill plus one step of A:
+    A makes five tokens in that time instead of one, and B's prefill ends four decode steps later."""
+    from dataclasses import replace
+
+    from harness.serving.build import TopologyPlan
+
+    stack = replace(paper.stack, prefill_batch_tokens=4096)
+    one = TopologyPlan("coloc", "colocated", n_p=0, n_d=1)
+    out: list = []
+    run_topology(stack, one, _trace([1000, 20_000], [200, 2], arrivals=[0.0, 1.0]), sink=out.append)
+    a, b = sorted(out, key=lambda r: r.request_id)
+    cost = stack.local
+    ends = cost.prefill_time_s(1000) + np.cumsum([cost.decode_step_s(1, 1001 + j) for j in range(199)])
+    k = int(np.searchsorted(ends, 1.0))
+    t_b = cost.prefill_time_s(20_000)
+    carried = [cost.carried_decode_s(1, 1001 + k + 1 + i) for i in range(5)]
+    gaps = [t_b / 5 + c for c in carried]
+    assert a.itl_s[k + 1 : k + 6] == pytest.approx(gaps, abs=1e-9)
+    assert b.prefill_start_s == pytest.approx(ends[k], abs=1e-9)
+    assert b.first_token_s == pytest.approx(ends[k] + sum(gaps), abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- cache-aware routing

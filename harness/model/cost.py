@@ -70,6 +70,21 @@ class InstanceCost:
             + attention / cal.attention_efficiency
         )
 
+    def carried_decode_s(self, batch_size: int, context_tokens: int) -> float:
+        """Seconds one decode step of ``batch_size`` sequences adds to a prefill step that carries it
+        (chunked prefill mixes them): their per-token compute, attention and own KV and state reads.
+        The step's fixed overhead and the weights' reads are the prefill's anyway."""
+        if batch_size <= 0:
+            return 0.0
+        cal = self.hardware.calibration
+        streamed, compute, attention = self.decode_work_s(batch_size, context_tokens)
+        weights = self.model.weight_bytes_read(batch_size) / (self.gpus * self.hardware.hbm_tbps * 1e12)
+        return (
+            (streamed - weights) / cal.hbm_efficiency
+            + compute / cal.decode_efficiency
+            + attention / cal.attention_efficiency
+        )
+
     def decode_work_s(self, batch_size: int, context_tokens: int) -> tuple[float, float, float]:
         """A decode step's memory, per-token compute and attention terms at 100% of HBM bandwidth and
         peak: ``decode_step_s`` is the overhead plus each divided by its efficiency."""

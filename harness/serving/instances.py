@@ -48,6 +48,13 @@ class PrefillInstance:
     uncached tokens total at most that many. A batch costs the sum of its prefills minus all but one
     fixed per-prefill overhead (the calibration's ``prefill_overhead_s``), and every request in it
     starts and ends together. 0 (the default) runs one request at a time.
+
+    ``colocated``: the same GPUs decode too, as an engine with chunked prefill runs them. A batch waits
+    for the decode step in progress, then runs in steps of at most ``max_batch_tokens`` tokens (the
+    whole batch in one step when 0), each carrying one decode step of the running sequences: a step
+    lasts its share of the prefill plus what their decode adds (``InstanceCost.carried_decode_s``: no
+    second fixed overhead, no second read of the weights), and each running sequence makes a token as
+    it ends. The prefill's own time is as without decodes; the decodes stretch it.
     """
 
     def __init__(
@@ -154,6 +161,10 @@ class PrefillInstance:
                 batch = self._take_batch()
                 if not batch:
                     continue
+                decode = self.colocated
+                if decode is not None:
+                    decode.pause()
+                    await decode.halted()  # the decode step in progress ends first
                 now = loop.time()
                 start = (
                     now if planned_end is None else min(now, max(planned_end, *(j.enqueued for j in batch)))
@@ -171,15 +182,18 @@ class PrefillInstance:
                 for job, c in zip(batch, cached, strict=True):
                     if job.on_start is not None:
                         job.on_start(start, duration, c)
-                if self.colocated is not None:
-                    self.colocated.pause()
                 try:
-                    await sleep_until(start + duration)
+                    if decode is None:
+                        end = start + duration
+                        await sleep_until(end)
+                    else:
+                        new = sum(j.prompt - c for j, c in zip(batch, cached, strict=True))
+                        end = await self._mixed(decode, start, duration, new)
                 finally:
                     self._running = 0
-                    if self.colocated is not None:
-                        self.colocated.resume()
-                end = planned_end = start + duration
+                    if decode is not None:
+                        decode.resume()
+                planned_end = end
                 for job, c in zip(batch, cached, strict=True):
                     if self.cache is not None:
                         self.cache.insert(job.hash_ids, job.prompt)
@@ -195,6 +209,21 @@ class PrefillInstance:
                 raise
         finally:
             self._worker = None
+
+    async def _mixed(self, decode: DecodeInstance, start: float, duration: float, new_tokens: int) -> float:
+        """Run ``duration`` seconds of prefill over ``new_tokens`` tokens in chunked steps, each with one
+        step of ``decode``'s running sequences; returns the end. The prefill's time is split evenly over
+        its steps (the chunks' attention terms add up to the whole prompt's, so only their spread is
+        approximate)."""
+        budget = self.max_batch_tokens - len(decode.active)  # the running sequences' tokens come first
+        steps = max(1, math.ceil(new_tokens / max(1, budget))) if self.max_batch_tokens else 1
+        t = start
+        for _ in range(steps):
+            t += duration / steps + decode.carried_step_s()
+            self._busy_until = t
+            await sleep_until(t)
+            decode.step_along(t)
+        return t
 
     def _fail(self, jobs: list[_Job], exc: BaseException) -> None:
         self._queue.clear()
@@ -313,6 +342,8 @@ class DecodeInstance:
         self.paused = 0
         self._wake: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._stepping = False  # the runner is inside a segment of steps
+        self._halt_waiters: list[asyncio.Future[None]] = []
 
     def __repr__(self) -> str:
         return f"<DecodeInstance {self.name} batch={len(self.active)}/{self.batch_max} pending={len(self.pending)}>"
@@ -356,6 +387,8 @@ class DecodeInstance:
     def _runner_ended(self, task: asyncio.Task[None]) -> None:
         # The step loop never returns; if it raised, fail every sequence it held rather than leave their
         # clients waiting for tokens that will never come.
+        self._stepping = False
+        self._release_halted()
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
@@ -374,6 +407,34 @@ class DecodeInstance:
         self.paused -= 1
         if not self.paused:
             self._poke()
+
+    def halted(self) -> asyncio.Future[None]:
+        """Done once no step is in progress: at once when none is, else when the one in progress ends
+        (after ``pause``, the runner then stays at that boundary)."""
+        fut = asyncio.get_running_loop().create_future()
+        if self._runner is None or not self._stepping:
+            fut.set_result(None)
+        else:
+            self._halt_waiters.append(fut)
+        return fut
+
+    def _release_halted(self) -> None:
+        for fut in self._halt_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._halt_waiters.clear()
+
+    def carried_step_s(self) -> float:
+        """Seconds one step of the running sequences adds to a colocated prefill step that carries it
+        (0 when none run): ``InstanceCost.carried_decode_s``."""
+        return self.cost.carried_decode_s(len(self.active), sum(s.context for s in self.active))
+
+    def step_along(self, end: float) -> None:
+        """One step of the running sequences, ended at ``end`` by a colocated prefill that carried it
+        (the runner is paused); sequences waiting to join are admitted at that boundary."""
+        if self.active:
+            self._commit(np.array([end]))
+        self._admit(end)
 
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -419,10 +480,13 @@ class DecodeInstance:
             self._admit(now)
             if self.paused or not self.active:
                 anchor = None
+                self._stepping = False
+                self._release_halted()
                 self._wake = fut = loop.create_future()
                 await fut
                 self._wake = None
                 continue
+            self._stepping = True
             batch = len(self.active)
             n = int(min(min(s.remaining for s in self.active), self.max_segment_steps))
             context0 = sum(s.context for s in self.active)
