@@ -46,7 +46,8 @@ class SimulateSpec:
     prfaas_cache          "local": a site's own prefix decides; "global": the best prefix anywhere
     prefix_cache          "hybrid": a hybrid model's hits end where its linear state was saved (the
                           preset's checkpoints); "blocks": any block boundary, linear state ignored
-    prefill_batch_tokens  batch queued prefills up to this many uncached tokens (0: one at a time)
+    prefill_batch_tokens  batch queued prefills up to this many uncached tokens (0: one at a time); on a
+                          colocated instance also the chunked-prefill step's token budget (0: one step)
     bandwidth_aware       re-tune the PrfaaS threshold from link utilisation and queues
     decode_batch_max      default: the planner's BS_max (TPOT SLO at the mean decode context)
     sample_interval_s     time-series grid (virtual seconds)
