@@ -164,25 +164,15 @@ class PrefillInstance:
                 decode = self.colocated
                 if decode is not None:
                     decode.pause()
-                    await decode.halted()  # the decode step in progress ends first
-                now = loop.time()
-                start = (
-                    now if planned_end is None else min(now, max(planned_end, *(j.enqueued for j in batch)))
-                )
-                cached = []
-                for job in batch:
-                    hit = self.cache.lookup(job.hash_ids, job.prompt) if self.cache is not None else 0
-                    cached.append(max(hit, min(job.fetched, job.prompt - 1)))
-                times = [
-                    self.cost.prefill_time_s(j.prompt - c, c) for j, c in zip(batch, cached, strict=True)
-                ]
-                duration = sum(times) - (len(batch) - 1) * self.cost.hardware.calibration.prefill_overhead_s
-                self._busy_until = start + duration
-                self._running = len(batch)
-                for job, c in zip(batch, cached, strict=True):
-                    if job.on_start is not None:
-                        job.on_start(start, duration, c)
                 try:
+                    if decode is not None:
+                        await decode.halted()  # the decode step in progress ends first
+                    start, duration, cached = self._begin(batch, loop.time(), planned_end)
+                    self._busy_until = start + duration
+                    self._running = len(batch)
+                    for job, c in zip(batch, cached, strict=True):
+                        if job.on_start is not None:
+                            job.on_start(start, duration, c)
                     if decode is None:
                         end = start + duration
                         await sleep_until(end)
@@ -209,6 +199,19 @@ class PrefillInstance:
                 raise
         finally:
             self._worker = None
+
+    def _begin(
+        self, batch: list[_Job], now: float, planned_end: float | None
+    ) -> tuple[float, float, list[int]]:
+        """A batch's start, duration and cache hits, taken from the cache as it starts."""
+        start = now if planned_end is None else min(now, max(planned_end, *(j.enqueued for j in batch)))
+        cached = []
+        for job in batch:
+            hit = self.cache.lookup(job.hash_ids, job.prompt) if self.cache is not None else 0
+            cached.append(max(hit, min(job.fetched, job.prompt - 1)))
+        times = [self.cost.prefill_time_s(j.prompt - c, c) for j, c in zip(batch, cached, strict=True)]
+        duration = sum(times) - (len(batch) - 1) * self.cost.hardware.calibration.prefill_overhead_s
+        return start, duration, cached
 
     async def _mixed(self, decode: DecodeInstance, start: float, duration: float, new_tokens: int) -> float:
         """Run ``duration`` seconds of prefill over ``new_tokens`` tokens in chunked steps, each with one
