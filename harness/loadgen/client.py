@@ -223,7 +223,7 @@ class Client:
             # line. Events that arrive in the same read share its timestamp (that is when they arrived).
             # The common chunks (one token, with or without a running count) are handled inline; the
             # rest by ``st.add``.
-            content, times, tail = resp.content, st.times, b""
+            content, times, text, tail = resp.content, st.times, st.text, b""
             while True:
                 data = await content.readany()
                 if not data:
@@ -235,8 +235,8 @@ class Client:
                     if len(line) < 2:  # blank separator ("" or "\r")
                         continue
                     kind, payload, completion = classify(line)
-                    if st.text is not None and kind in (CONTENT, FULL):  # session mode keeps the answer
-                        st.text.append(chunk_text(payload))
+                    if text is not None and kind in (CONTENT, FULL):  # session mode keeps the answer
+                        text.append(chunk_text(payload))
                     if kind == CONTENT:
                         if completion < 0 and st.counted < 0:
                             if not times:

@@ -73,6 +73,25 @@ def classify(line: bytes) -> tuple[int, bytes, int]:
     chunk without a token (role-only, end, no text); DONE: ``[DONE]``; FULL: parse the payload with
     ``parse_chunk``; SKIP: blank line, comment, ``event:``/``id:``/``retry:`` field; BAD: not SSE.
     """
+    if line.startswith(b"data: {") and line.endswith(b"}"):  # the common form: no \r, one space, an object
+        payload = line[6:]
+    else:
+        payload = _payload(line)
+        if not isinstance(payload, bytes):
+            return payload
+    k = _KEYS.search(payload)
+    if k is not None:
+        count, end = k.group(1), k.end()
+        # after the count, a tail of a few bytes (vLLM's "}}") cannot hold a key
+        if count is None or (len(payload) - end > 4 and _NEEDS_PARSE.search(payload, end)):
+            return FULL, payload, -1
+        return CONTENT, payload, int(count)
+    return CONTENT if is_token(payload) else EMPTY, payload, -1
+
+
+def _payload(line: bytes) -> bytes | tuple[int, bytes, int]:
+    """The JSON payload of a line in any other form than ``data: {...}``, or what ``classify`` says
+    of a line that has none."""
     if line.endswith(b"\r"):
         line = line[:-1]
     if not line.startswith(b"data:"):
@@ -86,14 +105,7 @@ def classify(line: bytes) -> tuple[int, bytes, int]:
             return DONE, payload, -1
         if payload[:1] != b"{" or payload[-1:] != b"}":
             return BAD, payload, -1
-    k = _KEYS.search(payload)
-    if k is not None:
-        count, end = k.group(1), k.end()
-        # after the count, a tail of a few bytes (vLLM's "}}") cannot hold a key
-        if count is None or (len(payload) - end > 4 and _NEEDS_PARSE.search(payload, end)):
-            return FULL, payload, -1
-        return CONTENT, payload, int(count)
-    return CONTENT if is_token(payload) else EMPTY, payload, -1
+    return payload
 
 
 def is_token(payload: bytes) -> bool:
