@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import CapabilityError, ScenarioError
 from harness.lifeline import exit_on_signals
@@ -38,7 +38,9 @@ from harness.network.spec import SITE_NAME, LinkSpec, NetworkSpec, parse_network
 from harness.network.state import STATE_DIR, State, is_alive, start_ticks
 from harness.network.sweep import kill_process, owned_namespaces, sweep
 from harness.network.topology import Direction, Topology, tcp_buffers
-from harness.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from harness.scenario import Scenario
 
 DEFAULT_PREFIX = "pfb-"
 _RELAY_START_S = 10.0
@@ -87,6 +89,10 @@ class Network:
     @classmethod
     def from_scenario(cls, scenario: Scenario | str | Path, **kwargs: Any) -> Network:
         """From a scenario file (or a loaded ``Scenario``): its ``[network]`` table is required."""
+        # The scenario layer (trace readers, pandas) is imported only here: a process that builds a
+        # network from a table never pays for it (each one paid seconds in the netem VM under TCG).
+        from harness.scenario import Scenario, load_scenario
+
         sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         table = sc.section("network", required=True)
         return cls(parse_network(table, source=str(sc.path)), table=table, **kwargs)
