@@ -69,10 +69,11 @@ install() {
   echo "netem-vm: ready ($pkg, virtme-ng in $venv)" >&2
 }
 
-# An ext4 image holding copies of the interpreter ($1) and this checkout's .venv, rebuilt when a file
-# in either is newer than it (mkfs.ext4 -d fills it without mounting anything on this host).
+# An ext4 image ($1) holding copies of the interpreter ($2) and this checkout's .venv, rebuilt when a
+# file in either is newer than it (mkfs.ext4 -d fills it without mounting anything on this host).
 python_image() {
-  local img="$cache/python.img" stage="$cache/python.stage"
+  local img="$1" stage="$1.stage"
+  shift
   if [[ -f $img && -z $(find "$1" "$repo/.venv" -newer "$img" -print -quit) ]]; then
     return 0
   fi
@@ -107,7 +108,11 @@ run() {
   # of the interpreter and the venv, mounted over their own paths in the guest, it reads blocks.
   local pyhome
   pyhome=$("$repo/.venv/bin/python" -c 'import sys; print(sys.base_prefix)')
-  python_image "$pyhome"
+  # One image per checkout: each one's venv points at its own tree (an editable install), so a
+  # shared image would give one checkout's guest another checkout's code.
+  local img
+  img="$cache/python-$(printf %s "$repo" | sha1sum | cut -c1-12).img"
+  python_image "$img" "$pyhome"
   # The command's output and its exit status come back on the serial console: virtme-ng's own
   # channels for them need udev in the guest to name their ports, which this machine lacks. The
   # pause lets the console drain before the guest powers off (the last line was lost without it).
@@ -116,6 +121,9 @@ run() {
   mounts+=" && mkdir -p /run/pyimg && mount -o ro /dev/vda /run/pyimg"
   mounts+=" && mount --bind /run/pyimg/python $(printf %q "$pyhome")"
   mounts+=" && mount --bind /run/pyimg/venv $(printf %q "$repo/.venv")"
+  # The tree is read-only in the guest: Hypothesis's example database goes to the guest's /tmp
+  # (else its warning about an unusable default location fails pytest, which treats warnings as errors).
+  mounts+=" && export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis"
   cmd="$mounts && cd $(printf %q "$repo") && $(printf '%q ' "$@"); echo \"netem-vm: exit status \$?\"; sleep 2"
   console=$(mktemp -t netem-vm-console.XXXXXX)
   cd "$repo"
@@ -124,7 +132,7 @@ run() {
   set +e
   timeout --kill-after=15 "$timeout" "$venv/bin/vng" "${kvm[@]}" --run "$(kernel_image)" \
     --memory "${PRFAAS_NETEM_VM_MEMORY:-2G}" --cpus "${PRFAAS_NETEM_VM_CPUS:-2}" --verbose --append quiet \
-    --force-9p --disk "$cache/python.img" \
+    --force-9p --disk "$img" \
     ${PRFAAS_NETEM_VM_ARGS:-} --exec "$cmd" </dev/null 2>&1 | sed -u 's/\r$//' | tee "$console"
   local vm=${PIPESTATUS[0]}
   set -e
