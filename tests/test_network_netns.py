@@ -28,6 +28,7 @@ from harness.network.state import STATE_DIR, State, is_alive, start_ticks
 from harness.network.sweep import relay_pids, sweep
 
 pytestmark = pytest.mark.root
+NUD_PERMANENT = 0x80
 
 THREE = {
     "sites": ["client", "local", "remote"],
@@ -102,6 +103,22 @@ def test_teardown_ends_what_a_spawned_process_left_in_its_session(relay_ok, tmp_
     while is_alive(child, child_ticks) and time.monotonic() < deadline:
         time.sleep(0.01)  # SIGKILL is asynchronous; the orphan is reaped by init
     assert not is_alive(child, child_ticks)
+
+
+def test_no_arp_crosses_an_emulated_link(relay_ok):
+    # Each veth knows the site at its other end for good: on netem, ARP would cross the link's delay
+    # (the first datagrams of a flow waiting a delayed round trip, some dropped, some reordered).
+    with _net(THREE, P("t19")).up() as net:
+        for d in net.topology.directions():
+            with kernel.rtnl(net.namespace(d.dst)) as ipr:
+                mac = ipr.get_links(kernel.ifindex(ipr, d.peer_dev))[0].get("address")
+            with kernel.rtnl(net.namespace(d.src)) as ipr:
+                idx = kernel.ifindex(ipr, d.dev)
+                entries = {
+                    n.get_attr("NDA_DST"): (n.get_attr("NDA_LLADDR"), n["state"])
+                    for n in ipr.get_neighbours(ifindex=idx, family=socket.AF_INET)
+                }
+            assert entries.get(net.address(d.dst)) == (mac, NUD_PERMANENT), (d.name, entries)
 
 
 def test_tbf_rate_holds_for_a_real_tcp_flow(relay_ok):

@@ -104,11 +104,12 @@ def apply_ops(ipr: IPRoute, index: int, ops: Sequence[QdiscOp]) -> None:
 
 
 def read_qdiscs(ipr: IPRoute, index: int) -> list[dict[str, Any]]:
-    """The qdiscs on one interface as plain dicts (kind, handle, parent, decoded options)."""
+    """The qdiscs on one interface as plain dicts (kind, handle, parent, drops, decoded options)."""
     out = []
     for msg in ipr.get_qdiscs(index=index):
         opts = msg.get("options") or {}
         entry: dict[str, Any] = {"kind": msg.get("kind"), "handle": msg["handle"], "parent": msg["parent"]}
+        entry["drops"] = (msg.get_attr("TCA_STATS") or {}).get("drop")  # packets it dropped so far
         if entry["kind"] == "tbf":
             parms = opts.get("TCA_TBF_PARMS") or {}
             entry["rate_bytes_s"] = parms.get("rate")
