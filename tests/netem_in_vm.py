@@ -46,9 +46,16 @@ def test_jitter_does_not_reorder_unless_netem_is_left_to_itself(netem):
     # network is fresh: before the harness pinned its neighbours, the datagrams that waited for ARP
     # (a delayed round trip) raced the later ones into netem once it resolved, and 19-112 of 500
     # arrived out of order in 3 of 8 such runs (0 of 8 once resolved).
+    # What is measured is netem's order, so the receiving veth hands every packet to one CPU (RPS):
+    # a veth queues what it receives on the CPU that sent it, and netem releases packets on whichever
+    # CPU its timer or a sender runs on, so two CPUs' backlogs could deliver them out of order.
+    # Seen in the 2-vCPU guest under TCG, jitter or not: plain netem with no jitter reordered 4 of
+    # 500 in 2 of 18 runs, the harness's jitter 78 in 1 of 18; with RPS on one CPU, 0 in 12; in a
+    # 1-vCPU guest, 0 in 48.
     with _net({"delay_ms": 8, "jitter_ms": 4}, P("n1")).up() as net:
-        ours = arrival_order(net, "a", "b", 500, 0.0002)
         d = net.topology.direction("a", "b")
+        kernel.set_rps_cpus(net.namespace("b"), d.peer_dev, 1)
+        ours = arrival_order(net, "a", "b", 500, 0.0002)
         with kernel.rtnl(net.namespace("a")) as ipr:  # plain netem, as `tc ... delay 8ms 4ms` gives
             idx = kernel.ifindex(ipr, d.dev)
             ipr.tc("del", index=idx, handle=0x10000, parent=0xFFFFFFFF)
