@@ -317,7 +317,7 @@ def test_runs_started_at_once_one_per_prefix_wins_and_other_prefixes_coexist(rel
         answers = [p.stdout.readline().strip() for p in same]
         assert sorted(a.split(":")[0] for a in answers) == ["ready", "refused", "refused"], answers
         winner = same[answers.index("ready")]
-        assert all(f"in use by running process {winner.pid}" in a for a in answers if a != "ready")
+        assert all(f"in use by running process {winner.pid}" in a for a in answers if a != "ready"), answers
         assert other.stdout.readline().strip() == "ready"
         assert kernel.list_namespaces(P("t16")) == [P("t16") + "a", P("t16") + "b"]
         assert kernel.list_namespaces(P("t17")) == [P("t17") + "a", P("t17") + "b"]
