@@ -129,12 +129,23 @@ run() {
   cd "$repo"
   export PATH="$venv/bin:$PATH"  # vng runs virtme-run from PATH
   # timeout(1) ends QEMU (and virtme-ng's helpers) if the guest never powers off: never a hang.
+  # timeout(1) leads a process group of its own, so Ctrl-C at a terminal (or SIGTERM to this script)
+  # never reached QEMU, which then ran on until the deadline (up to 30 min under the test): the
+  # pipeline runs in the background and a trap hands the signal to timeout, which passes it to QEMU.
   set +e
-  timeout --kill-after=15 "$timeout" "$venv/bin/vng" "${kvm[@]}" --run "$(kernel_image)" \
-    --memory "${PRFAAS_NETEM_VM_MEMORY:-2G}" --cpus "${PRFAAS_NETEM_VM_CPUS:-2}" --verbose --append quiet \
-    --force-9p --disk "$img" \
-    ${PRFAAS_NETEM_VM_ARGS:-} --exec "$cmd" </dev/null 2>&1 | sed -u 's/\r$//' | tee "$console"
-  local vm=${PIPESTATUS[0]}
+  {
+    timeout --kill-after=15 "$timeout" "$venv/bin/vng" "${kvm[@]}" --run "$(kernel_image)" \
+      --memory "${PRFAAS_NETEM_VM_MEMORY:-2G}" --cpus "${PRFAAS_NETEM_VM_CPUS:-2}" --verbose --append quiet \
+      --force-9p --disk "$img" \
+      ${PRFAAS_NETEM_VM_ARGS:-} --exec "$cmd" </dev/null 2>&1 | sed -u 's/\r$//' | tee "$console"
+    exit "${PIPESTATUS[0]}"
+  } &
+  local job=$!
+  # shellcheck disable=SC2064  # expand now: the trap must name this job and this console file
+  trap "pkill -TERM -x -P $job timeout; wait $job; rm -f $(printf %q "$console"); echo 'netem-vm: interrupted' >&2; exit 130" INT TERM HUP
+  wait "$job"
+  local vm=$?
+  trap - INT TERM HUP
   set -e
   status=$(sed -n 's/^netem-vm: exit status \([0-9]*\)$/\1/p' "$console" | tail -n1)
   rm -f "$console"
