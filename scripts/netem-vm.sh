@@ -11,11 +11,15 @@
 #   scripts/netem-vm.sh run [-t S] -- CMD ...
 #                                   boot, run CMD as root in this checkout, power off; exit with CMD's
 #                                   status (124 when the VM did not finish within S seconds, default 900;
-#                                   125 when it ended without one). Output: the guest's serial console.
+#                                   125 when it ended without one, 130 when interrupted). Output: the
+#                                   guest's serial console.
 #
-# Cache: $PRFAAS_NETEM_VM_DIR (default ~/.cache/prfaas-bench/netem-vm), ~130 MB. The guest runs under
-# TCG (software emulation): a KVM guest on this (itself virtual) machine hung after "Probing EDD".
-# PRFAAS_NETEM_VM_KVM=1 tries KVM anyway; PRFAAS_NETEM_VM_ARGS adds vng options.
+# Cache: $PRFAAS_NETEM_VM_DIR (default ~/.cache/prfaas-bench/netem-vm): the unpacked kernel (~405 MB),
+# virtme-ng's venv (~32 MB), and per checkout an ext4 image of the interpreter and its .venv (~1.9 GB,
+# rebuilt when either changes). The guest runs under TCG (software emulation): this machine's
+# /dev/kvm is kvm-pvm, which runs only PVM guest kernels (docs/netem-vm-status.md).
+# PRFAAS_NETEM_VM_KVM=1 tries KVM anyway; PRFAAS_NETEM_VM_CPUS (2) and PRFAAS_NETEM_VM_MEMORY (2G)
+# size the guest; PRFAAS_NETEM_VM_ARGS adds vng options. Ctrl-C or SIGTERM ends the VM at once.
 set -euo pipefail
 cache="${PRFAAS_NETEM_VM_DIR:-$HOME/.cache/prfaas-bench/netem-vm}"
 venv="$cache/venv"
@@ -166,5 +170,5 @@ case "${1:-}" in
     [[ -z $why ]] || { echo "$why"; exit 1; }
     ;;
   run) shift; run "$@" ;;
-  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac
