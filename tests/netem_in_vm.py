@@ -89,8 +89,10 @@ def test_the_netem_queue_holds_the_bandwidth_delay_product(netem):
     assert netem_q["limit"] >= bdp_packets + spec.limit_packets
     assert ours == 0.0
     assert small >= 50.0  # 400 in flight, 100 places
-    drops = {q["kind"]: q["drops"] for q in after}
-    assert drops == {"netem": round(small * 400 / 100), "tbf": 0}, after  # all of it netem's queue
+    # All of it netem's queue; the counter may hold a few more (the veth's own IPv6 chatter, dropped
+    # with them: 301 drops for 300 datagrams lost in one run)
+    drops, lost = {q["kind"]: q["drops"] for q in after}, round(small * 400 / 100)
+    assert lost <= drops["netem"] <= lost + 5 and drops["tbf"] == 0, after
 
 
 @pytest.mark.parametrize("rate_mbit", [5_000, 34_000])
