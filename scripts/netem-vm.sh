@@ -11,11 +11,15 @@
 #   scripts/netem-vm.sh run [-t S] -- CMD ...
 #                                   boot, run CMD as root in this checkout, power off; exit with CMD's
 #                                   status (124 when the VM did not finish within S seconds, default 900;
-#                                   125 when it ended without one). Output: the guest's serial console.
+#                                   125 when it ended without one, 130 when interrupted). Output: the
+#                                   guest's serial console.
 #
-# Cache: $PRFAAS_NETEM_VM_DIR (default ~/.cache/prfaas-bench/netem-vm), ~130 MB. The guest runs under
-# TCG (software emulation): a KVM guest on this (itself virtual) machine hung after "Probing EDD".
-# PRFAAS_NETEM_VM_KVM=1 tries KVM anyway; PRFAAS_NETEM_VM_ARGS adds vng options.
+# Cache: $PRFAAS_NETEM_VM_DIR (default ~/.cache/prfaas-bench/netem-vm): the unpacked kernel (~405 MB),
+# virtme-ng's venv (~32 MB), and per checkout an ext4 image of the interpreter and its .venv (~1.9 GB,
+# rebuilt when either changes). The guest runs under TCG (software emulation): this machine's
+# /dev/kvm is kvm-pvm, which runs only PVM guest kernels (docs/netem-vm-status.md).
+# PRFAAS_NETEM_VM_KVM=1 tries KVM anyway; PRFAAS_NETEM_VM_CPUS (2) and PRFAAS_NETEM_VM_MEMORY (2G)
+# size the guest; PRFAAS_NETEM_VM_ARGS adds vng options. Ctrl-C or SIGTERM ends the VM at once.
 set -euo pipefail
 cache="${PRFAAS_NETEM_VM_DIR:-$HOME/.cache/prfaas-bench/netem-vm}"
 venv="$cache/venv"
@@ -69,10 +73,11 @@ install() {
   echo "netem-vm: ready ($pkg, virtme-ng in $venv)" >&2
 }
 
-# An ext4 image holding copies of the interpreter ($1) and this checkout's .venv, rebuilt when a file
-# in either is newer than it (mkfs.ext4 -d fills it without mounting anything on this host).
+# An ext4 image ($1) holding copies of the interpreter ($2) and this checkout's .venv, rebuilt when a
+# file in either is newer than it (mkfs.ext4 -d fills it without mounting anything on this host).
 python_image() {
-  local img="$cache/python.img" stage="$cache/python.stage"
+  local img="$1" stage="$1.stage"
+  shift
   if [[ -f $img && -z $(find "$1" "$repo/.venv" -newer "$img" -print -quit) ]]; then
     return 0
   fi
@@ -107,7 +112,11 @@ run() {
   # of the interpreter and the venv, mounted over their own paths in the guest, it reads blocks.
   local pyhome
   pyhome=$("$repo/.venv/bin/python" -c 'import sys; print(sys.base_prefix)')
-  python_image "$pyhome"
+  # One image per checkout: each one's venv points at its own tree (an editable install), so a
+  # shared image would give one checkout's guest another checkout's code.
+  local img
+  img="$cache/python-$(printf %s "$repo" | sha1sum | cut -c1-12).img"
+  python_image "$img" "$pyhome"
   # The command's output and its exit status come back on the serial console: virtme-ng's own
   # channels for them need udev in the guest to name their ports, which this machine lacks. The
   # pause lets the console drain before the guest powers off (the last line was lost without it).
@@ -116,17 +125,31 @@ run() {
   mounts+=" && mkdir -p /run/pyimg && mount -o ro /dev/vda /run/pyimg"
   mounts+=" && mount --bind /run/pyimg/python $(printf %q "$pyhome")"
   mounts+=" && mount --bind /run/pyimg/venv $(printf %q "$repo/.venv")"
+  # The tree is read-only in the guest: Hypothesis's example database goes to the guest's /tmp
+  # (else its warning about an unusable default location fails pytest, which treats warnings as errors).
+  mounts+=" && export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis"
   cmd="$mounts && cd $(printf %q "$repo") && $(printf '%q ' "$@"); echo \"netem-vm: exit status \$?\"; sleep 2"
   console=$(mktemp -t netem-vm-console.XXXXXX)
   cd "$repo"
   export PATH="$venv/bin:$PATH"  # vng runs virtme-run from PATH
   # timeout(1) ends QEMU (and virtme-ng's helpers) if the guest never powers off: never a hang.
+  # timeout(1) leads a process group of its own, so Ctrl-C at a terminal (or SIGTERM to this script)
+  # never reached QEMU, which then ran on until the deadline (up to 30 min under the test): the
+  # pipeline runs in the background and a trap hands the signal to timeout, which passes it to QEMU.
   set +e
-  timeout --kill-after=15 "$timeout" "$venv/bin/vng" "${kvm[@]}" --run "$(kernel_image)" \
-    --memory "${PRFAAS_NETEM_VM_MEMORY:-2G}" --cpus "${PRFAAS_NETEM_VM_CPUS:-2}" --verbose --append quiet \
-    --force-9p --disk "$cache/python.img" \
-    ${PRFAAS_NETEM_VM_ARGS:-} --exec "$cmd" </dev/null 2>&1 | sed -u 's/\r$//' | tee "$console"
-  local vm=${PIPESTATUS[0]}
+  {
+    timeout --kill-after=15 "$timeout" "$venv/bin/vng" "${kvm[@]}" --run "$(kernel_image)" \
+      --memory "${PRFAAS_NETEM_VM_MEMORY:-2G}" --cpus "${PRFAAS_NETEM_VM_CPUS:-2}" --verbose --append quiet \
+      --force-9p --disk "$img" \
+      ${PRFAAS_NETEM_VM_ARGS:-} --exec "$cmd" </dev/null 2>&1 | sed -u 's/\r$//' | tee "$console"
+    exit "${PIPESTATUS[0]}"
+  } &
+  local job=$!
+  # shellcheck disable=SC2064  # expand now: the trap must name this job and this console file
+  trap "pkill -TERM -x -P $job timeout; wait $job; rm -f $(printf %q "$console"); echo 'netem-vm: interrupted' >&2; exit 130" INT TERM HUP
+  wait "$job"
+  local vm=$?
+  trap - INT TERM HUP
   set -e
   status=$(sed -n 's/^netem-vm: exit status \([0-9]*\)$/\1/p' "$console" | tail -n1)
   rm -f "$console"
@@ -147,5 +170,5 @@ case "${1:-}" in
     [[ -z $why ]] || { echo "$why"; exit 1; }
     ;;
   run) shift; run "$@" ;;
-  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac

@@ -24,10 +24,12 @@ from harness.errors import CapabilityError
 from harness.network import LinkSpec, Network, kernel, owned_namespaces, parse_network, probe
 from harness.network.host import interface_ops, shape_interface, unshape_interface
 from harness.network.measure import check_direction, expected_goodput_mbit, goodput_mbit, loss_pct, rtt_ms
+from harness.network.realtime import prioritise
 from harness.network.state import STATE_DIR, State, is_alive, start_ticks
 from harness.network.sweep import relay_pids, sweep
 
 pytestmark = pytest.mark.root
+NUD_PERMANENT = 0x80
 
 THREE = {
     "sites": ["client", "local", "remote"],
@@ -104,6 +106,22 @@ def test_teardown_ends_what_a_spawned_process_left_in_its_session(relay_ok, tmp_
     assert not is_alive(child, child_ticks)
 
 
+def test_no_arp_crosses_an_emulated_link(relay_ok):
+    # Each veth knows the site at its other end for good: on netem, ARP would cross the link's delay
+    # (the first datagrams of a flow waiting a delayed round trip, some dropped, some reordered).
+    with _net(THREE, P("t19")).up() as net:
+        for d in net.topology.directions():
+            with kernel.rtnl(net.namespace(d.dst)) as ipr:
+                mac = ipr.get_links(kernel.ifindex(ipr, d.peer_dev))[0].get("address")
+            with kernel.rtnl(net.namespace(d.src)) as ipr:
+                idx = kernel.ifindex(ipr, d.dev)
+                entries = {
+                    n.get_attr("NDA_DST"): (n.get_attr("NDA_LLADDR"), n["state"])
+                    for n in ipr.get_neighbours(ifindex=idx, family=socket.AF_INET)
+                }
+            assert entries.get(net.address(d.dst)) == (mac, NUD_PERMANENT), (d.name, entries)
+
+
 def test_tbf_rate_holds_for_a_real_tcp_flow(relay_ok):
     table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "rate_mbit": 100}]}
     with _net(table, P("t2")).up() as net:
@@ -112,21 +130,54 @@ def test_tbf_rate_holds_for_a_real_tcp_flow(relay_ok):
 
 
 def _measured_rtt(net: Network, samples: int) -> tuple[list[float], float]:
-    """RTT samples a->b and the most the relays' own lateness can explain of their median: the sum
-    over the relayed directions of each relay's median lateness during these samples."""
+    """RTT samples a->b and the most the shaper's own lateness can explain of their median. Relay:
+    the sum over the relayed directions of each relay's median lateness during these samples.
+    netem: a real-time thread's median lateness waking from 1 ms sleeps meanwhile (the kernel's
+    timers: netem releases each packet from one), once per delayed direction of the round trip."""
     before = net.relay_lag()
-    got = rtt_ms(net, "a", "b", samples=samples)
+    timers = _TimerLateness() if net.backend == "netem" else None
+    try:
+        got = rtt_ms(net, "a", "b", samples=samples)
+    finally:
+        timer_late = timers.stop() if timers else 0.0
     after = net.relay_lag()
     late = sum(after[k].since(before[k]).quantile(0.5) or 0.0 for k in after)
-    return got, late * 1e3
+    delayed = sum(net.link_spec(*k).delay_ms > 0 for k in (("a", "b"), ("b", "a")))
+    return got, late * 1e3 + timer_late * delayed
 
 
-def _assert_round_trip(samples: list[float], configured_ms: float, relay_late_ms: float) -> None:
+class _TimerLateness:
+    """How late a real-time thread wakes from 1 ms sleeps (median, ms) while it runs: what a timer
+    the kernel sets for a netem packet adds on this machine. Under TCG in the netem VM it was
+    0.14-0.16 ms (the round trip of 4 ms each way measured 8.6-8.8 ms there, 9.03 once beside other
+    work); on real hardware, microseconds."""
+
+    def __init__(self) -> None:
+        self._late: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        prioritise()
+        while not self._done.is_set():
+            t = time.perf_counter()
+            time.sleep(0.001)
+            self._late.append((time.perf_counter() - t) * 1e3 - 1.0)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join(5)
+        return statistics.median(self._late) if self._late else 0.0
+
+
+def _assert_round_trip(samples: list[float], configured_ms: float, late_ms: float) -> None:
     """Every round trip carries the configured delay; the median is within 1 ms of it plus what the
-    relays measured of their own lateness (a busy host makes the relay late, and it says so: the
-    bound follows what it measured instead of a fixed margin a loaded machine cannot hold)."""
+    shaper's own lateness measured (a busy host makes the relay late, and it says so; the kernel's
+    timers are late on a slow VM: the bound follows what was measured instead of a fixed margin a
+    loaded machine cannot hold)."""
     assert min(samples) >= configured_ms - 0.05, samples  # the delay is really there, both ways
-    assert statistics.median(samples) <= configured_ms + 1.0 + relay_late_ms, (samples, relay_late_ms)
+    assert statistics.median(samples) <= configured_ms + 1.0 + late_ms, (samples, late_ms)
 
 
 def test_delay_gives_the_configured_round_trip(relay_ok):
@@ -135,12 +186,12 @@ def test_delay_gives_the_configured_round_trip(relay_ok):
         "links": [{"between": ["a", "b"], "delay_ms": 5, "reverse": {"delay_ms": 3}}],
     }
     with _net(table, P("t3")).up() as net:
-        samples, relay_late_ms = _measured_rtt(net, samples=20)
+        samples, late_ms = _measured_rtt(net, samples=20)
         handshake_t = time.perf_counter()
         assert _connect_ok(net, "a", "b")  # the handshake crosses the delay too
         handshake_ms = (time.perf_counter() - handshake_t) * 1e3
         lag = {r.direction: r.relay_lag for r in net.status()}
-    _assert_round_trip(samples, 8.0, relay_late_ms)  # 5 + 3 ms
+    _assert_round_trip(samples, 8.0, late_ms)  # 5 + 3 ms
     assert handshake_ms >= 8.0
     if net.backend == "relay":  # netem (in the VM of tests/test_netem_vm.py) keeps no such account
         # The relays report what they did: every frame counted, the configured delay, achieved >= it.
@@ -176,10 +227,10 @@ def test_live_changes_take_effect_and_scheduled_events_restore(relay_ok):
         assert not _connect_ok(net, "a", "b", timeout=0.5)
         net.set_link("a", "b", up=True, delay_ms=4)
         assert all(r.ok for r in net.status())
-        samples, relay_late_ms = _measured_rtt(net, samples=10)
+        samples, late_ms = _measured_rtt(net, samples=10)
     assert slow == pytest.approx(expected_goodput_mbit(20, 1500), rel=0.08)
     assert fast == pytest.approx(expected_goodput_mbit(100, 1500), rel=0.05)
-    _assert_round_trip(samples, 4.0, relay_late_ms)
+    _assert_round_trip(samples, 4.0, late_ms)
 
 
 def test_a_check_on_a_dead_link_says_so_and_leaves_no_thread_behind(relay_ok):
@@ -300,7 +351,7 @@ def test_runs_started_at_once_one_per_prefix_wins_and_other_prefixes_coexist(rel
         answers = [p.stdout.readline().strip() for p in same]
         assert sorted(a.split(":")[0] for a in answers) == ["ready", "refused", "refused"], answers
         winner = same[answers.index("ready")]
-        assert all(f"in use by running process {winner.pid}" in a for a in answers if a != "ready")
+        assert all(f"in use by running process {winner.pid}" in a for a in answers if a != "ready"), answers
         assert other.stdout.readline().strip() == "ready"
         assert kernel.list_namespaces(P("t16")) == [P("t16") + "a", P("t16") + "b"]
         assert kernel.list_namespaces(P("t17")) == [P("t17") + "a", P("t17") + "b"]

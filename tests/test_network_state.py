@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
+import pytest
 from conftest import REPO
+
+from harness.errors import CapabilityError
+from harness.network import locks
 
 WRITER = textwrap.dedent(
     """
@@ -82,3 +88,20 @@ def test_a_prefix_is_owned_until_its_owner_dies_however_it_dies(tmp_path: Path):
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+def test_a_refusal_names_an_owner_caught_between_locking_and_writing_its_pid(tmp_path: Path, monkeypatch):
+    # The owner locks, then writes its pid: a run refused in between waits for the pid instead of
+    # naming no one (seen in the 1-vCPU netem VM, three runs racing for one prefix).
+    monkeypatch.setattr(locks, "STATE_DIR", tmp_path)
+    path = locks.owner_lock_path("pfbst-")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, nothing written yet
+    late = threading.Timer(0.3, lambda: os.pwrite(fd, b"4242\n", 0))
+    late.start()
+    try:
+        with pytest.raises(CapabilityError, match="in use by running process 4242"):
+            locks.claim_prefix("pfbst-")
+    finally:
+        late.join()
+        os.close(fd)

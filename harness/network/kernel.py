@@ -12,6 +12,7 @@ import ctypes.util
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -104,11 +105,12 @@ def apply_ops(ipr: IPRoute, index: int, ops: Sequence[QdiscOp]) -> None:
 
 
 def read_qdiscs(ipr: IPRoute, index: int) -> list[dict[str, Any]]:
-    """The qdiscs on one interface as plain dicts (kind, handle, parent, decoded options)."""
+    """The qdiscs on one interface as plain dicts (kind, handle, parent, drops, decoded options)."""
     out = []
     for msg in ipr.get_qdiscs(index=index):
         opts = msg.get("options") or {}
         entry: dict[str, Any] = {"kind": msg.get("kind"), "handle": msg["handle"], "parent": msg["parent"]}
+        entry["drops"] = (msg.get_attr("TCA_STATS") or {}).get("drop")  # packets it dropped so far
         if entry["kind"] == "tbf":
             parms = opts.get("TCA_TBF_PARMS") or {}
             entry["rate_bytes_s"] = parms.get("rate")
@@ -208,6 +210,32 @@ def write_sysctls(ns: str, values: dict[str, str]) -> None:
 
 def read_sysctl(ns: str, key: str) -> str:
     return _in_namespace(ns, lambda: Path("/proc/sys", *key.split(".")).read_text(encoding="ascii").strip())
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_REC, _MS_PRIVATE, _MNT_DETACH = 0x4000, 1 << 18, 2
+
+
+def set_rps_cpus(ns: str, dev: str, mask: int) -> None:
+    """Steer all of ``dev``'s received packets (in ``ns``) to the CPUs of ``mask`` (RPS; 0: off, each
+    packet handled on the CPU that received it). A device's sysfs files are visible only in a sysfs
+    mounted from inside its namespace: the thread enters the namespace and a mount namespace of its
+    own, mounts sysfs there, writes, and takes both with it when it ends (as ``ip netns exec``)."""
+
+    def write() -> None:
+        if _libc.unshare(_CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
+        if _libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:  # nothing leaks back out
+            raise OSError(ctypes.get_errno(), "making the thread's mounts private failed")
+        with tempfile.TemporaryDirectory(prefix="pfb-sysfs-") as where:
+            if _libc.mount(b"sysfs", where.encode(), b"sysfs", 0, None) != 0:
+                raise OSError(ctypes.get_errno(), f"mounting sysfs for {ns} failed")
+            try:
+                Path(where, "class/net", dev, "queues/rx-0/rps_cpus").write_text(f"{mask:x}\n")
+            finally:
+                _libc.umount2(where.encode(), _MNT_DETACH)
+
+    _in_namespace(ns, write)
 
 
 def socket_in(ns: str, family: int, kind: int):

@@ -155,12 +155,27 @@ def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
     return out[2:]  # the first exchanges pay for ARP and cold caches
 
 
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_UDP_RCVBUF = 8 << 20
+
+
+def _big_receive_buffer(sock: socket.socket) -> None:
+    """An 8 MiB receive buffer for a UDP measurement, so that a receiver that falls behind (a busy
+    host, the netem VM under TCG) does not count its own overflow as the link's loss. SO_RCVBUF is
+    capped at net.core.rmem_max (208 KiB by default, 416 KiB granted: ~330 datagrams of 200 bytes);
+    as root SO_RCVBUFFORCE is not."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _UDP_RCVBUF)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
+
+
 def loss_pct(
     net, src: str, dst: str, packets: int = 20000, pps: float = 20000.0, wait_s: float = 0.3
 ) -> float:
     """Send ``packets`` UDP datagrams src->dst at ``pps``; the percentage that never arrive."""
     rx = _listener(net, dst, socket.SOCK_DGRAM)
-    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    _big_receive_buffer(rx)
     got = [0]
     stop = threading.Event()
 
@@ -196,6 +211,7 @@ def arrival_order(net, src: str, dst: str, count: int, gap_s: float) -> list[int
     """Send ``count`` numbered UDP datagrams src->dst, ``gap_s`` apart; their numbers in arrival order
     (a datagram that never came is missing). For jitter: does the link keep packets in order?"""
     rx = _listener(net, dst, socket.SOCK_DGRAM)
+    _big_receive_buffer(rx)
     rx.settimeout(2.0)
     got: list[int] = []
 
