@@ -78,7 +78,8 @@ def validation_slice(path: Path, *, burst: bool) -> Path:
 
 def partial_utf8_tokens(model_dir: Path) -> dict[str, int]:
     """``logit_bias`` that keeps the random-weight model off byte tokens that are not whole UTF-8: vLLM
-    streams those as empty text, which replay does not yet count as a first token."""
+    streams those as empty text. Replay counts such a chunk as a token (``sse``'s rule); the bias keeps
+    this comparison as it was first measured."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
