@@ -36,6 +36,10 @@ class InstanceCost:
     def _peak(self) -> float:
         return self.gpus * self.hardware.peak_flops(self.model.compute_dtype)
 
+    @property
+    def _hbm_bytes_s(self) -> float:
+        return self.gpus * self.hardware.hbm_tbps * 1e12
+
     def prefill_time_s(self, new_tokens: int, cached_tokens: int = 0) -> float:
         """Seconds to prefill ``new_tokens`` on top of ``cached_tokens`` already in the prefix cache."""
         if new_tokens <= 0:
@@ -78,7 +82,7 @@ class InstanceCost:
             return 0.0
         cal = self.hardware.calibration
         streamed, compute, attention = self.decode_work_s(batch_size, context_tokens)
-        weights = self.model.weight_bytes_read(batch_size) / (self.gpus * self.hardware.hbm_tbps * 1e12)
+        weights = self.model.weight_bytes_read(batch_size) / self._hbm_bytes_s
         return (
             (streamed - weights) / cal.hbm_efficiency
             + compute / cal.decode_efficiency
@@ -88,7 +92,6 @@ class InstanceCost:
     def decode_work_s(self, batch_size: int, context_tokens: int) -> tuple[float, float, float]:
         """A decode step's memory, per-token compute and attention terms at 100% of HBM bandwidth and
         peak: ``decode_step_s`` is the overhead plus each divided by its efficiency."""
-        hbm = self.gpus * self.hardware.hbm_tbps * 1e12
         streamed = (
             self.model.weight_bytes_read(batch_size)
             + batch_size * self.model.state_bytes_per_seq
@@ -96,7 +99,7 @@ class InstanceCost:
         )
         compute = batch_size * self.model.linear_flops_per_token / self._peak
         attention = context_tokens * self.model.attention.flops_per_query_key / self._peak
-        return streamed / hbm, compute, attention
+        return streamed / self._hbm_bytes_s, compute, attention
 
     def kv_bytes(self, tokens: int) -> int:
         """KVCache bytes of one sequence of ``tokens`` tokens: fixed recurrent state plus per-token KV."""

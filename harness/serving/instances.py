@@ -415,7 +415,7 @@ class DecodeInstance:
         """Done once no step is in progress: at once when none is, else when the one in progress ends
         (after ``pause``, the runner then stays at that boundary)."""
         fut = asyncio.get_running_loop().create_future()
-        if self._runner is None or not self._stepping:
+        if not self._stepping:  # also False with no runner: it is cleared when the runner ends
             fut.set_result(None)
         else:
             self._halt_waiters.append(fut)
