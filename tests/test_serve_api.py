@@ -10,8 +10,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from threaded_server import ServerThread
 
+from harness.cli import main
 from harness.emulation.clusters import EmulatedClusters
+from harness.loadgen.fakeserver import FakeServer
+from harness.records import read_meta
 
 REPO = Path(__file__).resolve().parent.parent
 CASE_STUDY = (REPO / "workloads" / "paper-case-study.toml").read_text()
@@ -288,3 +293,33 @@ def test_the_case_study_network_is_rescaled_to_the_speedup():
         info = c.describe()
     assert info["delay_ms"] == pytest.approx(1.25) and info["kv_rate_mbit"] == 800
     assert info["byte_scale"] == pytest.approx(0.008 / 4)
+
+
+def test_replay_records_the_shaping_backend_that_serve_declares_unless_told(clusters, tmp_path):
+    # A standalone serve + replay: each site's model card names what shapes its link (loopback here:
+    # no namespaces); replay records it as the run's backend, and an explicit flag wins over it.
+    trace = tmp_path / "t.jsonl"
+    rows = ({"timestamp": 200 * i, "input_length": 64, "output_length": 4, "hash_ids": [i]} for i in range(2))
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with urllib.request.urlopen(clusters.urls["naive"] + "/models", timeout=10) as resp:
+        card = json.loads(resp.read())["data"][0]
+    assert card["prfaas"] == {"shaping_backend": clusters.backend, "site": "local"}
+    base = ["replay", "--endpoint", clusters.urls["naive"], "--model", clusters.model, "--trace", str(trace)]
+    for flags, expected in (([], clusters.backend), (["--shaping-backend", "netem"], "netem")):
+        out = tmp_path / f"run{len(flags)}"
+        res = CliRunner().invoke(main, [*base, "--quiet", "--out", str(out), *flags])
+        assert res.exit_code == 0, res.output
+        assert read_meta(out)["shaping_backend"] == expected
+    assert clusters.backend == "loopback"
+
+
+def test_a_server_that_declares_no_backend_records_none(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(
+        json.dumps({"timestamp": 0, "input_length": 8, "output_length": 2, "hash_ids": [1]}) + "\n"
+    )
+    with ServerThread(FakeServer(itl_s=0.001)) as srv:
+        argv = ["replay", "--endpoint", srv.url, "--model", "m", "--trace", str(trace), "--quiet", "--out"]
+        res = CliRunner().invoke(main, [*argv, str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert read_meta(tmp_path / "r")["shaping_backend"] == "none"

@@ -269,9 +269,9 @@ def _scenario_context(path: str | None) -> int | None:
 )
 @click.option(
     "--shaping-backend",
-    default="none",
-    show_default=True,
-    help="Label recorded in meta (netem/relay/app/none).",
+    default=None,
+    help="What shaped the network, recorded in meta (netem/relay/app/none). Default: what the endpoint's "
+    "model card declares (prfaas-bench serve's sites do), else none.",
 )
 @click.option(
     "--max-send-lag-ms",
@@ -359,7 +359,7 @@ def command(**o) -> None:
     config = ReplayConfig(
         endpoints=endpoints, load=load, workers=o["workers"], api_key_env=o["api_key_env"],
         timeouts=Timeouts(connect_s=o["timeout_connect"], first_token_s=o["timeout_first_token"], total_s=o["timeout_total"]),
-        tokenizer=o["tokenizer"], tokenize_url=o["tokenize_url"], shaping_backend=o["shaping_backend"], max_send_lag_s=o["max_send_lag_ms"] / 1e3,
+        tokenizer=o["tokenizer"], tokenize_url=o["tokenize_url"], shaping_backend=o["shaping_backend"] or "none", max_send_lag_s=o["max_send_lag_ms"] / 1e3,
         progress=not o["quiet"], meta_extra={"scenario": o["scenario_path"], "time_scale": o["time_scale"], "trace_args": {
             k: o[k] for k in ("trace_path", "fmt", "skip_bad", "window", "speedup", "trace_rate", "max_input")}},
     )  # fmt: skip
@@ -403,8 +403,11 @@ def command(**o) -> None:
         config = dataclasses.replace(config, sessions=think)
         session_plan(trace, think)  # a broken session is one line before any request goes out
     check_credentials(config)
-    for ep in endpoints:  # before the schedule starts: a dead URL is one line, not a run of errors
-        check_endpoint(ep, api_key=api_key, timeouts=config.timeouts)
+    # before the schedule starts: a dead URL is one line, not a run of errors
+    declared = {check_endpoint(ep, api_key=api_key, timeouts=config.timeouts) for ep in endpoints}
+    if o["shaping_backend"] is None:  # not told: what the servers say (serve's sites), if they agree
+        backend = declared.pop() if len(declared) == 1 else None
+        config = dataclasses.replace(config, shaping_backend=backend or "none")
     if len(rates) > 1:
         results = replay_sweep(trace, config, rates, o["out_dir"], quiet=o["quiet"])
     else:

@@ -326,6 +326,7 @@ class EmulatedClusters:
                 announce_first_request=site == LOCAL
                 and bool(self._changes)
                 and self.events_from == "first-request",
+                shaping_backend=self.backend,
             )
             argv = [sys.executable, "-m", "harness.emulation.siteproc", config.to_json()]
             # The channel hands the sockets over, then stays open: closing it stops the site.

@@ -43,6 +43,7 @@ from harness.emulation.prometheus import CONTENT_TYPE, render
 from harness.emulation.respond import respond_json, respond_sse
 from harness.emulation.spec import EmulationSpec
 from harness.emulation.wire import (
+    PRFAAS_KEY,
     ClientRequest,
     WallClock,
     breakdown_from_params,
@@ -72,12 +73,14 @@ class SiteServer:
         sender: KvSender,
         peers: Peers,
         kv_addr: tuple[str, int] | None = None,
+        shaping_backend: str = "none",
         on_first_request: Callable[[], None] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a site server needs at least one topology")
         self.site, self.nodes, self.spec, self.model, self.clock = site, dict(nodes), spec, model, clock
         self.receiver, self.sender, self.peers, self.kv_addr = receiver, sender, peers, kv_addr
+        self.shaping_backend = shaping_backend
         self.on_first_request = on_first_request  # called once, as a router takes its first request
         self.default = next(iter(self.nodes))
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -121,6 +124,8 @@ class SiteServer:
             "created": int(time.time()),
             "owned_by": "prfaas-bench",
             "max_model_len": self.spec.context_tokens,
+            # replay records this as its run's shaping backend unless told otherwise
+            PRFAAS_KEY: {"shaping_backend": self.shaping_backend, "site": self.site},
         }
         return web.json_response({"object": "list", "data": [card]})
 

@@ -55,6 +55,7 @@ class SiteConfig:
     app_pace_mbit: float | None = None  # rootless: pace KV in the application (wall Mbit/s)
     app_delay_ms: float = 0.0  # rootless: one-way delay added by the application (wall ms)
     announce_first_request: bool = False  # print FIRST_REQUEST when the router takes its first request
+    shaping_backend: str = "none"  # what shapes the link (netem, relay, loopback): the model card says it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -112,6 +113,7 @@ async def serve_site(config: SiteConfig, socks: dict[str, socket.socket], stop: 
             sender=sender,
             peers=peers,
             kv_addr=config.kv_addrs[config.site],
+            shaping_backend=config.shaping_backend,
             on_first_request=_announce if config.announce_first_request else None,
         )
         runner = web.AppRunner(server.app, access_log=None, handle_signals=False)

@@ -26,6 +26,7 @@ from harness.loadgen.sse import (
     CONTENT,
     DONE,
     FULL,
+    PRFAAS_KEY,
     chunk_text,
     classify,
     is_token,
@@ -313,21 +314,31 @@ class Client:
 _ANSWER_S = 10.0  # an endpoint that accepts but sends no response headers by then does not answer
 
 
-def check_endpoint(endpoint: Endpoint, *, api_key: str | None, timeouts: Timeouts) -> None:
+def check_endpoint(endpoint: Endpoint, *, api_key: str | None, timeouts: Timeouts) -> str | None:
     """Before a run: every server of ``endpoint`` answers HTTP (any status but 401/403) at its
     ``/v1/models``, with the headers requests will carry. Raises ``InputError`` in one line naming
-    the URL without credentials otherwise; the key never appears in it."""
+    the URL without credentials otherwise; the key never appears in it.
+
+    Returns the shaping backend the servers declare on their model cards (``prfaas-bench serve``'s
+    sites do: netem, relay or loopback), or None where they declare none or disagree."""
     urls = [endpoint.prefill_url or "", endpoint.decode_url or ""] if endpoint.pd else [endpoint.url]
+    declared: set[str | None] = set()
     for url in urls:
         # The URL itself (scheme, host, port) was checked when the Endpoint was made, and URL
         # credentials beside an API key by ``runner.check_credentials``: call that first.
-        problem = asyncio.run(_answers(url + "/v1/models", api_key, timeouts.connect_s))
+        problem, backend = asyncio.run(_answers(url + "/v1/models", api_key, timeouts.connect_s))
         if problem:
             raise InputError(f"endpoint {endpoint.name!r}: {redact_url(url)} {problem}")
+        declared.add(backend)
+    return declared.pop() if len(declared) == 1 else None
 
 
-async def _answers(url: str, api_key: str | None, connect_s: float) -> str | None:
-    """None when ``url`` answers; else why not, in words (without the URL)."""
+_CARDS_MAX = 1 << 20  # a model list longer than this is not read for a declared backend
+
+
+async def _answers(url: str, api_key: str | None, connect_s: float) -> tuple[str | None, str | None]:
+    """(None when ``url`` answers, else why not in words without the URL; the shaping backend its
+    model card declares, if any)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=_ANSWER_S)
     try:
@@ -336,17 +347,29 @@ async def _answers(url: str, api_key: str | None, connect_s: float) -> str | Non
             session.get(url, headers=headers, allow_redirects=False) as resp,
         ):
             status = resp.status
+            body = await resp.content.read(_CARDS_MAX) if status == 200 else b""
     except aiohttp.ClientConnectorError as exc:
-        return f"does not answer: {exc.os_error.strerror or exc.os_error}"
+        return f"does not answer: {exc.os_error.strerror or exc.os_error}", None
     except TimeoutError:
         return (
-            f"does not answer (no connection within {connect_s:g} s, or no response within {_ANSWER_S:g} s)"
+            f"does not answer (no connection within {connect_s:g} s, or no response within {_ANSWER_S:g} s)",
+            None,
         )
     except (aiohttp.ClientError, OSError) as exc:  # str(exc) may hold the URL, credentials included
-        return f"does not answer ({type(exc).__name__})"
+        return f"does not answer ({type(exc).__name__})", None
     if status in (401, 403):
-        return f"rejects the credentials (HTTP {status})"
-    return None
+        return f"rejects the credentials (HTTP {status})", None
+    return None, _declared_backend(body)
+
+
+def _declared_backend(body: bytes) -> str | None:
+    """The ``shaping_backend`` in the ``prfaas`` object of the first model card in a /v1/models body."""
+    try:
+        cards = json.loads(body).get("data")
+        backend = cards[0][PRFAAS_KEY]["shaping_backend"]
+    except (ValueError, AttributeError, LookupError, TypeError):
+        return None
+    return backend if isinstance(backend, str) and backend else None
 
 
 @dataclass(slots=True)
