@@ -116,14 +116,22 @@ def read_qdiscs(ipr: IPRoute, index: int) -> list[dict[str, Any]]:
             entry["rate_bytes_s"] = parms.get("rate")
             entry["limit_bytes"] = parms.get("limit")
         elif entry["kind"] == "netem":
-            entry["delay_us"] = opts.get("delay")
-            entry["jitter_us"] = opts.get("jitter")
+            entry["delay_us"] = _tick_us(opts.get("delay"))
+            entry["jitter_us"] = _tick_us(opts.get("jitter"))
             entry["limit"] = opts.get("limit")
             entry["rate_bytes_s"] = (opts.get_attr("TCA_NETEM_RATE") or {}).get("rate") or None  # 0: none
         elif entry["kind"] in ("pfifo", "bfifo"):
             entry["limit"] = opts.get("limit")
         out.append(entry)
     return out
+
+
+def _tick_us(ticks: int | None) -> int | None:
+    """netem's delay and jitter come back in the kernel's scheduler ticks (64 ns here: 5 ms reads
+    78125); microseconds, by the factor pyroute2 used to write them (from /proc/net/psched)."""
+    from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
+
+    return None if ticks is None else round(ticks / tick_in_usec)
 
 
 SEGMENTATION_OFFLOADS = ("tx-tcp-segmentation", "tx-generic-segmentation")  # TSO, GSO
