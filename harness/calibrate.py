@@ -5,8 +5,9 @@ the load generator's own):
 
 * **prefill**: isolated requests (one in flight), ``max_tokens`` 1, at several prompt lengths spanning
   the server's context, several repeats each, each sent at least ``PREFILL_IDLE_S`` after the one
-  before it ended (``spaced_arrivals``): a request that an open-loop workload sends to a server with nothing in
-  flight finds it idle, not just finished with another request, and on vLLM that costs a few ms more.
+  before it ended (``spaced_arrivals``): a request that an open-loop workload sends to a server with
+  nothing in flight finds it idle, not just finished with another request, and on vLLM that costs a
+  few ms more.
   The time to the request's end (its one token) is the prefill plus the fixed per-request cost (HTTP,
   tokenising, scheduling), which the fit separates as the intercept ``prefill_overhead_s``.
 * **decode**: B requests at once, twice, with short and with long outputs (``ignore_eos``), for
