@@ -3,10 +3,13 @@
 Two kinds of measurement, both driven by ``replay`` (so prompts, streaming, cache resets and records are
 the load generator's own):
 
-* **prefill**: isolated requests (closed loop, one in flight), ``max_tokens`` 1, at several prompt
-  lengths spanning the server's context, several repeats each. The time to the request's end (its
-  one token) is the prefill plus the fixed per-request cost (HTTP, tokenising, scheduling), which the
-  fit separates as the intercept ``prefill_overhead_s``.
+* **prefill**: isolated requests (one in flight), ``max_tokens`` 1, at several prompt lengths spanning
+  the server's context, several repeats each, each sent at least ``PREFILL_IDLE_S`` after the one
+  before it ended (``spaced_arrivals``): a request that an open-loop workload sends to a server with
+  nothing in flight finds it idle, not just finished with another request, and on vLLM that costs a
+  few ms more.
+  The time to the request's end (its one token) is the prefill plus the fixed per-request cost (HTTP,
+  tokenising, scheduling), which the fit separates as the intercept ``prefill_overhead_s``.
 * **decode**: B requests at once, twice, with short and with long outputs (``ignore_eos``), for
   several B and two prompt lengths. The long run's extra span over the short one is that many extra
   steps at batch B: one step's time without per-token timestamps, which a busy server's frontend may
@@ -42,6 +45,15 @@ from harness.model.presets import Hardware, ModelSpec
 from harness.records import read_records
 from harness.traces.frame import DEFAULT_BLOCK_TOKENS, Trace
 from harness.validity import VALID
+
+# Idle time before each measured prefill. vLLM (CPU build, 2026-12-02) answered a request sent within
+# 20 ms of the previous one's end 1.5-4 ms sooner than one sent 50 ms or more after it (a 280-token
+# prompt: 5.3 against 9.3 ms; its engine prefill 2.4 against 4.2, the rest in its API server and HTTP),
+# and a closed loop measures only the first kind, while requests under light open-loop load are of the
+# second: their TTFT exceeded simulate's by that much at every prompt length.
+PREFILL_IDLE_S = 0.25
+# How much longer than its probe a prefill may take before the next one is sent while it still runs.
+PREFILL_SLACK = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,12 +118,29 @@ def probe_tokenize(url: str, model: str, api_key: str | None = None) -> int | No
     return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
 
 
-def _trace(lengths: list[int], output_tokens: int, first_id: int) -> Trace:
-    """Rows of the given prompt lengths, each with prefix block ids no other row (or run) shares."""
+def spaced_arrivals(
+    lengths: list[int],
+    probe_s: Mapping[int, float],
+    *,
+    idle_s: float = PREFILL_IDLE_S,
+    slack: float = PREFILL_SLACK,
+) -> np.ndarray:
+    """Arrival times (wall seconds) for isolated requests of ``lengths``, one after another: each is
+    sent ``slack`` times its predecessor's probed time (``probe_s``: wall seconds by length) plus
+    ``idle_s`` after the predecessor was sent, so it finds the server idle for about ``idle_s``."""
+    gaps = [slack * probe_s[n] + idle_s for n in lengths[:-1]]
+    return np.concatenate(([0.0], np.cumsum(gaps)))
+
+
+def _trace(
+    lengths: list[int], output_tokens: int, first_id: int, arrival_s: np.ndarray | None = None
+) -> Trace:
+    """Rows of the given prompt lengths, each with prefix block ids no other row (or run) shares,
+    arriving at ``arrival_s`` (default: all at once)."""
     counts = [math.ceil(n / DEFAULT_BLOCK_TOKENS) for n in lengths]
     offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     return Trace(
-        arrival_s=np.zeros(len(lengths)),
+        arrival_s=np.zeros(len(lengths)) if arrival_s is None else np.asarray(arrival_s, dtype=float),
         input_tokens=np.asarray(lengths, dtype=np.int64),
         output_tokens=np.full(len(lengths), output_tokens, dtype=np.int64),
         hash_values=first_id + np.arange(offsets[-1], dtype=np.int64),
@@ -129,14 +158,22 @@ class _Runner:
         self.runs = 0
         self.verdicts: dict[str, str] = {}  # run directory name -> replay's verdict of that run
 
-    def run(self, lengths: list[int], output_tokens: int, concurrency: int) -> pd.DataFrame:
-        trace = _trace(lengths, output_tokens, self.next_id)
+    def run(
+        self, lengths: list[int], output_tokens: int, concurrency: int, arrival_s: np.ndarray | None = None
+    ) -> pd.DataFrame:
+        """A closed loop of ``concurrency`` requests, or, given ``arrival_s``, the rows at those times."""
+        trace = _trace(lengths, output_tokens, self.next_id, arrival_s)
         self.next_id += len(trace.hash_values)
+        load = (
+            LoadSpec(
+                arrival="constant", rate_rps=math.inf, concurrency=concurrency, max_requests=len(lengths)
+            )
+            if arrival_s is None
+            else LoadSpec(arrival="trace")
+        )
         config = ReplayConfig(
             endpoints=(Endpoint(name="engine", model=self.target.model, url=self.target.url),),
-            load=LoadSpec(
-                arrival="constant", rate_rps=math.inf, concurrency=concurrency, max_requests=len(lengths)
-            ),
+            load=load,
             timeouts=Timeouts(first_token_s=600.0, total_s=1800.0),
             api_key_env=self.target.api_key_env,
             tokenize_url=self.target.tokenize_url,
@@ -189,8 +226,14 @@ def measure(
     lengths = [n for _ in range(plan.prefill_repeats) for n in plan.prefill_tokens]  # interleaved
     echo(
         f"prefill: {len(lengths)} isolated requests, {len(plan.prefill_tokens)} lengths up to {max(lengths)} tokens"
+        f", each at least {PREFILL_IDLE_S:g} s after the last ended"
     )
-    rec = runner.run(lengths, 1, 1)
+    # A closed-loop probe of each length once sizes the spacing; only the spaced requests are fitted.
+    probe = runner.run(list(plan.prefill_tokens), 1, 1).sort_values("trace_row")
+    probe_s = dict(
+        zip(plan.prefill_tokens, (probe["end_s"] - probe["scheduled_s"]).astype(float), strict=True)
+    )
+    rec = runner.run(lengths, 1, 1, spaced_arrivals(lengths, probe_s))
     tokens = np.array([_prompt_tokens(r) for _, r in rec.iterrows()])
     # max_tokens 1: the request's end is its one token (the first token's text may be empty or held back)
     seconds = (rec["end_s"] - rec["scheduled_s"]).to_numpy(dtype=float) * scale

@@ -14,7 +14,14 @@ import pytest
 from click.testing import CliRunner
 from refused import refused_port
 
-from harness.calibrate import CalibrationPlan, Target, fit_report, measurement_validity, preset_toml
+from harness.calibrate import (
+    CalibrationPlan,
+    Target,
+    fit_report,
+    measurement_validity,
+    preset_toml,
+    spaced_arrivals,
+)
 from harness.cli import main
 from harness.cli.calibrate import print_report
 from harness.emulation.clusters import EmulatedClusters
@@ -94,6 +101,13 @@ def test_nnls_matches_the_best_of_every_active_set():
                 ):
                     best = x
         np.testing.assert_allclose(nnls(a, b), best, atol=1e-9)
+
+
+def test_each_measured_prefill_is_sent_after_its_predecessor_had_time_to_end_and_idle():
+    """Twice the predecessor's probed time, then the idle time: 2 x 0.01 + 0.25 = 0.27 s after the
+    64-token request, 2 x 0.1 + 0.25 = 0.45 s after the 512-token one."""
+    arrivals = spaced_arrivals([64, 512, 64], {64: 0.01, 512: 0.1}, idle_s=0.25, slack=2.0)
+    assert arrivals == pytest.approx([0.0, 0.27, 0.72])
 
 
 def test_too_few_points_is_one_line_not_a_traceback():
@@ -302,7 +316,8 @@ def test_calibrate_recovers_the_preset_an_emulated_serve_runs(tmp_path):
         for run in sorted(out.with_suffix(".runs").iterdir())
     }
     validity = report["validity"]
-    assert len(metas) == 1 + 2 * 3 * 3 * 2  # one prefill run; 2 prompts x 3 batches x 3 repeats x 2 lengths
+    # the prefill probe and the spaced prefill run; 2 prompts x 3 batches x 3 repeats x 2 lengths
+    assert len(metas) == 2 + 2 * 3 * 3 * 2
     assert validity["runs"] == {name: meta["validity"]["verdict"] for name, meta in metas.items()}
     expected = [
         f"{name}: {reason}"
