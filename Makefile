@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PB     := $(BIN)/prfaas-bench
 SCENARIO ?= workloads/paper-case-study.toml
 
-.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv aiperf-venv guidellm-venv netem-vm real-engines test test-smoke smoke-run lint plan bench bench-quick clean
+.PHONY: install install-test vllm-venv sglang-venv vllm-nixl-venv aiperf-venv guidellm-venv netem-vm real-engines test test-netem-vm test-smoke smoke-run lint plan bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,8 @@ aiperf-venv:  ## install aiperf for the interop test (cached in ~/.cache/prfaas-
 guidellm-venv:  ## install guidellm for the interop test (cached in ~/.cache/prfaas-bench)
 	PYTHON=$(PYTHON) bash scripts/install-client-over-vllm.sh guidellm 0.8.1
 
-# Opt-in: a kernel with netem in a VM (QEMU via virtme-ng; Debian's kernel unpacked into
-# ~/.cache/prfaas-bench/netem-vm, never installed on this host) for tests/test_netem_vm.py (PRFAAS_NETEM_VM=1).
+# A kernel with netem in a VM (QEMU via virtme-ng; Debian's kernel unpacked into
+# ~/.cache/prfaas-bench/netem-vm, never installed on this host) for tests/test_netem_vm.py.
 netem-vm: install-test  ## install the netem VM (qemu, busybox, kmod from apt; kernel; virtme-ng)
 	PYTHON=$(PYTHON) bash scripts/netem-vm.sh install
 
@@ -54,6 +54,11 @@ real-engines: vllm-venv sglang-venv aiperf-venv  ## what CI drives for real: vLL
 
 test: install-test  ## the README's test command
 	$(BIN)/python -m pytest -q
+
+# The network tests on a kernel with netem, in a VM (about 4 minutes under TCG, 2 GB of disk): its own
+# step in .ci/run, where the machine is otherwise idle; opt-in in `make test` (PRFAAS_NETEM_VM=1).
+test-netem-vm: netem-vm  ## tests/test_netem_vm.py: boot the netem VM and run the network tests inside
+	PRFAAS_NETEM_VM=1 $(BIN)/python -m pytest -q tests/test_netem_vm.py
 
 # The smoke run: the serving stack, simulate, the serve API and the load generator, on another Python
 # (CI: the newest it has) in its own venv, .venv-X.Y: `make test-smoke PYTHON=python3.13`.

@@ -16,8 +16,9 @@
 #
 # Cache: $PRFAAS_NETEM_VM_DIR (default ~/.cache/prfaas-bench/netem-vm): the unpacked kernel (~405 MB),
 # virtme-ng's venv (~32 MB), and per checkout an ext4 image of the interpreter and its .venv (~1.9 GB,
-# rebuilt when either changes). The guest runs under TCG (software emulation): this machine's
-# /dev/kvm is kvm-pvm, which runs only PVM guest kernels (docs/netem-vm-status.md).
+# rebuilt when either changes; removed once its checkout is gone). The guest runs under TCG (software
+# emulation): this machine's /dev/kvm is kvm-pvm, which runs only PVM guest kernels
+# (docs/netem-vm-status.md).
 # PRFAAS_NETEM_VM_KVM=1 tries KVM anyway; PRFAAS_NETEM_VM_CPUS (2) and PRFAAS_NETEM_VM_MEMORY (2G)
 # size the guest; PRFAAS_NETEM_VM_ARGS adds vng options. Ctrl-C or SIGTERM ends the VM at once.
 set -euo pipefail
@@ -82,6 +83,7 @@ python_image() {
     return 0
   fi
   rm -rf "$stage" "$img"
+  prune_images
   mkdir -p "$stage"
   cp -a "$1" "$stage/python"
   cp -a "$repo/.venv" "$stage/venv"
@@ -89,6 +91,20 @@ python_image() {
   mb=$(du -sm "$stage" | cut -f1)
   mkfs.ext4 -q -d "$stage" -L pyimg "$img" "$((mb * 5 / 4 + 64))M"
   rm -rf "$stage"
+  printf '%s\n' "$repo" >"$img.path"
+}
+
+# Each image is ~2 GB and CI clones afresh every run: drop the images of checkouts that are gone (or
+# that name none: made before the .path files).
+prune_images() {
+  local other owner
+  for other in "$cache"/python-*.img; do
+    [[ -e $other ]] || continue
+    owner=$(cat "$other.path" 2>/dev/null || true)
+    if [[ -z $owner || ! -d $owner/.venv ]]; then
+      rm -f "$other" "$other.path"
+    fi
+  done
 }
 
 run() {
