@@ -333,7 +333,7 @@ def check_endpoint(endpoint: Endpoint, *, api_key: str | None, timeouts: Timeout
     return declared.pop() if len(declared) == 1 else None
 
 
-_CARDS_MAX = 1 << 20  # a model list longer than this is not read for a declared backend
+_CARDS_MAX = 1 << 20  # a model list longer than this (or of no stated length) is not read for a backend
 
 
 async def _answers(url: str, api_key: str | None, connect_s: float) -> tuple[str | None, str | None]:
@@ -347,7 +347,8 @@ async def _answers(url: str, api_key: str | None, connect_s: float) -> tuple[str
             session.get(url, headers=headers, allow_redirects=False) as resp,
         ):
             status = resp.status
-            body = await resp.content.read(_CARDS_MAX) if status == 200 else b""
+            small = status == 200 and resp.content_length is not None and resp.content_length <= _CARDS_MAX
+            body = await resp.read() if small else b""
     except aiohttp.ClientConnectorError as exc:
         return f"does not answer: {exc.os_error.strerror or exc.os_error}", None
     except TimeoutError:
