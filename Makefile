@@ -57,8 +57,9 @@ test: install-test  ## the README's test command
 
 # The network tests on a kernel with netem, in a VM (about 4 minutes under TCG, 2 GB of disk): its own
 # step in .ci/run, where the machine is otherwise idle; opt-in in `make test` (PRFAAS_NETEM_VM=1).
+# -s: the test prints which tests in the guest passed only at their second run.
 test-netem-vm: netem-vm  ## tests/test_netem_vm.py: boot the netem VM and run the network tests inside
-	PRFAAS_NETEM_VM=1 $(BIN)/python -m pytest -q tests/test_netem_vm.py
+	PRFAAS_NETEM_VM=1 $(BIN)/python -m pytest -q -s tests/test_netem_vm.py
 
 # The smoke run: the serving stack, simulate, the serve API and the load generator, on another Python
 # (CI: the newest it has) in its own venv, .venv-X.Y: `make test-smoke PYTHON=python3.13`.
