@@ -38,7 +38,7 @@ def test_the_network_tests_pass_with_netem_inside_a_vm(root):
     need(ready.returncode == 0, f"no netem VM here: {ready.stdout.strip()}")
     # -v: one line per test, so that a run the timeout ends still says which test it was in; the
     # cache (for --lf) goes to the guest's /tmp, the tree being read-only there
-    run = "env CI=true .venv/bin/python -m pytest -v -o cache_dir=/tmp/pfb-pytest-cache"
+    run = "env CI=true .venv/bin/python -m pytest -v --color=no -o cache_dir=/tmp/pfb-pytest-cache"
     files = " ".join(INNER)
     inner = ["bash", "-c", f"{run} {files} || {{ echo '{RERUN}'; {run} --lf {files}; }}"]
     out = subprocess.run(
@@ -54,5 +54,5 @@ def test_the_network_tests_pass_with_netem_inside_a_vm(root):
     assert summary and "failed" not in summary[-1] and "skipped" not in summary[-1], tail
     first, _, again = out.stdout.partition(RERUN)
     if again:  # said in the output; the run passed because every failed test passed the second time
-        failed = sorted({ln.split(" ", 1)[1] for ln in first.splitlines() if ln.startswith("FAILED ")})
+        failed = sorted({ln.split()[1] for ln in first.splitlines() if ln.startswith(("FAILED ", "ERROR "))})
         print(f"passed on the second run in the guest: {failed}")
