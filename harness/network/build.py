@@ -275,18 +275,23 @@ class Network:
         neighbour's queue (unres_qlen_bytes, 208 KiB: 166 datagrams of 200 bytes; the rest dropped)
         and, once resolved, raced the new ones into netem, out of order (tests/netem_in_vm.py). Two
         real sites resolve only their own gateways, never across the long link."""
+        for d in self.topology.directions():
+            self._pin_neighbour(d, d.dev)
+
+    def _pin_neighbour(self, d: Direction, dev: str) -> None:
+        """On ``dev`` in ``d``'s source namespace (its veth, or its relay's TAP), a permanent neighbour
+        entry for ``d``'s destination site at the peer veth's MAC."""
         topo = self.topology
-        for d in topo.directions():
-            with kernel.rtnl(topo.namespace(d.dst)) as ipr:
-                peer_mac = ipr.get_links(kernel.ifindex(ipr, d.peer_dev))[0].get("address")
-            with kernel.rtnl(topo.namespace(d.src)) as ipr:
-                ipr.neigh(
-                    "replace",
-                    dst=str(topo.address(d.dst)),
-                    lladdr=peer_mac,
-                    ifindex=kernel.ifindex(ipr, d.dev),
-                    state="permanent",
-                )
+        with kernel.rtnl(topo.namespace(d.dst)) as ipr:
+            peer_mac = ipr.get_links(kernel.ifindex(ipr, d.peer_dev))[0].get("address")
+        with kernel.rtnl(topo.namespace(d.src)) as ipr:
+            ipr.neigh(
+                "replace",
+                dst=str(topo.address(d.dst)),
+                lladdr=peer_mac,
+                ifindex=kernel.ifindex(ipr, dev),
+                state="permanent",
+            )
 
     def _write_routes(self) -> None:
         """Per site: a scope-link route to each neighbour, then every site through its first hop;
@@ -316,9 +321,7 @@ class Network:
         """Start the relay of one direction and point a permanent neighbour entry for the peer (on
         the relay's TAP) at the peer veth's MAC, so frames leave the relay already addressed."""
         spec = self._current[(d.src, d.dst)]
-        ns_src, ns_dst = self.topology.namespace(d.src), self.topology.namespace(d.dst)
-        with kernel.rtnl(ns_dst) as ipr:
-            peer_mac = ipr.get_links(kernel.ifindex(ipr, d.peer_dev))[0].get("address")
+        ns_src = self.topology.namespace(d.src)
         ctl = self._control_path(d)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         Impairment.of(spec).write(ctl)
@@ -341,8 +344,7 @@ class Network:
         with kernel.rtnl(ns_src) as ipr:
             idx = kernel.ifindex(ipr, d.tun)
             ipr.link("set", index=idx, mtu=spec.mtu, txqlen=10000, state="up")
-            peer = str(self.topology.address(d.dst))
-            ipr.neigh("replace", dst=peer, lladdr=peer_mac, ifindex=idx, state="permanent")
+        self._pin_neighbour(d, d.tun)
 
     def teardown(self) -> None:
         """Stop events, kill every process started for this network, remove its namespaces, files and
