@@ -15,7 +15,7 @@ from harness.cli._options import api_key_env_option, context_options, context_po
 from harness.config.validity import ValidityBounds
 from harness.errors import InputError
 from harness.loadgen import APIS, ARRIVALS, Endpoint, LoadSpec, ReplayConfig, Timeouts, replay, replay_sweep
-from harness.loadgen.client import check_endpoint
+from harness.loadgen.client import check_endpoints
 from harness.loadgen.config import RayPlacement
 from harness.loadgen.runner import check_credentials
 from harness.loadgen.scenario import ReplaySection, parse_replay_section
@@ -404,10 +404,9 @@ def command(**o) -> None:
         session_plan(trace, think)  # a broken session is one line before any request goes out
     check_credentials(config)
     # before the schedule starts: a dead URL is one line, not a run of errors
-    declared = {check_endpoint(ep, api_key=api_key, timeouts=config.timeouts) for ep in endpoints}
+    declared = check_endpoints(endpoints, api_key=api_key, timeouts=config.timeouts)
     if o["shaping_backend"] is None:  # not told: what the servers say (serve's sites), if they agree
-        backend = declared.pop() if len(declared) == 1 else None
-        config = dataclasses.replace(config, shaping_backend=backend or "none")
+        config = dataclasses.replace(config, shaping_backend=declared or "none")
     if len(rates) > 1:
         results = replay_sweep(trace, config, rates, o["out_dir"], quiet=o["quiet"])
     else:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -321,15 +322,21 @@ def check_endpoint(endpoint: Endpoint, *, api_key: str | None, timeouts: Timeout
 
     Returns the shaping backend the servers declare on their model cards (``prfaas-bench serve``'s
     sites do: netem, relay or loopback), or None where they declare none or disagree."""
-    urls = [endpoint.prefill_url or "", endpoint.decode_url or ""] if endpoint.pd else [endpoint.url]
+    return check_endpoints((endpoint,), api_key=api_key, timeouts=timeouts)
+
+
+def check_endpoints(endpoints: Iterable[Endpoint], *, api_key: str | None, timeouts: Timeouts) -> str | None:
+    """``check_endpoint`` for every endpoint of a run: the backend all their servers declare, if one."""
     declared: set[str | None] = set()
-    for url in urls:
-        # The URL itself (scheme, host, port) was checked when the Endpoint was made, and URL
-        # credentials beside an API key by ``runner.check_credentials``: call that first.
-        problem, backend = asyncio.run(_answers(url + "/v1/models", api_key, timeouts.connect_s))
-        if problem:
-            raise InputError(f"endpoint {endpoint.name!r}: {redact_url(url)} {problem}")
-        declared.add(backend)
+    for endpoint in endpoints:
+        urls = [endpoint.prefill_url or "", endpoint.decode_url or ""] if endpoint.pd else [endpoint.url]
+        for url in urls:
+            # The URL itself (scheme, host, port) was checked when the Endpoint was made, and URL
+            # credentials beside an API key by ``runner.check_credentials``: call that first.
+            problem, backend = asyncio.run(_answers(url + "/v1/models", api_key, timeouts.connect_s))
+            if problem:
+                raise InputError(f"endpoint {endpoint.name!r}: {redact_url(url)} {problem}")
+            declared.add(backend)
     return declared.pop() if len(declared) == 1 else None
 
 
