@@ -97,12 +97,16 @@ def test_a_closed_loop_bounded_by_duration_is_complete_when_its_time_is_up(tmp_p
 class _Engine:
     """A server with one engine's reset path and its prefix-cache counter (real HTTP, in a thread)."""
 
-    def __init__(self, reset_path: str | None, metrics: str) -> None:
+    def __init__(self, reset_path: str | None, metrics: str, busy: int = 0) -> None:
         self.reset_path, self.metrics_text, self.resets = reset_path, metrics, 0
+        self.busy, self.refused = busy, 0  # refuse this many resets first, as SGLang does while busy
 
     async def reset(self, request):
         from aiohttp import web
 
+        if self.refused < self.busy:
+            self.refused += 1
+            return web.Response(status=400, text="not flushed: requests are running")
         self.resets += 1
         return web.json_response({"ok": True})
 
@@ -136,6 +140,21 @@ def test_vllm_and_sglang_resets_are_found_and_cache_hits_read(path):
         metrics = read_metrics(srv.url)
     assert engine.resets == 1
     assert metrics.cache_hits == 1536.0 and metrics.loop_lag_p99_s == {}
+
+
+def test_a_server_busy_with_the_last_run_is_asked_again_until_it_resets():
+    # Two refusals (SGLang's 400 while a request is still in its scheduler), then it resets.
+    engine = _Engine("/flush_cache", "", busy=2)
+    with ServerThread(engine) as srv:
+        assert reset_server(srv.url) == "/flush_cache"
+    assert engine.refused == 2 and engine.resets == 1
+
+
+def test_a_server_that_keeps_refusing_is_a_reset_failure_naming_path_and_status():
+    engine = _Engine("/flush_cache", "", busy=10**6)
+    with ServerThread(engine) as srv, pytest.raises(ResetFailed, match=r"/flush_cache answered HTTP 400"):
+        reset_server(srv.url, busy_wait_s=0.5)
+    assert engine.resets == 0 and engine.refused >= 2
 
 
 def test_a_server_without_a_reset_is_a_reset_failure_naming_what_was_tried():

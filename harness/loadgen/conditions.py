@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 _TIMEOUT_S = 5.0
 # Resets in the order tried: serve's own, vLLM's, SGLang's. The first that answers 2xx wins.
 RESET_PATHS = ("/reset", "/reset_prefix_cache", "/flush_cache")
+RESET_BUSY_WAIT_S = 10.0
 # Prefix-cache hit counters: serve's (tokens), vLLM's (tokens, two spellings over versions).
 _HIT_METRICS = (
     "prfaas_cache_hit_tokens_total",
@@ -144,18 +146,30 @@ def _request(url: str, *, method: str = "GET", headers: Mapping[str, str] | None
         return 0, str(getattr(exc, "reason", exc))
 
 
-def reset_server(root: str, headers: Mapping[str, str] | None = None) -> str:
+def reset_server(
+    root: str, headers: Mapping[str, str] | None = None, *, busy_wait_s: float = RESET_BUSY_WAIT_S
+) -> str:
     """POST the first reset the server knows (``RESET_PATHS``); returns the path used, or raises
-    ``ResetFailed`` with why (a server without any reset: every path 404/405)."""
+    ``ResetFailed`` with why (a server without any reset: every path 404/405).
+
+    A path the server has but refuses is asked again every 0.2 s for up to ``busy_wait_s``: SGLang
+    answers 400 while any request is queued or running, and the previous run's last requests can still
+    be leaving its scheduler after their final chunk reached the client.
+    """
     tried = []
     for path in RESET_PATHS:
-        status, text = _request(root + path, method="POST", headers=headers)
-        if 200 <= status < 300:
-            return path
-        if status == 0:
-            raise ResetFailed(f"{root} unreachable ({text})")
+        deadline = time.monotonic() + busy_wait_s
+        while True:
+            status, text = _request(root + path, method="POST", headers=headers)
+            if 200 <= status < 300:
+                return path
+            if status == 0:
+                raise ResetFailed(f"{root} unreachable ({text})")
+            if status in (404, 405) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         if status not in (404, 405):
-            raise ResetFailed(f"{root}{path} answered HTTP {status}")
+            raise ResetFailed(f"{root}{path} answered HTTP {status} for {busy_wait_s:g} s")
         tried.append(path)
     raise ResetFailed(f"{root} has no cache reset ({', '.join(tried)}: 404)")
 
