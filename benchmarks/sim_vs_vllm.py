@@ -63,6 +63,18 @@ class PinnedVllm(VllmServer):
         return self
 
 
+def pin_client() -> Path:
+    """The vLLM venv's Python, with this process (the client) moved to ``CLIENT_CORE``; exits with a
+    line when there is no venv or fewer than two cores."""
+    python = vllm_python()
+    if python is None:
+        raise SystemExit("no vLLM venv: make vllm-venv")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("needs two cores: one for vLLM's model work, one for the client")
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    return python
+
+
 def calibrate(url: str, out: Path) -> Path:
     preset = out / "cpu.toml"
     result = CliRunner().invoke(
@@ -102,12 +114,7 @@ def main() -> None:
     )
     ap.add_argument("--keep", type=Path, help="keep the runs here (default: a temporary directory)")
     args = ap.parse_args()
-    python = vllm_python()
-    if python is None:
-        raise SystemExit("no vLLM venv: make vllm-venv")
-    if (os.cpu_count() or 1) < 2:
-        raise SystemExit("needs two cores: one for vLLM, one for the client")
-    os.sched_setaffinity(0, {CLIENT_CORE})
+    python = pin_client()
     base = args.keep or Path(tempfile.mkdtemp(prefix="sim-vs-vllm-"))
     base.mkdir(parents=True, exist_ok=True)
     model = build_tiny_model(base / "model", python)

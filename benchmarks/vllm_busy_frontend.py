@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import urllib.request
@@ -27,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from realengine.vllm import build_tiny_model, vllm_python  # noqa: E402
-from sim_vs_vllm import CLIENT_CORE, SERVER_CORE, PinnedVllm  # noqa: E402
+from realengine.vllm import build_tiny_model  # noqa: E402
+from sim_vs_vllm import SERVER_CORE, PinnedVllm, pin_client  # noqa: E402
 from test_real_vllm_calibrate import partial_utf8_tokens  # noqa: E402
 
 from harness.loadgen import Endpoint, ReplayConfig, replay  # noqa: E402
@@ -101,12 +100,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="idle-then-busy rounds (default 2)")
     ap.add_argument("--repeats", type=int, default=5, help="requests of each length per run (default 5)")
     args = ap.parse_args()
-    python = vllm_python()
-    if python is None:
-        raise SystemExit("no vLLM venv: make vllm-venv")
-    if (os.cpu_count() or 1) < 2:
-        raise SystemExit("needs two cores: one for vLLM's engine, one for the client")
-    os.sched_setaffinity(0, {CLIENT_CORE})
+    python = pin_client()
     base = Path(tempfile.mkdtemp(prefix="vllm-busy-frontend-"))
     model = build_tiny_model(base / "model", python)
     server_cls = PinnedVllm if args.frontend == "client" else FrontendOnServerCore
