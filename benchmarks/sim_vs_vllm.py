@@ -85,7 +85,8 @@ def calibrate(url: str, out: Path) -> Path:
     )  # fmt: skip
     if result.exit_code != 0:
         raise SystemExit(f"calibrate failed:\n{result.output}")
-    print(result.output.strip().splitlines()[-1])
+    lines = result.output.strip().splitlines()
+    print("\n".join(line for line in lines if line.startswith(("frontend:", "fitted:"))), lines[-1], sep="\n")
     return preset
 
 

@@ -9,7 +9,11 @@ the load generator's own):
   nothing in flight finds it idle, not just finished with another request, and on vLLM that costs a
   few ms more.
   The time to the request's end (its one token) is the prefill plus the fixed per-request cost (HTTP,
-  tokenising, scheduling), which the fit separates as the intercept ``prefill_overhead_s``.
+  tokenising, scheduling), which the fit separates as the intercept. Where the engine reports its own
+  queue and prefill time (vLLM's ``request_queue_time_seconds`` and ``request_prefill_time_seconds``
+  histograms on ``/metrics``; the emulated ``serve`` has them too), the mean of the client's times
+  over those requests less the engine's is the time outside the engine, ``frontend_s``: the fit takes
+  it out of the intercept, and the rest is ``prefill_overhead_s`` (``frontend_split``).
 * **decode**: B requests at once, twice, with short and with long outputs (``ignore_eos``), for
   several B and two prompt lengths. The long run's extra span over the short one is that many extra
   steps at batch B: one step's time without per-token timestamps, which a busy server's frontend may
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -39,6 +45,8 @@ import pandas as pd
 
 from harness.errors import InputError
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, Timeouts, replay
+from harness.loadgen.conditions import server_roots
+from harness.loadgen.telemetry import NotPrometheus, parse_samples
 from harness.loadgen.tokenize import tokenize_endpoint
 from harness.model.fit import CalibrationFit, Measurements, fit_calibration
 from harness.model.presets import Hardware, ModelSpec
@@ -54,6 +62,9 @@ from harness.validity import VALID
 PREFILL_IDLE_S = 0.25
 # How much longer than its probe a prefill may take before the next one is sent while it still runs.
 PREFILL_SLACK = 2.0
+# An engine's own time per request, as vLLM's histograms give it: queued, then prefilling (to the
+# first token). The client's time less these is the frontend's (HTTP, tokenising, streaming).
+ENGINE_QUEUE, ENGINE_PREFILL = "vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +127,74 @@ def probe_tokenize(url: str, model: str, api_key: str | None = None) -> int | No
         return None
     limit = answer.get("max_model_len") if isinstance(answer, dict) else None
     return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+
+
+def engine_seconds(url: str, api_key: str | None = None) -> tuple[float, int] | None:
+    """(seconds, requests): the queue and prefill time the engine behind ``url`` reports on
+    ``/metrics`` over its life, summed over label sets, and how many prefills they count; None when it
+    does not answer or has no such histograms."""
+    (root,) = server_roots([url])
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(root + "/metrics", headers=headers), timeout=10
+        ) as r:
+            samples = parse_samples(r.read().decode("utf-8", "replace"), (ENGINE_QUEUE, ENGINE_PREFILL))
+    except (OSError, ValueError, NotPrometheus):
+        return None
+    found = {name for name, _, _ in samples}
+    if not {ENGINE_QUEUE + "_sum", ENGINE_PREFILL + "_sum", ENGINE_PREFILL + "_count"} <= found:
+        return None
+    seconds = sum(v for name, _, v in samples if name in (ENGINE_QUEUE + "_sum", ENGINE_PREFILL + "_sum"))
+    return seconds, round(sum(v for name, _, v in samples if name == ENGINE_PREFILL + "_count"))
+
+
+def _engine_seconds_after(
+    url: str, api_key: str | None, before: tuple[float, int] | None, requests: int, *, wait_s: float = 2.0
+) -> tuple[float, int] | None:
+    """``engine_seconds`` once it counts the run's ``requests`` (vLLM records a request's times just
+    after its last token leaves, so a scrape at once can miss the last one), for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        after = engine_seconds(url, api_key)
+        counted = (
+            after is None or after[1] == requests or (before is not None and after[1] - before[1] == requests)
+        )
+        if counted or time.monotonic() >= deadline:
+            return after
+        time.sleep(0.1)
+
+
+def frontend_split(
+    client_s: np.ndarray,
+    before: tuple[float, int] | None,
+    after: tuple[float, int] | None,
+    *,
+    time_scale: float = 1.0,
+) -> dict[str, Any]:
+    """The mean time outside the engine of one run's requests (``client_s``: each one's wall seconds
+    to its token), from the engine's totals read before and after it (``engine_seconds``), in model
+    seconds (``time_scale``). The engine must have counted exactly the run's requests, in the
+    difference or, for a server whose cache reset zeroes its counters (the emulated ``serve``), in
+    the totals after; otherwise ``frontend_s`` is 0 and ``why`` says so."""
+    n = len(client_s)
+    if after is None:
+        return {"frontend_s": 0.0, "why": "the engine reports no queue and prefill time on /metrics"}
+    if before is not None and after[1] - before[1] == n:
+        engine_s = after[0] - before[0]
+    elif after[1] == n:
+        engine_s = after[0]
+    else:
+        counted = after[1] - before[1] if before is not None else after[1]
+        return {"frontend_s": 0.0, "why": f"the engine counted {counted} prefills over a run of {n}"}
+    client_mean, engine_mean = float(np.mean(client_s)), engine_s / n
+    return {
+        "frontend_s": max(0.0, client_mean - engine_mean) * time_scale,
+        "client_mean_s": client_mean,
+        "engine_mean_s": engine_mean,
+        "requests": n,
+        "source": f"{ENGINE_QUEUE} + {ENGINE_PREFILL}",
+    }
 
 
 def spaced_arrivals(
@@ -218,9 +297,10 @@ def decode_point(short: pd.DataFrame, long: pd.DataFrame, extra_tokens: int) -> 
 
 def measure(
     target: Target, plan: CalibrationPlan, out: Path, *, echo=print
-) -> tuple[Measurements, dict[str, str]]:
-    """Run the plan against the target: the measurements in model seconds, and each run's verdict (run
-    directory name -> replay's ``valid`` / ``invalid: …``)."""
+) -> tuple[Measurements, dict[str, str], dict[str, Any]]:
+    """Run the plan against the target: the measurements in model seconds, each run's verdict (run
+    directory name -> replay's ``valid`` / ``invalid: …``) and how the prefills' time outside the
+    engine was found (``frontend_split``)."""
     runner = _Runner(target, out)
     scale = target.time_scale
     lengths = [n for _ in range(plan.prefill_repeats) for n in plan.prefill_tokens]  # interleaved
@@ -233,10 +313,16 @@ def measure(
     probe_s = dict(
         zip(plan.prefill_tokens, (probe["end_s"] - probe["scheduled_s"]).astype(float), strict=True)
     )
+    api_key = os.environ.get(target.api_key_env) or None
+    before = engine_seconds(target.url, api_key)
     rec = runner.run(lengths, 1, 1, spaced_arrivals(lengths, probe_s))
     tokens = np.array([_prompt_tokens(r) for _, r in rec.iterrows()])
     # max_tokens 1: the request's end is its one token (the first token's text may be empty or held back)
-    seconds = (rec["end_s"] - rec["scheduled_s"]).to_numpy(dtype=float) * scale
+    wall = (rec["end_s"] - rec["scheduled_s"]).to_numpy(dtype=float)
+    split = frontend_split(
+        wall, before, _engine_seconds_after(target.url, api_key, before, len(wall)), time_scale=scale
+    )
+    seconds = wall * scale
     prefill_tokens = np.unique(tokens)
     prefill_s = np.array([np.median(seconds[tokens == n]) for n in prefill_tokens])
     points = []
@@ -258,8 +344,9 @@ def measure(
         decode_batch=batch.astype(int),
         decode_context=context.astype(int),
         decode_step_s=step.astype(float) * scale,
+        frontend_s=split["frontend_s"],
     )
-    return measured, runner.verdicts
+    return measured, runner.verdicts, split
 
 
 def measurement_validity(runs: Mapping[str, str]) -> dict[str, Any]:
@@ -305,12 +392,13 @@ def calibrate(
     out: Path,
     *,
     echo=print,
-) -> tuple[CalibrationFit, dict[str, Any]]:
+) -> tuple[CalibrationFit, dict[str, Any], dict[str, Any]]:
     """Measure the target and fit ``nominal``'s calibration for ``gpus`` × it serving ``model``; with
-    the fit, the measurement's validity (``measurement_validity``)."""
-    m, verdicts = measure(target, plan, out, echo=echo)
+    the fit, the measurement's validity (``measurement_validity``) and the frontend's split
+    (``frontend_split``)."""
+    m, verdicts, split = measure(target, plan, out, echo=echo)
     try:
-        return fit_calibration(model, nominal, gpus, m), measurement_validity(verdicts)
+        return fit_calibration(model, nominal, gpus, m), measurement_validity(verdicts), split
     except ValueError as exc:
         raise InputError(f"calibration of {target.url}: {exc}") from None
 
@@ -334,7 +422,7 @@ def preset_toml(fit: CalibrationFit, *, header: str, validity: Mapping[str, Any]
         *(f"#   {reason}" for reason in validity["reasons"]),
     ]
     for name in ("prefill_overhead_s", "gemm_efficiency", "attention_efficiency", "decode_overhead_s",
-                 "decode_efficiency", "hbm_efficiency", "memory_utilization"):  # fmt: skip
+                 "decode_efficiency", "hbm_efficiency", "memory_utilization", "frontend_s"):  # fmt: skip
         note = "  # held at its bound" if name in fit.at_bound else ""
         lines.append(f"{name} = {float(getattr(cal, name)):.6g}{note}")
     return "\n".join(lines) + "\n"
@@ -348,9 +436,11 @@ def fit_report(
     target: Target,
     plan: CalibrationPlan,
     validity: Mapping[str, Any],
+    frontend: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What goes in the JSON beside the preset: the fitted parameters, the plan, every residual and the
-    measurement's validity (``measurement_validity``)."""
+    """What goes in the JSON beside the preset: the fitted parameters, the plan, every residual, the
+    measurement's validity (``measurement_validity``) and how the frontend's time was found
+    (``frontend_split``; none given: not measured)."""
     cal = fit.hardware.calibration
     return {
         "endpoint": target.url,
@@ -363,4 +453,5 @@ def fit_report(
         "at_bound": list(fit.at_bound),
         "residuals": fit.residuals(),
         "validity": dict(validity),
+        "frontend": dict(frontend) if frontend is not None else {"frontend_s": 0.0, "why": "not measured"},
     }

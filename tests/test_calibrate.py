@@ -7,6 +7,8 @@ import http.server
 import itertools
 import json
 import threading
+from dataclasses import replace
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from harness.calibrate import (
     CalibrationPlan,
     Target,
     fit_report,
+    frontend_split,
     measurement_validity,
     preset_toml,
     spaced_arrivals,
@@ -82,6 +85,39 @@ def test_a_term_faster_than_the_stated_peak_is_held_at_efficiency_one():
     at_peak = max(cost.prefill_work_s(float(k), k * k / 2.0)[1] / t for k, t in zip(n, prefill, strict=True))
     assert 0 < fit.residuals()["summary"]["prefill"]["max_abs_error"] <= at_peak
     assert fit.hardware.calibration.decode_overhead_s == pytest.approx(cal.decode_overhead_s, rel=0.05)
+
+
+def test_time_measured_outside_the_engine_comes_out_of_the_prefill_intercept():
+    """Client times = the H200 preset's own prefills + 0.1 s, with 0.1 s measured outside the engine:
+    the intercept fits 0.392 + 0.1, of which 0.1 becomes ``frontend_s`` and 0.392 stays
+    ``prefill_overhead_s``; every prediction of a measured point (engine + frontend) is exact. A
+    frontend measured longer than the whole intercept (noise on a short prompt) takes all of it and
+    no more: the engine's overhead cannot go below 0."""
+    model, hw = load_model("kimi-1t-hybrid"), load_hardware("H200")
+    exact = _exact("kimi-1t-hybrid", "H200", 8, [512, 2048, 8192, 32768], [1, 2, 8, 32], [1024, 32768])
+    client = replace(exact, prefill_s=exact.prefill_s + 0.1, frontend_s=0.1)
+    fit = fit_calibration(model, hw, 8, client)
+    cal = fit.hardware.calibration
+    assert cal.frontend_s == pytest.approx(0.1, rel=1e-6)
+    assert cal.prefill_overhead_s == pytest.approx(hw.calibration.prefill_overhead_s, rel=1e-6)
+    assert fit.residuals()["summary"]["prefill"]["max_abs_error"] < 1e-9
+    greedy = fit_calibration(model, hw, 8, replace(client, frontend_s=5.0)).hardware.calibration
+    assert greedy.frontend_s == pytest.approx(0.492, rel=1e-6) and greedy.prefill_overhead_s == 0.0
+
+
+def test_the_frontend_is_the_client_mean_less_the_engine_mean_over_exactly_the_run():
+    """Three requests of 0.1, 0.2 and 0.3 s (mean 0.2); the engine's queue + prefill totals grew by
+    0.45 s over 3 prefills (mean 0.15): 0.05 s wall outside it, 0.1 s at time scale 2. The same when
+    the server's reset zeroed its totals (after = the run alone). Counted wrong, or not reported, the
+    split is 0 with the reason."""
+    client = np.array([0.1, 0.2, 0.3])
+    got = frontend_split(client, (5.0, 10), (5.45, 13), time_scale=2.0)
+    assert got["frontend_s"] == pytest.approx(0.1) and got["engine_mean_s"] == pytest.approx(0.15)
+    assert frontend_split(client, (5.0, 10), (0.45, 3))["frontend_s"] == pytest.approx(0.05)
+    miscounted = frontend_split(client, (5.0, 10), (5.6, 14))
+    assert miscounted == {"frontend_s": 0.0, "why": "the engine counted 4 prefills over a run of 3"}
+    assert frontend_split(client, None, None)["frontend_s"] == 0.0
+    assert "no queue and prefill time" in frontend_split(client, None, None)["why"]
 
 
 def test_nnls_matches_the_best_of_every_active_set():
@@ -278,9 +314,16 @@ def test_calibrate_recovers_the_preset_an_emulated_serve_runs(tmp_path):
     within 20% (an overhead bias of 15 wall ms × 2 tilts the line); the decode overhead within 10%.
     The attention and decode-compute efficiencies are not asserted: at ≤ 32K tokens and batch ≤ 8 their
     terms are under 6% of any time measured, so the fit can only bound them (it reports which it held).
+
+    The served preset is H200's with a frontend of 0.1 s, and ``serve`` reports its engine's queue and
+    prefill time as vLLM does: the frontend calibrate finds is that 0.1 s plus the emulator's own
+    per-request wall time × the speed-up (never less; at most 0.06 s more allowed), and it comes out of
+    the intercept, so the engine's overhead is still H200's.
     """
+    hardware = tmp_path / "h200-frontend.toml"
+    hardware.write_text((files("harness") / "presets/hardware/h200.toml").read_text() + "frontend_s = 0.1\n")
     path = tmp_path / "scenario.toml"
-    path.write_text(SCENARIO)
+    path.write_text(SCENARIO.replace('local = "H200"', f'local = "{hardware}"'))
     out = tmp_path / "h200-fitted.toml"
     with EmulatedClusters(path, netns=False) as c:
         result = CliRunner().invoke(
@@ -309,6 +352,12 @@ def test_calibrate_recovers_the_preset_an_emulated_serve_runs(tmp_path):
     assert cal.prefill_overhead_s == pytest.approx(ref.prefill_overhead_s, rel=0.20)
     assert cal.gemm_efficiency == pytest.approx(ref.gemm_efficiency, rel=0.20)
     assert cal.decode_overhead_s == pytest.approx(ref.decode_overhead_s, rel=0.10)
+    assert 0.1 - 1e-3 <= cal.frontend_s <= 0.16, report["frontend"]
+    assert report["frontend"]["requests"] == 6 * 5
+    assert cal.frontend_s == pytest.approx(
+        report["frontend"]["frontend_s"], rel=1e-5
+    )  # the preset's 6 digits
+    assert "of each request outside the engine" in result.output
     assert "prefill (tokens, measured s, predicted s, error)" in result.output
     # The verdict, valid or not (a busy machine decides), recomputed from every run's own meta.json.
     metas = {

@@ -161,8 +161,13 @@ def test_calibrate_writes_a_preset_and_simulate_with_it_agrees_with_replay(real_
     # Found on its own: the server's /tokenize (token-exact prompts) and its context (16384 -> 8192).
     assert "token-exact" in result.output
     hw = load_hardware(preset)
-    assert hw.name == "cpu-2core" and hw.calibration.prefill_overhead_s > 0
+    assert hw.name == "cpu-2core" and hw.calibration.prefill_overhead_s + hw.calibration.frontend_s > 0
     fit = json.loads(preset.with_suffix(".fit.json").read_text())
+    # vLLM's own queue and prefill histograms counted the 30 spaced prefills (6 lengths x 5), and the
+    # client's time beyond them is the frontend's: some, and no more than the intercept.
+    assert fit["frontend"]["requests"] == 30, fit["frontend"]
+    assert 0 < fit["frontend"]["engine_mean_s"] < fit["frontend"]["client_mean_s"]
+    assert hw.calibration.frontend_s > 0
     assert len(fit["residuals"]["prefill"]) == 6 and len(fit["residuals"]["decode"]) == 6
     assert max(fit["plan"]["prefill_tokens"]) == 8192
     print(result.output)

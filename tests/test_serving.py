@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -215,6 +216,29 @@ def test_prefill_batching_shares_the_fixed_overhead(h20):
     assert (a.start_s, b.start_s, a.end_s, b.end_s) == (0.0, 0.0, pair, pair)
     assert (c.start_s, d.start_s) == (pair, pair) and c.end_s == d.end_s == pytest.approx(2 * pair, abs=1e-12)
     assert (e.start_s, e.end_s) == (c.end_s, pytest.approx(c.end_s + t, abs=1e-12))
+
+
+def test_the_frontend_delays_each_request_but_keeps_no_other_waiting(h20):
+    """With ``frontend_s`` f, three prompts of 1,000 tokens that arrive together reach the queue at f
+    and run one after another: they end at f + T, f + 2T, f + 3T (T the prefill's own time). Were the
+    frontend engine time, as ``prefill_overhead_s`` is, they would end at k(f + T). An engine's frontend
+    works beside the model, so its queue shows no wait for it (``enqueued_s`` = f)."""
+    f = 0.25
+    cal = replace(h20.hardware.calibration, frontend_s=f)
+    cost = replace(h20, hardware=replace(h20.hardware, calibration=cal))
+    inst = PrefillInstance("p0", cost, None)
+
+    async def main():
+        jobs = [asyncio.ensure_future(inst.prefill(1000, [])) for _ in range(3)]
+        return [await j for j in jobs]
+
+    t = h20.prefill_time_s(1000)
+    done = run_virtual(main())
+    assert [p.enqueued_s for p in done] == [f, f, f]
+    assert [p.end_s for p in done] == pytest.approx([f + t, f + 2 * t, f + 3 * t], abs=1e-12)
+    # What an engine reports of them: queued 0, T and 2T; prefilling T each.
+    assert inst.queue_s_total == pytest.approx(3 * t, abs=1e-12)
+    assert inst.prefill_s_total == pytest.approx(3 * t, abs=1e-12)
 
 
 class _BusyClockLoop(VirtualTimeLoop):

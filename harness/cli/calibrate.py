@@ -111,7 +111,9 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     unique (no prefix-cache hits) and the server's caches are reset before each run. The fit uses the
     cost model's own terms for the --model-preset on --gpus x the nominal hardware (--like, or the peak
     figures), and writes a preset a scenario's [hardware] local can name by path, its residuals beside
-    it. The last line says whether the measurement can be trusted: valid only when every run's replay
+    it. Where the engine reports its own queue and prefill time on /metrics (vLLM), the rest of each
+    prefill request's time is the frontend's (frontend_s), which delays a request without occupying
+    the engine. The last line says whether the measurement can be trusted: valid only when every run's replay
     verdict is (also in the .fit.json and the preset's [calibration]). See docs/calibration.md.
     """
     try:
@@ -147,7 +149,9 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
         time_scale=time_scale,
     )
     plan = CalibrationPlan.spanning(max_prompt_tokens, quick=quick)
-    fit, validity = calibrate(target, model, nominal, gpus, plan, out.with_suffix(".runs"), echo=_echo)
+    fit, validity, frontend = calibrate(
+        target, model, nominal, gpus, plan, out.with_suffix(".runs"), echo=_echo
+    )
     header = (
         f"Calibrated by prfaas-bench calibrate against {endpoint.url} (model {served}) for {gpus} x this\n"
         f"hardware serving the {model.name} preset. Fit and residuals: {out.with_suffix('.fit.json').name}\n"
@@ -155,7 +159,9 @@ def command(url, served, model_preset, like, peak_tflops, hbm_tbps, hbm_gb, gpus
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(preset_toml(fit, header=header, validity=validity))
-    report = fit_report(fit, model=model_preset, gpus=gpus, target=target, plan=plan, validity=validity)
+    report = fit_report(
+        fit, model=model_preset, gpus=gpus, target=target, plan=plan, validity=validity, frontend=frontend
+    )
     out.with_suffix(".fit.json").write_text(json.dumps(report, indent=2) + "\n")
     print_report(report, out)
 
@@ -189,6 +195,15 @@ def print_report(report: dict, out: Path) -> None:
             if k != "memory_utilization"
         )
     )
+    split = report.get("frontend") or {}
+    if "engine_mean_s" in split:
+        click.echo(
+            f"frontend: {split['frontend_s'] * 1e3:.2f} ms of each request outside the engine (the prefill"
+            f" requests' mean {split['client_mean_s'] * 1e3:.2f} ms, the engine's own queue + prefill"
+            f" {split['engine_mean_s'] * 1e3:.2f} ms; wall), taken from the prefill intercept"
+        )
+    else:
+        click.echo(f"frontend: not split from the prefill intercept ({split.get('why', 'not measured')})")
     validity = report["validity"]
     flag = "" if validity["valid"] else "; its measurement is INVALID (below), not a clean result"
     click.echo(f"preset: {out}  (fit: {out.with_suffix('.fit.json')}){flag}")

@@ -4,7 +4,10 @@ Besides its own ``prfaas_*`` families, a site exposes vLLM's names with vLLM's m
 topology and site (labels ``topology``, ``site``), so replay's telemetry reads the emulator as it reads a
 real vLLM: ``vllm:num_requests_running`` (prefilling plus decoding), ``vllm:num_requests_waiting``
 (queued for a prefill or a decode slot), ``vllm:kv_cache_usage_perc`` (decode KVCache reserved over
-capacity, 0..1, where the site decodes) and ``vllm:prefix_cache_queries``/``_hits`` (prompt tokens).
+capacity, 0..1, where the site decodes), ``vllm:prefix_cache_queries``/``_hits`` (prompt tokens), and
+the histograms ``vllm:request_queue_time_seconds`` and ``vllm:request_prefill_time_seconds`` (as sum,
+count and one ``+Inf`` bucket, in wall seconds as vLLM's: from reaching the instance's queue to the
+prefill's start, and from there to its end), from which ``calibrate`` tells engine time from the rest.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def collect(server: SiteServer) -> list[MetricFamily]:
     v = _vllm_families()
     for node in server.nodes.values():
         t = {"topology": node.name, "site": server.site}
-        _add_vllm(v, node.site, t)
+        _add_vllm(v, node.site, t, server.spec.speedup)
         m["requests_waiting"].add(node.waiting, **t)
         m["requests_accepted_total"].add(node.accepted, **t)
         m["requests_rejected_total"].add(node.rejected, **t)
@@ -102,13 +105,22 @@ def _vllm_families() -> dict[str, MetricFamily]:
             ("kv_cache_usage_perc", "gauge", "Decode KVCache reserved / capacity, 1 = full (vLLM's name)"),
             ("prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache"),
             ("prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache"),
+            ("request_queue_time_seconds", "histogram", "Time prefills waited in an instance's queue"),
+            ("request_prefill_time_seconds", "histogram", "Time from a prefill's start to its end"),
         )
     }
 
 
-def _add_vllm(v: dict[str, MetricFamily], site: Site, labels: dict[str, str]) -> None:
-    """One topology's part of a site, in vLLM's terms."""
+def _add_vllm(v: dict[str, MetricFamily], site: Site, labels: dict[str, str], speedup: float) -> None:
+    """One topology's part of a site, in vLLM's terms (its durations in wall seconds)."""
     prefills, decodes = site.prefill_instances, site.decode_instances
+    done = sum(p.completed for p in prefills)
+    v["request_queue_time_seconds"].add_totals(
+        sum(p.queue_s_total for p in prefills) / speedup, done, **labels
+    )
+    v["request_prefill_time_seconds"].add_totals(
+        sum(p.prefill_s_total for p in prefills) / speedup, done, **labels
+    )
     running = sum(p.running for p in prefills) + sum(len(d.active) for d in decodes)
     waiting = sum(p.queue_depth - p.running for p in prefills) + sum(len(d.pending) for d in decodes)
     v["num_requests_running"].add(running, **labels)

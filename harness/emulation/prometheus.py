@@ -11,15 +11,24 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class MetricFamily:
-    """One Prometheus metric family: ``kind`` is "gauge" or "counter"; samples are (labels, value)."""
+    """One Prometheus metric family: ``kind`` is "gauge", "counter" or "histogram"; samples are
+    (name suffix, labels, value)."""
 
     name: str
     kind: str
     help: str
-    samples: list[tuple[Mapping[str, str], float]] = field(default_factory=list)
+    samples: list[tuple[str, Mapping[str, str], float]] = field(default_factory=list)
 
     def add(self, value: float, **labels: str) -> MetricFamily:
-        self.samples.append((labels, value))
+        self.samples.append(("", labels, value))
+        return self
+
+    def add_totals(self, total: float, count: float, **labels: str) -> MetricFamily:
+        """A histogram's sum and count, with the one bucket they imply (every observation is <= +Inf):
+        what a reader of means (``_sum`` / ``_count``) needs, in a valid exposition."""
+        self.samples.append(("_bucket", {**labels, "le": "+Inf"}, count))
+        self.samples.append(("_sum", labels, total))
+        self.samples.append(("_count", labels, count))
         return self
 
 
@@ -41,9 +50,10 @@ def render(metrics: Iterable[MetricFamily]) -> str:
     for m in metrics:
         lines.append(f"# HELP {m.name} {m.help}")
         lines.append(f"# TYPE {m.name} {m.kind}")
-        for labels, value in m.samples:
+        for suffix, labels, value in m.samples:
             label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
+            name = m.name + suffix
             lines.append(
-                f"{m.name}{{{label_text}}} {_number(value)}" if label_text else f"{m.name} {_number(value)}"
+                f"{name}{{{label_text}}} {_number(value)}" if label_text else f"{name} {_number(value)}"
             )
     return "\n".join(lines) + "\n"

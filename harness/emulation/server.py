@@ -152,6 +152,8 @@ class SiteServer:
                     cache.clear()
             for inst in (*node.site.prefill_instances, *node.site.decode_instances):
                 inst.completed = 0
+            for p in node.site.prefill_instances:
+                p.queue_s_total = p.prefill_s_total = 0.0
             for d in node.site.decode_instances:
                 d.steps = 0
         self.lag.reset()

@@ -43,6 +43,9 @@ class Measurements:
     decode_batch / decode_context / decode_step_s
                                        one decode point each: sequences in the batch, the context
                                        tokens they hold in total, seconds per step (median of repeats)
+    frontend_s                         of each prefill point, the mean time outside the engine (the
+                                       client's time less the engine's own queue and prefill time);
+                                       0 when the engine does not report them
     """
 
     prefill_tokens: np.ndarray
@@ -50,6 +53,7 @@ class Measurements:
     decode_batch: np.ndarray
     decode_context: np.ndarray
     decode_step_s: np.ndarray
+    frontend_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,11 @@ def design(model: ModelSpec, hardware: Hardware, gpus: int, m: Measurements) -> 
 def fit_calibration(model: ModelSpec, nominal: Hardware, gpus: int, m: Measurements) -> CalibrationFit:
     """Fit ``nominal``'s calibration (its peak figures and memory_utilization kept) to ``m``.
 
+    The prefill intercept is the per-request time of an isolated request outside its FLOPs; the part
+    ``m.frontend_s`` measured outside the engine (at most the whole intercept) becomes the calibration's
+    ``frontend_s``, the rest ``prefill_overhead_s``. The split moves no prediction of an isolated
+    request, only what a request keeps others waiting for.
+
     Raises ValueError when there are too few points to fit: at least three prefill lengths and three
     decode windows at two or more batch sizes."""
     if len(np.unique(m.prefill_tokens)) < 3:
@@ -144,6 +153,8 @@ def fit_calibration(model: ModelSpec, nominal: Hardware, gpus: int, m: Measureme
     for name in PARAMS[_OVERHEADS:]:
         values[name] = 1.0 / values[name]
     at_bound = tuple(name for name, zi in zip(PARAMS, z, strict=True) if zi <= 0.0)
+    values["frontend_s"] = min(max(m.frontend_s, 0.0), values["prefill_overhead_s"])
+    values["prefill_overhead_s"] -= values["frontend_s"]
     calibration = replace(
         nominal.calibration, **{k: float(v) for k, v in values.items()}
     )  # memory_utilization stays the nominal preset's
@@ -153,7 +164,8 @@ def fit_calibration(model: ModelSpec, nominal: Hardware, gpus: int, m: Measureme
         hardware=hardware,
         at_bound=at_bound,
         measured=m,
-        prefill_predicted_s=np.array([cost.prefill_time_s(int(n)) for n in m.prefill_tokens]),
+        prefill_predicted_s=np.array([cost.prefill_time_s(int(n)) for n in m.prefill_tokens])
+        + calibration.frontend_s,
         decode_predicted_s=np.array(
             [
                 cost.decode_step_s(int(b), int(c))

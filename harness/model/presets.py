@@ -47,6 +47,10 @@ class Calibration:
     decode_efficiency     achieved fraction of peak on the per-token decode FLOPs
     hbm_efficiency        achieved fraction of HBM bandwidth when streaming weights and KV
     memory_utilization    fraction of HBM the server may fill with weights plus KVCache
+    frontend_s            per-request time outside the engine before its first token (HTTP, tokenising,
+                          detokenising, streaming): it delays the request but runs beside the engine,
+                          so it occupies no instance (0 in the paper's presets; ``calibrate`` splits it
+                          from the prefill intercept where the engine reports its own prefill time)
     """
 
     prefill_overhead_s: NonNegative
@@ -56,6 +60,7 @@ class Calibration:
     decode_efficiency: Fraction
     hbm_efficiency: Fraction
     memory_utilization: Fraction
+    frontend_s: NonNegative = 0.0
 
 
 @table

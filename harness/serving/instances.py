@@ -55,6 +55,10 @@ class PrefillInstance:
     lasts its share of the prefill plus what their decode adds (``InstanceCost.carried_decode_s``: no
     second fixed overhead, no second read of the weights), and each running sequence makes a token as
     it ends. The prefill's own time is as without decodes; the decodes stretch it.
+
+    A request reaches the queue the calibration's ``frontend_s`` after it arrives: the engine's
+    frontend (HTTP, tokenising, streaming) works beside the model, so it delays each request by that
+    much but keeps no other request waiting.
     """
 
     def __init__(
@@ -78,6 +82,8 @@ class PrefillInstance:
         self._busy_until = 0.0
         self._worker: asyncio.Task[None] | None = None
         self.completed = 0
+        # Over the completed prefills (loop seconds), as an engine reports them: queued, then computing.
+        self.queue_s_total = self.prefill_s_total = 0.0
 
     def __repr__(self) -> str:
         return f"<PrefillInstance {self.name} queue={self.queue_depth}>"
@@ -121,6 +127,9 @@ class PrefillInstance:
         ``fetched_tokens``: a prefix whose KV was pulled from another site; it counts as cached.
         """
         loop = asyncio.get_running_loop()
+        frontend = self.cost.hardware.calibration.frontend_s
+        if frontend:
+            await sleep_until(loop.time() + frontend)
         estimate = self.estimate_s(prompt_tokens, hash_ids)
         job = _Job(
             prompt_tokens, hash_ids, on_start, fetched_tokens, estimate, loop.time(), loop.create_future()
@@ -188,6 +197,8 @@ class PrefillInstance:
                     if self.cache is not None:
                         self.cache.insert(job.hash_ids, job.prompt)
                     self.completed += 1
+                    self.queue_s_total += start - job.enqueued
+                    self.prefill_s_total += end - start
                     if not job.future.done():
                         job.future.set_result(PrefillTimes(self.name, job.enqueued, start, end, c))
                 batch = []
