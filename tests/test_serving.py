@@ -228,17 +228,21 @@ def test_the_frontend_delays_each_request_but_keeps_no_other_waiting(h20):
     cost = replace(h20, hardware=replace(h20.hardware, calibration=cal))
     inst = PrefillInstance("p0", cost, None)
 
-    async def main():
-        jobs = [asyncio.ensure_future(inst.prefill(1000, [])) for _ in range(3)]
+    async def main(prompts):
+        jobs = [asyncio.ensure_future(inst.prefill(n, [])) for n in prompts]
         return [await j for j in jobs]
 
     t = h20.prefill_time_s(1000)
-    done = run_virtual(main())
+    done = run_virtual(main([1000] * 3))
     assert [p.enqueued_s for p in done] == [f, f, f]
     assert [p.end_s for p in done] == pytest.approx([f + t, f + 2 * t, f + 3 * t], abs=1e-12)
     # What an engine reports of them: queued 0, T and 2T; prefilling T each.
     assert inst.queue_s_total == pytest.approx(3 * t, abs=1e-12)
     assert inst.prefill_s_total == pytest.approx(3 * t, abs=1e-12)
+    # First come, first served through the frontend too, whatever their lengths.
+    mixed = run_virtual(main([3000, 200, 1500, 800, 5000, 100]))
+    assert [p.start_s for p in mixed] == sorted(p.start_s for p in mixed)
+    assert mixed[0].start_s == f
 
 
 class _BusyClockLoop(VirtualTimeLoop):

@@ -56,9 +56,9 @@ class PrefillInstance:
     second fixed overhead, no second read of the weights), and each running sequence makes a token as
     it ends. The prefill's own time is as without decodes; the decodes stretch it.
 
-    A request reaches the queue the calibration's ``frontend_s`` after it arrives: the engine's
-    frontend (HTTP, tokenising, streaming) works beside the model, so it delays each request by that
-    much but keeps no other request waiting.
+    A request can start the calibration's ``frontend_s`` after it arrives, in its order of arrival:
+    the engine's frontend (HTTP, tokenising, streaming) works beside the model, so it delays each
+    request by that much but keeps no other request waiting.
     """
 
     def __init__(
@@ -127,24 +127,23 @@ class PrefillInstance:
         ``fetched_tokens``: a prefix whose KV was pulled from another site; it counts as cached.
         """
         loop = asyncio.get_running_loop()
-        frontend = self.cost.hardware.calibration.frontend_s
-        if frontend:
-            await sleep_until(loop.time() + frontend)
         estimate = self.estimate_s(prompt_tokens, hash_ids)
-        job = _Job(
-            prompt_tokens, hash_ids, on_start, fetched_tokens, estimate, loop.time(), loop.create_future()
-        )
+        # In line now, so that the order of arrival holds; eligible once through the frontend.
+        ready = loop.time() + self.cost.hardware.calibration.frontend_s
+        job = _Job(prompt_tokens, hash_ids, on_start, fetched_tokens, estimate, ready, loop.create_future())
         self._queue.append(job)
         self._queued_work_s += estimate
         if self._worker is None:
             self._worker = loop.create_task(self._work(), name=f"prefill-{self.name}")
         return await job.future
 
-    def _take_batch(self) -> list[_Job]:
+    def _take_batch(self, now: float) -> list[_Job]:
         batch: list[_Job] = []
         tokens = 0
         while self._queue:
             job = self._queue[0]
+            if job.enqueued > now:  # still in the frontend
+                break
             new = job.prompt - self._cached_now(job.prompt, job.hash_ids)
             if batch and tokens + new > self.max_batch_tokens:
                 break
@@ -167,7 +166,9 @@ class PrefillInstance:
         planned_end: float | None = None
         try:
             while self._queue:
-                batch = self._take_batch()
+                if self._queue[0].enqueued > loop.time():
+                    await sleep_until(self._queue[0].enqueued)
+                batch = self._take_batch(loop.time())
                 if not batch:
                     continue
                 decode = self.colocated
