@@ -21,7 +21,8 @@ from harness.serving.clock import sleep_until, wake
 
 @dataclass(frozen=True, slots=True)
 class PrefillTimes:
-    """What one prefill did: when it was queued, ran and ended, and how many tokens the cache supplied."""
+    """What one prefill did: when it reached the engine's queue (its arrival plus the frontend's
+    ``frontend_s``), ran and ended, and how many tokens the cache supplied."""
 
     instance: str
     enqueued_s: float
