@@ -11,7 +11,9 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness.errors import CapabilityError
 from harness.network.realtime import prioritise
@@ -108,9 +110,45 @@ def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
     """Round trips of a 1-byte TCP ping-pong (Nagle off) from src to an echo in dst, in ms. Both
     ends run on their own threads at real-time priority where allowed (as the relay does), so what
     is measured is the network, not how long a busy host leaves this process waiting for a CPU."""
-    srv = _listener(net, dst)
-    out: list[float] = []
+    return interleaved_rtt_ms([(net, src, dst)], samples)[0]
+
+
+def interleaved_rtt_ms(paths: Sequence[tuple[Any, str, str]], samples: int = 20) -> list[list[float]]:
+    """``rtt_ms`` over several (net, src, dst) paths at once, their ping-pongs taking turns, so that
+    every path is measured through the same moments of a host whose speed drifts (a VM under TCG):
+    a comparison between them is not a comparison between two stretches of time."""
+    out: list[list[float]] = [[] for _ in paths]
     failed: list[BaseException] = []
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(_echo_pair(net, src, dst)) for net, src, dst in paths]
+
+        def ping() -> None:
+            prioritise()
+            try:
+                for cli in clients:
+                    cli.settimeout(_TIMEOUT_S)
+                for _ in range(samples + 2):
+                    for cli, got in zip(clients, out, strict=True):
+                        t = time.perf_counter()
+                        cli.sendall(b"x")
+                        if not cli.recv(1):
+                            raise ConnectionError("the echo closed the connection")
+                        got.append((time.perf_counter() - t) * 1e3)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failed.append(exc)
+
+        pinger = threading.Thread(target=ping, daemon=True)
+        pinger.start()
+        pinger.join()
+    if failed:
+        raise failed[0]
+    return [got[2:] for got in out]  # the first exchanges pay for ARP and cold caches
+
+
+@contextlib.contextmanager
+def _echo_pair(net, src: str, dst: str) -> Iterator[socket.socket]:
+    """A client socket in src connected to a one-byte echo (a real-time thread) in dst."""
+    srv = _listener(net, dst)
 
     def echo() -> None:
         prioritise()
@@ -120,39 +158,23 @@ def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
             return
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            while b := conn.recv(1):
-                conn.sendall(b)
-
-    def ping() -> None:
-        prioritise()
-        try:
-            cli.settimeout(_TIMEOUT_S)
-            cli.connect(srv.getsockname())
-            cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for _ in range(samples + 2):
-                t = time.perf_counter()
-                cli.sendall(b"x")
-                if not cli.recv(1):
-                    break
-                out.append((time.perf_counter() - t) * 1e3)
-        except BaseException as exc:  # re-raised in the caller's thread
-            failed.append(exc)
+            with contextlib.suppress(OSError):
+                while b := conn.recv(1):
+                    conn.sendall(b)
 
     th = threading.Thread(target=echo, daemon=True)
     th.start()
     cli = net.socket(src, socket.AF_INET, socket.SOCK_STREAM)
     try:
-        pinger = threading.Thread(target=ping, daemon=True)
-        pinger.start()
-        pinger.join()
-        if failed:
-            raise failed[0]
+        cli.settimeout(_TIMEOUT_S)
+        cli.connect(srv.getsockname())
+        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        yield cli
     finally:
         cli.close()
         _end_accept(srv)
         th.join(10)
         srv.close()
-    return out[2:]  # the first exchanges pay for ARP and cold caches
 
 
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
