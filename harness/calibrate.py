@@ -33,8 +33,6 @@ import os
 import re
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ import pandas as pd
 from harness.errors import InputError
 from harness.loadgen import Endpoint, LoadSpec, ReplayConfig, Timeouts, replay
 from harness.loadgen.conditions import server_roots
+from harness.loadgen.plainhttp import fetch_text
 from harness.loadgen.telemetry import NotPrometheus, parse_samples
 from harness.loadgen.tokenize import tokenize_endpoint
 from harness.model.fit import CalibrationFit, Measurements, fit_calibration
@@ -115,15 +114,16 @@ class Target:
 def probe_tokenize(url: str, model: str, api_key: str | None = None) -> int | None:
     """The server's ``max_model_len`` if ``url`` answers ``POST /tokenize`` (vLLM, SGLang) for ``model``,
     else None: then prompts are fitted by words and the fit uses the token counts the server reports."""
-    body = json.dumps({"model": model, "prompt": "a"}).encode()
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(tokenize_endpoint(url), data=body, headers=headers, method="POST")
+    body = json.dumps({"model": model, "prompt": "a"}).encode()
+    status, text = fetch_text(tokenize_endpoint(url), method="POST", body=body, headers=headers, timeout_s=10)
+    if status != 200:
+        return None
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            answer = json.loads(resp.read())
-    except (OSError, ValueError, urllib.error.HTTPError):
+        answer = json.loads(text)
+    except ValueError:
         return None
     limit = answer.get("max_model_len") if isinstance(answer, dict) else None
     return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
@@ -135,12 +135,12 @@ def engine_seconds(url: str, api_key: str | None = None) -> tuple[float, int] | 
     does not answer or has no such histograms."""
     (root,) = server_roots([url])
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    status, text = fetch_text(root + "/metrics", headers=headers, timeout_s=10)
+    if status != 200:
+        return None
     try:
-        with urllib.request.urlopen(
-            urllib.request.Request(root + "/metrics", headers=headers), timeout=10
-        ) as r:
-            samples = parse_samples(r.read().decode("utf-8", "replace"), (ENGINE_QUEUE, ENGINE_PREFILL))
-    except (OSError, ValueError, NotPrometheus):
+        samples = parse_samples(text, (ENGINE_QUEUE, ENGINE_PREFILL))
+    except NotPrometheus:
         return None
     found = {name for name, _, _ in samples}
     if not {ENGINE_QUEUE + "_sum", ENGINE_PREFILL + "_sum", ENGINE_PREFILL + "_count"} <= found:

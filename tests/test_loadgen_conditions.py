@@ -23,6 +23,7 @@ from harness.loadgen.conditions import (
 )
 from harness.loadgen.config import LoadSpec
 from harness.loadgen.fakeserver import FakeServer
+from harness.loadgen.plainhttp import fetch_text
 from harness.records import read_meta
 from harness.traces.frame import Trace
 
@@ -160,3 +161,15 @@ def test_a_server_that_keeps_refusing_is_a_reset_failure_naming_path_and_status(
 def test_a_server_without_a_reset_is_a_reset_failure_naming_what_was_tried():
     with ServerThread(_Engine(None, "")) as srv, pytest.raises(ResetFailed, match="no cache reset"):
         reset_server(srv.url)
+
+
+def test_fetch_text_gives_the_body_an_error_status_or_why_nothing_answered():
+    engine = _Engine("/flush_cache", VLLM_METRICS, busy=1)
+    with ServerThread(engine) as srv:
+        assert fetch_text(srv.url + "/metrics") == (200, VLLM_METRICS)
+        assert fetch_text(srv.url + "/flush_cache", method="POST") == (400, "")  # refused, no body kept
+        assert fetch_text(srv.url + "/nowhere") == (404, "")
+        url = srv.url
+    status, why = fetch_text(url + "/metrics", timeout_s=2)  # the server is gone: the port refuses
+    assert status == 0 and "refused" in why.lower(), why
+    assert fetch_text("not a url")[0] == 0

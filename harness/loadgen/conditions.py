@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-_TIMEOUT_S = 5.0
+from harness.loadgen.plainhttp import fetch_text
+
 # Resets in the order tried: serve's own, vLLM's, SGLang's. The first that answers 2xx wins.
 RESET_PATHS = ("/reset", "/reset_prefix_cache", "/flush_cache")
 RESET_BUSY_WAIT_S = 10.0
@@ -133,19 +132,6 @@ def server_roots(urls: Iterable[str | None]) -> list[str]:
     return list(roots)
 
 
-def _request(url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(
-        url, method=method, headers=dict(headers or {}), data=b"" if method == "POST" else None
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as resp:
-            return resp.status, resp.read(1 << 22).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return 0, str(getattr(exc, "reason", exc))
-
-
 def reset_server(
     root: str, headers: Mapping[str, str] | None = None, *, busy_wait_s: float = RESET_BUSY_WAIT_S
 ) -> str:
@@ -160,7 +146,7 @@ def reset_server(
     for path in RESET_PATHS:
         deadline = time.monotonic() + busy_wait_s
         while True:
-            status, text = _request(root + path, method="POST", headers=headers)
+            status, text = fetch_text(root + path, method="POST", headers=headers)
             if 200 <= status < 300:
                 return path
             if status == 0:
@@ -190,7 +176,7 @@ def read_metrics(
     root: str, *, reset_lag: bool = False, headers: Mapping[str, str] | None = None
 ) -> ServerMetrics | None:
     """Scrape ``root/metrics`` (``?reset_lag=1`` starts serve's lag window afresh); None when it fails."""
-    status, text = _request(root + "/metrics" + ("?reset_lag=1" if reset_lag else ""), headers=headers)
+    status, text = fetch_text(root + "/metrics" + ("?reset_lag=1" if reset_lag else ""), headers=headers)
     if status != 200:
         return None
     lag: dict[str, float] = {}

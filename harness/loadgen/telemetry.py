@@ -24,14 +24,14 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from fnmatch import translate
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness.loadgen.plainhttp import fetch_text
 
 DEFAULT_INTERVAL_S = 0.5
 # Metric families kept by default (fnmatch patterns on the family name; counters without ``_total``).
@@ -51,7 +51,6 @@ DEFAULT_PATTERNS = (
     "prfaas_kv_bytes_sent", "prfaas_kv_bytes_received", "prfaas_kv_transfers_in_flight",
     "prfaas_link_utilisation",
 )  # fmt: skip
-_MAX_BYTES = 1 << 23
 
 
 class NotPrometheus(ValueError):
@@ -127,17 +126,6 @@ class ServerScrapes:
         return asdict(self)
 
 
-def _fetch(url: str, headers: Mapping[str, str], timeout_s: float) -> tuple[int, str]:
-    req = urllib.request.Request(url, headers=dict(headers))
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return resp.status, resp.read(_MAX_BYTES).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return 0, str(getattr(exc, "reason", exc))
-
-
 class Scraper:
     """Scrapes ``roots`` for one endpoint's run on a thread of its own; ``start(t0)`` once the run clock
     has its zero, ``stop()`` (idempotent) takes a last scrape and joins."""
@@ -169,7 +157,7 @@ class Scraper:
         Every sample of a pass gets the pass's midpoint, so the servers' figures add up per pass."""
         begin = time.monotonic()
         got = [
-            (root, state, *_fetch(root + "/metrics", self.headers, self.timeout_s))
+            (root, state, *fetch_text(root + "/metrics", headers=self.headers, timeout_s=self.timeout_s))
             for root, state in self.servers.items()
             if state.warning is None
         ]
