@@ -130,11 +130,78 @@ def test_no_arp_crosses_an_emulated_link(relay_ok):
             assert entries.get(net.address(d.dst)) == (mac, NUD_PERMANENT), (d.name, entries)
 
 
+class _Sites:
+    """Namespaces set up by hand, as a path for ``measure``: each site is a (namespace, address)."""
+
+    def __init__(self, sites: dict[str, tuple[str, str]]) -> None:
+        self.sites = sites
+
+    def socket(self, site: str, family: int, kind: int) -> socket.socket:
+        return kernel.socket_in(self.sites[site][0], family, kind)
+
+    def address(self, site: str) -> str:
+        return self.sites[site][1]
+
+
 def test_tbf_rate_holds_for_a_real_tcp_flow(relay_ok):
     table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "rate_mbit": 100}]}
     with _net(table, P("t2")).up() as net:
-        got = goodput_mbit(net, "a", "b", seconds=1.2, warmup_s=0.3)
-    assert got == pytest.approx(expected_goodput_mbit(100, 1500), rel=0.05)
+        got, floor = _goodput_and_floor(net, 100, seconds=1.2, warmup_s=0.3)
+    _assert_goodput(got, 100, floor)
+
+
+def _goodput_and_floor(
+    net: Network, rate_mbit: float, *, seconds: float, warmup_s: float
+) -> tuple[float, float]:
+    """Goodput a->b, and the least it must reach: the expected TCP payload rate, or what the kernel's
+    own TBF (``_kernel_tbf``) carries in the same moments when that is less. The two flows run at
+    once: in the netem VM under TCG, TBF's watchdog wakes late and a link at 100 Mbit/s carried
+    0.65-0.96 of the expected rate from one 1.5 s window to the next (2026-12-03), yet the harness's
+    and the hand-set TBF measured together stayed within 0.995-1.036 of each other. On hardware
+    both carry the expected rate."""
+    ref: list[float] = []
+    with _kernel_tbf(P("tr"), rate_mbit) as reference:
+        beside = threading.Thread(
+            target=lambda: ref.append(goodput_mbit(reference, "a", "b", seconds=seconds, warmup_s=warmup_s))
+        )
+        beside.start()
+        try:
+            got = goodput_mbit(net, "a", "b", seconds=seconds, warmup_s=warmup_s)
+        finally:
+            beside.join()
+    return got, min([expected_goodput_mbit(rate_mbit, 1500), *ref])
+
+
+def _assert_goodput(got: float, rate_mbit: float, floor: float) -> None:
+    expected = expected_goodput_mbit(rate_mbit, 1500)
+    assert floor * 0.95 <= got <= expected * 1.05, (got, expected, floor)
+
+
+@contextlib.contextmanager
+def _kernel_tbf(prefix: str, rate_mbit: float, mtu: int = 1500) -> Iterator[_Sites]:
+    """Sites a and b in two namespaces joined by a veth whose a->b egress holds a TBF at
+    ``rate_mbit`` (68 KiB bucket, 1,000 full frames of queue: what the harness sets by default),
+    built with plain pyroute2 calls, none of the harness's shaping code."""
+    a, b = prefix + "ra", prefix + "rb"
+    addresses = {"a": "10.254.0.1", "b": "10.254.0.2"}
+    for ns in (a, b):
+        kernel.create_namespace(ns)
+    try:
+        with kernel.rtnl(a) as ipr:
+            ipr.link("add", ifname="ref-a", kind="veth", peer={"ifname": "ref-b", "net_ns_fd": b})
+        for ns, dev, site in ((a, "ref-a", "a"), (b, "ref-b", "b")):
+            with kernel.rtnl(ns) as ipr:
+                idx = kernel.ifindex(ipr, dev)
+                ipr.addr("add", index=idx, address=addresses[site], prefixlen=30)
+                ipr.link("set", index=idx, mtu=mtu, state="up")
+                if site == "a":
+                    frame = mtu + 14
+                    ipr.tc("add", "tbf", idx, handle=0x10000, rate=f"{round(rate_mbit * 1000)}kbit",
+                           burst=68 << 10, limit=1000 * frame)  # fmt: skip
+        yield _Sites({site: (ns, addresses[site]) for site, ns in (("a", a), ("b", b))})
+    finally:
+        for ns in (a, b):
+            kernel.remove_namespace(ns)
 
 
 def _measured_rtt(net: Network, samples: int) -> tuple[list[float], float]:
@@ -154,21 +221,8 @@ def _measured_rtt(net: Network, samples: int) -> tuple[list[float], float]:
     return got, sum(after[k].since(before[k]).quantile(0.5) or 0.0 for k in after) * 1e3
 
 
-class _Loopback:
-    """One namespace's loopback as a path for ``measure``: every site is that namespace, at 127.0.0.1."""
-
-    def __init__(self, ns: str) -> None:
-        self.ns = ns
-
-    def socket(self, site: str, family: int, kind: int) -> socket.socket:
-        return kernel.socket_in(self.ns, family, kind)
-
-    def address(self, site: str) -> str:
-        return "127.0.0.1"
-
-
 @contextlib.contextmanager
-def _kernel_netem(prefix: str, round_trip_ms: float) -> Iterator[_Loopback]:
+def _kernel_netem(prefix: str, round_trip_ms: float) -> Iterator[_Sites]:
     """A namespace whose loopback holds a netem delay of half ``round_trip_ms``, set with pyroute2's
     own calls (none of the harness's shaping code): a round trip through it is what the kernel's netem
     gives on this machine, its timers and network stack included. Made once the harness's network is
@@ -180,7 +234,7 @@ def _kernel_netem(prefix: str, round_trip_ms: float) -> Iterator[_Loopback]:
             lo = kernel.ifindex(ipr, "lo")
             ipr.link("set", index=lo, state="up")
             ipr.tc("add", "netem", lo, handle=0x10000, delay=round(round_trip_ms * 1e3 / 2))
-        yield _Loopback(ns)
+        yield _Sites({"x": (ns, "127.0.0.1")})
     finally:
         kernel.remove_namespace(ns)
 
@@ -236,14 +290,14 @@ def test_live_changes_take_effect_and_scheduled_events_restore(relay_ok):
         slow = goodput_mbit(net, "a", "b", seconds=1.0, warmup_s=0.3)
         sched.join()
         assert net.link_spec("a", "b").rate_mbit == 100  # restored after duration_s
-        fast = goodput_mbit(net, "a", "b", seconds=0.8, warmup_s=0.3)
+        fast, floor = _goodput_and_floor(net, 100, seconds=0.8, warmup_s=0.3)
         net.set_link("a", "b", up=False)
         assert not _connect_ok(net, "a", "b", timeout=0.5)
         net.set_link("a", "b", up=True, delay_ms=4)
         assert all(r.ok for r in net.status())
-        samples, late_ms = _measured_rtt(net, samples=10)
+        samples, late_ms = _measured_rtt(net, samples=20)
     assert slow == pytest.approx(expected_goodput_mbit(20, 1500), rel=0.08)
-    assert fast == pytest.approx(expected_goodput_mbit(100, 1500), rel=0.05)
+    _assert_goodput(fast, 100, floor)
     _assert_round_trip(samples, 4.0, late_ms)
 
 
