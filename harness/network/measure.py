@@ -125,8 +125,6 @@ def interleaved_rtt_ms(paths: Sequence[tuple[Any, str, str]], samples: int = 20)
         def ping() -> None:
             prioritise()
             try:
-                for cli in clients:
-                    cli.settimeout(_TIMEOUT_S)
                 for _ in range(samples + 2):
                     for cli, got in zip(clients, out, strict=True):
                         t = time.perf_counter()
