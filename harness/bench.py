@@ -203,6 +203,7 @@ def run_bench(
                 "workload": workload,
             },
             on_start=lambda name, t0: clusters.arm_events(t0, label=name),
+            on_end=clusters.event_lag,
         )
         replay(trace.replace(arrival_s=trace.arrival_s / s), config, out_dir / "replay", quiet=not progress)
         clusters.check()  # a link event that failed to apply spoils the run: say so

@@ -103,6 +103,7 @@ def run_ladder(
             endpoints=(ep,),
             run_id=None,
             on_start=None,
+            on_end=None,
             meta_extra={**config.meta_extra, "ladder": {"share": share, "rate_rps": rate, "requests": n}},
             validity=bounds,
             max_send_lag_s=bounds.send_lag_p99_ms / 1e3,

@@ -18,6 +18,9 @@ Measurements (every key optional, seconds / fractions / Mbit/s / ms as named)::
     cpu                     {"steal_share", "other_share"}: of all CPU time during the run
     client_stall_share      time the client's event loop stalled over 50 ms / the run's time
     client_stall_waited_s   of that, seconds its thread was runnable but had no CPU (or None)
+    link_event_lag          {"change", "late_s", "lasts_s"}: of the link events applied during the run, the
+                            change that landed latest for how long its state was planned to last
+                            (model s; lasts_s None: to the run's end)
 """
 
 from __future__ import annotations
@@ -141,6 +144,13 @@ def verdict(measurements: Mapping[str, Any], bounds: ValidityBounds | None = Non
             f"the client's event loop stalled {stalled or 0:.1%} of the run (> {b.client_stall_share:.0%}): "
             "tokens that arrived then were timestamped late"
             + ("" if waited is None else f" ({waited:.2f} s of it waiting for a CPU)"))  # fmt: skip
+    ev = measurements.get("link_event_lag") or {}
+    late, lasts = _num(ev.get("late_s")), _num(ev.get("lasts_s"))
+    # lasts_s None: the change's state was to last to the run's end (nothing of it is lost)
+    share = None if late is None else 0.0 if lasts is None else late / lasts if lasts else math.inf
+    j.check("link_event_lag_share", share, b.link_event_lag_share,
+            f"link change {ev.get('change')} landed {late or 0:.2f} s late, {share or 0:.0%} of the {lasts or 0:g} s "
+            f"it was to last (> {b.link_event_lag_share:.0%}): the run met a shorter fault than planned")  # fmt: skip
     return Verdict(tuple(j.reasons), j.checks)
 
 

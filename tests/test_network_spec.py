@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 from pyroute2.iproute.linux import get_arguments_processor
@@ -20,6 +21,7 @@ from harness.network import (
     timeline,
 )
 from harness.network.measure import expected_goodput_mbit
+from harness.network.schedule import Change, EventScheduler, worst_lag
 from harness.network.status import compare
 
 TABLE = {
@@ -253,6 +255,40 @@ def test_timeline_restores_and_composes_overlapping_events():
         (80, 10, True, 1),
         (90, 100, True, 1),  # the rate comes back; the open-ended loss stays
     ]
+
+
+def test_worst_lag_is_the_largest_share_of_a_planned_state_lost_to_lateness():
+    a, b = LinkSpec(rate_mbit=100), LinkSpec(rate_mbit=10)
+    # One direction's states: [60, 70) [70, 75) [75, 80) [80, 90) [90, end); another's change at 72.
+    plan = [Change(t, "a", "b", a if i % 2 else b) for i, t in enumerate((60, 70, 75, 80, 90))]
+    plan.insert(2, Change(72, "b", "a", b))
+    # Late 0.5 of 10, 0.8 of 5, 0 (the other direction's), 0.1 of 5, and 80 not landed by 81.5: 1.5 of 10.
+    lag = worst_lag(plan, [60.5, 70.8, 72.0, 75.1], now=81.5)
+    assert (lag.change.t_s, lag.late_s, lag.lasts_s) == (70, pytest.approx(0.8), 5)
+    assert lag.share == pytest.approx(0.16)
+    # By 83 the change due at 80 has still not landed: 3 s of its 10 s state lost.
+    assert worst_lag(plan, [60.5, 70.8, 72.0, 75.1], now=83).change.t_s == 80
+    # The last state of a direction lasts to the end: landing late loses none of it.
+    last = worst_lag(plan, [60, 70, 72, 75, 80, 95], now=96)
+    assert last.share == 0.0
+    assert worst_lag(plan, [], now=59.0) is None
+
+
+def test_the_scheduler_reports_a_change_that_landed_late():
+    applied = []
+
+    def slow(ch: Change) -> None:  # the first change takes 0.2 s, its state was to last 0.05 s
+        if not applied:
+            time.sleep(0.2)
+        applied.append(ch)
+
+    plan = [Change(0.0, "a", "b", LinkSpec(rate_mbit=10)), Change(0.05, "a", "b", LinkSpec(rate_mbit=100))]
+    sched = EventScheduler(plan, slow)
+    assert sched.worst_lag() is None  # not started
+    sched.start()
+    sched.join()
+    lag = sched.worst_lag()
+    assert lag.change is plan[0] and lag.late_s >= 0.2 and lag.share >= 4
 
 
 def test_expected_goodput_removes_header_overhead():

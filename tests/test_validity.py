@@ -18,6 +18,7 @@ CLEAN = {
     "cpu": {"steal_share": 0.0, "other_share": 0.2},
     "client_stall_share": 0.002,
     "client_stall_waited_s": 0.01,
+    "link_event_lag": {"change": "local->remote DOWN at 30 s", "late_s": 0.25, "lasts_s": 5.0},
 }
 
 
@@ -29,6 +30,7 @@ def test_a_run_within_every_bound_is_valid_and_every_figure_is_checked():
     assert v.checks["relay_delay_error_ms[remote->local]"]["value"] == pytest.approx(0.05)
     assert v.checks["link_goodput_share[remote->local]"]["value"] == pytest.approx(770 / 774)
     assert v.checks["client_stall_share"] == {"value": 0.002, "bound": 0.01, "ok": True}
+    assert v.checks["link_event_lag_share"] == {"value": pytest.approx(0.05), "bound": 0.1, "ok": True}
 
 
 def test_client_stalls_are_a_share_of_each_client_process_time():
@@ -67,12 +69,23 @@ def test_client_stalls_are_a_share_of_each_client_process_time():
             "the client's event loop stalled 8.4% of the run (> 1%): tokens that arrived then were "
             "timestamped late (2.15 s of it waiting for a CPU)",
         ),
+        # CI, 2026-12-03: a 5 s cut landed 5.15 s late, so the link was down for none of its 5 s.
+        (
+            {"link_event_lag": {"change": "local->remote DOWN at 30 s", "late_s": 5.15, "lasts_s": 5.0}},
+            "link change local->remote DOWN at 30 s landed 5.15 s late, 103% of the 5 s it was to last (> 10%)",
+        ),
     ],
 )
 def test_each_broken_bound_makes_the_run_invalid_with_its_reason(change, words):
     v = verdict({**CLEAN, **change})
     assert not v.valid and len(v.reasons) == 1
     assert words in v.reasons[0] and v.text() == "invalid: " + v.reasons[0]
+
+
+def test_a_late_change_whose_state_lasts_to_the_end_loses_nothing():
+    v = verdict({**CLEAN, "link_event_lag": {"change": "a->b 100Mbit", "late_s": 3.0, "lasts_s": None}})
+    assert v.valid and v.checks["link_event_lag_share"]["value"] == 0.0
+    assert verdict({**CLEAN, "link_event_lag": None}).checks["link_event_lag_share"] == UNKNOWN
 
 
 def test_several_broken_bounds_are_all_named_and_bounds_are_configurable():

@@ -28,6 +28,8 @@ class ValidityBounds:
     cpu_other_share       CPU time of processes outside the run / all CPU time during the run
     client_stall_share    time the client's event loop stalled over 50 ms / the run's time: what
                           arrived then was timestamped late (``harness.loadgen.stalls``)
+    link_event_lag_share  of a link change's planned state (until the next change of its direction),
+                          the part the link spent in the old state because the change landed late
     """
 
     send_lag_p99_ms: NonNegative = 10.0
@@ -39,6 +41,7 @@ class ValidityBounds:
     cpu_steal_share: Share = 0.10
     cpu_other_share: Share = 0.50
     client_stall_share: Share = 0.01
+    link_event_lag_share: Share = 0.1
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import selectors
 import signal
@@ -425,6 +426,24 @@ class EmulatedClusters:
         for (src, dst), spec in self._base.items():
             if self._net.link_spec(src, dst) != spec:
                 self._net.set_link(src, dst, spec)
+
+    def event_lag(self, label: str) -> dict[str, Any]:
+        """Run conditions for the verdict (``validity`` ``link_event_lag``) as ``label``'s run ends: the
+        change of its link events that lost the largest share of its planned state, in model seconds
+        (empty without events, or before any change was due)."""
+        with self._events_lock:
+            lags = [sched.worst_lag() for name, sched in self._armed if name == label]
+        lag = lags[-1] if lags else None
+        if lag is None:
+            return {}
+        s, ch = self.spec.speedup, model_timeline(self.scenario)[self._changes.index(lag.change)]
+        return {
+            "link_event_lag": {
+                "change": f"{ch.src}->{ch.dst} {ch.spec} at {ch.t_s:g} s",
+                "late_s": lag.late_s * s,
+                "lasts_s": lag.lasts_s * s if math.isfinite(lag.lasts_s) else None,
+            }
+        }
 
     def link_events(self) -> dict[str, Any] | None:
         """For meta.json: the events (model seconds after the run clock's zero) and, per arming, each

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -197,6 +197,9 @@ class ReplayConfig:
     # Told (endpoint name, t0) as each endpoint's run clock starts: t0 is the time.monotonic() of its
     # zero, the first request's scheduled send (bench starts the emulator's link events from it).
     on_start: Callable[[str, float], None] | None = field(default=None, compare=False)
+    # Asked (endpoint name) as each endpoint's run ends: more conditions for its verdict (bench: how
+    # late its link events landed, ``EmulatedClusters.event_lag``).
+    on_end: Callable[[str], Mapping[str, Any]] | None = field(default=None, compare=False)
     # The verdict's bounds; its send-lag bound is ``max_send_lag_s`` (one figure in force).
     validity: ValidityBounds = field(default_factory=ValidityBounds)
     reset: bool = True  # reset each server's caches and counters before each endpoint's run

@@ -149,7 +149,10 @@ def replay(
                         f"the first request found {stats.first[1]} cached prompt tokens: the server's cache "
                         "was warm at the start"
                     )
-                summary["conditions"] = run_conditions(start, config)
+                summary["conditions"] = {
+                    **run_conditions(start, config),
+                    **(config.on_end(ep.name) if config.on_end is not None else {}),
+                }
                 judged = verdict(measurements(summary), config.bounds())
                 summary["validity"] = judged.to_dict()
                 verdicts[ep.name] = judged.text()

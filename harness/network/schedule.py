@@ -7,6 +7,7 @@ applied in start order, so an event ending restores exactly what the others leav
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,38 @@ def timeline(events: Sequence[LinkEvent], base: Mapping[Key, LinkSpec]) -> list[
     return out
 
 
+@dataclass(frozen=True)
+class Lag:
+    """How late one change took effect: ``late_s`` after its planned time, in a state planned to last
+    ``lasts_s`` (until the next change of its direction; inf for the last)."""
+
+    change: Change
+    late_s: float
+    lasts_s: float
+
+    @property
+    def share(self) -> float:
+        """The part of its planned state the link spent in the old one instead."""
+        return self.late_s / self.lasts_s
+
+
+def worst_lag(changes: Sequence[Change], landed: Sequence[float], now: float) -> Lag | None:
+    """Of the changes due by ``now``, the one that lost the largest share of its state (pure). A link cut
+    planned for 5 s that lands 1 s late is a 4 s cut: 20%. ``landed[i]``: when ``changes[i]`` took
+    effect, on the schedule's clock (they are applied in order, so a shorter list means the rest had
+    not by ``now``: late by ``now - t_s`` so far). None when no change was due."""
+    worst = None
+    for i, ch in enumerate(changes):
+        if ch.t_s > now:
+            break
+        nxt = next((c.t_s for c in changes[i + 1 :] if (c.src, c.dst) == (ch.src, ch.dst)), math.inf)
+        at = landed[i] if i < len(landed) else now
+        lag = Lag(ch, max(0.0, at - ch.t_s), nxt - ch.t_s)
+        if worst is None or lag.share > worst.share:
+            worst = lag
+    return worst
+
+
 class EventScheduler:
     """Applies a timeline on a background thread, on the wall clock from ``start()`` (or from the
     ``time.monotonic()`` instant it is given: a run clock's zero chosen elsewhere).
@@ -78,6 +111,12 @@ class EventScheduler:
                 self.applied.append((time.monotonic() - self.t0, ch))
         except BaseException as exc:
             self._error = exc
+
+    def worst_lag(self) -> Lag | None:
+        """``worst_lag`` of this schedule so far (None before ``start()`` or before the first change)."""
+        if not self._thread.ident:
+            return None
+        return worst_lag(self.changes, [at for at, _ in list(self.applied)], time.monotonic() - self.t0)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
