@@ -200,8 +200,8 @@ def test_bench_replays_the_fault_over_the_shaped_link_as_simulate_does(root, tmp
     simulated = read_records(out / "simulate")
     meta = read_meta(out / "replay")["link_events"]
     check_straddle(simulated[simulated["topology"] == "prfaas"], _down_as_planned(), slack_s=0.0)
-    # A change that lands late shortens the state it begins (CI once applied the 5 s cut 5.15 s late, so
-    # the link was never down): the verdict says so beyond 10% of it, and then the run is not the planned
+    # A change that lands late shortens the state it begins (CI once applied the 5 s cut 5.15 s late: it
+    # lasted 0.15 s): the verdict says so beyond 10% of it, and then the run is not the planned
     # fault. Otherwise the replay is judged against the link as it really changed, with 0.05 model s for
     # clock readings across processes.
     verdict = read_meta(out / "replay")["validity"]["by_topology"]["prfaas"]
