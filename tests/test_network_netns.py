@@ -184,9 +184,9 @@ def _kernel_tbf(prefix: str, rate_mbit: float, mtu: int = 1500) -> Iterator[_Sit
     built with plain pyroute2 calls, none of the harness's shaping code."""
     a, b = prefix + "ra", prefix + "rb"
     addresses = {"a": "10.254.0.1", "b": "10.254.0.2"}
-    for ns in (a, b):
-        kernel.create_namespace(ns)
     try:
+        for ns in (a, b):  # inside: a second that fails must not leave the first behind
+            kernel.create_namespace(ns)
         with kernel.rtnl(a) as ipr:
             ipr.link("add", ifname="ref-a", kind="veth", peer={"ifname": "ref-b", "net_ns_fd": b})
         for ns, dev, site in ((a, "ref-a", "a"), (b, "ref-b", "b")):

@@ -432,8 +432,8 @@ class EmulatedClusters:
         change of its link events that lost the largest share of its planned state, in model seconds
         (empty without events, or before any change was due)."""
         with self._events_lock:
-            lags = [sched.worst_lag() for name, sched in self._armed if name == label]
-        lag = lags[-1] if lags else None
+            armed = [sched for name, sched in self._armed if name == label]
+            lag = armed[-1].worst_lag() if armed else None  # the latest arming is the run that ended
         if lag is None:
             return {}
         s, ch = self.spec.speedup, model_timeline(self.scenario)[self._changes.index(lag.change)]
