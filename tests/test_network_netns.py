@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import textwrap
@@ -33,6 +34,7 @@ from harness.network.measure import (
     loss_pct,
     rtt_ms,
 )
+from harness.network.realtime import CPU_LATENCY
 from harness.network.state import STATE_DIR, State, is_alive, start_ticks
 from harness.network.sweep import relay_pids, sweep
 
@@ -265,6 +267,38 @@ def test_delay_gives_the_configured_round_trip(relay_ok):
         # The relays report what they did: every frame counted, the configured delay, achieved >= it.
         assert {k: v["delay_ms"] for k, v in lag.items()} == {"a->b": 5.0, "b->a": 3.0}
         assert all(v["frames"] >= 42 and v["achieved_ms_p50"] >= v["delay_ms"] for v in lag.values()), lag
+
+
+def _cpu_latency_us() -> int:
+    return struct.unpack("i", Path(CPU_LATENCY).read_bytes()[:4])[0]
+
+
+def _latency_holders() -> list[int]:
+    """Every process with /dev/cpu_dma_latency open."""
+    held = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):  # a process that ended while we looked
+            if proc.name.isdigit() and any(os.readlink(f) == CPU_LATENCY for f in (proc / "fd").iterdir()):
+                held.append(int(proc.name))
+    return held
+
+
+def test_a_relay_keeps_idle_cores_awake_while_it_runs_and_not_after(relay_ok):
+    """Each relay holds the kernel's wake-up latency request at 0 µs (an open /dev/cpu_dma_latency)
+    for its life, and lets go with it: once the network is down no relay holds it, and with nothing
+    else holding it the kernel is back at its default (2,000 s, i.e. none)."""
+    need(Path(CPU_LATENCY).exists(), f"{CPU_LATENCY} is missing: this kernel has no PM QoS device")
+    table = {"sites": ["a", "b"], "links": [{"between": ["a", "b"], "delay_ms": 1}]}
+    with _net(table, P("t20"), backend="relay").up():
+        relays = sorted(pid for pid, _ in relay_pids(P("t20")))
+        holders = _latency_holders()
+        during = _cpu_latency_us()
+    assert len(relays) == 2 and set(relays) <= set(holders), (relays, holders)
+    assert during == 0
+    after = _latency_holders()
+    assert not set(relays) & set(after), after
+    if not after:
+        assert _cpu_latency_us() == 2_000_000_000
 
 
 def test_loss_is_close_to_the_configured_rate(relay_ok):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import CapabilityError
-from harness.network.realtime import prioritise
+from harness.network.realtime import prioritise, wakeup_latency_held
 from harness.network.render import ETH_HEADER
 
 TCP_IP_HEADERS = 52  # IPv4 20 + TCP 20 + timestamps option 12
@@ -109,7 +109,9 @@ def _end_accept(srv: socket.socket) -> None:
 def rtt_ms(net, src: str, dst: str, samples: int = 20) -> list[float]:
     """Round trips of a 1-byte TCP ping-pong (Nagle off) from src to an echo in dst, in ms. Both
     ends run on their own threads at real-time priority where allowed (as the relay does), so what
-    is measured is the network, not how long a busy host leaves this process waiting for a CPU."""
+    is measured is the network, not how long a busy host leaves this process waiting for a CPU; and
+    idle cores poll instead of halting meanwhile (``wakeup_latency_held``), nor how long one takes to
+    wake."""
     return interleaved_rtt_ms([(net, src, dst)], samples)[0]
 
 
@@ -120,6 +122,7 @@ def interleaved_rtt_ms(paths: Sequence[tuple[Any, str, str]], samples: int = 20)
     out: list[list[float]] = [[] for _ in paths]
     failed: list[BaseException] = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(wakeup_latency_held())  # the endpoints' wake-ups are not the network's
         clients = [stack.enter_context(_echo_pair(net, src, dst)) for net, src, dst in paths]
 
         def ping() -> None:

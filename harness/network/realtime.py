@@ -5,6 +5,14 @@ On a busy host a normal thread that wakes may wait for a CPU hog's time slice to
 HZ=250): that is what pushed relay RTT tests to 12 ms for 8 configured (issue 12). At the lowest
 real-time priority (SCHED_FIFO 1) a thread that wakes runs at once; the kernel's RT throttling
 (95% of each second by default) still bounds a thread that never sleeps.
+
+On an idle host the cost moves to the CPU itself: a core that halted between packets takes a while
+to wake, and in a VM that halts its vCPU (this machine's haltpoll) a wake-up goes through the host.
+Each relayed direction then paid it twice (the frame's arrival, which the relay cannot time, and
+its release): an 8 ms round trip measured 9.5-10.8 ms at idle on 2026-12-03 and failed CI's
+1 ms bound. ``hold_wakeup_latency`` asks the kernel's PM QoS for 0 µs wake-up latency, so idle
+cores poll instead of halting while it is held (what cyclictest and tuned's latency-performance
+profile do): the same round trip then measured 8.22-8.47 ms.
 """
 
 from __future__ import annotations
@@ -12,8 +20,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import struct
+from collections.abc import Iterator
 
 _PR_SET_TIMERSLACK = 29
+CPU_LATENCY = "/dev/cpu_dma_latency"
 
 
 def prioritise(*, fallback_nice: int | None = None) -> str:
@@ -32,3 +43,31 @@ def prioritise(*, fallback_nice: int | None = None) -> str:
             os.setpriority(os.PRIO_PROCESS, 0, fallback_nice)
             return "nice"
     return "normal"
+
+
+def hold_wakeup_latency() -> int | str:
+    """Ask that no CPU take longer than 0 µs to wake (idle cores poll) for as long as the returned
+    file descriptor stays open: the kernel drops the request when the last holder closes it, on any
+    exit, SIGKILL included, so nothing is left to clean up. Returns why not (a string) where the
+    device is missing or not writable (not root); the caller goes on without it."""
+    try:
+        fd = os.open(CPU_LATENCY, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"{CPU_LATENCY}: {exc.strerror}"
+    try:
+        os.write(fd, struct.pack("i", 0))  # a native s32, in µs
+    except OSError as exc:
+        os.close(fd)
+        return f"{CPU_LATENCY}: {exc.strerror}"
+    return fd
+
+
+@contextlib.contextmanager
+def wakeup_latency_held() -> Iterator[int | str]:
+    """``hold_wakeup_latency`` for the length of a ``with`` block."""
+    held = hold_wakeup_latency()
+    try:
+        yield held
+    finally:
+        if isinstance(held, int):
+            os.close(held)
