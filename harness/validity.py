@@ -117,6 +117,11 @@ def verdict(measurements: Mapping[str, Any], bounds: ValidityBounds | None = Non
         j.check(f"relay_delay_error_ms[{direction}]", err, b.relay_delay_error_ms,
                 f"relay {direction} added {achieved} ms at p99 for {configured} ms configured "
                 f"(error > {b.relay_delay_error_ms:g} ms)")  # fmt: skip
+    for direction, r in j.each("relay_late_max_ms", measurements.get("relay")):
+        top = _num(r.get("late_ms_max"))
+        j.check(f"relay_late_max_ms[{direction}]", top, b.relay_late_max_ms,
+                f"relay {direction} held a frame {top} ms past its due time (> {b.relay_late_max_ms:g} ms): "
+                "the link stood still that long, and what crossed it then (KV) arrived late")  # fmt: skip
     for direction, g in j.each("link_goodput_share", measurements.get("link_goodput_mbit")):
         measured, expected = _num(g.get("measured")), _num(g.get("expected"))
         share = None if measured is None or not expected else measured / expected
@@ -173,12 +178,14 @@ def attainment_bounds(bounds: ValidityBounds, ttft_slo_s: float, time_scale: flo
     against a 30 s bound (0.13%). An emulated site's late wake-up delays one event of a request by its
     lateness; prefill batches and decode steps keep their planned times (docs/serve.md), so lateness
     does not accumulate along a queue, only along the ``TTFT_PATH_WAKEUPS`` wake-ups of one request's
-    path: the loop-lag bound is the same share over that many."""
+    path: the loop-lag bound is the same share over that many. A relay that stands still δ delays the
+    KV crossing then by at most δ, once per request: its stall bound is the send lag's."""
     budget_ms = bounds.send_lag_slo_share * ttft_slo_s / time_scale * 1e3
     return replace(
         bounds,
         send_lag_p99_ms=max(bounds.send_lag_p99_ms, budget_ms),
         loop_lag_p99_ms=max(bounds.loop_lag_p99_ms, budget_ms / TTFT_PATH_WAKEUPS),
+        relay_late_max_ms=max(bounds.relay_late_max_ms, budget_ms),
     )
 
 

@@ -22,6 +22,8 @@ class ValidityBounds:
                           that over the wake-ups of a first token's path (``validity.attainment_bounds``)
     loop_lag_p99_ms       each emulated site's event-loop lag p99 (wall ms)
     relay_delay_error_ms  the relay's achieved added delay p99 minus the configured delay
+    relay_late_max_ms     the longest the relay held a frame past its due time (wall ms): the link
+                          stood still that long, whatever the p99 says
     link_goodput_share    TCP goodput measured before the run / what the configured rate carries (at least)
     failed_share          failed requests / requests
     cpu_steal_share       CPU time stolen by the hypervisor / all CPU time during the run
@@ -36,6 +38,7 @@ class ValidityBounds:
     send_lag_slo_share: Share = 0.01
     loop_lag_p99_ms: NonNegative = 10.0
     relay_delay_error_ms: NonNegative = 1.0
+    relay_late_max_ms: NonNegative = 50.0
     link_goodput_share: Fraction = 0.9
     failed_share: Share = 0.01
     cpu_steal_share: Share = 0.10
