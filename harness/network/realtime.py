@@ -50,8 +50,6 @@ def hold_wakeup_latency() -> int | str:
     file descriptor stays open: the kernel drops the request when the last holder closes it, on any
     exit, SIGKILL included, so nothing is left to clean up. Returns why not (a string) where the
     device is missing or not writable (not root); the caller goes on without it."""
-    if os.environ.get("PFB_NOHOLD"):
-        return "off for the A/B"
     try:
         fd = os.open(CPU_LATENCY, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
