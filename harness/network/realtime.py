@@ -8,11 +8,13 @@ real-time priority (SCHED_FIFO 1) a thread that wakes runs at once; the kernel's
 
 On an idle host the cost moves to the CPU itself: a core that halted between packets takes a while
 to wake, and in a VM that halts its vCPU (this machine's haltpoll) a wake-up goes through the host.
-Each relayed direction then paid it twice (the frame's arrival, which the relay cannot time, and
-its release): an 8 ms round trip measured 9.5-10.8 ms at idle on 2026-12-03 and failed CI's
-1 ms bound. ``hold_wakeup_latency`` asks the kernel's PM QoS for 0 µs wake-up latency, so idle
-cores poll instead of halting while it is held (what cyclictest and tuned's latency-performance
-profile do): the same round trip then measured 8.22-8.47 ms.
+A relayed direction pays it when a frame arrives (which the relay cannot time) and the measuring
+endpoints pay it too: an 8 ms round trip measured 9.5-10.8 ms at idle on 2026-12-03 and failed CI's
+1 ms bound. ``wakeup_latency_held`` asks the kernel's PM QoS for 0 µs wake-up latency while a
+measurement runs, so idle cores poll instead of halting (as cyclictest does): the same round trip
+then measured 8.10-8.22 ms. It is not held for a whole run: on this VM a polling vCPU slowed the
+emulated sites (two CI runs with every relay holding it read the homogeneous TPOT p50 4.5-5.0% over
+simulate's, against 1.1% without).
 """
 
 from __future__ import annotations
@@ -45,29 +47,22 @@ def prioritise(*, fallback_nice: int | None = None) -> str:
     return "normal"
 
 
-def hold_wakeup_latency() -> int | str:
-    """Ask that no CPU take longer than 0 µs to wake (idle cores poll) for as long as the returned
-    file descriptor stays open: the kernel drops the request when the last holder closes it, on any
-    exit, SIGKILL included, so nothing is left to clean up. Returns why not (a string) where the
-    device is missing or not writable (not root); the caller goes on without it."""
-    try:
-        fd = os.open(CPU_LATENCY, os.O_WRONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        return f"{CPU_LATENCY}: {exc.strerror}"
-    try:
-        os.write(fd, struct.pack("i", 0))  # a native s32, in µs
-    except OSError as exc:
-        os.close(fd)
-        return f"{CPU_LATENCY}: {exc.strerror}"
-    return fd
-
-
 @contextlib.contextmanager
 def wakeup_latency_held() -> Iterator[int | str]:
-    """``hold_wakeup_latency`` for the length of a ``with`` block."""
-    held = hold_wakeup_latency()
+    """For the length of a ``with`` block, ask that no CPU take longer than 0 µs to wake (idle cores
+    poll instead of halting). The kernel drops the request when the file is closed, on any exit,
+    SIGKILL included, so nothing is left behind. Yields the open descriptor, or why not (a string)
+    where the device is missing or not writable (not root); the block runs either way."""
+    fd = None
     try:
-        yield held
+        fd = os.open(CPU_LATENCY, os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fd, struct.pack("i", 0))  # a native s32, in µs
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        yield f"{CPU_LATENCY}: {exc.strerror}"
+        return
+    try:
+        yield fd
     finally:
-        if isinstance(held, int):
-            os.close(held)
+        os.close(fd)

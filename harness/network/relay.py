@@ -12,8 +12,7 @@ offload the relay moves 64 KiB segments, not 1.5 KiB packets, and the bytes pass
 untouched. Offload is switched off while ``loss_pct > 0``: loss must hit single packets, not a
 whole segment (the kernel then segments in software before the TAP).
 
-Accuracy: the relay runs at real-time priority (``realtime.prioritise``), holds the CPUs' wake-up
-latency at 0 µs while it lives (``realtime.hold_wakeup_latency``), sleeps until 50 µs before
+Accuracy: the relay runs at real-time priority (``realtime.prioritise``), sleeps until 50 µs before
 the next release is due and polls from there, and measures itself: every release is timed against
 its due time into a lateness histogram (``relaylag``), published beside the control file about once
 a second while frames flow, at once on SIGUSR2, and on exit, so ``net status`` and a run's metadata
@@ -39,13 +38,12 @@ import signal
 import socket
 import stat
 import struct
-import sys
 import time
 from collections import deque
 from pathlib import Path
 
 from harness.network.control import Impairment
-from harness.network.realtime import hold_wakeup_latency, prioritise
+from harness.network.realtime import prioritise
 from harness.network.relaylag import BINS_PER_S, LagHistogram, lag_path, write_lag
 
 _TUNSETIFF = 0x400454CA
@@ -101,7 +99,6 @@ def run(tap: str, dev: str, control: Path, seed: int, *, daemon: bool = False) -
     control file (``relaylag.lag_path``) about once a second while frames flow, and on exit."""
     imp = Impairment.read(control)
     prioritise(fallback_nice=-10)  # release times matter more than a busy host's other work
-    woken = hold_wakeup_latency()  # kept open for the relay's life: idle cores poll, not halt
     rng = random.Random(seed)
     fd = open_tap(tap)
     set_offload(fd, imp.loss_pct == 0)
@@ -120,11 +117,6 @@ def run(tap: str, dev: str, control: Path, seed: int, *, daemon: bool = False) -
         signal.signal(sig, _on_signal)
     if daemon:  # only now: a live change may SIGUSR1 the printed pid at once, and its default kills
         _daemonize(log_path(control))
-    if isinstance(woken, str):
-        print(
-            f"relay: idle cores may halt between frames, adding their wake-up to the delay ({woken})",
-            file=sys.stderr,
-        )
     status = lag_path(control)
     hist = LagHistogram()
     counts = hist.counts
