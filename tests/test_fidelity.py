@@ -12,7 +12,11 @@ what this run can resolve:
   two shared cores, docs/serve.md) that a speed-up of s turns into s times as many model seconds, and a
   late send counts in TTFT (latency is measured from the scheduled time); the 10% covers queues that
   carry one request's delay into the next ones' waits;
-* TPOT p50 within 5%: decode steps are the cost model's in both, scheduled from planned step ends;
+* TPOT within 2%, request by request (the median of each request's replay/simulate ratio): decode
+  steps are the cost model's in both, scheduled from planned step ends. Not the p50 of the two
+  samples, which moves when requests swap ranks: on the homogeneous Mooncake slice it read +1.1% to
+  +5.0% over four runs on 2026-12-03 (two failed its old 5% bound) while the paired ratio stayed within
+  0.2% (docs/fidelity.md);
 * cached share within 5 points (issue 11's bound, in prompt tokens) and offloaded share within 5 points
   (2 of 40 requests): both move only where a shared prefix's prefill ends within the emulator's timing
   error of a later arrival.
@@ -93,8 +97,10 @@ def test_simulate_and_replay_agree(root, matrix, workload):
         for key in ("ttft_p50_s", "ttft_p90_s"):
             sim, rep = r[key]
             assert abs(rep - sim) <= 0.10 * sim + resolution, f"{where}: {key} {sim:.3f} → {rep:.3f}"
-        sim, rep = r["tpot_p50_s"]
-        assert rep == pytest.approx(sim, rel=0.05), f"{where}: TPOT p50"
+        ratio = r["tpot_paired_ratio_p50"]
+        assert ratio == pytest.approx(1.0, abs=0.02), (
+            f"{where}: TPOT, request by request: median ratio {ratio:.3f}"
+        )
         for key in ("cache_hit_rate", "offload_share"):
             sim, rep = r[key]
             assert abs(rep - sim) <= 0.05, f"{where}: {key} {sim:.3f} → {rep:.3f}"
