@@ -12,9 +12,9 @@ A relayed direction pays it when a frame arrives (which the relay cannot time) a
 endpoints pay it too: an 8 ms round trip measured 9.5-10.8 ms at idle on 2026-12-03 and failed CI's
 1 ms bound. ``wakeup_latency_held`` asks the kernel's PM QoS for 0 µs wake-up latency while a
 measurement runs, so idle cores poll instead of halting (as cyclictest does): the same round trip
-then measured 8.10-8.22 ms. It is not held for a whole run: on this VM a polling vCPU slowed the
-emulated sites (two CI runs with every relay holding it read the homogeneous TPOT p50 4.5-5.0% over
-simulate's, against 1.1% without).
+then measured 8.10-8.22 ms. It is not held for a whole run: a polling vCPU can slow the work beside
+it (a one-core loop ran 6% and 32% slower, in medians of two alternating sets here), and the emulated
+sites run beside the relays.
 """
 
 from __future__ import annotations
