@@ -23,6 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from harness.analysis.metrics import tpot
+from harness.records import read_records
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 # name: (scenario, its slice in tests/data or None for a synthetic workload)
@@ -85,6 +90,8 @@ def rows(name: str, run_dir: Path) -> list[dict[str, Any]]:
     its (simulate, replay) pair, from the run's analysis.json."""
     analysis = json.loads((run_dir / "analysis.json").read_text())
     workload = json.loads((run_dir / "workload.json").read_text())
+    records = read_records(run_dir / "simulate"), read_records(run_dir / "replay")  # once, not per topology
+    scale = float(json.loads((run_dir / "replay" / "meta.json").read_text())["time_scale"])
     out = []
     for topology, side in analysis["side_by_side"].items():
         sim = analysis["topologies"][f"simulate/{topology}"]
@@ -99,29 +106,25 @@ def rows(name: str, run_dir: Path) -> list[dict[str, Any]]:
             "send_lag_p99_s": rep["send_lag_p99_s"],
             "validity": rep.get("validity"),
             **{key: (sim[key], rep[key]) for key, *_ in METRICS},
-            "tpot_paired_ratio_p50": paired_tpot_ratio(run_dir, topology),
+            "tpot_paired_ratio_p50": paired_tpot_ratio(*records, scale, topology),
         })  # fmt: skip
     return out
 
 
-def paired_tpot_ratio(run_dir: Path, topology: str) -> float | None:
+def paired_tpot_ratio(
+    simulated: pd.DataFrame, replayed: pd.DataFrame, scale: float, topology: str
+) -> float | None:
     """The median over requests of replay TPOT / simulate TPOT, each request matched with itself by
-    trace row (replay's wall seconds scaled to model seconds): whether each request decoded at the cost
-    model's pace. The p50 of 40 TPOTs compares two samples instead and moves when requests swap ranks
-    (the homogeneous Mooncake slice: p50 +1.1% to +5.0% over four runs while this stayed within 0.2%)."""
-    import pandas as pd
+    trace row (replay's wall seconds × ``scale`` in model seconds): whether each request decoded at the
+    cost model's pace. The p50 of 40 TPOTs compares two samples instead and moves when requests swap
+    ranks (the homogeneous Mooncake slice: p50 +1.1% to +5.0% over four runs while this stayed within
+    0.2%)."""
 
-    from harness.analysis.metrics import tpot
-    from harness.records import read_records
-
-    scale = float(json.loads((run_dir / "replay" / "meta.json").read_text())["time_scale"])
-
-    def per_row(stage: str) -> pd.Series:
-        df = read_records(run_dir / stage)
+    def per_row(df: pd.DataFrame) -> pd.Series:
         df = df[df["topology"] == topology]
         return pd.Series(tpot(df), index=df["trace_row"].to_numpy())
 
-    ratio = (per_row("replay") * scale / per_row("simulate")).dropna()
+    ratio = (per_row(replayed) * scale / per_row(simulated)).dropna()
     return float(ratio.median()) if len(ratio) else None
 
 

@@ -291,7 +291,7 @@ def _latency_holders() -> set[int]:
 
 def test_round_trips_hold_idle_cores_awake_while_they_measure_and_not_after(relay_ok):
     """A round-trip measurement holds the kernel's wake-up latency request at 0 µs (idle cores poll)
-    for as long as it measures; the relays hold nothing (a polling core slowed the emulated sites), and
+    for as long as it measures; the relays hold nothing (a polling core can slow the work beside it), and
     once the measurement returns, with nobody else holding it, the kernel is back at its default
     (2,000 s, i.e. no request)."""
     need(Path(CPU_LATENCY).exists(), f"{CPU_LATENCY} is missing: this kernel has no PM QoS device")
